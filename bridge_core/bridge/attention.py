@@ -1,0 +1,168 @@
+"""Eager attention on demand, through transformers' AttentionInterface (DESIGN §3.3).
+
+One function name, `bridge_core`, is registered once at import with `AttentionInterface` and
+`AttentionMaskInterface`. While a forward needs `hook_attn_scores` / `hook_pattern`, every config
+object of the model is switched to that name (restored in `finally`). The function then looks the
+calling module up: a module with an internal hook runs the eager computation below with its hooks;
+any other module is handed to the implementation the config had (sdpa, eager, ...), unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+IMPLEMENTATION_NAME = "bridge_core"
+
+TensorHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class AttentionRoute:
+    """What the bridge wants from one attention module during one forward."""
+
+    module: nn.Module
+    softmax_float32: bool
+    on_scores: TensorHook | None = None
+    on_pattern: TensorHook | None = None
+
+
+# id(attention module) -> its route; id(config) -> (implementation it had, how many switches hold it)
+_ROUTES: dict[int, AttentionRoute] = {}
+_ORIGINALS: dict[int, list[Any]] = {}
+
+
+def _original_name(module: nn.Module) -> str:
+    config = getattr(module, "config", None)
+    entry = _ORIGINALS.get(id(config)) if config is not None else None
+    return entry[0] if entry is not None else "eager"
+
+
+def _original_function(module: nn.Module, name: str) -> Callable[..., Any]:
+    if name == "eager" or name is None:
+        # The model's own module-level eager function carries its family's quirks.
+        own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if own is not None:
+            return own
+        return _eager
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def bridge_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    """The registered attention function: eager with hooks for routed modules, else the original."""
+    route = _ROUTES.get(id(module))
+    if route is None:
+        return _original_function(module, _original_name(module))(module, query, key, value, attention_mask, **kwargs)
+    return _eager(module, query, key, value, attention_mask, route=route, **kwargs)
+
+
+def bridge_mask(*args, config=None, **kwargs):
+    """The registered mask function: the original implementation's, with all its arguments."""
+    entry = _ORIGINALS.get(id(config)) if config is not None else None
+    name = entry[0] if entry is not None else "eager"
+    function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(name) or ALL_MASK_ATTENTION_FUNCTIONS["eager"]
+    return function(*args, config=config, **kwargs)
+
+
+def as_additive_mask(
+    mask: torch.Tensor | None, module: nn.Module, q_len: int, k_len: int, dtype: torch.dtype, device
+) -> torch.Tensor | None:
+    """Whatever mask the original implementation's mask function produced, as an additive mask.
+
+    `None` means what it means to sdpa: causal (top-left aligned) when the module is causal and
+    there is more than one query, no mask otherwise.
+    """
+    if mask is None:
+        if getattr(module, "is_causal", False) and q_len > 1:
+            allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
+            return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+        return None
+    if mask.dtype == torch.bool:
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        return torch.where(mask, zero, torch.finfo(dtype).min)
+    return mask
+
+
+def _eager(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    position_bias: torch.Tensor | None = None,
+    route: AttentionRoute | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with the bridge's score and pattern hooks (same op order as HF's eager)."""
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:
+        scores = scores + position_bias
+    q_len, k_len = query.shape[2], key.shape[2]
+    mask = as_additive_mask(attention_mask, module, q_len, k_len, scores.dtype, scores.device)
+    if mask is not None:
+        scores = scores + mask[:, :, :, :k_len]
+    if route is not None and route.on_scores is not None:
+        scores = route.on_scores(scores)
+    float32 = route is not None and route.softmax_float32
+    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32 if float32 else None).to(value.dtype)
+    if route is not None and route.on_pattern is not None:
+        pattern = route.on_pattern(pattern)
+    weights = nn.functional.dropout(pattern, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, pattern
+
+
+@contextmanager
+def attention_routed(configs: list[Any], routes: list[AttentionRoute]) -> Iterator[None]:
+    """Switch `configs` to the bridge's implementation and install `routes` for the duration."""
+    switched = []
+    try:
+        for config in configs:
+            entry = _ORIGINALS.get(id(config))
+            if entry is None:
+                _ORIGINALS[id(config)] = [config._attn_implementation_internal, 1]
+                config._attn_implementation_internal = IMPLEMENTATION_NAME
+            else:  # already switched by an enclosing call: share it
+                entry[1] += 1
+            switched.append(config)
+        for route in routes:
+            if id(route.module) in _ROUTES:
+                raise RuntimeError(
+                    f"attention module {type(route.module).__name__} is already routed by another bridge call"
+                )
+            _ROUTES[id(route.module)] = route
+        yield
+    finally:
+        for route in routes:
+            if _ROUTES.get(id(route.module)) is route:
+                del _ROUTES[id(route.module)]
+        for config in switched:
+            entry = _ORIGINALS[id(config)]
+            entry[1] -= 1
+            if entry[1] == 0:
+                config._attn_implementation_internal = entry[0]
+                del _ORIGINALS[id(config)]
+
+
+AttentionInterface.register(IMPLEMENTATION_NAME, bridge_attention)
+AttentionMaskInterface.register(IMPLEMENTATION_NAME, bridge_mask)

@@ -1,0 +1,322 @@
+"""`Bridge`: TransformerLens's surface over an untouched Hugging Face model.
+
+Holds the HF model, its spec, the normalized config and the hook points. With no hook attached a
+call is exactly `model(...)`; hook functions are attached as PyTorch hooks for the duration of
+one call and removed in `finally` (see `dispatch.py`), so the model is always left as found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import HookNameError, UnknownKindError, close_matches
+from ..registry import Registry, default_registry
+from ..spec.config import BridgeConfig, normalize_config
+from ..spec.schema import Spec
+from . import loading
+from .binding import BoundModel, bind
+from .cache import ActivationCache
+from .dispatch import HookSession
+from .hook_points import Direction, HookEntry, HookFunction, HookPoint
+from .inputs import check_attention_mask, check_tokens
+from .places import ModuleOutput
+from .weights import BlockWeights, check_bound_shapes
+
+NameOrFilter = str | Callable[[str], bool]
+_STACKED = {
+    "W_Q": "attn", "W_K": "attn", "W_V": "attn", "W_O": "attn",
+    "b_Q": "attn", "b_K": "attn", "b_V": "attn", "b_O": "attn",
+    "W_in": "mlp", "W_gate": "mlp", "W_out": "mlp", "b_in": "mlp", "b_out": "mlp",
+}  # fmt: skip
+
+
+class Bridge:
+    """TransformerLens-style hooks, caches and weight views over one HF model."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: Spec,
+        *,
+        tokenizer: Any = None,
+        registry: Registry | None = None,
+        spec_file: str | None = None,
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.spec_file = spec_file
+        self.tokenizer = tokenizer
+        self.registry = registry or default_registry()
+        kinds = self.registry.plugins.kinds
+        cfg = normalize_config(spec, model.config, spec_file)
+        extra: dict[str, Any] = {}
+        for _, fields in self.registry.plugins.results("bridge_core_adapt_config", spec=spec, hf_config=model.config):
+            extra.update(fields)
+        if extra:
+            cfg = BridgeConfig(**{**cfg.__dict__, "extra": {**cfg.extra, **extra}})
+        act = spec.block.mlp.act_fn or cfg.act_fn
+        if act not in kinds.activations:
+            raise UnknownKindError(
+                f"activation '{act}' is not registered by any plugin (known: {', '.join(sorted(kinds.activations))})",
+                file=spec_file,
+                field="block.mlp.act_fn" if spec.block.mlp.act_fn else "config.act_fn",
+            )
+        self.cfg = cfg
+        self.act_fn = kinds.activations[act]
+        self.position_kind = kinds.positions[spec.pos_embed.kind] if spec.pos_embed else kinds.positions["none"]
+        self._bound: BoundModel = bind(model, spec, cfg, kinds)
+        check_bound_shapes(self._bound, cfg)
+        self.blocks = [BlockWeights(block, cfg) for block in self._bound.blocks]
+        self._points = self._bound.points
+        self._module_points: dict[str, HookPoint] = {}
+        self._configs = loading.config_objects(model)
+        float32 = spec.block.attn.softmax_dtype == "float32"
+        self._softmax_float32 = {id(block.attn.module): float32 for block in self._bound.blocks}
+        self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_hf(
+        cls,
+        model: nn.Module,
+        spec: Spec | str | Path | None = None,
+        tokenizer: Any = None,
+        *,
+        registry: Registry | None = None,
+    ) -> Bridge:
+        """Wrap an HF model you already hold; its spec is found from the model when not given."""
+        registry = registry or default_registry()
+        found, file = loading.spec_from(spec, registry, model)
+        return cls(model, found, tokenizer=tokenizer, registry=registry, spec_file=file)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        spec: Spec | str | Path | None = None,
+        *,
+        tokenizer: Any = True,
+        registry: Registry | None = None,
+        **hf_kwargs: Any,
+    ) -> Bridge:
+        """Load a checkpoint (local path or hub id) with transformers and wrap it."""
+        import transformers
+
+        registry = registry or default_registry()
+        if spec is None:
+            config = transformers.AutoConfig.from_pretrained(name_or_path)
+            found = registry.resolve(config)
+            file = registry.file(found.name)
+        else:
+            found, file = loading.spec_from(spec, registry)
+        model = loading.pretrained_model(found, name_or_path, **hf_kwargs)
+        registry.plugins.results("bridge_core_prepare_model", spec=found, model=model)
+        if tokenizer is True:
+            tokenizer = loading.load_tokenizer(name_or_path)
+        return cls(model, found, tokenizer=tokenizer or None, registry=registry, spec_file=file)
+
+    @classmethod
+    def from_spec(
+        cls,
+        spec: Spec | str | Path,
+        tiny: bool = True,
+        *,
+        seed: int = 0,
+        registry: Registry | None = None,
+        **config_overrides: Any,
+    ) -> Bridge:
+        """A random model built offline from a spec (its `test_config` when `tiny`)."""
+        registry = registry or default_registry()
+        found, file = loading.spec_from(spec, registry)
+        model = loading.random_model(found, seed=seed, tiny=tiny, **config_overrides)
+        registry.plugins.results("bridge_core_prepare_model", spec=found, model=model)
+        return cls(model, found, registry=registry, spec_file=file)
+
+    # ------------------------------------------------------------------ hook points
+    def hook_names(self) -> list[str]:
+        """Every hook point guaranteed to fire once on a plain forward, in the order they fire."""
+        return list(self._points)
+
+    @property
+    def hook_dict(self) -> dict[str, HookPoint]:
+        return dict(self._points)
+
+    def hook_point(self, name: str) -> HookPoint:
+        """The point called `name`: a hook name, or any HF module path (its output)."""
+        point = self._points.get(name) or self._module_points.get(name)
+        if point is not None:
+            return point
+        if name:
+            module = dict(self.model.named_modules()).get(name)
+            if module is not None:
+                point = self._module_points[name] = HookPoint(name, ModuleOutput(module, name))
+                return point
+        raise HookNameError(name, close_matches(name, list(self._points)))
+
+    def _select(self, name: NameOrFilter) -> list[HookPoint]:
+        if callable(name):
+            return [p for n, p in self._points.items() if name(n)]
+        return [self.hook_point(name)]
+
+    def add_hook(self, name: NameOrFilter, hook: HookFunction, dir: Direction = "fwd", prepend: bool = False) -> None:
+        """Attach `hook(tensor, hook_point)` to a point (or every point a filter accepts) until reset."""
+        self._entries = self._add(self._entries, name, hook, dir, prepend)
+
+    def _add(
+        self, entries: list[HookEntry], name: NameOrFilter, hook: HookFunction, direction: str, prepend: bool
+    ) -> list[HookEntry]:
+        if direction not in ("fwd", "bwd"):
+            raise ValueError(f"dir must be 'fwd' or 'bwd', got {direction!r}")
+        new = [HookEntry(point, hook, direction) for point in self._select(name)]
+        return new + entries if prepend else entries + new
+
+    def reset_hooks(self, including_permanent: bool = True) -> None:
+        """Remove every hook added with `add_hook` (and by any open `hooks()` context)."""
+        self._entries = []
+
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
+        bwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
+        reset_hooks_end: bool = True,
+    ) -> Iterator[Bridge]:
+        """Hooks attached for the body of a `with` block, removed at its end."""
+        before = self._entries
+        entries = list(before)
+        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
+            for name, fn in pairs:
+                entries = self._add(entries, name, fn, direction, False)
+        self._entries = entries
+        try:
+            yield self
+        finally:
+            if reset_hooks_end:
+                self._entries = before
+
+    # ------------------------------------------------------------------ running
+    def _session(self, extra: Sequence[HookEntry] = ()) -> HookSession | None:
+        entries = [*self._entries, *extra]
+        return HookSession(entries, self._configs, self._softmax_float32) if entries else None
+
+    def _prepare(self, tokens: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(tokens, (str, list)) and self.tokenizer is not None:
+            encoded = self.tokenizer(tokens, return_tensors="pt", padding=True)
+            tokens = encoded["input_ids"]
+            attention_mask = encoded.get("attention_mask") if attention_mask is None else attention_mask
+        max_len = self.cfg.n_ctx if self.position_kind.limits_length else None
+        tokens = check_tokens(tokens, self.cfg.d_vocab, max_len)
+        attention_mask = check_attention_mask(attention_mask, tokens)
+        device = self._device()
+        return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
+
+    def _device(self) -> torch.device:
+        return self._bound.embed.weight.device
+
+    def __call__(self, tokens: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Logits `[batch, seq, d_vocab]`, with every attached hook running."""
+        return self._forward(tokens, attention_mask, (), kwargs)
+
+    forward = __call__
+
+    def _forward(self, tokens, attention_mask, extra: Sequence[HookEntry], kwargs: dict) -> torch.Tensor:
+        tokens, attention_mask = self._prepare(tokens, attention_mask)
+        kwargs.setdefault("use_cache", False)
+        session = self._session(extra)
+        if session is None:
+            return self.model(input_ids=tokens, attention_mask=attention_mask, **kwargs).logits
+        with session:
+            return self.model(input_ids=tokens, attention_mask=attention_mask, **kwargs).logits
+
+    def run_with_hooks(
+        self,
+        tokens: Any,
+        fwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
+        bwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
+        reset_hooks_end: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """One forward with extra hooks; with `bwd_hooks`, the hooks stay on the graph for `.backward()`."""
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end):
+            return self(tokens, attention_mask=attention_mask, **kwargs)
+
+    def run_with_cache(
+        self,
+        tokens: Any,
+        names_filter: NameOrFilter | Sequence[str] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        remove_batch_dim: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, ActivationCache]:
+        """Logits and the activations of every selected hook point (all of them by default)."""
+        cache: dict[str, torch.Tensor] = {}
+
+        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
+            value = tensor.detach()
+            cache[hook.name] = value if device is None else value.to(device)
+
+        if names_filter is None:
+            points = list(self._points.values())
+        elif isinstance(names_filter, str) or callable(names_filter):
+            points = self._select(names_filter)
+        else:
+            points = [self.hook_point(name) for name in names_filter]
+        logits = self._forward(tokens, attention_mask, [HookEntry(p, save) for p in points], kwargs)
+        result = ActivationCache(cache, self)
+        return logits, result.remove_batch_dim() if remove_batch_dim else result
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def W_E(self) -> torch.Tensor:
+        return self._bound.embed.weight
+
+    @property
+    def W_pos(self) -> torch.Tensor:
+        if self._bound.pos_embed is None or not self.position_kind.has_table:
+            raise AttributeError(f"{self.cfg.architecture} has no learned position table (W_pos)")
+        offset = self.spec.pos_embed.offset if self.spec.pos_embed else 0
+        return self.position_kind.table_rows(self._bound.pos_embed.weight, offset, self.cfg.n_ctx)
+
+    @property
+    def W_U(self) -> torch.Tensor:
+        return self._bound.unembed.weight.t()
+
+    @property
+    def b_U(self) -> torch.Tensor:
+        bias = getattr(self._bound.unembed, "bias", None)
+        if bias is not None:
+            return bias
+        weight = self._bound.unembed.weight
+        return torch.zeros(self.cfg.d_vocab, dtype=weight.dtype, device=weight.device)
+
+    def __getattr__(self, name: str) -> Any:
+        # Stacked per-layer weights, computed on access: bridge.W_Q is [n_layers, n_heads, d_model, d_head].
+        if name in _STACKED:
+            part = _STACKED[name]
+            values = [getattr(getattr(block, part), name) for block in self.__dict__["blocks"]]
+            if any(v is None for v in values):
+                raise AttributeError(f"this model has no {name}")
+            return torch.stack(values)
+        raise AttributeError(f"'Bridge' object has no attribute '{name}'")
+
+    # ------------------------------------------------------------------ conveniences
+    def to(self, *args: Any, **kwargs: Any) -> Bridge:
+        self.model.to(*args, **kwargs)
+        return self
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.parameters()
+
+    def __repr__(self) -> str:
+        return (
+            f"Bridge({self.cfg.architecture}: {type(self.model).__name__}, {self.cfg.n_layers} layers, "
+            f"d_model {self.cfg.d_model}, {len(self._points)} hook points)"
+        )

@@ -1,0 +1,244 @@
+"""Running hook functions on a forward: PyTorch hooks attached for one call, removed after.
+
+`HookSession` groups the active entries by HF module, registers at most one forward pre-hook and
+one forward hook per module (plus attention routes), and removes all of it in `finally`. Edits
+are detected by return value or by the tensor's version counter (in-place edits), so a hook that
+changes nothing leaves the module's own tensors in place: identity hooks keep logits bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attention import AttentionRoute, attention_routed
+from .hook_points import HookEntry, HookPoint
+from .places import AttentionValue, HeadResult, ModuleInput, ModuleOutput, NormValue, Place
+
+
+class HookShapeError(ValueError):
+    """A hook function returned a tensor of another shape than it was given."""
+
+
+class _PointRun:
+    """The fwd and bwd functions of one hook point, applied to one tensor."""
+
+    __slots__ = ("bwd", "fwd", "point")
+
+    def __init__(self, point: HookPoint) -> None:
+        self.point = point
+        self.fwd: list = []
+        self.bwd: list = []
+
+    def apply(self, tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Run the forward functions; returns the (possibly new) tensor and whether it was edited."""
+        version = tensor._version
+        edited = False
+        for fn in self.fwd:
+            result = fn(tensor, self.point)
+            if result is not None and result is not tensor:
+                if not isinstance(result, torch.Tensor) or result.shape != tensor.shape:
+                    got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
+                    raise HookShapeError(
+                        f"hook on '{self.point.name}' returned {got}, expected a tensor of shape {tuple(tensor.shape)}"
+                    )
+                tensor, edited = result, True
+                version = tensor._version
+        return tensor, edited or tensor._version != version
+
+    def attach_backward(self, tensor: torch.Tensor) -> None:
+        if not tensor.requires_grad:
+            return
+        point = self.point
+        for fn in self.bwd:
+            tensor.register_hook(lambda grad, fn=fn: fn(grad, point))
+
+
+def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
+    """Apply a point's hooks to `view(base)`; returns a replacement for `base`, or None if unchanged."""
+    shown = view(base) if view is not None else base
+    if run.bwd:
+        shown = shown.clone()  # a tensor of our own in the graph, so its gradient can be hooked
+    new, edited = run.apply(shown)
+    run.attach_backward(new)
+    if not edited and not run.bwd:
+        return None
+    if view is None:
+        return new
+    replacement = base.clone()
+    view(replacement).copy_(new)
+    return replacement
+
+
+def _select(output: Any, index: int | None) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0 if index is None else index]
+
+
+def _replace(output: Any, index: int | None, value: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return value
+    position = 0 if index is None else index
+    items = list(output)
+    items[position] = value
+    return tuple(items)
+
+
+class _ModuleHooks:
+    """Every active point placed on one module, in the order the points were bound."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.inputs: list[tuple[ModuleInput, _PointRun]] = []
+        self.outputs: list[tuple[Place, _PointRun]] = []
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        changed = False
+        for place, run in self.inputs:
+            in_kwargs = place.kwarg in kwargs
+            tensor = kwargs[place.kwarg] if in_kwargs else args[place.arg]
+            replacement = _run_viewed(run, tensor, place.view)
+            if replacement is None:
+                continue
+            if place.in_place:
+                if replacement is not tensor:
+                    tensor.copy_(replacement)  # HF holds this tensor twice: edit it where it is
+                continue
+            changed = True
+            if in_kwargs:
+                kwargs = {**kwargs, place.kwarg: replacement}
+            else:
+                args = (*args[: place.arg], replacement, *args[place.arg + 1 :])
+        return (args, kwargs) if changed else None
+
+    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        changed = False
+        norm_runs: dict[str, _PointRun] = {}
+        for place, run in self.outputs:
+            if isinstance(place, ModuleOutput):
+                tensor = _select(output, place.index)
+                replacement = _run_viewed(run, tensor, place.view)
+                if replacement is not None and replacement is not tensor:
+                    output, changed = _replace(output, place.index, replacement), True
+            elif isinstance(place, NormValue):
+                norm_runs[place.which] = run
+            elif isinstance(place, HeadResult):
+                new = self._head_result(place, run, args, kwargs)
+                if new is not None:
+                    output, changed = _replace(output, None, new.to(_select(output, None).dtype)), True
+        if norm_runs:
+            place = next(p for p, _ in self.outputs if isinstance(p, NormValue))
+            new = self._norm(place, norm_runs, args, kwargs, _select(output, None))
+            if new is not None:
+                output, changed = _replace(output, None, new), True
+        return output if changed else None
+
+    def _input(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+    def _norm(self, place: NormValue, runs: dict[str, _PointRun], args, kwargs, output) -> torch.Tensor | None:
+        kind = place.kind
+        x = self._input(args, kwargs)
+        prepared = kind.prepare(x)
+        edited = False
+        scale = kind.scale(prepared, kind.eps(self.module))
+        if "scale" in runs:
+            run = runs["scale"]
+            scale, e = run.apply(scale.clone() if run.bwd else scale)
+            run.attach_backward(scale)
+            edited |= e or bool(run.bwd)
+        normalized = prepared / scale
+        if "normalized" in runs:
+            run = runs["normalized"]
+            normalized, e = run.apply(normalized)
+            run.attach_backward(normalized)
+            edited |= e or bool(run.bwd)
+        if not edited:
+            return None
+        return kind.output(normalized, self.module, output.dtype)
+
+    def _head_result(self, place: HeadResult, run: _PointRun, args, kwargs) -> torch.Tensor | None:
+        z = self._input(args, kwargs).unflatten(-1, (place.n_heads, place.d_head))
+        weight = self.module.weight
+        # W_O as [h, d_head, d_model] (a view of the real parameter).
+        w_o = weight if place.layout == "conv1d" else weight.t()
+        w_o = w_o.unflatten(0, (place.n_heads, place.d_head))
+        result = torch.einsum("...hd,hdm->...hm", z, w_o)
+        result, edited = run.apply(result)
+        run.attach_backward(result)
+        if not edited and not run.bwd:
+            return None
+        out = result.sum(-2)
+        bias = getattr(self.module, "bias", None)
+        return out + bias if bias is not None else out
+
+
+class HookSession:
+    """The PyTorch hooks and attention routes for one bridge call."""
+
+    def __init__(self, entries: Sequence[HookEntry], configs: list[Any], softmax_float32: dict[int, bool]):
+        self.entries = entries
+        self.configs = configs
+        self.softmax_float32 = softmax_float32
+        self._stack = ExitStack()
+
+    def __enter__(self) -> HookSession:
+        runs: dict[int, _PointRun] = {}
+        order: list[_PointRun] = []
+        for entry in self.entries:
+            run = runs.get(id(entry.point))
+            if run is None:
+                run = runs[id(entry.point)] = _PointRun(entry.point)
+                order.append(run)
+            (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
+        modules: dict[int, _ModuleHooks] = {}
+        routes: dict[int, AttentionRoute] = {}
+        for run in order:
+            place = run.point.place
+            if isinstance(place, AttentionValue):
+                route = routes.get(id(place.module))
+                if route is None:
+                    route = routes[id(place.module)] = AttentionRoute(
+                        place.module, self.softmax_float32.get(id(place.module), False)
+                    )
+                hook = _attention_hook(run)
+                if place.which == "scores":
+                    route.on_scores = hook
+                else:
+                    route.on_pattern = hook
+                continue
+            hooks = modules.get(id(place.module))
+            if hooks is None:
+                hooks = modules[id(place.module)] = _ModuleHooks(place.module)
+            (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
+        try:
+            for hooks in modules.values():
+                if hooks.inputs:
+                    handle = hooks.module.register_forward_pre_hook(hooks.pre_hook, with_kwargs=True)
+                    self._stack.callback(handle.remove)
+                if hooks.outputs:
+                    handle = hooks.module.register_forward_hook(hooks.post_hook, with_kwargs=True)
+                    self._stack.callback(handle.remove)
+            if routes:
+                self._stack.enter_context(attention_routed(self.configs, list(routes.values())))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.close()
+
+
+def _attention_hook(run: _PointRun):
+    def hook(tensor: torch.Tensor) -> torch.Tensor:
+        new, _ = run.apply(tensor)
+        run.attach_backward(new)
+        return new
+
+    return hook

@@ -1,0 +1,115 @@
+"""Where a hook point lives in the HF model (DESIGN §3.2), and how its tensor is shown to users.
+
+A `Place` names a module and a spot on it: its output, one of its inputs, a value recomputed from
+its input (norm scale, per-head result) or a point inside attention. A `View` turns the tensor HF
+holds into the shape users see (`[b, s, h*d] -> [b, s, h, d]`); it is always a true view, so an
+edit is written back by copying into the same view of a fresh clone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..kinds import NormKind
+
+
+class View:
+    """A storage-sharing reshaping of a module's tensor; `__call__` must return a view of its input."""
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class SplitHeads(View):
+    """`[..., n*d] -> [..., n, d]`, optionally from a slice `[start, start + n*d)` of the last dim."""
+
+    n_heads: int
+    d_head: int
+    start: int = 0
+    whole: bool = True
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        width = self.n_heads * self.d_head
+        part = base if self.whole else base.narrow(-1, self.start, width)
+        return part.unflatten(-1, (self.n_heads, self.d_head))
+
+
+@dataclass(frozen=True)
+class InterleavedHeads(View):
+    """`[..., h*(parts*d)]` laid out per head `[h0: p0 p1 p2 | h1: ...]`; selects part `index`."""
+
+    n_heads: int
+    parts: int
+    index: int
+    d_head: int
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return base.unflatten(-1, (self.n_heads, self.parts, self.d_head))[..., self.index, :]
+
+
+def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str) -> dict[str, View]:
+    """The views that take q, k and v heads out of a projection's last dim (hook points and weights)."""
+    h, kv, d = n_heads, n_kv_heads, d_head
+    if not fused:
+        return {"q": SplitHeads(h, d), "k": SplitHeads(kv, d), "v": SplitHeads(kv, d)}
+    if order == "per_head_interleaved":
+        return {n: InterleavedHeads(h, 3, i, d) for i, n in enumerate("qkv")}
+    starts = {"q": (0, h), "k": (h * d, kv), "v": ((h + kv) * d, kv)}
+    return {n: SplitHeads(heads, d, start, whole=False) for n, (start, heads) in starts.items()}
+
+
+@dataclass(frozen=True)
+class Place:
+    module: nn.Module
+    module_path: str
+
+
+@dataclass(frozen=True)
+class ModuleOutput(Place):
+    """A module's output (element `index` when it returns a tuple), shown through `view`."""
+
+    index: int | None = None
+    view: View | None = None
+
+
+@dataclass(frozen=True)
+class ModuleInput(Place):
+    """A module's hidden-states input, positional `arg` or keyword `kwarg`.
+
+    `in_place`: write an edit into the tensor itself rather than passing a new one, because HF also
+    holds the same tensor elsewhere (the mid residual is ln2's input and the residual added back).
+    """
+
+    arg: int = 0
+    kwarg: str = "hidden_states"
+    view: View | None = None
+    in_place: bool = False
+
+
+@dataclass(frozen=True)
+class NormValue(Place):
+    """`hook_scale` / `hook_normalized`, recomputed from the norm's input by its kind."""
+
+    which: Literal["scale", "normalized"] = "scale"
+    kind: NormKind | None = None
+
+
+@dataclass(frozen=True)
+class HeadResult(Place):
+    """`hook_result`: per-head output of the output projection, from its input and `W_O`."""
+
+    n_heads: int = 0
+    d_head: int = 0
+    layout: Literal["conv1d", "linear"] = "linear"
+
+
+@dataclass(frozen=True)
+class AttentionValue(Place):
+    """`hook_attn_scores` / `hook_pattern`, computed by the bridge's eager attention on demand."""
+
+    which: Literal["scores", "pattern"] = "scores"

@@ -1,0 +1,231 @@
+"""Weight views in HookedTransformer shapes over the real HF parameters (DESIGN §3.6).
+
+Per-block views (`bridge.blocks[i].attn.W_Q`) are made on access from the parameters by slicing,
+transposing and reshaping, so they share storage and gradients reach the real weights. Values
+that cannot be views (stacked `bridge.W_Q`, GQA keys expanded to n_heads, zero biases) are
+computed on access and never cached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import BindError
+from ..spec.config import BridgeConfig
+from .binding import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
+from .places import qkv_views
+
+
+def in_out(module: nn.Module, layout: str) -> torch.Tensor:
+    """A projection's weight as `[in, out]` (a view): Conv1D stores it so, Linear transposed."""
+    return module.weight if layout == "conv1d" else module.weight.t()
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def check_layout(module: nn.Module, layout: str, spec_field: str, path: str) -> None:
+    if isinstance(module, nn.Linear) and layout == "conv1d":
+        actual = "linear"
+    elif _is_conv1d(module) and layout == "linear":
+        actual = "conv1d"
+    else:
+        return
+    raise BindError(
+        f"declared layout '{layout}' but the module is a {type(module).__name__}, whose weight is stored "
+        f"{'[out, in]' if actual == 'linear' else '[in, out]'}: set layout: {actual}",
+        spec_path=spec_field,
+        module_path=path,
+    )
+
+
+def check_shape(tensor: torch.Tensor | None, expected: tuple[int, ...], spec_field: str, path: str, what: str) -> None:
+    if tensor is not None and tuple(tensor.shape) != expected:
+        raise BindError(
+            f"{what} has shape {tuple(tensor.shape)} but the spec's config implies {expected}",
+            spec_path=spec_field,
+            module_path=path,
+        )
+
+
+class AttentionWeights:
+    """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`."""
+
+    def __init__(self, bound: BoundAttention, cfg: BridgeConfig) -> None:
+        self._bound = bound
+        self._cfg = cfg
+        self._views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in bound.qkv, bound.order)
+
+    def _projection(self, name: str) -> nn.Module:
+        return self._bound.qkv.get("qkv") or self._bound.qkv[name]
+
+    def _raw_weight(self, name: str) -> torch.Tensor:
+        io = in_out(self._projection(name), self._bound.layout)
+        return self._views[name](io).permute(1, 0, 2)
+
+    def _raw_bias(self, name: str) -> torch.Tensor | None:
+        bias = getattr(self._projection(name), "bias", None)
+        return None if bias is None else self._views[name](bias)
+
+    def _expand(self, tensor: torch.Tensor) -> torch.Tensor:
+        groups = self._cfg.n_heads // self._cfg.n_kv_heads
+        return tensor if groups == 1 else tensor.repeat_interleave(groups, dim=0)
+
+    def _zeros(self, heads: int) -> torch.Tensor:
+        w = self._bound.o.weight
+        return torch.zeros(heads, self._cfg.d_head, dtype=w.dtype, device=w.device)
+
+    @property
+    def W_Q(self) -> torch.Tensor:
+        return self._raw_weight("q")
+
+    @property
+    def W_K(self) -> torch.Tensor:
+        return self._expand(self._raw_weight("k"))
+
+    @property
+    def W_V(self) -> torch.Tensor:
+        return self._expand(self._raw_weight("v"))
+
+    @property
+    def W_K_raw(self) -> torch.Tensor:
+        """Keys as stored: `[n_kv_heads, d_model, d_head]` (a view)."""
+        return self._raw_weight("k")
+
+    @property
+    def W_V_raw(self) -> torch.Tensor:
+        return self._raw_weight("v")
+
+    @property
+    def b_Q(self) -> torch.Tensor:
+        bias = self._raw_bias("q")
+        return self._zeros(self._cfg.n_heads) if bias is None else bias
+
+    @property
+    def b_K(self) -> torch.Tensor:
+        bias = self._raw_bias("k")
+        return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
+
+    @property
+    def b_V(self) -> torch.Tensor:
+        bias = self._raw_bias("v")
+        return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
+
+    @property
+    def W_O(self) -> torch.Tensor:
+        return in_out(self._bound.o, self._bound.layout).unflatten(0, (self._cfg.n_heads, self._cfg.d_head))
+
+    @property
+    def b_O(self) -> torch.Tensor:
+        bias = getattr(self._bound.o, "bias", None)
+        if bias is None:
+            w = self._bound.o.weight
+            return torch.zeros(self._cfg.d_model, dtype=w.dtype, device=w.device)
+        return bias
+
+
+class MLPWeights:
+    """`W_in W_gate [d_model, d_mlp]`, `W_out [d_mlp, d_model]` and their biases."""
+
+    def __init__(self, bound: BoundMLP) -> None:
+        self._bound = bound
+
+    @property
+    def W_in(self) -> torch.Tensor:
+        return in_out(self._bound.w_in, self._bound.layout)
+
+    @property
+    def W_gate(self) -> torch.Tensor | None:
+        gate = self._bound.w_gate
+        return None if gate is None else in_out(gate, self._bound.layout)
+
+    @property
+    def W_out(self) -> torch.Tensor:
+        return in_out(self._bound.w_out, self._bound.layout)
+
+    def _bias(self, module: nn.Module | None, width: int) -> torch.Tensor | None:
+        if module is None:
+            return None
+        bias = getattr(module, "bias", None)
+        if bias is None:
+            return torch.zeros(width, dtype=module.weight.dtype, device=module.weight.device)
+        return bias
+
+    @property
+    def b_in(self) -> torch.Tensor:
+        return self._bias(self._bound.w_in, self.W_in.shape[1])
+
+    @property
+    def b_gate(self) -> torch.Tensor | None:
+        gate = self._bound.w_gate
+        return None if gate is None else self._bias(gate, self.W_in.shape[1])
+
+    @property
+    def b_out(self) -> torch.Tensor:
+        return self._bias(self._bound.w_out, self.W_out.shape[1])
+
+
+class NormWeights:
+    """`w` and `b` of a norm, as stored (a `(1 + w)` offset is a property of the kind, not folded in)."""
+
+    def __init__(self, bound: BoundNorm) -> None:
+        self._bound = bound
+
+    @property
+    def w(self) -> torch.Tensor | None:
+        return self._bound.kind.weight(self._bound.module)
+
+    @property
+    def b(self) -> torch.Tensor | None:
+        return self._bound.kind.bias(self._bound.module)
+
+
+class BlockWeights:
+    """`bridge.blocks[i]`: `.attn`, `.mlp`, `.ln1`, `.ln2` weight views and the HF block module."""
+
+    def __init__(self, bound: BoundBlock, cfg: BridgeConfig) -> None:
+        self.index = bound.index
+        self.module = bound.module
+        self.attn = AttentionWeights(bound.attn, cfg)
+        self.mlp = MLPWeights(bound.mlp)
+        self.ln1 = NormWeights(bound.ln1) if bound.ln1 else None
+        self.ln2 = NormWeights(bound.ln2) if bound.ln2 else None
+
+    def __repr__(self) -> str:
+        return f"BlockWeights(index={self.index}, module={type(self.module).__name__})"
+
+
+def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
+    """Fail at bind time when the spec's head counts or sizes disagree with the real weights."""
+    h, kv, d, dm = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    check_shape(bound.embed.weight, (cfg.d_vocab, dm), "config.d_vocab / config.d_model", "embed", "the embedding")
+    for block in bound.blocks:
+        attn = block.attn
+        for name, module in attn.qkv.items():
+            check_layout(module, attn.layout, "block.attn.layout", f"{attn.path}.{name}")
+            width = (h + 2 * kv) * d if name == "qkv" else (h if name == "q" else kv) * d
+            what = f"the {name} projection of block {block.index} ([in, out])"
+            check_shape(in_out(module, attn.layout), (dm, width), "config.n_heads / config.d_head", attn.path, what)
+        check_layout(attn.o, attn.layout, "block.attn.layout", f"{attn.path}.o")
+        check_shape(
+            in_out(attn.o, attn.layout),
+            (h * d, dm),
+            "config.n_heads / config.d_head",
+            attn.path,
+            f"the output projection of block {block.index} ([in, out])",
+        )
+        mlp = block.mlp
+        for name, module in (("in", mlp.w_in), ("gate", mlp.w_gate), ("out", mlp.w_out)):
+            if module is None:
+                continue
+            check_layout(module, mlp.layout, "block.mlp.layout", f"{mlp.path}.{name}")
+            expected = (cfg.d_mlp, dm) if name == "out" else (dm, cfg.d_mlp)
+            check_shape(
+                in_out(module, mlp.layout),
+                expected,
+                "config.d_mlp",
+                mlp.path,
+                f"the MLP {name} projection of block {block.index} ([in, out])",
+            )

@@ -1,0 +1,177 @@
+"""The `bridge-core` command: hook tables, spec listing, validation, schema (and `conform`).
+
+Every command that prints a table also takes `--json` (to stdout). Runs offline: without
+`--model`, the model is a tiny random one built from the spec's `test_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .errors import BridgeCoreError
+
+Command = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, Command] = {}
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _bridge(args: argparse.Namespace):
+    from .bridge import Bridge
+
+    if args.model:
+        spec = None if args.arch in (None, "auto") else args.arch
+        return Bridge.from_pretrained(args.model, spec=spec)
+    return Bridge.from_spec(args.arch, tiny=True, seed=args.seed)
+
+
+def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """Every hook point with the shape it shows and how often it fired on one forward."""
+    fires: dict[str, int] = {}
+    shapes: dict[str, list[int]] = {}
+
+    def record(tensor: torch.Tensor, hook) -> None:
+        fires[hook.name] = fires.get(hook.name, 0) + 1
+        shapes[hook.name] = list(tensor.shape)
+
+    generator = torch.Generator().manual_seed(seed)
+    seq = min(seq, bridge.cfg.n_ctx or seq)
+    tokens = torch.randint(0, bridge.cfg.d_vocab, (batch, seq), generator=generator)
+    with torch.no_grad():
+        bridge.run_with_hooks(tokens, fwd_hooks=[(lambda name: True, record)])
+    return [{"name": n, "shape": shapes.get(n), "fires": fires.get(n, 0)} for n in bridge.hook_names()]
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    bridge = _bridge(args)
+    rows = hook_table(bridge, batch=args.batch, seq=args.seq)
+    if args.json:
+        print(json.dumps({"architecture": bridge.cfg.architecture, "hooks": rows}, indent=2))
+        return 0
+    table = Table(title=f"{bridge!r} — input [batch {args.batch}, seq {args.seq}]")
+    table.add_column("hook name")
+    table.add_column("shape")
+    table.add_column("fires", justify="right")
+    for row in rows:
+        style = None if row["fires"] == 1 else "bold red"
+        table.add_row(row["name"], str(tuple(row["shape"] or ())), str(row["fires"]), style=style)
+    _console().print(table)
+    dead = [r["name"] for r in rows if r["fires"] != 1]
+    if dead:
+        _console().print(f"[bold red]{len(dead)} hook(s) did not fire exactly once[/]")
+        return 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    registry = default_registry()
+    rows = []
+    for name in registry.names():
+        entry = registry.entry(name)
+        spec = registry.get(name)
+        rows.append(
+            {
+                "name": name,
+                "origin": entry.origin,
+                "file": entry.raw.file,
+                "architectures": spec.match.architectures,
+                "model_type": spec.match.model_type,
+            }
+        )
+    failures = [f.__dict__ for f in registry.plugins.failures]
+    plugins = [name for name, _ in registry.plugins.pm.list_name_plugin()]
+    if args.json:
+        print(json.dumps({"specs": rows, "plugins": plugins, "failed_plugins": failures}, indent=2))
+        return 0
+    table = Table(title="Registered architecture specs")
+    for column in ("name", "origin", "HF classes", "model types"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["origin"], ", ".join(row["architectures"]), ", ".join(row["model_type"]))
+    console = _console()
+    console.print(table)
+    console.print(f"plugins: {', '.join(plugins)}")
+    for failure in failures:
+        console.print(f"[bold red]failed plugin[/] {failure['distribution']}:{failure['name']}: {failure['error']}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .bridge import Bridge
+
+    bridge = Bridge.from_spec(args.spec, tiny=True)
+    _console().print(f"[green]ok[/] {args.spec}: binds to a tiny {type(bridge.model).__name__}, {bridge!r}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .spec.schema import Spec
+
+    print(json.dumps(Spec.model_json_schema(by_alias=True), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge-core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    hooks = sub.add_parser("hooks", help="table of hook points: name, shape, how often each fired")
+    hooks.add_argument("arch", help="architecture name (a registered spec) or a spec YAML file")
+    hooks.add_argument("--tiny", action="store_true", help="tiny random model from the spec (the default)")
+    hooks.add_argument("--model", help="a saved checkpoint (local path or hub id) instead of a tiny model")
+    hooks.add_argument("--batch", type=int, default=2)
+    hooks.add_argument("--seq", type=int, default=8)
+    hooks.add_argument("--seed", type=int, default=0)
+    hooks.add_argument("--json", action="store_true", help="print JSON to stdout")
+    hooks.set_defaults(func=cmd_hooks)
+
+    listing = sub.add_parser("list", help="registered specs with their origin, and plugins that failed")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+
+    validate = sub.add_parser("validate", help="check a spec file and bind it to a tiny model")
+    validate.add_argument("spec")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of spec files")
+    schema.set_defaults(func=cmd_schema)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+def _register_conform(sub: Any) -> None:
+    try:
+        from .conformance.cli import register
+    except ImportError:
+        return
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_conform]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BridgeCoreError as exc:
+        _console().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

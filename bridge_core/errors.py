@@ -1,0 +1,98 @@
+"""The typed errors of bridge-core (DESIGN §6).
+
+Every error carries the data a caller needs to act (file, line, field, module path, close
+matches) and a message written for someone who has never read the code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+
+def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The nearest names to `word`, best first (used by every 'did you mean' message)."""
+    return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.5)
+
+
+class BridgeCoreError(Exception):
+    """Base class of every error bridge-core raises on purpose."""
+
+
+class SpecError(BridgeCoreError, ValueError):
+    """A spec is malformed: says which file, which line and which field."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = self.file or "<spec>"
+        if line is not None:
+            where += f":{line}"
+        if field:
+            where += f": field '{field}'"
+        super().__init__(f"{where}: {message}")
+
+
+class BindError(BridgeCoreError, LookupError):
+    """A spec names a module path the model does not have."""
+
+    def __init__(self, message: str, *, spec_path: str, module_path: str, suggestions: Sequence[str] = ()):
+        self.spec_path = spec_path
+        self.module_path = module_path
+        self.suggestions = list(suggestions)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"{message} (spec field '{spec_path}', module path '{module_path}').{hint}")
+
+
+class HookNameError(BridgeCoreError, KeyError):
+    """A hook name (or HF module path) that this bridge does not have."""
+
+    def __init__(self, name: str, suggestions: Sequence[str] = ()):
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        self.message = (
+            f"Unknown hook name '{name}': it is neither a hook point of this bridge nor a module path "
+            f"of the model.{hint} `bridge.hook_names()` lists every hook point."
+        )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+        return self.message
+
+
+class PluginError(BridgeCoreError):
+    """A plugin failed to load, or registered something inconsistent."""
+
+    def __init__(self, message: str, *, distribution: str | None = None, hook: str | None = None):
+        self.distribution = distribution
+        self.hook = hook
+        where = []
+        if distribution:
+            where.append(f"distribution '{distribution}'")
+        if hook:
+            where.append(f"hook '{hook}'")
+        prefix = f"plugin error in {', '.join(where)}: " if where else "plugin error: "
+        super().__init__(prefix + message)
+
+
+class UnknownKindError(SpecError):
+    """A spec asks for a kind (norm, position, mask format, ...) that no installed plugin registers."""
+
+
+class SpecNotFoundError(BridgeCoreError, LookupError):
+    """No registered spec matches a model or a name; says what was tried."""
+
+
+class InputError(BridgeCoreError, ValueError):
+    """Bad call arguments (tokens, masks, dtypes), detected before any hook is attached."""

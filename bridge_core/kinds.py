@@ -1,0 +1,120 @@
+"""The kinds that plugins register through the extension points (DESIGN §3.4).
+
+A spec picks a kind by name (`kind: layernorm`); the classes here say what a kind must provide.
+Built-in kinds live in `plugins/`; third-party packages register their own the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ActivationFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class NormKind:
+    """A normalization: `output = normalized * (w + weight_offset) + b`, `normalized = x' / scale`.
+
+    `x'` is `x` minus its mean when `centered` (LayerNorm) and `x` itself otherwise (RMSNorm);
+    `scale = sqrt(mean(x'^2) + eps)`. These are HookedTransformer's `hook_scale` / `hook_normalized`.
+    """
+
+    name: str
+    centered: bool
+    weight_offset: float = 0.0
+    upcast: bool = False  # compute in float32 and cast back (RMSNorm families)
+    eps_attributes: tuple[str, ...] = ("eps", "variance_epsilon", "epsilon")
+
+    def eps(self, module: nn.Module) -> float:
+        for name in self.eps_attributes:
+            value = getattr(module, name, None)
+            if isinstance(value, (int, float)):
+                return float(value)
+        raise AttributeError(
+            f"norm kind '{self.name}' found no epsilon on {type(module).__name__} "
+            f"(looked for {', '.join(self.eps_attributes)})"
+        )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upcast:
+            x = x.float()
+        return x - x.mean(-1, keepdim=True) if self.centered else x
+
+    def scale(self, prepared: torch.Tensor, eps: float) -> torch.Tensor:
+        return (prepared.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+    def output(self, normalized: torch.Tensor, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        weight = getattr(module, "weight", None)
+        bias = getattr(module, "bias", None)
+        out = normalized
+        if weight is not None:
+            w = weight.float() if self.upcast else weight
+            out = out * (w + self.weight_offset) if self.weight_offset else out * w
+        if bias is not None:
+            out = out + bias
+        return out.to(dtype)
+
+    def weight(self, module: nn.Module) -> torch.Tensor | None:
+        """The raw weight parameter (a view); `weight_offset` is not folded in."""
+        return getattr(module, "weight", None)
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        return getattr(module, "bias", None)
+
+
+@dataclass(frozen=True)
+class PositionKind:
+    """How positional information enters the model.
+
+    `table_rows(weight, offset, n_ctx)` gives the usable rows of a learned table (`W_pos`);
+    `limits_length` says whether inputs longer than `n_ctx` must be refused.
+    """
+
+    name: str
+    limits_length: bool
+    has_table: bool
+
+    def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
+        end = None if n_ctx is None else offset + n_ctx
+        return weight[offset:end]
+
+
+@dataclass(frozen=True)
+class MaskFormat:
+    """The mask a module expects when the core calls it on its own.
+
+    `build(padding_mask, q_len, causal, window, dtype)` receives a `[b, k]` bool padding mask (True =
+    attend) and returns what the module takes; `additive(...)` is always the `[b, 1, q, k]` float form.
+    """
+
+    name: str
+    build: Callable[..., torch.Tensor | None]
+
+
+def additive_mask(
+    padding_mask: torch.Tensor | None,
+    batch: int,
+    q_len: int,
+    k_len: int,
+    causal: bool,
+    dtype: torch.dtype,
+    device: torch.device | str = "cpu",
+    window: int | None = None,
+) -> torch.Tensor:
+    """`[b, 1, q, k]` additive mask: 0 where attended, dtype-min elsewhere (queries are the last q keys)."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= k_pos <= q_pos
+    if window is not None:
+        allowed &= q_pos - k_pos < window
+    allowed = allowed[None, None].expand(batch, 1, q_len, k_len)
+    if padding_mask is not None:
+        allowed = allowed & padding_mask.to(torch.bool)[:, None, None, :]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)

@@ -1,0 +1,215 @@
+"""The one registry of architecture specs, and the lookup of a spec for an HF model.
+
+Sources, in the order they are read: plugins' spec directories (the built-in `adapter_specs/` come
+this way, through the package's own entry point), `BRIDGE_CORE_SPEC_PATH` directories, and
+`registry.add_spec(path)`. Every spec remembers where it came from (`bridge-core list`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError, SpecNotFoundError, UnknownKindError, close_matches
+from .plugin_host import PluginHost
+from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
+from .spec.schema import NormSpec, Spec
+
+SPEC_PATH_VARIABLE = "BRIDGE_CORE_SPEC_PATH"
+# `extends:` inherits everything but these: a spec claims only the models it names itself.
+NOT_INHERITED = ("name", "match", "override", "description")
+
+
+@dataclass
+class SpecEntry:
+    """A registered spec file and where it came from (`builtin`, `path:DIR`, `add_spec`, a distribution)."""
+
+    name: str
+    raw: RawSpec
+    origin: str
+
+
+class Registry:
+    """Specs by name, their claims on HF architectures and model types, and the plugin kinds."""
+
+    def __init__(self, plugins: PluginHost | None = None, *, use_spec_path: bool = True) -> None:
+        self.plugins = plugins if plugins is not None else PluginHost()
+        self._entries: dict[str, SpecEntry] = {}
+        self._specs: dict[str, Spec] = {}
+        self._claims: dict[tuple[str, str], str] | None = None
+        for plugin_name, dirs in self.plugins.results("bridge_core_spec_dirs"):
+            origin = "builtin" if plugin_name.startswith("bridge-core:") else plugin_name.split(":", 1)[0]
+            for directory in dirs:
+                self._add_directory(Path(directory), origin)
+        if use_spec_path:
+            for directory in filter(None, os.environ.get(SPEC_PATH_VARIABLE, "").split(os.pathsep)):
+                self._add_directory(Path(directory), f"path:{directory}")
+
+    # ----------------------------------------------------------------- adding
+    def _add_directory(self, directory: Path, origin: str) -> None:
+        if not directory.is_dir():
+            raise SpecError(f"spec directory does not exist (from {origin})", file=directory)
+        for path in sorted(directory.glob("*.yaml")):
+            self._add_raw(read_raw_spec(path), origin)
+
+    def _add_raw(self, raw: RawSpec, origin: str) -> SpecEntry:
+        name = raw.name
+        if not isinstance(name, str) or not name:
+            raise raw.error("'name' must be a non-empty string", ("name",))
+        existing = self._entries.get(name)
+        if existing is not None and not raw.data.get("override", False):
+            raise raw.error(
+                f"a spec named '{name}' is already registered from {existing.raw.file} ({existing.origin}); "
+                "rename this one or set `override: true`",
+                ("name",),
+            )
+        entry = SpecEntry(name=name, raw=raw, origin=origin)
+        self._entries[name] = entry
+        self._specs.clear()
+        self._claims = None
+        return entry
+
+    def add_spec(self, path: str | Path) -> Spec:
+        """Register one spec file and return it validated; conflicts are `SpecError`s naming both sources."""
+        entry = self._add_raw(read_raw_spec(path), "add_spec")
+        try:
+            spec = self.get(entry.name)
+            self._index_claims()
+        except Exception:
+            del self._entries[entry.name]
+            self._specs.pop(entry.name, None)
+            self._claims = None
+            raise
+        return spec
+
+    # ----------------------------------------------------------------- reading
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> SpecEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            hint = close_matches(name, self._entries)
+            more = f" Did you mean: {', '.join(hint)}?" if hint else ""
+            raise SpecNotFoundError(
+                f"No spec named '{name}'. Registered: {', '.join(self.names()) or 'none'}.{more}"
+            ) from None
+
+    def raw_spec(self, name: str) -> RawSpec:
+        """The raw (unmerged) spec of `name`, without its non-inherited fields (for `extends`)."""
+        raw = self.entry(name).raw
+        data = {k: v for k, v in raw.data.items() if k not in NOT_INHERITED or k == "name"}
+        return RawSpec(file=raw.file, data=data, lines=raw.lines)
+
+    def get(self, name: str) -> Spec:
+        """The validated spec `name` (inheritance applied, kinds checked)."""
+        if name not in self._specs:
+            entry = self.entry(name)
+            merged = resolve_extends(entry.raw, self.raw_spec)
+            spec = validate_spec(merged)
+            self._check_kinds(spec, merged)
+            self._specs[name] = spec
+        return self._specs[name]
+
+    def all_specs(self) -> list[Spec]:
+        return [self.get(name) for name in self.names()]
+
+    # ----------------------------------------------------------------- lookup
+    def _index_claims(self) -> dict[tuple[str, str], str]:
+        if self._claims is None:
+            claims: dict[tuple[str, str], str] = {}
+            for name in self.names():
+                spec = self.get(name)
+                keys = [("architectures", a) for a in spec.match.architectures]
+                keys += [("model_type", m) for m in spec.match.model_type]
+                for key in keys:
+                    other = claims.get(key)
+                    if other is not None and other != name:
+                        mine, theirs = spec.override, self.get(other).override
+                        if mine == theirs:
+                            raise SpecError(
+                                f"claims {key[0]} '{key[1]}', already claimed by spec '{other}' "
+                                f"({self._entries[other].raw.file}); set `override: true` on the one that "
+                                "should win",
+                                file=self._entries[name].raw.file,
+                                field="match",
+                            )
+                        if not mine:
+                            continue
+                    claims[key] = name
+            self._claims = claims
+        return self._claims
+
+    def resolve(self, hf_config: Any) -> Spec:
+        """The spec for an HF config: its `architectures` first, then its `model_type`."""
+        claims = self._index_claims()
+        architectures = list(getattr(hf_config, "architectures", None) or [])
+        model_type = getattr(hf_config, "model_type", None)
+        for arch in architectures:
+            if ("architectures", arch) in claims:
+                return self.get(claims[("architectures", arch)])
+        if model_type and ("model_type", model_type) in claims:
+            return self.get(claims[("model_type", model_type)])
+        known_types = sorted({v for k, v in claims if k == "model_type"})
+        raise SpecNotFoundError(
+            f"No registered spec matches this model: tried architectures {architectures or '[]'} and "
+            f"model_type {model_type!r}. Specs claim model types: {', '.join(known_types) or 'none'}. "
+            f"Write a spec (`bridge-core scaffold`) and add it with `registry.add_spec(path)` or "
+            f"{SPEC_PATH_VARIABLE}."
+        )
+
+    def resolve_for_model(self, model: Any) -> Spec:
+        """The spec for a model object: its own class name first (a model built from a config has
+        no `architectures`), then what its config says."""
+        claim = ("architectures", type(model).__name__)
+        claims = self._index_claims()
+        if claim in claims:
+            return self.get(claims[claim])
+        return self.resolve(model.config)
+
+    def origin(self, name: str) -> str:
+        return self.entry(name).origin
+
+    def file(self, name: str) -> str:
+        return self.entry(name).raw.file
+
+    # ----------------------------------------------------------------- kinds
+    def _check_kinds(self, spec: Spec, raw: RawSpec) -> None:
+        kinds = self.plugins.kinds
+        plugins = ", ".join(sorted(name for name, _ in self.plugins.pm.list_name_plugin())) or "none"
+
+        def need(found: dict, kind: str, what: str, path: tuple) -> None:
+            if kind not in found:
+                hint = close_matches(kind, found)
+                more = f" Did you mean: {', '.join(hint)}?" if hint else ""
+                file, line = raw.where(path)
+                raise UnknownKindError(
+                    f"unknown {what} kind '{kind}': no installed plugin registers it. Known: "
+                    f"{', '.join(sorted(found)) or 'none'}.{more} Installed plugins: {plugins}.",
+                    file=file,
+                    line=line,
+                    field=".".join(str(p) for p in path),
+                )
+
+        norms: list[tuple[NormSpec | None, tuple]] = [
+            (spec.block.ln1, ("block", "ln1", "kind")),
+            (spec.block.ln2, ("block", "ln2", "kind")),
+            (spec.ln_final, ("ln_final", "kind")),
+        ]
+        for norm, path in norms:
+            if norm is not None:
+                need(kinds.norms, norm.kind, "norm", path)
+        if spec.pos_embed is not None:
+            need(kinds.positions, spec.pos_embed.kind, "position", ("pos_embed", "kind"))
+        if spec.block.mlp.act_fn is not None:
+            need(kinds.activations, spec.block.mlp.act_fn, "activation", ("block", "mlp", "act_fn"))
+
+
+@cache
+def default_registry() -> Registry:
+    """The process-wide registry (built on first use from entry points and the spec path)."""
+    return Registry()

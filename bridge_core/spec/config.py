@@ -1,0 +1,107 @@
+"""The normalized config (`bridge.cfg`): a spec's `config:` expressions evaluated on an HF config.
+
+Called by the bridge at bind time. Field names follow HookedTransformer (`n_layers`, `d_model`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import SpecError
+from .expressions import ExpressionError, evaluate
+from .schema import ConfigValue, Spec
+
+_PLAIN_VALUES = (int, float, str, bool, type(None), list, tuple)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Normalized, architecture-neutral config of a bridged model."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_kv_heads: int
+    n_ctx: int | None = None
+    eps: float | None = None
+    act_fn: str | None = None
+    embed_scale: float = 1.0
+    architecture: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        # Spec-specific fields (e.g. `rotary_dim`) are readable as attributes too.
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"'BridgeConfig' has no field '{name}'")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+_INT_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_kv_heads", "n_ctx")
+
+
+def config_lookup(hf_config: Any):
+    """A name resolver that reads only public, plain-data attributes of an HF config."""
+
+    def lookup(name: str) -> Any:
+        if name.startswith("_"):
+            raise KeyError(name)
+        try:
+            value = getattr(hf_config, name)
+        except AttributeError:
+            raise KeyError(name) from None
+        if not isinstance(value, _PLAIN_VALUES):
+            raise KeyError(name)
+        return value
+
+    return lookup
+
+
+def evaluate_field(spec_file: str | None, field_name: str, value: ConfigValue, hf_config: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return evaluate(value, config_lookup(hf_config))
+    except ExpressionError as exc:
+        raise SpecError(exc.reason + f" (expression '{value}')", file=spec_file, field=field_name) from None
+
+
+def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -> BridgeConfig:
+    """Evaluate every `config:` field of `spec` against `hf_config`."""
+    values: dict[str, Any] = {}
+    for name, expression in spec.config.items():
+        values[name] = evaluate_field(spec_file, f"config.{name}", expression, hf_config)
+    values.setdefault("n_kv_heads", values["n_heads"])
+    for name in _INT_FIELDS:
+        value = values.get(name)
+        if value is None and name == "n_ctx":
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise SpecError(
+                f"must evaluate to a positive integer, got {value!r}", file=spec_file, field=f"config.{name}"
+            )
+        values[name] = value
+    if values["n_heads"] % values["n_kv_heads"]:
+        raise SpecError(
+            f"n_heads ({values['n_heads']}) is not a multiple of n_kv_heads ({values['n_kv_heads']})",
+            file=spec_file,
+            field="config.n_kv_heads",
+        )
+    known = {f for f in BridgeConfig.__dataclass_fields__ if f != "extra"}
+    extra = {k: v for k, v in values.items() if k not in known}
+    base = {k: v for k, v in values.items() if k in known}
+    base.setdefault("architecture", spec.name)
+    if base.get("embed_scale") is None:
+        base["embed_scale"] = 1.0
+    return BridgeConfig(**base, extra=extra)

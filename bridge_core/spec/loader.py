@@ -1,0 +1,176 @@
+"""Reading spec files: YAML (safe loader only) with the line of every field, `extends:` merging,
+and validation into `Spec` with errors that name file, line and field path.
+
+Called by the registry; `load_spec(path)` is the one-file entry point for tools and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import SpecError
+from .schema import Spec
+
+FieldPath = tuple[str | int, ...]
+
+
+@dataclass
+class RawSpec:
+    """A spec file as parsed, before inheritance and validation."""
+
+    file: str
+    data: dict[str, Any]
+    lines: dict[FieldPath, tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", Path(self.file).stem))
+
+    def where(self, path: FieldPath) -> tuple[str, int | None]:
+        """The file and line that define `path`, or its nearest defined parent."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return self.file, None
+
+    def error(self, message: str, path: FieldPath = ()) -> SpecError:
+        file, line = self.where(path)
+        return SpecError(message, file=file, line=line, field=format_field(path) or None)
+
+
+def format_field(path: FieldPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def read_raw_spec(path: str | Path) -> RawSpec:
+    """Parse one YAML spec file, keeping the line of every key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file ({exc.strerror or exc})", file=path) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"spec file is not UTF-8 text ({exc.reason})", file=path) from None
+    return parse_raw_spec(text, str(path))
+
+
+def parse_raw_spec(text: str, file: str) -> RawSpec:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "invalid YAML"
+        if "could not determine a constructor" in str(exc):
+            problem = f"{problem} (YAML tags that build Python objects are never allowed)"
+        raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"invalid YAML: {exc}", file=file) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise SpecError(f"a spec must be a YAML mapping of fields, this file is {kind}", file=file, line=1)
+    lines: dict[FieldPath, tuple[str, int]] = {}
+    _record_lines(node, (), file, lines)
+    return RawSpec(file=file, data=data, lines=lines)
+
+
+def _record_lines(node: yaml.Node | None, path: FieldPath, file: str, out: dict) -> None:
+    if node is None:
+        return
+    out.setdefault(path, (file, node.start_mark.line + 1))
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            out[(*path, key)] = (file, key_node.start_mark.line + 1)
+            _record_lines(value_node, (*path, key), file, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, (*path, index), file, out)
+
+
+def merge_raw(parent: RawSpec, child: RawSpec) -> RawSpec:
+    """`child` extends `parent`: mappings merge key by key, anything else in the child replaces."""
+    data = _deep_merge(parent.data, child.data)
+    data.pop("extends", None)
+    data["override"] = child.data.get("override", False)
+    replaced = [p for p in child.lines if not isinstance(_get(child.data, p), dict)]
+    lines = {
+        p: where for p, where in parent.lines.items() if not any(p[: len(r)] == r and len(p) > len(r) for r in replaced)
+    }
+    lines.update(child.lines)
+    return RawSpec(file=child.file, data=data, lines=lines)
+
+
+def _deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: _deep_merge(base.get(key), value) for key, value in over.items()}}
+    return over
+
+
+def _get(data: Any, path: FieldPath) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def validate_spec(raw: RawSpec) -> Spec:
+    """Validate merged spec data, turning pydantic errors into one SpecError with file and line."""
+    data = dict(raw.data)
+    data.setdefault("name", raw.name)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path: FieldPath = tuple(first["loc"])
+        # pydantic reports union members and aliases in the location; keep the real keys.
+        path = tuple(p for p in path if not (isinstance(p, str) and ("[" in p or p in {"str", "list"})))
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown field (check its spelling; `bridge-core schema` lists every field)"
+        elif first["type"] == "missing":
+            message = "required field is missing"
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise raw.error(message, path) from None
+
+
+def resolve_extends(raw: RawSpec, lookup: Callable[[str], RawSpec], chain: tuple[str, ...] = ()) -> RawSpec:
+    """Apply `extends:` recursively; `lookup(name)` returns the parent's raw spec."""
+    parent_name = raw.data.get("extends")
+    if parent_name is None:
+        return raw
+    if not isinstance(parent_name, str):
+        raise raw.error("'extends' must be the name of another spec", ("extends",))
+    chain = (*chain, raw.name)
+    if parent_name in chain:
+        cycle = " -> ".join((*chain, parent_name))
+        raise raw.error(f"'extends' makes a cycle: {cycle}", ("extends",))
+    try:
+        parent = lookup(parent_name)
+    except LookupError:
+        raise raw.error(f"'extends' names '{parent_name}', which is not a registered spec", ("extends",)) from None
+    return merge_raw(resolve_extends(parent, lookup, chain), raw)
+
+
+def load_spec(path: str | Path, lookup: Callable[[str], RawSpec] | None = None) -> Spec:
+    """Read, inherit and validate one spec file (without registering it)."""
+    raw = read_raw_spec(path)
+    if lookup is None:
+        from ..registry import default_registry
+
+        lookup = default_registry().raw_spec
+    return validate_spec(resolve_extends(raw, lookup))

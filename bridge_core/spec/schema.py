@@ -1,0 +1,187 @@
+"""The typed schema of an architecture spec (DESIGN §3.5), as pydantic v2 models.
+
+`Spec` is what a YAML file validates into. Field docstrings (`description=`) are the source of the
+generated spec reference and of the JSON Schema that editors use (`bridge-core schema`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ModulePath = str | list[str]
+"""A dotted module path, or a list of alternatives (first that exists wins: `[lm_head, embed_out]`)."""
+
+ConfigValue = str | int | float | bool | None
+"""A config field: a literal, or an expression over HF config attribute names (`n_embd // n_head`)."""
+
+REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Match(StrictModel):
+    """Which Hugging Face models this spec claims."""
+
+    architectures: list[str] = Field(default_factory=list, description="HF `config.architectures` class names.")
+    model_type: list[str] = Field(default_factory=list, description="HF `config.model_type` values.")
+
+
+class NormSpec(StrictModel):
+    """A normalization module and its kind (a registered norm kind: layernorm, rmsnorm, ...)."""
+
+    path: ModulePath = Field(description="Module path, relative to the enclosing block (or the model).")
+    kind: str = Field(description="Norm kind name, registered by a plugin (`layernorm`, `rmsnorm`, ...).")
+
+
+class QKVSpec(StrictModel):
+    """How queries, keys and values are projected."""
+
+    kind: Literal["fused", "separate"] = Field(description="One fused projection, or q/k/v modules.")
+    path: ModulePath | None = Field(default=None, description="The fused projection (kind: fused).")
+    order: Literal["qkv", "per_head_interleaved"] = Field(
+        default="qkv",
+        description="Fused layout: `qkv` = [q | k | v] along the output; `per_head_interleaved` = "
+        "[h0: q k v | h1: q k v | ...] (GPT-NeoX).",
+    )
+    q: ModulePath | None = Field(default=None, description="Query projection (kind: separate).")
+    k: ModulePath | None = Field(default=None, description="Key projection (kind: separate).")
+    v: ModulePath | None = Field(default=None, description="Value projection (kind: separate).")
+
+    @model_validator(mode="after")
+    def _paths_match_kind(self) -> QKVSpec:
+        if self.kind == "fused":
+            if self.path is None:
+                raise ValueError("qkv kind 'fused' needs 'path' (the fused projection module)")
+            if any(p is not None for p in (self.q, self.k, self.v)):
+                raise ValueError("qkv kind 'fused' takes 'path', not 'q'/'k'/'v'")
+        else:
+            missing = [n for n in ("q", "k", "v") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"qkv kind 'separate' needs {', '.join(missing)}")
+            if self.path is not None:
+                raise ValueError("qkv kind 'separate' takes 'q', 'k', 'v', not 'path'")
+        return self
+
+
+class AttentionSpec(StrictModel):
+    """The attention module of a block."""
+
+    path: ModulePath
+    layout: Literal["conv1d", "linear"] = Field(
+        description="Weight storage: `conv1d` = [in, out] (GPT-2's Conv1D), `linear` = [out, in]."
+    )
+    qkv: QKVSpec
+    o: ModulePath = Field(description="Output projection, relative to the attention module.")
+    implementation: Literal["interface", "reimplement"] = Field(
+        default="interface",
+        description="`interface`: the module dispatches through transformers' AttentionInterface; "
+        "`reimplement`: attention is recomputed from captured inputs when an internal hook is attached.",
+    )
+    softmax_dtype: Literal["input", "float32"] = Field(
+        default="input", description="dtype the family's eager attention takes softmax in."
+    )
+    output_index: int | None = Field(
+        default=0, description="Which element of the module's output tuple is the attention output."
+    )
+
+
+class MLPSpec(StrictModel):
+    """The MLP of a block."""
+
+    path: ModulePath
+    kind: Literal["plain", "gated"] = "plain"
+    layout: Literal["conv1d", "linear"]
+    in_: ModulePath = Field(alias="in", description="Input projection (the `up` projection when gated).")
+    gate: ModulePath | None = Field(default=None, description="Gate projection (kind: gated).")
+    out: ModulePath = Field(description="Output projection.")
+    act_fn: str | None = Field(
+        default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
+    )
+
+    @model_validator(mode="after")
+    def _gate_matches_kind(self) -> MLPSpec:
+        if (self.kind == "gated") != (self.gate is not None):
+            raise ValueError("'gate' is required for kind 'gated' and not allowed for kind 'plain'")
+        return self
+
+
+class BlockSpec(StrictModel):
+    """One transformer block; paths are relative to the block module."""
+
+    kind: Literal["sequential", "parallel", "post_norm"] = "sequential"
+    ln1: NormSpec | None = None
+    attn: AttentionSpec
+    ln2: NormSpec | None = None
+    mlp: MLPSpec
+    output_index: int | None = Field(
+        default=None,
+        description="Element of the block's output tuple that is the hidden state; null: a tensor.",
+    )
+    hidden_states_kwarg: str = Field(
+        default="hidden_states", description="Keyword name of the hidden states in the block's forward."
+    )
+
+
+class EmbedSpec(StrictModel):
+    path: ModulePath
+
+
+class PosEmbedSpec(StrictModel):
+    """Positional information: a registered position kind (`learned`, later `rotary`, ...)."""
+
+    kind: str = "learned"
+    path: ModulePath | None = None
+    offset: int = Field(default=0, ge=0, description="Rows of the position table before position 0 (OPT: 2).")
+
+
+class UnembedSpec(StrictModel):
+    path: ModulePath
+    pre_scale: ConfigValue = Field(
+        default=None,
+        description="Expression multiplying the residual before the unembedding (T5: d_model**-0.5).",
+    )
+
+
+class Spec(StrictModel):
+    """An architecture spec: everything bridge-core needs to wrap one family of HF models."""
+
+    name: str = Field(description="Unique architecture name (the file's stem by convention).")
+    description: str = ""
+    extends: str | None = Field(default=None, description="Name of a spec to inherit from and override.")
+    override: bool = Field(default=False, description="Replace another spec's claim on the same match.")
+    match: Match = Field(default_factory=Match)
+    hf_class: str = Field(
+        description="transformers model class used by from_pretrained and to build the tiny test model."
+    )
+    config: dict[str, ConfigValue] = Field(
+        description="Normalized config fields (n_layers d_model n_heads ...), as HF attribute names or "
+        "arithmetic expressions over them."
+    )
+    test_config: dict[str, Any] = Field(
+        default_factory=dict, description="HF config overrides that build a tiny random model offline."
+    )
+    embed: EmbedSpec
+    pos_embed: PosEmbedSpec | None = None
+    blocks: ModulePath = Field(description="The ModuleList of blocks.")
+    block: BlockSpec
+    ln_final: NormSpec | None = None
+    unembed: UnembedSpec
+
+    @field_validator("config")
+    @classmethod
+    def _required_config_fields(cls, value: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+        missing = [f for f in REQUIRED_CONFIG_FIELDS if f not in value]
+        if missing:
+            raise ValueError(f"missing normalized field(s): {', '.join(missing)}")
+        return value
+
+    @field_validator("match")
+    @classmethod
+    def _match_not_empty(cls, value: Match) -> Match:
+        if not value.architectures and not value.model_type:
+            raise ValueError("a spec must claim at least one HF architecture class or model_type")
+        return value

@@ -1,0 +1,14 @@
+"""Built-in position kinds: `learned` (a table, with an offset) and `none`."""
+
+from __future__ import annotations
+
+from bridge_core.kinds import PositionKind
+from bridge_core.plugin_host import hookimpl
+
+
+@hookimpl
+def bridge_core_position_kinds() -> list[PositionKind]:
+    return [
+        PositionKind("learned", limits_length=True, has_table=True),
+        PositionKind("none", limits_length=False, has_table=False),
+    ]
