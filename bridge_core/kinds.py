@@ -71,12 +71,14 @@ class PositionKind:
     """How positional information enters the model.
 
     `table_rows(weight, offset, n_ctx)` gives the usable rows of a learned table (`W_pos`);
-    `limits_length` says whether inputs longer than `n_ctx` must be refused.
+    `limits_length` says whether inputs longer than `n_ctx` must be refused; `rotates_qk` whether
+    queries and keys are rotated inside attention (then `hook_rot_q` / `hook_rot_k` exist).
     """
 
     name: str
     limits_length: bool
     has_table: bool
+    rotates_qk: bool = False
 
     def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
         end = None if n_ctx is None else offset + n_ctx

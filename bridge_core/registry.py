@@ -195,9 +195,14 @@ class Registry:
                     field=".".join(str(p) for p in path),
                 )
 
+        b = spec.block
         norms: list[tuple[NormSpec | None, tuple]] = [
-            (spec.block.ln1, ("block", "ln1", "kind")),
-            (spec.block.ln2, ("block", "ln2", "kind")),
+            (b.ln1, ("block", "ln1", "kind")),
+            (b.ln2, ("block", "ln2", "kind")),
+            (b.ln1_post, ("block", "ln1_post", "kind")),
+            (b.ln2_post, ("block", "ln2_post", "kind")),
+            (b.attn.q_norm, ("block", "attn", "q_norm", "kind")),
+            (b.attn.k_norm, ("block", "attn", "k_norm", "kind")),
             (spec.ln_final, ("ln_final", "kind")),
         ]
         for norm, path in norms:

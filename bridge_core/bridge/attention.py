@@ -34,6 +34,12 @@ class AttentionRoute:
     softmax_float32: bool
     on_scores: TensorHook | None = None
     on_pattern: TensorHook | None = None
+    on_rot_q: TensorHook | None = None  # [b, q, h, d] after rotary (and q-norm), current positions
+    on_rot_k: TensorHook | None = None  # [b, q, n_kv, d]: the keys of the current positions
+
+    @property
+    def needs_eager(self) -> bool:
+        return self.on_scores is not None or self.on_pattern is not None
 
 
 # id(attention module) -> its route; id(config) -> (implementation it had, how many switches hold it)
@@ -60,9 +66,32 @@ def _original_function(module: nn.Module, name: str) -> Callable[..., Any]:
 def bridge_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     """The registered attention function: eager with hooks for routed modules, else the original."""
     route = _ROUTES.get(id(module))
-    if route is None:
-        return _original_function(module, _original_name(module))(module, query, key, value, attention_mask, **kwargs)
+    if route is not None:
+        query, key = _rotated(route, query, key)
+    if route is None or not route.needs_eager:
+        original = _original_function(module, _original_name(module))
+        return original(module, query, key, value, attention_mask, **kwargs)
     return _eager(module, query, key, value, attention_mask, route=route, **kwargs)
+
+
+def _rotated(route: AttentionRoute, query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `hook_rot_q` / `hook_rot_k` on the current positions, shown `[b, pos, heads, d]`.
+
+    Edits are written into the tensors themselves: the keys HF hands over are the KV cache's own
+    storage, so an edit to the current keys persists into the cache, as in HookedTransformer.
+    """
+    q_len = query.shape[2]
+    if route.on_rot_q is not None:
+        shown = query.transpose(1, 2)
+        new = route.on_rot_q(shown)
+        if new is not shown:
+            query = new.transpose(1, 2)
+    if route.on_rot_k is not None:
+        shown = key[:, :, key.shape[2] - q_len :].transpose(1, 2)
+        new = route.on_rot_k(shown)
+        if new is not shown:
+            shown.copy_(new)
+    return query, key
 
 
 def bridge_mask(*args, config=None, **kwargs):

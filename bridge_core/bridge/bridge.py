@@ -70,7 +70,7 @@ class Bridge:
         self.cfg = cfg
         self.act_fn = kinds.activations[act]
         self.position_kind = kinds.positions[spec.pos_embed.kind] if spec.pos_embed else kinds.positions["none"]
-        self._bound: BoundModel = bind(model, spec, cfg, kinds)
+        self._bound: BoundModel = bind(model, spec, cfg, kinds, spec_file)
         check_bound_shapes(self._bound, cfg)
         self.blocks = [BlockWeights(block, cfg) for block in self._bound.blocks]
         self._points = self._bound.points

@@ -17,7 +17,7 @@ from torch import nn
 
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
-from .places import AttentionValue, HeadResult, ModuleInput, ModuleOutput, NormValue, Place
+from .places import AttentionValue, FlatTokens, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, TokenShape
 
 
 class HookShapeError(ValueError):
@@ -118,24 +118,27 @@ class _ModuleHooks:
 
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
         changed = False
-        norm_runs: dict[str, _PointRun] = {}
+        norms_done = False
         for place, run in self.outputs:
-            if isinstance(place, ModuleOutput):
+            if isinstance(place, NormValue):
+                # scale and normalized are one computation; it runs before any other point on
+                # this module (e.g. hook_attn_out on Gemma 2's post-attention norm) sees the output.
+                if norms_done:
+                    continue
+                norms_done = True
+                runs = {p.which: r for p, r in self.outputs if isinstance(p, NormValue)}
+                new = self._norm(place, runs, args, kwargs, _select(output, None))
+                if new is not None:
+                    output, changed = _replace(output, None, new), True
+            elif isinstance(place, ModuleOutput):
                 tensor = _select(output, place.index)
                 replacement = _run_viewed(run, tensor, place.view)
                 if replacement is not None and replacement is not tensor:
                     output, changed = _replace(output, place.index, replacement), True
-            elif isinstance(place, NormValue):
-                norm_runs[place.which] = run
             elif isinstance(place, HeadResult):
                 new = self._head_result(place, run, args, kwargs)
                 if new is not None:
                     output, changed = _replace(output, None, new.to(_select(output, None).dtype)), True
-        if norm_runs:
-            place = next(p for p, _ in self.outputs if isinstance(p, NormValue))
-            new = self._norm(place, norm_runs, args, kwargs, _select(output, None))
-            if new is not None:
-                output, changed = _replace(output, None, new), True
         return output if changed else None
 
     def _input(self, args: tuple, kwargs: dict) -> torch.Tensor:
@@ -143,21 +146,19 @@ class _ModuleHooks:
 
     def _norm(self, place: NormValue, runs: dict[str, _PointRun], args, kwargs, output) -> torch.Tensor | None:
         kind = place.kind
-        x = self._input(args, kwargs)
-        prepared = kind.prepare(x)
-        edited = False
+        view = place.view
+        prepared = kind.prepare(self._input(args, kwargs))
         scale = kind.scale(prepared, kind.eps(self.module))
+        edited = False
         if "scale" in runs:
-            run = runs["scale"]
-            scale, e = run.apply(scale.clone() if run.bwd else scale)
-            run.attach_backward(scale)
-            edited |= e or bool(run.bwd)
+            new_scale = _run_viewed(runs["scale"], scale, view)
+            if new_scale is not None:
+                scale, edited = new_scale, True
         normalized = prepared / scale
         if "normalized" in runs:
-            run = runs["normalized"]
-            normalized, e = run.apply(normalized)
-            run.attach_backward(normalized)
-            edited |= e or bool(run.bwd)
+            new_normalized = _run_viewed(runs["normalized"], normalized, view)
+            if new_normalized is not None:
+                normalized, edited = new_normalized, True
         if not edited:
             return None
         return kind.output(normalized, self.module, output.dtype)
@@ -206,17 +207,21 @@ class HookSession:
                     route = routes[id(place.module)] = AttentionRoute(
                         place.module, self.softmax_float32.get(id(place.module), False)
                     )
-                hook = _attention_hook(run)
-                if place.which == "scores":
-                    route.on_scores = hook
-                else:
-                    route.on_pattern = hook
+                setattr(route, f"on_{place.which}", _attention_hook(run))
                 continue
             hooks = modules.get(id(place.module))
             if hooks is None:
                 hooks = modules[id(place.module)] = _ModuleHooks(place.module)
             (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
+        recorders = {
+            id(v.source): v
+            for r in order
+            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, FlatTokens)
+        }
         try:
+            for view in recorders.values():
+                handle = view.source.register_forward_pre_hook(_shape_recorder(view.cell), with_kwargs=True)
+                self._stack.callback(handle.remove)
             for hooks in modules.values():
                 if hooks.inputs:
                     handle = hooks.module.register_forward_pre_hook(hooks.pre_hook, with_kwargs=True)
@@ -235,8 +240,18 @@ class HookSession:
         self._stack.close()
 
 
+def _shape_recorder(cell: TokenShape):
+    def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        cell.shape = tuple(hidden.shape[:-1])
+
+    return record
+
+
 def _attention_hook(run: _PointRun):
     def hook(tensor: torch.Tensor) -> torch.Tensor:
+        if run.bwd:  # a tensor of our own that the rest of attention uses, so its gradient can be hooked
+            tensor = tensor.clone()
         new, _ = run.apply(tensor)
         run.attach_backward(new)
         return new

@@ -52,6 +52,34 @@ class InterleavedHeads(View):
         return base.unflatten(-1, (self.n_heads, self.parts, self.d_head))[..., self.index, :]
 
 
+@dataclass(frozen=True)
+class HeadsFirst(View):
+    """`[b, h, s, d] -> [b, s, h, d]` (q/k norms that HF applies after the head transpose)."""
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return base.transpose(-3, -2)
+
+
+class TokenShape:
+    """The `[batch, pos]` of the current call of one block, recorded by a pre-hook on the block."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class FlatTokens(View):
+    """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP)."""
+
+    cell: TokenShape
+    source: nn.Module  # the block whose input gives [b, s]
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return base.unflatten(0, self.cell.shape)
+
+
 def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str) -> dict[str, View]:
     """The views that take q, k and v heads out of a projection's last dim (hook points and weights)."""
     h, kv, d = n_heads, n_kv_heads, d_head
@@ -63,13 +91,13 @@ def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: st
     return {n: SplitHeads(heads, d, start, whole=False) for n, (start, heads) in starts.items()}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Place:
     module: nn.Module
     module_path: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModuleOutput(Place):
     """A module's output (element `index` when it returns a tuple), shown through `view`."""
 
@@ -77,7 +105,7 @@ class ModuleOutput(Place):
     view: View | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModuleInput(Place):
     """A module's hidden-states input, positional `arg` or keyword `kwarg`.
 
@@ -91,15 +119,16 @@ class ModuleInput(Place):
     in_place: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NormValue(Place):
     """`hook_scale` / `hook_normalized`, recomputed from the norm's input by its kind."""
 
     which: Literal["scale", "normalized"] = "scale"
     kind: NormKind | None = None
+    view: View | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HeadResult(Place):
     """`hook_result`: per-head output of the output projection, from its input and `W_O`."""
 
@@ -108,8 +137,9 @@ class HeadResult(Place):
     layout: Literal["conv1d", "linear"] = "linear"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class AttentionValue(Place):
-    """`hook_attn_scores` / `hook_pattern`, computed by the bridge's eager attention on demand."""
+    """A point at the attention interface: `hook_rot_q` / `hook_rot_k` (q, k as HF hands them to the
+    attention function) and `hook_attn_scores` / `hook_pattern` (the bridge's eager attention)."""
 
-    which: Literal["scores", "pattern"] = "scores"
+    which: Literal["scores", "pattern", "rot_q", "rot_k"] = "scores"

@@ -200,7 +200,8 @@ class BlockWeights:
 def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
     """Fail at bind time when the spec's head counts or sizes disagree with the real weights."""
     h, kv, d, dm = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
-    check_shape(bound.embed.weight, (cfg.d_vocab, dm), "config.d_vocab / config.d_model", "embed", "the embedding")
+    width = dm if bound.embed_project is None else bound.embed_project.weight.shape[1]
+    check_shape(bound.embed.weight, (cfg.d_vocab, width), "config.d_vocab / config.d_model", "embed", "the embedding")
     for block in bound.blocks:
         attn = block.attn
         for name, module in attn.qkv.items():

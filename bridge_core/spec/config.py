@@ -12,7 +12,7 @@ from ..errors import SpecError
 from .expressions import ExpressionError, evaluate
 from .schema import ConfigValue, Spec
 
-_PLAIN_VALUES = (int, float, str, bool, type(None), list, tuple)
+_PLAIN_VALUES = (int, float, str, bool, type(None), list, tuple, dict)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Safe evaluation of the small arithmetic expressions specs use for config fields.
 
 `n_embd // n_head` or `n_inner or 4 * n_embd` are parsed with `ast` and walked by hand: only
-literals, config attribute names, arithmetic, comparisons, `and/or/not`, `x if c else y` and the
-functions `min`/`max` are allowed. There is no `eval`, no attribute access, no call of anything else.
+literals, config attribute names, arithmetic, comparisons, `and/or/not`, `x if c else y`,
+subscripts of config mappings and lists (`layer_types[0]`), and the functions `min`, `max`, `int`,
+`round` and `get(mapping, key, default)` are allowed. There is no `eval`, no attribute access, no
+call of anything else.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.Is: operator.is_,
     ast.IsNot: operator.is_not,
 }
-_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max}
+
+
+def _get(container: Any, key: Any, default: Any = None) -> Any:
+    if not isinstance(container, dict):
+        raise TypeError(f"get() needs a mapping, got {type(container).__name__}")
+    return container.get(key, default)
+
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "int": int, "round": round, "get": _get}
 _LITERAL_NAMES = {"None": None, "True": True, "False": False, "null": None, "true": True, "false": False}
 _MAX_EXPRESSION_LENGTH = 500
 _MAX_POWER_EXPONENT = 64
@@ -164,6 +174,18 @@ class _Evaluator:
             left = right
         return True
 
+    def visit_Subscript(self, node: ast.Subscript) -> Any:
+        container = self.visit(node.value)
+        if isinstance(node.slice, ast.Slice):
+            raise self.fail("slices are not allowed")
+        key = self.visit(node.slice)
+        if not isinstance(container, (dict, list, tuple)):
+            raise self.fail(f"cannot index a {type(container).__name__}")
+        try:
+            return container[key]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise self.fail(f"no item {key!r} ({type(exc).__name__})") from None
+
     def visit_IfExp(self, node: ast.IfExp) -> Any:
         return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
 
@@ -175,7 +197,7 @@ class _Evaluator:
         args = [self.visit(arg) for arg in node.args]
         try:
             return _FUNCTIONS[node.func.id](*args)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise self.fail(f"{type(exc).__name__}: {exc}") from None
 
     def _check_number(self, value: Any) -> None:

@@ -17,6 +17,7 @@ ConfigValue = str | int | float | bool | None
 """A config field: a literal, or an expression over HF config attribute names (`n_embd // n_head`)."""
 
 REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
+BLOCK_KINDS = ("sequential", "parallel", "post_norm")
 
 
 class StrictModel(BaseModel):
@@ -35,6 +36,7 @@ class NormSpec(StrictModel):
 
     path: ModulePath = Field(description="Module path, relative to the enclosing block (or the model).")
     kind: str = Field(description="Norm kind name, registered by a plugin (`layernorm`, `rmsnorm`, ...).")
+    optional: bool = Field(default=False, description="The module may be absent in some configs (OPT post-norm).")
 
 
 class QKVSpec(StrictModel):
@@ -87,6 +89,13 @@ class AttentionSpec(StrictModel):
     output_index: int | None = Field(
         default=0, description="Which element of the module's output tuple is the attention output."
     )
+    q_norm: NormSpec | None = Field(default=None, description="Norm applied to queries per head (Gemma 3).")
+    k_norm: NormSpec | None = Field(default=None, description="Norm applied to keys per head (Gemma 3).")
+    qk_norm_layout: Literal["bhsd", "bshd"] = Field(
+        default="bhsd",
+        description="Layout of the tensor the q/k norms receive: `bhsd` = [batch, heads, pos, d_head] "
+        "(Gemma 3 normalizes after the transpose), `bshd` = [batch, pos, heads, d_head].",
+    )
 
 
 class MLPSpec(StrictModel):
@@ -101,6 +110,10 @@ class MLPSpec(StrictModel):
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )
+    flat_tokens: bool = Field(
+        default=False,
+        description="The MLP runs on [batch*pos, d] (OPT flattens before fc1); hooks still show [batch, pos, ...].",
+    )
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
@@ -112,11 +125,18 @@ class MLPSpec(StrictModel):
 class BlockSpec(StrictModel):
     """One transformer block; paths are relative to the block module."""
 
-    kind: Literal["sequential", "parallel", "post_norm"] = "sequential"
+    kind: str = Field(
+        default="sequential",
+        description="`sequential` (pre-norm), `parallel` (attention and MLP read the same residual, GPT-NeoX, "
+        "GPT-J) or `post_norm` (norm after each residual add, OPT-350m); or an expression over the HF config "
+        "giving one of them (`\"'parallel' if use_parallel_residual else 'sequential'\"`).",
+    )
     ln1: NormSpec | None = None
     attn: AttentionSpec
     ln2: NormSpec | None = None
     mlp: MLPSpec
+    ln1_post: NormSpec | None = Field(default=None, description="Norm on the attention output (Gemma 2/3).")
+    ln2_post: NormSpec | None = Field(default=None, description="Norm on the MLP output (Gemma 2/3).")
     output_index: int | None = Field(
         default=None,
         description="Element of the block's output tuple that is the hidden state; null: a tensor.",
@@ -128,21 +148,39 @@ class BlockSpec(StrictModel):
 
 class EmbedSpec(StrictModel):
     path: ModulePath
+    project: ModulePath | None = Field(
+        default=None, description="Projection from a narrower embedding to d_model, when present (OPT project_in)."
+    )
 
 
 class PosEmbedSpec(StrictModel):
-    """Positional information: a registered position kind (`learned`, later `rotary`, ...)."""
+    """Positional information: a registered position kind (`learned`, `rotary`, `none`, ...)."""
 
     kind: str = "learned"
-    path: ModulePath | None = None
+    path: ModulePath | None = Field(
+        default=None, description="The position table (learned) or the model's rotary module (rotary)."
+    )
     offset: int = Field(default=0, ge=0, description="Rows of the position table before position 0 (OPT: 2).")
+    rotary_dim: ConfigValue = Field(
+        default=None, description="Dimensions per head that rotate (partial rotary); default all of d_head."
+    )
+    rotary_style: Literal["rotate_half", "adjacent_pairs"] = Field(
+        default="rotate_half", description="How rotary pairs dimensions: halves (Llama, NeoX) or neighbours (GPT-J)."
+    )
 
 
 class UnembedSpec(StrictModel):
     path: ModulePath
+    project: ModulePath | None = Field(
+        default=None, description="Projection from d_model to the unembedding's width, when present (OPT project_out)."
+    )
     pre_scale: ConfigValue = Field(
         default=None,
         description="Expression multiplying the residual before the unembedding (T5: d_model**-0.5).",
+    )
+    softcap: ConfigValue = Field(
+        default=None,
+        description="Final logit softcap: logits = c * tanh(unembed / c) (Gemma 2); hook_unembed is before it.",
     )
 
 
