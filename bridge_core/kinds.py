@@ -79,6 +79,8 @@ class PositionKind:
     limits_length: bool
     has_table: bool
     rotates_qk: bool = False
+    # (x [b, h, s, d], cos, sin, rotary_dim) -> x rotated; used by the reimplement attention path
+    rotate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
 
     def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
         end = None if n_ctx is None else offset + n_ctx

@@ -18,6 +18,7 @@ from torch import nn
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
 from .places import AttentionValue, FlatTokens, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, TokenShape
+from .reimplement import ReimplementedLayer, ReimplementRun
 
 
 class HookShapeError(ValueError):
@@ -96,8 +97,11 @@ class _ModuleHooks:
         self.module = module
         self.inputs: list[tuple[ModuleInput, _PointRun]] = []
         self.outputs: list[tuple[Place, _PointRun]] = []
+        self.gate: ReimplementRun | None = None  # held back during a reimplemented module's original forward
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
+        if self.gate is not None and self.gate.original_running:
+            return None
         changed = False
         for place, run in self.inputs:
             in_kwargs = place.kwarg in kwargs
@@ -117,6 +121,8 @@ class _ModuleHooks:
         return (args, kwargs) if changed else None
 
     def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        if self.gate is not None and self.gate.original_running:
+            return None
         changed = False
         norms_done = False
         for place, run in self.outputs:
@@ -182,10 +188,17 @@ class _ModuleHooks:
 class HookSession:
     """The PyTorch hooks and attention routes for one bridge call."""
 
-    def __init__(self, entries: Sequence[HookEntry], configs: list[Any], softmax_float32: dict[int, bool]):
+    def __init__(
+        self,
+        entries: Sequence[HookEntry],
+        configs: list[Any],
+        softmax_float32: dict[int, bool],
+        reimplemented: dict[int, ReimplementedLayer] | None = None,
+    ):
         self.entries = entries
         self.configs = configs
         self.softmax_float32 = softmax_float32
+        self.reimplemented = reimplemented or {}
         self._stack = ExitStack()
 
     def __enter__(self) -> HookSession:
@@ -213,12 +226,26 @@ class HookSession:
             if hooks is None:
                 hooks = modules[id(place.module)] = _ModuleHooks(place.module)
             (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
+        runs_by_module: dict[int, ReimplementRun] = {}
+        for key in [k for k in routes if k in self.reimplemented]:
+            layer = self.reimplemented[key]
+            runs_by_module[key] = ReimplementRun(layer, routes.pop(key))
+            for sub in layer.submodules:
+                if sub in modules:
+                    modules[sub].gate = runs_by_module[key]
         recorders = {
             id(v.source): v
             for r in order
             if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, FlatTokens)
         }
         try:
+            for run in runs_by_module.values():
+                module = run.layer.module
+                handle = module.register_forward_pre_hook(run.pre_hook, with_kwargs=True)
+                self._stack.callback(handle.remove)
+                # first among the module's forward hooks: hook_attn_out must see the recomputed output
+                handle = module.register_forward_hook(run.post_hook, with_kwargs=True, prepend=True)
+                self._stack.callback(handle.remove)
             for view in recorders.values():
                 handle = view.source.register_forward_pre_hook(_shape_recorder(view.cell), with_kwargs=True)
                 self._stack.callback(handle.remove)

@@ -89,6 +89,14 @@ class AttentionSpec(StrictModel):
     output_index: int | None = Field(
         default=0, description="Which element of the module's output tuple is the attention output."
     )
+    scaling: ConfigValue = Field(
+        default=None,
+        description="Score scale for the reimplement path; default: the module's `scaling` attribute, else "
+        "d_head**-0.5.",
+    )
+    softcap: ConfigValue = Field(
+        default=None, description="Attention logit softcap for the reimplement path (Gemma 2: attn_logit_softcapping)."
+    )
     q_norm: NormSpec | None = Field(default=None, description="Norm applied to queries per head (Gemma 3).")
     k_norm: NormSpec | None = Field(default=None, description="Norm applied to keys per head (Gemma 3).")
     qk_norm_layout: Literal["bhsd", "bshd"] = Field(
@@ -161,12 +169,6 @@ class PosEmbedSpec(StrictModel):
         default=None, description="The position table (learned) or the model's rotary module (rotary)."
     )
     offset: int = Field(default=0, ge=0, description="Rows of the position table before position 0 (OPT: 2).")
-    rotary_dim: ConfigValue = Field(
-        default=None, description="Dimensions per head that rotate (partial rotary); default all of d_head."
-    )
-    rotary_style: Literal["rotate_half", "adjacent_pairs"] = Field(
-        default="rotate_half", description="How rotary pairs dimensions: halves (Llama, NeoX) or neighbours (GPT-J)."
-    )
 
 
 class UnembedSpec(StrictModel):
@@ -181,6 +183,29 @@ class UnembedSpec(StrictModel):
     softcap: ConfigValue = Field(
         default=None,
         description="Final logit softcap: logits = c * tanh(unembed / c) (Gemma 2); hook_unembed is before it.",
+    )
+
+
+class CallSpec(StrictModel):
+    """How to call one block or attention module on its own (component checks, layer ranges).
+
+    Expressions here may use `layer` (the block index) besides HF config fields.
+    """
+
+    mask_kwarg: str = Field(default="attention_mask", description="Keyword of the attention mask.")
+    mask_format: str = Field(default="4d_additive", description="Mask format kind the module expects.")
+    position_embeddings_kwarg: str | None = Field(
+        default=None, description="Keyword receiving (cos, sin) from the rotary module (rotary models)."
+    )
+    position_ids_kwarg: str | None = Field(default=None, description="Keyword receiving position ids, if any.")
+    window: ConfigValue = Field(
+        default=None,
+        description="Sliding window of layer `layer`, or null (`sliding_window if layer_types[layer] == "
+        "'sliding_attention' else None`).",
+    )
+    rotary_args: dict[str, ConfigValue] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for the rotary module per layer (Gemma 3: layer_type).",
     )
 
 
@@ -208,6 +233,7 @@ class Spec(StrictModel):
     block: BlockSpec
     ln_final: NormSpec | None = None
     unembed: UnembedSpec
+    call: CallSpec = Field(default_factory=CallSpec, description="Conventions for calling one block alone.")
 
     @field_validator("config")
     @classmethod
