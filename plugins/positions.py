@@ -15,7 +15,10 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
     `x` is `[b, h, s, d]`; `cos`/`sin` are the rotary module's `[b, s, >= rotary_dim]` output.
     """
     if cos.shape[-1] < rotary_dim:
-        raise ValueError(f"rotary_dim {rotary_dim} is wider than the rotary module's output ({cos.shape[-1]})")
+        raise ValueError(
+            f"rotary_dim {rotary_dim} (spec field config.rotary_dim) is wider than the rotary module's output "
+            f"({cos.shape[-1]} dims)"
+        )
     cos = cos[..., :rotary_dim].unsqueeze(1)
     sin = sin[..., :rotary_dim].unsqueeze(1)
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]

@@ -3,5 +3,6 @@
 from .bridge import Bridge
 from .cache import ActivationCache
 from .hook_points import HookPoint
+from .reimplement import with_attention_implementation
 
-__all__ = ["ActivationCache", "Bridge", "HookPoint"]
+__all__ = ["ActivationCache", "Bridge", "HookPoint", "with_attention_implementation"]

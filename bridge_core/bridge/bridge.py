@@ -22,12 +22,15 @@ from ..spec.schema import Spec
 from . import loading
 from .binding import BoundModel, bind
 from .cache import ActivationCache
+from .components import ComponentCaller
 from .dispatch import HookSession
 from .hook_points import Direction, HookEntry, HookFunction, HookPoint
 from .inputs import check_attention_mask, check_tokens
-from .places import ModuleOutput, qkv_views
-from .reimplement import ReimplementedLayer
+from .places import ModuleOutput
+from .reimplement import reimplemented_layers, with_attention_implementation
 from .weights import BlockWeights, check_bound_shapes
+
+__all__ = ["Bridge", "with_attention_implementation"]
 
 NameOrFilter = str | Callable[[str], bool]
 _STACKED = {
@@ -80,6 +83,7 @@ class Bridge:
         float32 = spec.block.attn.softmax_dtype == "float32"
         self._softmax_float32 = {id(block.attn.module): float32 for block in self._bound.blocks}
         self._reimplemented = reimplemented_layers(self) if spec.block.attn.implementation == "reimplement" else {}
+        self.components = ComponentCaller(self)
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
 
     # ------------------------------------------------------------------ construction
@@ -324,46 +328,3 @@ class Bridge:
             f"Bridge({self.cfg.architecture}: {type(self.model).__name__}, {self.cfg.n_layers} layers, "
             f"d_model {self.cfg.d_model}, {len(self._points)} hook points)"
         )
-
-
-def reimplemented_layers(bridge: Bridge) -> dict[int, ReimplementedLayer]:
-    """The reimplement-path description of every attention module, by module id."""
-    from ..spec.config import evaluate_field
-
-    spec, cfg, hf_config = bridge.spec, bridge.cfg, bridge.model.config
-    attn_spec = spec.block.attn
-    scaling = evaluate_field(bridge.spec_file, "block.attn.scaling", attn_spec.scaling, hf_config)
-    softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config)
-    rotary_dim = int(cfg.extra.get("rotary_dim") or cfg.d_head)
-    position = bridge.position_kind if bridge.position_kind.rotates_qk else None
-    out: dict[int, ReimplementedLayer] = {}
-    for block in bridge._bound.blocks:
-        attn = block.attn
-        module_scaling = getattr(attn.module, "scaling", None)
-        layer = ReimplementedLayer(
-            module=attn.module,
-            projections=attn.qkv,
-            views=qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in attn.qkv, attn.order),
-            o=attn.o,
-            q_norm=attn.q_norm.module if attn.q_norm else None,
-            k_norm=attn.k_norm.module if attn.k_norm else None,
-            norm_heads_first=attn_spec.qk_norm_layout == "bhsd",
-            position=position,
-            rotary_dim=rotary_dim,
-            scaling=float(scaling if scaling is not None else module_scaling or cfg.d_head**-0.5),
-            softcap=softcap,
-            softmax_float32=attn_spec.softmax_dtype == "float32",
-            output_index=attn_spec.output_index,
-            hidden_kwarg="hidden_states",
-            mask_kwarg=spec.call.mask_kwarg,
-            position_embeddings_kwarg=spec.call.position_embeddings_kwarg,
-            submodules={id(m) for m in attn.module.modules() if m is not attn.module},
-        )
-        out[id(attn.module)] = layer
-    return out
-
-
-def with_attention_implementation(spec: Spec, implementation: str) -> Spec:
-    """A copy of `spec` whose attention takes the `interface` or `reimplement` path."""
-    attn = spec.block.attn.model_copy(update={"implementation": implementation})
-    return spec.model_copy(update={"block": spec.block.model_copy(update={"attn": attn})})

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 
 from ..kinds import PositionKind
+from ..spec.config import evaluate_field
+from ..spec.schema import Spec
 from .attention import AttentionRoute, _eager, _rotated
+from .places import qkv_views
 
 
 @dataclass
@@ -101,3 +104,44 @@ class ReimplementRun:
         if layer.k_norm is not None:
             k = layer.k_norm(k) if layer.norm_heads_first else layer.k_norm(k.transpose(1, 2)).transpose(1, 2)
         return q, k, v
+
+
+def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
+    """The reimplement-path description of every attention module, by module id."""
+    spec, cfg, hf_config = bridge.spec, bridge.cfg, bridge.model.config
+    attn_spec = spec.block.attn
+    scaling = evaluate_field(bridge.spec_file, "block.attn.scaling", attn_spec.scaling, hf_config)
+    softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config)
+    rotary_dim = int(cfg.extra.get("rotary_dim") or cfg.d_head)
+    position = bridge.position_kind if bridge.position_kind.rotates_qk else None
+    out: dict[int, ReimplementedLayer] = {}
+    for block in bridge._bound.blocks:
+        attn = block.attn
+        module_scaling = getattr(attn.module, "scaling", None)
+        layer = ReimplementedLayer(
+            module=attn.module,
+            projections=attn.qkv,
+            views=qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in attn.qkv, attn.order),
+            o=attn.o,
+            q_norm=attn.q_norm.module if attn.q_norm else None,
+            k_norm=attn.k_norm.module if attn.k_norm else None,
+            norm_heads_first=attn_spec.qk_norm_layout == "bhsd",
+            position=position,
+            rotary_dim=rotary_dim,
+            scaling=float(scaling if scaling is not None else module_scaling or cfg.d_head**-0.5),
+            softcap=softcap,
+            softmax_float32=attn_spec.softmax_dtype == "float32",
+            output_index=attn_spec.output_index,
+            hidden_kwarg="hidden_states",
+            mask_kwarg=spec.call.mask_kwarg,
+            position_embeddings_kwarg=spec.call.position_embeddings_kwarg,
+            submodules={id(m) for m in attn.module.modules() if m is not attn.module},
+        )
+        out[id(attn.module)] = layer
+    return out
+
+
+def with_attention_implementation(spec: Spec, implementation: str) -> Spec:
+    """A copy of `spec` whose attention takes the `interface` or `reimplement` path."""
+    attn = spec.block.attn.model_copy(update={"implementation": implementation})
+    return spec.model_copy(update={"block": spec.block.model_copy(update={"attn": attn})})
