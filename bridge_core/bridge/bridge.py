@@ -8,18 +8,18 @@ one call and removed in `finally` (see `dispatch.py`), so the model is always le
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import HookNameError, UnknownKindError, close_matches
+from ..errors import HookNameError, InputError, UnknownKindError, close_matches
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
-from . import loading
+from . import loading, running
 from .binding import BoundModel, bind
 from .cache import ActivationCache
 from .components import ComponentCaller
@@ -227,20 +227,100 @@ class Bridge:
     def _device(self) -> torch.device:
         return self._bound.embed.weight.device
 
-    def __call__(self, tokens: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """Logits `[batch, seq, d_vocab]`, with every attached hook running."""
-        return self._forward(tokens, attention_mask, (), kwargs)
+    def __call__(
+        self,
+        tokens: Any,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Logits `[batch, seq, d_vocab]` with every attached hook running.
+
+        `return_type`: "logits", "loss" (next-token cross-entropy), "both" or None.
+        `stop_at_layer=k` returns the residual entering block k and runs no later block;
+        `start_at_layer=k` takes that residual (not tokens) and runs blocks k.. and the unembedding.
+        """
+        return self._forward(
+            tokens, attention_mask, (), kwargs, return_type, loss_per_token, stop_at_layer, start_at_layer
+        )
 
     forward = __call__
 
-    def _forward(self, tokens, attention_mask, extra: Sequence[HookEntry], kwargs: dict) -> torch.Tensor:
-        tokens, attention_mask = self._prepare(tokens, attention_mask)
+    def _forward(
+        self,
+        tokens: Any,
+        attention_mask: torch.Tensor | None,
+        extra: Sequence[HookEntry],
+        kwargs: dict,
+        return_type: str | None = "logits",
+        loss_per_token: bool = False,
+        stop_at_layer: int | None = None,
+        start_at_layer: int | None = None,
+    ) -> Any:
+        if return_type not in ("logits", "loss", "both", None):
+            raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
+        if start_at_layer is not None:
+            residual = tokens
+            if not isinstance(residual, torch.Tensor) or not residual.is_floating_point():
+                raise InputError("with start_at_layer, pass the residual stream [batch, pos, d_model], not tokens")
+            mask = None if attention_mask is None else attention_mask.to(residual.device)
+        else:
+            tokens, mask = self._prepare(tokens, attention_mask)
+        if start_at_layer is not None and return_type in ("loss", "both"):
+            raise InputError("a loss needs tokens; it cannot be computed with start_at_layer")
         kwargs.setdefault("use_cache", False)
         session = self._session(extra)
-        if session is None:
-            return self.model(input_ids=tokens, attention_mask=attention_mask, **kwargs).logits
-        with session:
-            return self.model(input_ids=tokens, attention_mask=attention_mask, **kwargs).logits
+        with ExitStack() as stack:
+            if session is not None:
+                stack.enter_context(session)
+            if start_at_layer is not None:
+                logits = running.run_from_layer(self, residual, start_at_layer, mask)
+            elif stop_at_layer is not None:
+                running.stop_hook(self, stop_at_layer, stack)
+                try:
+                    self.model(input_ids=tokens, attention_mask=mask, **kwargs)
+                except running._StopForward as stop:
+                    return stop.residual
+                raise RuntimeError("the forward did not reach the stop layer")  # a block was skipped
+            else:
+                logits = self.model(input_ids=tokens, attention_mask=mask, **kwargs).logits
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = running.lm_loss(logits, tokens, mask, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
+
+    def generate(
+        self,
+        tokens: Any,
+        max_new_tokens: int = 10,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        use_cache: bool = True,
+        attention_mask: torch.Tensor | None = None,
+    ) -> Any:
+        """Tokens `[batch, prompt + new]` as HF's `generate` returns them, hooks active on every step.
+
+        A string prompt (with a tokenizer) returns the decoded string.
+        """
+        as_text = isinstance(tokens, str)
+        prompt, mask = self._prepare(tokens, attention_mask)
+        session = self._session()
+        with ExitStack() as stack:
+            if session is not None:
+                stack.enter_context(session)
+            out = running.generate(
+                self, prompt, mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, use_cache
+            )
+        return self.tokenizer.decode(out[0]) if as_text and self.tokenizer is not None else out
 
     def run_with_hooks(
         self,
@@ -253,7 +333,7 @@ class Bridge:
     ) -> torch.Tensor:
         """One forward with extra hooks; with `bwd_hooks`, the hooks stay on the graph for `.backward()`."""
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end=reset_hooks_end):
-            return self(tokens, attention_mask=attention_mask, **kwargs)
+            return self(tokens, attention_mask, **kwargs)
 
     def run_with_cache(
         self,
@@ -265,6 +345,11 @@ class Bridge:
         **kwargs: Any,
     ) -> tuple[torch.Tensor, ActivationCache]:
         """Logits and the activations of every selected hook point (all of them by default)."""
+        forward_options = {
+            k: kwargs.pop(k)
+            for k in ("return_type", "loss_per_token", "stop_at_layer", "start_at_layer")
+            if k in kwargs
+        }
         cache: dict[str, torch.Tensor] = {}
 
         def save(tensor: torch.Tensor, hook: HookPoint) -> None:
@@ -277,7 +362,7 @@ class Bridge:
             points = self._select(names_filter)
         else:
             points = [self.hook_point(name) for name in names_filter]
-        logits = self._forward(tokens, attention_mask, [HookEntry(p, save) for p in points], kwargs)
+        logits = self._forward(tokens, attention_mask, [HookEntry(p, save) for p in points], kwargs, **forward_options)
         result = ActivationCache(cache, self)
         return logits, result.remove_batch_dim() if remove_batch_dim else result
 

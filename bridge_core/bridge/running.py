@@ -1,0 +1,139 @@
+"""Forward variants of the bridge: layer ranges, losses and generation.
+
+`stop_at_layer` stops the model's own forward at a block's input (an exception raised from a
+pre-hook, caught here); `start_at_layer` runs the remaining blocks alone through the spec's call
+conventions, then the final norm and unembedding; `generate` runs HF's own `generate` with the
+bridge's hooks attached for every step.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from ..spec.config import evaluate_field
+from .dispatch import _select
+
+
+class _StopForward(Exception):
+    def __init__(self, residual: torch.Tensor) -> None:
+        self.residual = residual
+
+
+def layer_index(bridge: Any, layer: int, what: str) -> int:
+    n = bridge.cfg.n_layers
+    index = layer + n if layer < 0 else layer
+    if not 0 <= index <= n:
+        raise InputError(f"{what}={layer} is outside [-{n}, {n}] for a model with {n} blocks")
+    return index
+
+
+def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
+    """Make the model's forward end at the input of block `stop_at_layer` (or after the last block)."""
+    index = layer_index(bridge, stop_at_layer, "stop_at_layer")
+    blocks = bridge._bound.blocks
+    if index < len(blocks):
+        kwarg = bridge.spec.block.hidden_states_kwarg
+
+        def stop_before(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            raise _StopForward(kwargs[kwarg] if kwarg in kwargs else args[0])
+
+        handle = blocks[index].module.register_forward_pre_hook(stop_before, with_kwargs=True)
+    else:
+        output_index = bridge.spec.block.output_index
+
+        def stop_after(module: nn.Module, args: tuple, output: Any) -> None:
+            raise _StopForward(_select(output, output_index))
+
+        handle = blocks[-1].module.register_forward_hook(stop_after)
+    stack.callback(handle.remove)
+
+
+def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
+    """Final norm, projection, unembedding and final softcap applied to a residual `[b, s, d_model]`."""
+    bound = bridge._bound
+    x = residual
+    if bound.ln_final is not None:
+        x = bound.ln_final.module(x)
+    if bound.unembed_project is not None:
+        x = bound.unembed_project(x)
+    scale = evaluate_field(bridge.spec_file, "unembed.pre_scale", bridge.spec.unembed.pre_scale, bridge.model.config)
+    if scale is not None:
+        x = x * scale
+    logits = bound.unembed(x)
+    cap = evaluate_field(bridge.spec_file, "unembed.softcap", bridge.spec.unembed.softcap, bridge.model.config)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def run_from_layer(
+    bridge: Any, residual: torch.Tensor, start_at_layer: int, attention_mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Blocks `start_at_layer..` on `residual`, then the unembedding; returns logits."""
+    index = layer_index(bridge, start_at_layer, "start_at_layer")
+    if residual.dim() != 3 or residual.shape[-1] != bridge.cfg.d_model:
+        raise InputError(
+            f"start_at_layer needs a residual [batch, pos, d_model={bridge.cfg.d_model}], got {tuple(residual.shape)}"
+        )
+    x = residual
+    for layer in range(index, bridge.cfg.n_layers):
+        x = bridge.components.block(layer, x, attention_mask)
+    return unembed(bridge, x)
+
+
+def lm_loss(
+    logits: torch.Tensor, tokens: torch.Tensor, attention_mask: torch.Tensor | None, per_token: bool
+) -> torch.Tensor:
+    """Next-token cross-entropy; padded targets are left out (per-token values there are 0)."""
+    log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+    losses = -log_probs.gather(-1, tokens[:, 1:, None])[..., 0]
+    if attention_mask is not None:
+        keep = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(losses.dtype)
+        losses = losses * keep
+        return losses if per_token else losses.sum() / keep.sum().clamp(min=1)
+    return losses if per_token else losses.mean()
+
+
+def generate(
+    bridge: Any,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    max_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    eos_token_id: int | None,
+    use_cache: bool,
+) -> torch.Tensor:
+    """HF's own `generate`, so decoding is exactly the model's; hooks fire on every step."""
+    if max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    limit = bridge.cfg.n_ctx if bridge.position_kind.limits_length else None
+    if limit is not None and tokens.shape[1] + max_new_tokens > limit:
+        raise InputError(
+            f"{tokens.shape[1]} prompt tokens + {max_new_tokens} new ones exceed this model's {limit} positions"
+        )
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "use_cache": use_cache,
+        "min_new_tokens": 0,
+    }
+    if do_sample:
+        kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    else:  # greedy: neutralize sampling settings a checkpoint's generation_config may carry
+        kwargs.update(temperature=None, top_k=None, top_p=None)
+    eos = eos_token_id if eos_token_id is not None else getattr(bridge.model.generation_config, "eos_token_id", None)
+    kwargs["eos_token_id"] = eos
+    pad = getattr(bridge.model.generation_config, "pad_token_id", None)
+    kwargs["pad_token_id"] = pad if pad is not None else (eos if isinstance(eos, int) else 0)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(tokens)
+    return bridge.model.generate(input_ids=tokens, attention_mask=attention_mask, **kwargs)
