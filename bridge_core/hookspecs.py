@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from .kinds import ActivationFunction, MaskFormat, NormKind, PositionKind
+    from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, NormKind, PositionKind, ScoreBiasKind
     from .spec.schema import Spec
 
 hookspec = pluggy.HookspecMarker("bridge_core")
@@ -57,6 +57,20 @@ def bridge_core_position_kinds() -> list[PositionKind]:
 @hookspec
 def bridge_core_mask_formats() -> list[MaskFormat]:
     """Mask formats (`2d`, `4d_additive`, `4d_bool`, `none`) used when the core calls a module alone."""
+
+
+@hookspec
+def bridge_core_score_bias_kinds() -> list[ScoreBiasKind]:
+    """Score-bias kinds (`t5_buckets`, a plugin's `alibi`): additive attention-score biases.
+
+    A spec selects one with `score_bias: {kind: NAME}` on a stack. Return a list of `ScoreBiasKind`.
+    """
+
+
+@hookspec
+def bridge_core_cross_attention_kinds() -> list[CrossAttentionKind]:
+    """Cross-attention kinds (`encoder_output`): where keys/values come from and how a decoder block
+    is called with them. A spec selects one with `cross_attn: {kind: NAME}`."""
 
 
 @hookspec

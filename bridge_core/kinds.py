@@ -88,6 +88,33 @@ class PositionKind:
 
 
 @dataclass(frozen=True)
+class ScoreBiasKind:
+    """An additive score bias `[1 or b, h, q, k]` shared by the layers of one stack call.
+
+    `compute(table, q_len, k_len, bidirectional, num_buckets, max_distance, offset)` builds it from the
+    module holding the learned table (or none), for component calls and the reimplement path.
+    `hook_view` shows the table module's output as `[1, h, q, k]` for `hook_rel_pos_bias` (a view,
+    so an edit made there reaches every layer that shares the bias).
+    """
+
+    name: str
+    compute: Callable[..., torch.Tensor]
+    hook_view: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class CrossAttentionKind:
+    """Where a decoder block's cross-attention keys and values come from, and how it is called.
+
+    `block_kwargs(encoder_states, encoder_mask, q_len, dtype, mask_format, spec)` returns the keyword
+    arguments a decoder block needs for cross attention when the core calls it alone.
+    """
+
+    name: str
+    block_kwargs: Callable[..., dict]
+
+
+@dataclass(frozen=True)
 class MaskFormat:
     """The mask a module expects when the core calls it on its own.
 

@@ -16,7 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .kinds import ActivationFunction, MaskFormat, NormKind, PositionKind
+from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, NormKind, PositionKind, ScoreBiasKind
 
 ENTRY_POINT_GROUP = "bridge_core"
 hookimpl = pluggy.HookimplMarker("bridge_core")
@@ -41,6 +41,8 @@ class Kinds:
     activations: dict[str, ActivationFunction]
     positions: dict[str, PositionKind]
     mask_formats: dict[str, MaskFormat]
+    score_biases: dict[str, ScoreBiasKind]
+    cross_attentions: dict[str, CrossAttentionKind]
     origins: dict[tuple[str, str], str]
 
 
@@ -100,6 +102,10 @@ class PluginHost:
                 activations=self._collect("bridge_core_activation_functions", "activation", origins, dict.items),
                 positions=self._collect("bridge_core_position_kinds", "position", origins, _named_list),
                 mask_formats=self._collect("bridge_core_mask_formats", "mask format", origins, _named_list),
+                score_biases=self._collect("bridge_core_score_bias_kinds", "score bias", origins, _named_list),
+                cross_attentions=self._collect(
+                    "bridge_core_cross_attention_kinds", "cross attention", origins, _named_list
+                ),
                 origins=origins,
             )
         return self._kinds

@@ -195,23 +195,35 @@ class Registry:
                     field=".".join(str(p) for p in path),
                 )
 
-        b = spec.block
-        norms: list[tuple[NormSpec | None, tuple]] = [
-            (b.ln1, ("block", "ln1", "kind")),
-            (b.ln2, ("block", "ln2", "kind")),
-            (b.ln1_post, ("block", "ln1_post", "kind")),
-            (b.ln2_post, ("block", "ln2_post", "kind")),
-            (b.attn.q_norm, ("block", "attn", "q_norm", "kind")),
-            (b.attn.k_norm, ("block", "attn", "k_norm", "kind")),
-            (spec.ln_final, ("ln_final", "kind")),
-        ]
+        blocks = [(spec.block, ("block",))]
+        if spec.encoder is not None:
+            blocks.append((spec.encoder.block, ("encoder", "block")))
+        norms: list[tuple[NormSpec | None, tuple]] = [(spec.ln_final, ("ln_final", "kind"))]
+        if spec.encoder is not None:
+            norms.append((spec.encoder.ln_final, ("encoder", "ln_final", "kind")))
+        for b, at in blocks:
+            norms += [
+                (b.ln1, (*at, "ln1", "kind")),
+                (b.ln2, (*at, "ln2", "kind")),
+                (b.ln1_post, (*at, "ln1_post", "kind")),
+                (b.ln2_post, (*at, "ln2_post", "kind")),
+                (b.attn.q_norm, (*at, "attn", "q_norm", "kind")),
+                (b.attn.k_norm, (*at, "attn", "k_norm", "kind")),
+            ]
+            if b.cross_attn is not None:
+                norms.append((b.cross_attn.ln, (*at, "cross_attn", "ln", "kind")))
+                need(kinds.cross_attentions, b.cross_attn.kind, "cross attention", (*at, "cross_attn", "kind"))
+            if b.mlp.act_fn is not None:
+                need(kinds.activations, b.mlp.act_fn, "activation", (*at, "mlp", "act_fn"))
         for norm, path in norms:
             if norm is not None:
                 need(kinds.norms, norm.kind, "norm", path)
+        need(kinds.mask_formats, spec.call.mask_format, "mask format", ("call", "mask_format"))
+        for bias, at in ((spec.score_bias, ("score_bias",)), (spec.encoder and spec.encoder.score_bias, ("encoder",))):
+            if bias:
+                need(kinds.score_biases, bias.kind, "score bias", (*at, "kind"))
         if spec.pos_embed is not None:
             need(kinds.positions, spec.pos_embed.kind, "position", ("pos_embed", "kind"))
-        if spec.block.mlp.act_fn is not None:
-            need(kinds.activations, spec.block.mlp.act_fn, "activation", ("block", "mlp", "act_fn"))
 
 
 @cache

@@ -26,6 +26,7 @@ from .places import (
     NormValue,
     SplitHeads,
     TokenShape,
+    View,
     qkv_views,
 )
 
@@ -60,6 +61,13 @@ class BoundMLP:
 
 
 @dataclass
+class BoundCrossAttention:
+    attn: BoundAttention
+    ln: BoundNorm | None
+    residual_at: nn.Module | None
+
+
+@dataclass
 class BoundBlock:
     index: int
     module: nn.Module
@@ -71,6 +79,18 @@ class BoundBlock:
     mlp: BoundMLP
     ln1_post: BoundNorm | None = None
     ln2_post: BoundNorm | None = None
+    cross: BoundCrossAttention | None = None
+    resid_mid_at: nn.Module | None = None
+
+
+@dataclass
+class BoundStack:
+    """The encoder of an encoder-decoder model (the decoder is the BoundModel itself)."""
+
+    embed: nn.Module
+    blocks: list[BoundBlock]
+    ln_final: BoundNorm | None
+    score_bias: nn.Module | None
 
 
 @dataclass
@@ -85,7 +105,12 @@ class BoundModel:
     unembed_path: str
     embed_project: nn.Module | None = None
     unembed_project: nn.Module | None = None
+    score_bias: nn.Module | None = None
+    encoder: BoundStack | None = None
     points: dict[str, HookPoint] = field(default_factory=dict)
+
+    def all_blocks(self) -> list[BoundBlock]:
+        return [*(self.encoder.blocks if self.encoder else []), *self.blocks]
 
 
 def resolve_path(root: nn.Module, path: ModulePath, spec_field: str, prefix: str = "") -> tuple[nn.Module, str]:
@@ -133,33 +158,73 @@ def block_kind(spec: Spec, hf_config: object, spec_file: str | None = None) -> s
     return kind
 
 
+def _bind_blocks(
+    model: nn.Module, path: ModulePath, field_name: str, n_layers: int, block_spec, kinds: Kinds, kind: str
+) -> list[BoundBlock]:
+    blocks_list, blocks_path = resolve_path(model, path, field_name)
+    if not isinstance(blocks_list, (nn.ModuleList, nn.Sequential)):
+        raise BindError(
+            f"'{blocks_path}' is a {type(blocks_list).__name__}, not a ModuleList of blocks",
+            spec_path=field_name,
+            module_path=blocks_path,
+        )
+    if len(blocks_list) != n_layers:
+        count_field = "config.n_encoder_layers" if field_name.startswith("encoder") else "config.n_layers"
+        raise BindError(
+            f"{count_field} evaluates to {n_layers} but '{blocks_path}' holds {len(blocks_list)} blocks",
+            spec_path=count_field,
+            module_path=blocks_path,
+        )
+    return [
+        _bind_block(
+            i,
+            block,
+            f"{blocks_path}.{i}.",
+            block_spec,
+            kinds,
+            kind,
+            field_name.replace("blocks", "block"),
+            model.config,
+        )
+        for i, block in enumerate(blocks_list)
+    ]
+
+
 def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_file: str | None = None) -> BoundModel:
     embed, _ = resolve_path(model, spec.embed.path, "embed.path")
     embed_project = _optional(model, spec.embed.project, "embed.project")
     pos_embed = None
     if spec.pos_embed is not None and spec.pos_embed.path is not None:
         pos_embed, _ = resolve_path(model, spec.pos_embed.path, "pos_embed.path")
-    blocks_list, blocks_path = resolve_path(model, spec.blocks, "blocks")
-    if not isinstance(blocks_list, (nn.ModuleList, nn.Sequential)):
-        raise BindError(
-            f"'{blocks_path}' is a {type(blocks_list).__name__}, not a ModuleList of blocks",
-            spec_path="blocks",
-            module_path=blocks_path,
-        )
-    if len(blocks_list) != cfg.n_layers:
-        raise BindError(
-            f"config.n_layers evaluates to {cfg.n_layers} but '{blocks_path}' holds {len(blocks_list)} blocks",
-            spec_path="config.n_layers",
-            module_path=blocks_path,
-        )
     kind = block_kind(spec, model.config, spec_file)
-    blocks = [_bind_block(i, block, f"{blocks_path}.{i}.", spec, kinds, kind) for i, block in enumerate(blocks_list)]
+    blocks = _bind_blocks(model, spec.blocks, "blocks", cfg.n_layers, spec.block, kinds, kind)
     ln_final = _bind_norm(model, spec.ln_final, "ln_final", "", kinds)
     unembed, unembed_path = resolve_path(model, spec.unembed.path, "unembed.path")
     unembed_project = _optional(model, spec.unembed.project, "unembed.project")
-    bound = BoundModel(embed, pos_embed, blocks, ln_final, unembed, unembed_path, embed_project, unembed_project)
+    score_bias = resolve_path(model, spec.score_bias.path, "score_bias.path")[0] if spec.score_bias else None
+    encoder = None
+    if spec.encoder is not None:
+        enc = spec.encoder
+        n_encoder = cfg.extra.get("n_encoder_layers")
+        if not isinstance(n_encoder, int):
+            raise SpecError(
+                "an encoder stack needs the normalized field n_encoder_layers",
+                file=spec_file,
+                field="config.n_encoder_layers",
+            )
+        encoder = BoundStack(
+            embed=resolve_path(model, enc.embed.path, "encoder.embed.path")[0],
+            blocks=_bind_blocks(model, enc.blocks, "encoder.blocks", n_encoder, enc.block, kinds, "sequential"),
+            ln_final=_bind_norm(model, enc.ln_final, "encoder.ln_final", "", kinds),
+            score_bias=resolve_path(model, enc.score_bias.path, "encoder.score_bias.path")[0]
+            if enc.score_bias and enc.score_bias.path
+            else None,
+        )
+    bound = BoundModel(
+        embed, pos_embed, blocks, ln_final, unembed, unembed_path, embed_project, unembed_project, score_bias, encoder
+    )
     position_kind = kinds.positions[spec.pos_embed.kind if spec.pos_embed else "none"]
-    bound.points = _lay_out_points(bound, spec, cfg, position_kind)
+    bound.points = _lay_out_points(bound, spec, cfg, position_kind, kinds, model.config, spec_file)
     return bound
 
 
@@ -184,134 +249,218 @@ def _bind_norm(root: nn.Module, norm: NormSpec | None, spec_field: str, prefix: 
     return BoundNorm(module, path, kinds.norms[norm.kind])
 
 
-def _bind_block(index: int, block: nn.Module, prefix: str, spec: Spec, kinds: Kinds, kind: str) -> BoundBlock:
-    b = spec.block
-    attn_module, attn_path = resolve_path(block, b.attn.path, "block.attn.path", prefix)
-    attn_prefix = f"{attn_path}."
-    if b.attn.qkv.kind == "fused":
-        qkv = {"qkv": resolve_path(attn_module, b.attn.qkv.path, "block.attn.qkv.path", attn_prefix)[0]}
+def _bind_attention(block: nn.Module, spec_attn, field_name: str, prefix: str, kinds: Kinds) -> BoundAttention:
+    module, path = resolve_path(block, spec_attn.path, f"{field_name}.path", prefix)
+    inner = f"{path}."
+    if spec_attn.qkv.kind == "fused":
+        qkv = {"qkv": resolve_path(module, spec_attn.qkv.path, f"{field_name}.qkv.path", inner)[0]}
     else:
-        qkv = {
-            name: resolve_path(attn_module, getattr(b.attn.qkv, name), f"block.attn.qkv.{name}", attn_prefix)[0]
-            for name in ("q", "k", "v")
-        }
-    o, _ = resolve_path(attn_module, b.attn.o, "block.attn.o", attn_prefix)
-    attn = BoundAttention(
-        attn_module,
-        attn_path,
+        qkv = {n: resolve_path(module, getattr(spec_attn.qkv, n), f"{field_name}.qkv.{n}", inner)[0] for n in "qkv"}
+    return BoundAttention(
+        module,
+        path,
         qkv,
-        o,
-        b.attn.layout,
-        b.attn.qkv.order,
-        q_norm=_bind_norm(attn_module, b.attn.q_norm, "block.attn.q_norm", attn_prefix, kinds),
-        k_norm=_bind_norm(attn_module, b.attn.k_norm, "block.attn.k_norm", attn_prefix, kinds),
+        resolve_path(module, spec_attn.o, f"{field_name}.o", inner)[0],
+        spec_attn.layout,
+        spec_attn.qkv.order,
+        q_norm=_bind_norm(module, spec_attn.q_norm, f"{field_name}.q_norm", inner, kinds),
+        k_norm=_bind_norm(module, spec_attn.k_norm, f"{field_name}.k_norm", inner, kinds),
     )
-    mlp_module, mlp_path = resolve_path(block, b.mlp.path, "block.mlp.path", prefix)
+
+
+def mlp_kind(block_spec, hf_config: object) -> str:
+    kind = block_spec.mlp.kind
+    if kind not in ("plain", "gated"):
+        kind = evaluate_field(None, "block.mlp.kind", kind, hf_config)
+    if kind not in ("plain", "gated"):
+        raise SpecError(f"evaluates to {kind!r}; expected 'plain' or 'gated'", field="block.mlp.kind")
+    return kind
+
+
+def _bind_block(
+    index: int, block: nn.Module, prefix: str, b, kinds: Kinds, kind: str, field: str, hf_config: object
+) -> BoundBlock:
+    attn = _bind_attention(block, b.attn, f"{field}.attn", prefix, kinds)
+    mlp_module, mlp_path = resolve_path(block, b.mlp.path, f"{field}.mlp.path", prefix)
     mlp_prefix = f"{mlp_path}." if mlp_module is not block else prefix
-    w_in, _ = resolve_path(mlp_module, b.mlp.in_, "block.mlp.in", mlp_prefix)
-    w_gate = resolve_path(mlp_module, b.mlp.gate, "block.mlp.gate", mlp_prefix)[0] if b.mlp.gate else None
-    w_out, _ = resolve_path(mlp_module, b.mlp.out, "block.mlp.out", mlp_prefix)
+    w_in, _ = resolve_path(mlp_module, b.mlp.in_, f"{field}.mlp.in", mlp_prefix)
+    gated = mlp_kind(b, hf_config) == "gated"
+    if gated and b.mlp.gate is None:
+        raise SpecError("the MLP is gated for this config but the spec names no 'gate'", field=f"{field}.mlp.gate")
+    w_gate = resolve_path(mlp_module, b.mlp.gate, f"{field}.mlp.gate", mlp_prefix)[0] if gated else None
+    w_out, _ = resolve_path(mlp_module, b.mlp.out, f"{field}.mlp.out", mlp_prefix)
     mlp = BoundMLP(mlp_module, mlp_path.rstrip("."), w_in, w_gate, w_out, b.mlp.layout)
+    cross = None
+    if b.cross_attn is not None:
+        c = b.cross_attn
+        cross = BoundCrossAttention(
+            attn=_bind_attention(block, c.attn, f"{field}.cross_attn.attn", prefix, kinds),
+            ln=_bind_norm(block, c.ln, f"{field}.cross_attn.ln", prefix, kinds),
+            residual_at=resolve_path(block, c.residual_at, f"{field}.cross_attn.residual_at", prefix)[0]
+            if c.residual_at
+            else None,
+        )
     return BoundBlock(
         index,
         block,
         prefix.rstrip("."),
         kind,
-        _bind_norm(block, b.ln1, "block.ln1", prefix, kinds),
+        _bind_norm(block, b.ln1, f"{field}.ln1", prefix, kinds),
         attn,
-        _bind_norm(block, b.ln2, "block.ln2", prefix, kinds),
+        _bind_norm(block, b.ln2, f"{field}.ln2", prefix, kinds),
         mlp,
-        _bind_norm(block, b.ln1_post, "block.ln1_post", prefix, kinds),
-        _bind_norm(block, b.ln2_post, "block.ln2_post", prefix, kinds),
+        _bind_norm(block, b.ln1_post, f"{field}.ln1_post", prefix, kinds),
+        _bind_norm(block, b.ln2_post, f"{field}.ln2_post", prefix, kinds),
+        cross,
+        resolve_path(block, b.resid_mid_at, f"{field}.resid_mid_at", prefix)[0] if b.resid_mid_at else None,
     )
 
 
 def _lay_out_points(
-    bound: BoundModel, spec: Spec, cfg: BridgeConfig, position_kind: PositionKind
+    bound: BoundModel,
+    spec: Spec,
+    cfg: BridgeConfig,
+    position_kind: PositionKind,
+    kinds: Kinds,
+    hf_config: object,
+    spec_file: str | None,
 ) -> dict[str, HookPoint]:
-    """Every hook point, in the order the forward reaches them (the order of `hook_names()`)."""
-    points: dict[str, HookPoint] = {}
+    """Every hook point, in the order the forward reaches them (the order of `hook_names()`).
 
-    def add(name: str, place) -> None:
-        points[name] = HookPoint(name, place)
+    Decoder-only models use HookedTransformer's names (`blocks.{i}.…`, `ln_final`); encoder-decoder
+    models HookedEncoderDecoder's (`encoder.{i}.…`, `decoder.{i}.…`, `encoder_final_ln`, ...).
+    """
+    layout = _Layout(cfg, kinds)
+    if bound.encoder is not None:
+        enc = spec.encoder
+        layout.output("hook_embed", bound.encoder.embed, "encoder.embed")
+        layout.score_bias("encoder", bound.encoder.score_bias, enc.score_bias)
+        for block in bound.encoder.blocks:
+            layout.block(f"encoder.{block.index}", block, enc.block, rotary=False)
+        layout.norm("encoder_final_ln", bound.encoder.ln_final)
+        prefix, embed_name, final_name = "decoder.", "decoder.hook_embed", "decoder_final_ln"
+    else:
+        prefix, embed_name, final_name = "blocks.", "hook_embed", "ln_final"
+    layout.output(embed_name, bound.embed, "embed")
+    if bound.embed_project is not None:
+        layout.output("hook_project_in", bound.embed_project, "embed.project")
+    if bound.pos_embed is not None and position_kind.has_table:
+        layout.output("hook_pos_embed", bound.pos_embed, "pos_embed")
+    if bound.encoder is not None:
+        layout.score_bias("decoder", bound.score_bias, spec.score_bias)
+    for block in bound.blocks:
+        layout.block(f"{prefix}{block.index}", block, spec.block, rotary=position_kind.rotates_qk)
+    layout.norm(final_name, bound.ln_final)
+    if bound.unembed_project is not None:
+        layout.output("hook_project_out", bound.unembed_project, "unembed.project")
+    layout.output("hook_unembed", bound.unembed, bound.unembed_path)
+    return layout.points
 
-    def add_norm(prefix: str, norm: BoundNorm | None, view=None) -> None:
+
+class _Layout:
+    """Collects hook points in forward order."""
+
+    def __init__(self, cfg: BridgeConfig, kinds: Kinds) -> None:
+        self.cfg = cfg
+        self.kinds = kinds
+        self.points: dict[str, HookPoint] = {}
+
+    def add(self, name: str, place) -> None:
+        self.points[name] = HookPoint(name, place)
+
+    def output(self, name: str, module: nn.Module, path: str, **kwargs) -> None:
+        self.add(name, ModuleOutput(module, path, **kwargs))
+
+    def norm(self, prefix: str, norm: BoundNorm | None, view=None) -> None:
         if norm is None:
             return
         for which in ("scale", "normalized"):
-            add(f"{prefix}.hook_{which}", NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view))
+            self.add(
+                f"{prefix}.hook_{which}", NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view)
+            )
 
-    add("hook_embed", ModuleOutput(bound.embed, "embed"))
-    if bound.embed_project is not None:
-        add("hook_project_in", ModuleOutput(bound.embed_project, "embed.project"))
-    if bound.pos_embed is not None and position_kind.has_table:
-        add("hook_pos_embed", ModuleOutput(bound.pos_embed, "pos_embed"))
-    rotary = position_kind.rotates_qk
-    h, d = cfg.n_heads, cfg.d_head
-    b = spec.block
-    for block in bound.blocks:
-        p = f"blocks.{block.index}"
-        flat = None
-        if b.mlp.flat_tokens:
-            flat = FlatTokens(TokenShape(), block.module)
-        add(f"{p}.hook_resid_pre", ModuleInput(block.module, block.path, arg=0, kwarg=b.hidden_states_kwarg))
-        if block.kind != "post_norm":
-            add_norm(f"{p}.ln1", block.ln1)
-        attn = block.attn
+    def score_bias(self, stack: str, module: nn.Module | None, bias_spec) -> None:
+        if module is None or bias_spec is None:
+            return
+        kind = self.kinds.score_biases[bias_spec.kind]
+        if kind.hook_view is not None:
+            self.output(f"{stack}.hook_rel_pos_bias", module, f"{stack}.score_bias", view=_FunctionView(kind.hook_view))
+
+    def attention(self, p: str, attn: BoundAttention, spec_attn, rotary: bool) -> None:
+        cfg = self.cfg
+        h, d = cfg.n_heads, cfg.d_head
         views = qkv_views(h, cfg.n_kv_heads, d, "qkv" in attn.qkv, attn.order)
         modules = dict.fromkeys("qkv", attn.qkv["qkv"]) if "qkv" in attn.qkv else attn.qkv
         for n in "qkv":
-            add(f"{p}.attn.hook_{n}", ModuleOutput(modules[n], f"{attn.path}.{n}", view=views[n]))
-        norm_view = HeadsFirst() if b.attn.qk_norm_layout == "bhsd" else None
-        add_norm(f"{p}.attn.q_norm", attn.q_norm, norm_view)
-        add_norm(f"{p}.attn.k_norm", attn.k_norm, norm_view)
-        if rotary:
-            add(f"{p}.attn.hook_rot_q", AttentionValue(attn.module, attn.path, which="rot_q"))
-            add(f"{p}.attn.hook_rot_k", AttentionValue(attn.module, attn.path, which="rot_k"))
-        add(f"{p}.attn.hook_attn_scores", AttentionValue(attn.module, attn.path, which="scores"))
-        add(f"{p}.attn.hook_pattern", AttentionValue(attn.module, attn.path, which="pattern"))
-        add(f"{p}.attn.hook_z", ModuleInput(attn.o, f"{attn.path}.o", view=SplitHeads(h, d), kwarg="input"))
-        add(
-            f"{p}.attn.hook_result",
-            HeadResult(attn.o, f"{attn.path}.o", n_heads=h, d_head=d, layout=attn.layout),
-        )
+            self.output(f"{p}.hook_{n}", modules[n], f"{attn.path}.{n}", view=views[n])
+        norm_view = HeadsFirst() if spec_attn.qk_norm_layout == "bhsd" else None
+        self.norm(f"{p}.q_norm", attn.q_norm, norm_view)
+        self.norm(f"{p}.k_norm", attn.k_norm, norm_view)
+        internal = ["rot_q", "rot_k", "scores", "pattern"] if rotary else ["scores", "pattern"]
+        for which in internal:
+            name = "hook_attn_scores" if which == "scores" else f"hook_{which}"
+            self.add(f"{p}.{name}", AttentionValue(attn.module, attn.path, which=which))
+        self.add(f"{p}.hook_z", ModuleInput(attn.o, f"{attn.path}.o", view=SplitHeads(h, d), kwarg="input"))
+        self.add(f"{p}.hook_result", HeadResult(attn.o, f"{attn.path}.o", n_heads=h, d_head=d, layout=attn.layout))
+
+    def block(self, p: str, block: BoundBlock, b, rotary: bool) -> None:
+        flat = FlatTokens(TokenShape(), block.module) if b.mlp.flat_tokens else None
+        self.add(f"{p}.hook_resid_pre", ModuleInput(block.module, block.path, arg=0, kwarg=b.hidden_states_kwarg))
+        if block.kind != "post_norm":
+            self.norm(f"{p}.ln1", block.ln1)
+        self.attention(f"{p}.attn", block.attn, b.attn, rotary)
         if block.ln1_post is not None:
-            add_norm(f"{p}.ln1_post", block.ln1_post)
-            add(f"{p}.hook_attn_out", ModuleOutput(block.ln1_post.module, block.ln1_post.path))
+            self.norm(f"{p}.ln1_post", block.ln1_post)
+            self.output(f"{p}.hook_attn_out", block.ln1_post.module, block.ln1_post.path)
         else:
-            add(f"{p}.hook_attn_out", ModuleOutput(attn.module, attn.path, index=b.attn.output_index))
-        if block.kind == "sequential" and block.ln2 is not None:
+            self.output(f"{p}.hook_attn_out", block.attn.module, block.attn.path, index=b.attn.output_index)
+        mlp_norm = f"{p}.ln3" if block.cross is not None else f"{p}.ln2"
+        if block.resid_mid_at is not None:
+            self.output(f"{p}.hook_resid_mid", block.resid_mid_at, block.path, index=0)
+        elif block.kind == "sequential" and block.ln2 is not None:
             # HF adds the attention output to the residual and hands that one tensor both to ln2 and,
             # as `residual`, to the add after the MLP: an edit must be made in place to reach both.
-            add(f"{p}.hook_resid_mid", ModuleInput(block.ln2.module, block.ln2.path, in_place=True, view=flat))
-            add_norm(f"{p}.ln2", block.ln2, flat)
-        elif block.kind == "parallel":
-            add_norm(f"{p}.ln2", block.ln2, flat)
-        else:  # post_norm: ln1 normalizes the mid residual, ln2 the block output
-            add(f"{p}.hook_resid_mid", ModuleInput(block.ln1.module, block.ln1.path))
-            add_norm(f"{p}.ln1", block.ln1)
+            self.add(f"{p}.hook_resid_mid", ModuleInput(block.ln2.module, block.ln2.path, in_place=True, view=flat))
+        elif block.kind == "post_norm":  # ln1 normalizes the mid residual, ln2 the block output
+            self.add(f"{p}.hook_resid_mid", ModuleInput(block.ln1.module, block.ln1.path))
+            self.norm(f"{p}.ln1", block.ln1)
+        if block.cross is not None:
+            cross = block.cross
+            self.norm(f"{p}.ln2", cross.ln)
+            self.attention(f"{p}.cross_attn", cross.attn, b.cross_attn.attn, rotary=False)
+            index = b.cross_attn.attn.output_index
+            self.output(f"{p}.hook_cross_attn_out", cross.attn.module, cross.attn.path, index=index)
+            if cross.residual_at is not None:
+                self.output(f"{p}.hook_resid_mid_cross", cross.residual_at, block.path, index=0)
+        if block.kind != "post_norm":
+            self.norm(mlp_norm, block.ln2, flat)
         mlp = block.mlp
         if mlp.w_gate is not None:
-            add(f"{p}.mlp.hook_pre", ModuleOutput(mlp.w_gate, f"{mlp.path}.gate", view=flat))
-            add(f"{p}.mlp.hook_pre_linear", ModuleOutput(mlp.w_in, f"{mlp.path}.in", view=flat))
+            self.output(f"{p}.mlp.hook_pre", mlp.w_gate, f"{mlp.path}.gate", view=flat)
+            self.output(f"{p}.mlp.hook_pre_linear", mlp.w_in, f"{mlp.path}.in", view=flat)
         else:
-            add(f"{p}.mlp.hook_pre", ModuleOutput(mlp.w_in, f"{mlp.path}.in", view=flat))
-        add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
+            self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
+        self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
         if block.ln2_post is not None:
-            add_norm(f"{p}.ln2_post", block.ln2_post)
-            add(f"{p}.hook_mlp_out", ModuleOutput(block.ln2_post.module, block.ln2_post.path))
+            self.norm(f"{p}.ln2_post", block.ln2_post)
+            self.output(f"{p}.hook_mlp_out", block.ln2_post.module, block.ln2_post.path)
         elif mlp.module is block.module:  # no MLP module of its own (OPT): its output projection's output
-            add(f"{p}.hook_mlp_out", ModuleOutput(mlp.w_out, f"{mlp.path}.out", view=flat))
+            self.output(f"{p}.hook_mlp_out", mlp.w_out, f"{mlp.path}.out", view=flat)
         else:
-            add(f"{p}.hook_mlp_out", ModuleOutput(mlp.module, mlp.path, view=flat))
+            self.output(f"{p}.hook_mlp_out", mlp.module, mlp.path, view=flat)
         if block.kind == "post_norm":
-            add(f"{p}.hook_resid_post", ModuleInput(block.ln2.module, block.ln2.path))
-            add_norm(f"{p}.ln2", block.ln2)
-            add(f"{p}.hook_normalized_resid_post", ModuleOutput(block.module, block.path, index=b.output_index))
+            self.add(f"{p}.hook_resid_post", ModuleInput(block.ln2.module, block.ln2.path))
+            self.norm(f"{p}.ln2", block.ln2)
+            self.output(f"{p}.hook_normalized_resid_post", block.module, block.path, index=b.output_index)
         else:
-            add(f"{p}.hook_resid_post", ModuleOutput(block.module, block.path, index=b.output_index))
-    add_norm("ln_final", bound.ln_final)
-    if bound.unembed_project is not None:
-        add("hook_project_out", ModuleOutput(bound.unembed_project, "unembed.project"))
-    add("hook_unembed", ModuleOutput(bound.unembed, bound.unembed_path))
-    return points
+            self.output(f"{p}.hook_resid_post", block.module, block.path, index=b.output_index)
+
+
+@dataclass(frozen=True, eq=False)
+class _FunctionView(View):
+    """A view given by a kind's function (e.g. a score-bias table shown as `[1, h, q, k]`)."""
+
+    function: object
+
+    def __call__(self, base):
+        return self.function(base)

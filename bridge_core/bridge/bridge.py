@@ -77,11 +77,18 @@ class Bridge:
         self._bound: BoundModel = bind(model, spec, cfg, kinds, spec_file)
         check_bound_shapes(self._bound, cfg)
         self.blocks = [BlockWeights(block, cfg) for block in self._bound.blocks]
+        encoder = self._bound.encoder
+        self.encoder = [BlockWeights(block, cfg) for block in encoder.blocks] if encoder else None
+        self.decoder = self.blocks if encoder else None
         self._points = self._bound.points
         self._module_points: dict[str, HookPoint] = {}
         self._configs = loading.config_objects(model)
         float32 = spec.block.attn.softmax_dtype == "float32"
-        self._softmax_float32 = {id(block.attn.module): float32 for block in self._bound.blocks}
+        self._softmax_float32 = {
+            id(attn.module): float32
+            for block in self._bound.all_blocks()
+            for attn in [block.attn, *([block.cross.attn] if block.cross else [])]
+        }
         self._reimplemented = reimplemented_layers(self) if spec.block.attn.implementation == "reimplement" else {}
         self.components = ComponentCaller(self)
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
@@ -224,6 +231,27 @@ class Bridge:
         device = self._device()
         return tokens.to(device), None if attention_mask is None else attention_mask.to(device)
 
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self._bound.encoder is not None
+
+    def _check_decoder_inputs(self, kwargs: dict, stop_at_layer: int | None, start_at_layer: int | None) -> None:
+        if stop_at_layer is not None or start_at_layer is not None:
+            raise InputError("layer ranges are not supported on encoder-decoder models yet")
+        decoder_ids = kwargs.get("decoder_input_ids")
+        if decoder_ids is None:
+            raise InputError(
+                "this is an encoder-decoder model: pass decoder_input_ids=[batch, dec_len] token ids for the decoder "
+                "(e.g. the decoder start token followed by the target so far); input tokens go to the encoder"
+            )
+        kwargs["decoder_input_ids"] = check_tokens(decoder_ids, self.cfg.d_vocab, None, "decoder_input_ids").to(
+            self._device()
+        )
+        if kwargs.get("decoder_attention_mask") is not None:
+            kwargs["decoder_attention_mask"] = check_attention_mask(
+                kwargs["decoder_attention_mask"], kwargs["decoder_input_ids"]
+            ).to(self._device())
+
     def _device(self) -> torch.device:
         return self._bound.embed.weight.device
 
@@ -273,6 +301,8 @@ class Bridge:
         if start_at_layer is not None and return_type in ("loss", "both"):
             raise InputError("a loss needs tokens; it cannot be computed with start_at_layer")
         kwargs.setdefault("use_cache", False)
+        if self.is_encoder_decoder:
+            self._check_decoder_inputs(kwargs, stop_at_layer, start_at_layer)
         session = self._session(extra)
         with ExitStack() as stack:
             if session is not None:

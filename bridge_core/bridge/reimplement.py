@@ -109,6 +109,10 @@ class ReimplementRun:
 def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
     """The reimplement-path description of every attention module, by module id."""
     spec, cfg, hf_config = bridge.spec, bridge.cfg, bridge.model.config
+    if spec.encoder is not None or spec.score_bias is not None:
+        raise NotImplementedError(
+            f"{spec.name}: the reimplement attention path does not support score biases or cross attention yet"
+        )
     attn_spec = spec.block.attn
     scaling = evaluate_field(bridge.spec_file, "block.attn.scaling", attn_spec.scaling, hf_config)
     softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config)

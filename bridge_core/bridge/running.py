@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..errors import InputError
 from ..spec.config import evaluate_field
@@ -136,4 +137,8 @@ def generate(
     kwargs["pad_token_id"] = pad if pad is not None else (eos if isinstance(eos, int) else 0)
     if attention_mask is None:
         attention_mask = torch.ones_like(tokens)
+    if use_cache and bridge.is_encoder_decoder:
+        # transformers 5.24 sizes the decoder's cache from the encoder's depth (num_layers) and fails
+        # when the two differ; caches that grow as layers write to them work for any depths.
+        kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
     return bridge.model.generate(input_ids=tokens, attention_mask=attention_mask, **kwargs)

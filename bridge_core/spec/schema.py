@@ -110,10 +110,14 @@ class MLPSpec(StrictModel):
     """The MLP of a block."""
 
     path: ModulePath
-    kind: Literal["plain", "gated"] = "plain"
+    kind: str = Field(
+        default="plain",
+        description="`plain` or `gated` (act(gate(x)) * in(x)), or an expression over the HF config giving one "
+        "(`\"'gated' if is_gated_act else 'plain'\"`).",
+    )
     layout: Literal["conv1d", "linear"]
     in_: ModulePath = Field(alias="in", description="Input projection (the `up` projection when gated).")
-    gate: ModulePath | None = Field(default=None, description="Gate projection (kind: gated).")
+    gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
     out: ModulePath = Field(description="Output projection.")
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
@@ -125,9 +129,25 @@ class MLPSpec(StrictModel):
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
-        if (self.kind == "gated") != (self.gate is not None):
-            raise ValueError("'gate' is required for kind 'gated' and not allowed for kind 'plain'")
+        if self.kind == "gated" and self.gate is None:
+            raise ValueError("'gate' is required for kind 'gated'")
+        if self.kind == "plain" and self.gate is not None:
+            raise ValueError("'gate' is not allowed for kind 'plain'")
         return self
+
+
+class CrossAttentionSpec(StrictModel):
+    """A decoder block's attention over the encoder output (a registered cross-attention kind)."""
+
+    kind: str = Field(default="encoder_output", description="Cross-attention kind: where keys and values come from.")
+    attn: AttentionSpec
+    ln: NormSpec | None = Field(default=None, description="Norm before cross attention (named ln2 in hooks).")
+    residual_at: ModulePath | None = Field(
+        default=None,
+        description="Module whose output (element 0) is the residual after cross attention (hook_resid_mid_cross).",
+    )
+    encoder_states_kwarg: str = "encoder_hidden_states"
+    encoder_mask_kwarg: str = "encoder_attention_mask"
 
 
 class BlockSpec(StrictModel):
@@ -143,6 +163,11 @@ class BlockSpec(StrictModel):
     attn: AttentionSpec
     ln2: NormSpec | None = None
     mlp: MLPSpec
+    cross_attn: CrossAttentionSpec | None = Field(default=None, description="Cross attention (decoders of T5).")
+    resid_mid_at: ModulePath | None = Field(
+        default=None,
+        description="Module whose output (element 0) is the mid residual (T5: layer.0); default: ln2's input.",
+    )
     ln1_post: NormSpec | None = Field(default=None, description="Norm on the attention output (Gemma 2/3).")
     ln2_post: NormSpec | None = Field(default=None, description="Norm on the MLP output (Gemma 2/3).")
     output_index: int | None = Field(
@@ -198,6 +223,9 @@ class CallSpec(StrictModel):
         default=None, description="Keyword receiving (cos, sin) from the rotary module (rotary models)."
     )
     position_ids_kwarg: str | None = Field(default=None, description="Keyword receiving position ids, if any.")
+    position_bias_kwarg: str | None = Field(
+        default=None, description="Keyword receiving the score bias [1 or b, h, q, k] (T5: position_bias)."
+    )
     window: ConfigValue = Field(
         default=None,
         description="Sliding window of layer `layer`, or null (`sliding_window if layer_types[layer] == "
@@ -207,6 +235,28 @@ class CallSpec(StrictModel):
         default_factory=dict,
         description="Extra keyword arguments for the rotary module per layer (Gemma 3: layer_type).",
     )
+
+
+class ScoreBiasSpec(StrictModel):
+    """An additive attention-score bias computed once per stack call (a registered score-bias kind)."""
+
+    kind: str = Field(description="Score-bias kind (`t5_buckets`; plugins add e.g. `alibi`).")
+    path: ModulePath | None = Field(
+        default=None, description="Module holding the bias table (T5: the first block's relative_attention_bias)."
+    )
+    bidirectional: bool = Field(default=True, description="Buckets on both sides of the query (T5 encoder).")
+    num_buckets: ConfigValue = "relative_attention_num_buckets"
+    max_distance: ConfigValue = "relative_attention_max_distance"
+
+
+class StackSpec(StrictModel):
+    """The encoder stack of an encoder-decoder model; paths are relative to the model."""
+
+    embed: EmbedSpec
+    blocks: ModulePath
+    block: BlockSpec
+    ln_final: NormSpec | None = None
+    score_bias: ScoreBiasSpec | None = None
 
 
 class Spec(StrictModel):
@@ -232,6 +282,12 @@ class Spec(StrictModel):
     blocks: ModulePath = Field(description="The ModuleList of blocks.")
     block: BlockSpec
     ln_final: NormSpec | None = None
+    score_bias: ScoreBiasSpec | None = Field(default=None, description="Score bias of the (decoder) stack.")
+    encoder: StackSpec | None = Field(
+        default=None,
+        description="The encoder stack of an encoder-decoder model; the top-level embed/blocks/block/ln_final "
+        "then describe the decoder.",
+    )
     unembed: UnembedSpec
     call: CallSpec = Field(default_factory=CallSpec, description="Conventions for calling one block alone.")
 

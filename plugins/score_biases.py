@@ -1,0 +1,62 @@
+"""Built-in score-bias kind `t5_buckets`: T5's learned relative-position buckets.
+
+The bucketing is written here from the T5 paper's description (exact buckets for small distances,
+log-spaced up to `max_distance`), independently of transformers' code, so conformance can compare
+it with the bias HF computes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bridge_core.kinds import ScoreBiasKind
+from bridge_core.plugin_host import hookimpl
+
+
+def relative_buckets(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
+    """Bucket of each `key - query` distance."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)  # a causal decoder only looks back
+    exact = num_buckets // 2
+    log_scaled = (
+        exact
+        + (
+            torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+        ).long()
+    )
+    log_scaled = log_scaled.clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < exact, distance, log_scaled)
+
+
+def t5_bias(
+    table: nn.Module,
+    q_len: int,
+    k_len: int,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+    offset: int = 0,
+) -> torch.Tensor:
+    """`[1, h, q, k]` bias for queries at positions `offset..offset+q_len` over `k_len` keys."""
+    device = table.weight.device
+    query = torch.arange(q_len, device=device)[:, None] + offset
+    key = torch.arange(k_len, device=device)[None, :]
+    values = table(relative_buckets(key - query, bidirectional, num_buckets, max_distance))  # [q, k, h]
+    return values.permute(2, 0, 1).unsqueeze(0)
+
+
+def _table_as_bias(values: torch.Tensor) -> torch.Tensor:
+    return values.permute(2, 0, 1).unsqueeze(0)
+
+
+@hookimpl
+def bridge_core_score_bias_kinds() -> list[ScoreBiasKind]:
+    return [ScoreBiasKind("t5_buckets", compute=t5_bias, hook_view=_table_as_bias)]
