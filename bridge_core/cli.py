@@ -123,6 +123,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaffold(args: argparse.Namespace) -> int:
+    from .scaffold import meta_model, scaffold, to_yaml
+
+    model, config = meta_model(model_type=args.model_type, path=args.model)
+    text = to_yaml(scaffold(model, config))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        _console().print(f"wrote {args.output}")
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge-core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a spec file and bind it to a tiny model")
     validate.add_argument("spec")
     validate.set_defaults(func=cmd_validate)
+
+    scaffold = sub.add_parser("scaffold", help="write a draft spec from a model's structure")
+    source = scaffold.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model-type", help="an HF model_type (its default config, built on the meta device)")
+    source.add_argument("--model", help="a checkpoint directory or hub id (config only; no weights loaded)")
+    scaffold.add_argument("-o", "--output", help="write the draft here instead of stdout")
+    scaffold.set_defaults(func=cmd_scaffold)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of spec files")
     schema.set_defaults(func=cmd_schema)

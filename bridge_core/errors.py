@@ -96,3 +96,32 @@ class SpecNotFoundError(BridgeCoreError, LookupError):
 
 class InputError(BridgeCoreError, ValueError):
     """Bad call arguments (tokens, masks, dtypes), detected before any hook is attached."""
+
+
+class ProcessingError(BridgeCoreError, ValueError):
+    """A weight transform that would change this model's outputs (it is refused, nothing is copied)."""
+
+    def __init__(self, transform: str, reason: str) -> None:
+        self.transform = transform
+        self.reason = reason
+        super().__init__(f"cannot apply {transform} to this model: {reason}")
+
+
+class AnalysisError(BridgeCoreError, ValueError):
+    """A residual-stream analysis that this model's block structure (or this cache) cannot support."""
+
+
+class TokenizerError(InputError):
+    """No tokenizer, or text that does not tokenize as asked (e.g. not a single token)."""
+
+
+class OffloadedWeightError(BridgeCoreError, RuntimeError):
+    """A parameter is offloaded (a meta tensor) and no offload map holding its value was found."""
+
+    def __init__(self, module_type: str, parameter: str) -> None:
+        self.module_type = module_type
+        self.parameter = parameter
+        super().__init__(
+            f"{module_type}.{parameter} is offloaded (on the meta device) and no accelerate offload map holds it; "
+            "weight views never return meta tensors. Load the model without offloading to read this weight."
+        )

@@ -47,9 +47,10 @@ class NormKind:
     def scale(self, prepared: torch.Tensor, eps: float) -> torch.Tensor:
         return (prepared.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
-    def output(self, normalized: torch.Tensor, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-        weight = getattr(module, "weight", None)
-        bias = getattr(module, "bias", None)
+    def output(
+        self, normalized: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The norm's output from (possibly edited) normalized values and the module's weight and bias."""
         out = normalized
         if weight is not None:
             w = weight.float() if self.upcast else weight

@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import BindError, SpecError, close_matches
 from ..kinds import NormKind, PositionKind
 from ..plugin_host import Kinds
-from ..spec.config import BridgeConfig, evaluate_field
+from ..spec.config import BridgeConfig, evaluate_field, spec_error
 from ..spec.schema import BLOCK_KINDS, ModulePath, NormSpec, Spec
 from .hook_points import HookPoint
 from .places import (
@@ -150,10 +150,10 @@ def block_kind(spec: Spec, hf_config: object, spec_file: str | None = None) -> s
     """The block kind for this model: a literal, or an expression over the HF config."""
     kind = spec.block.kind
     if kind not in BLOCK_KINDS:
-        kind = evaluate_field(spec_file, "block.kind", kind, hf_config)
+        kind = evaluate_field(spec_file, "block.kind", kind, hf_config, spec)
     if kind not in BLOCK_KINDS:
-        raise SpecError(
-            f"evaluates to {kind!r}; expected one of {', '.join(BLOCK_KINDS)}", file=spec_file, field="block.kind"
+        raise spec_error(
+            f"evaluates to {kind!r}; expected one of {', '.join(BLOCK_KINDS)}", spec, spec_file, "block.kind"
         )
     return kind
 
@@ -207,11 +207,7 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
         enc = spec.encoder
         n_encoder = cfg.extra.get("n_encoder_layers")
         if not isinstance(n_encoder, int):
-            raise SpecError(
-                "an encoder stack needs the normalized field n_encoder_layers",
-                file=spec_file,
-                field="config.n_encoder_layers",
-            )
+            raise spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, spec_file, "config")
         encoder = BoundStack(
             embed=resolve_path(model, enc.embed.path, "encoder.embed.path")[0],
             blocks=_bind_blocks(model, enc.blocks, "encoder.blocks", n_encoder, enc.block, kinds, "sequential"),
@@ -268,12 +264,12 @@ def _bind_attention(block: nn.Module, spec_attn, field_name: str, prefix: str, k
     )
 
 
-def mlp_kind(block_spec, hf_config: object) -> str:
+def mlp_kind(block_spec, hf_config: object, field: str = "block") -> str:
     kind = block_spec.mlp.kind
     if kind not in ("plain", "gated"):
-        kind = evaluate_field(None, "block.mlp.kind", kind, hf_config)
+        kind = evaluate_field(None, f"{field}.mlp.kind", kind, hf_config)
     if kind not in ("plain", "gated"):
-        raise SpecError(f"evaluates to {kind!r}; expected 'plain' or 'gated'", field="block.mlp.kind")
+        raise SpecError(f"evaluates to {kind!r}; expected 'plain' or 'gated'", field=f"{field}.mlp.kind")
     return kind
 
 
@@ -284,7 +280,7 @@ def _bind_block(
     mlp_module, mlp_path = resolve_path(block, b.mlp.path, f"{field}.mlp.path", prefix)
     mlp_prefix = f"{mlp_path}." if mlp_module is not block else prefix
     w_in, _ = resolve_path(mlp_module, b.mlp.in_, f"{field}.mlp.in", mlp_prefix)
-    gated = mlp_kind(b, hf_config) == "gated"
+    gated = mlp_kind(b, hf_config, field) == "gated"
     if gated and b.mlp.gate is None:
         raise SpecError("the MLP is gated for this config but the spec names no 'gate'", field=f"{field}.mlp.gate")
     w_gate = resolve_path(mlp_module, b.mlp.gate, f"{field}.mlp.gate", mlp_prefix)[0] if gated else None
@@ -295,22 +291,40 @@ def _bind_block(
         c = b.cross_attn
         cross = BoundCrossAttention(
             attn=_bind_attention(block, c.attn, f"{field}.cross_attn.attn", prefix, kinds),
-            ln=_bind_norm(block, c.ln, f"{field}.cross_attn.ln", prefix, kinds),
+            ln=None,  # bound with the block's other norms below
             residual_at=resolve_path(block, c.residual_at, f"{field}.cross_attn.residual_at", prefix)[0]
             if c.residual_at
             else None,
         )
+    norms = {
+        "ln1": b.ln1, "ln2": b.ln2, "ln1_post": b.ln1_post, "ln2_post": b.ln2_post,
+        "cross_attn.ln": b.cross_attn.ln if b.cross_attn else None,
+    }  # fmt: skip
+    bound_norms = {role: _bind_norm(block, n, f"{field}.{role}", prefix, kinds) for role, n in norms.items()}
+    seen: dict[int, str] = {}
+    for role, norm in bound_norms.items():
+        if norm is None:
+            continue
+        if id(norm.module) in seen:
+            raise BindError(
+                f"{field}.{role} and {field}.{seen[id(norm.module)]} name the same module; each norm is one module",
+                spec_path=f"{field}.{role}.path",
+                module_path=norm.path,
+            )
+        seen[id(norm.module)] = role
+    if cross is not None:
+        cross.ln = bound_norms["cross_attn.ln"]
     return BoundBlock(
         index,
         block,
         prefix.rstrip("."),
         kind,
-        _bind_norm(block, b.ln1, f"{field}.ln1", prefix, kinds),
+        bound_norms["ln1"],
         attn,
-        _bind_norm(block, b.ln2, f"{field}.ln2", prefix, kinds),
+        bound_norms["ln2"],
         mlp,
-        _bind_norm(block, b.ln1_post, f"{field}.ln1_post", prefix, kinds),
-        _bind_norm(block, b.ln2_post, f"{field}.ln2_post", prefix, kinds),
+        bound_norms["ln1_post"],
+        bound_norms["ln2_post"],
         cross,
         resolve_path(block, b.resid_mid_at, f"{field}.resid_mid_at", prefix)[0] if b.resid_mid_at else None,
     )

@@ -7,6 +7,7 @@ one call and removed in `finally` (see `dispatch.py`), so the model is always le
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -19,28 +20,25 @@ from ..errors import HookNameError, InputError, UnknownKindError, close_matches
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
-from . import loading, running
+from . import analysis, loading, processing, running
 from .binding import BoundModel, bind
 from .cache import ActivationCache
 from .components import ComponentCaller
 from .dispatch import HookSession
 from .hook_points import Direction, HookEntry, HookFunction, HookPoint
 from .inputs import check_attention_mask, check_tokens
+from .model_weights import ModelWeights
 from .places import ModuleOutput
 from .reimplement import reimplemented_layers, with_attention_implementation
+from .tokens import TokenMethods
 from .weights import BlockWeights, check_bound_shapes
 
 __all__ = ["Bridge", "with_attention_implementation"]
 
 NameOrFilter = str | Callable[[str], bool]
-_STACKED = {
-    "W_Q": "attn", "W_K": "attn", "W_V": "attn", "W_O": "attn",
-    "b_Q": "attn", "b_K": "attn", "b_V": "attn", "b_O": "attn",
-    "W_in": "mlp", "W_gate": "mlp", "W_out": "mlp", "b_in": "mlp", "b_out": "mlp",
-}  # fmt: skip
 
 
-class Bridge:
+class Bridge(ModelWeights, TokenMethods):
     """TransformerLens-style hooks, caches and weight views over one HF model."""
 
     def __init__(
@@ -200,18 +198,19 @@ class Bridge:
         bwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
         reset_hooks_end: bool = True,
     ) -> Iterator[Bridge]:
-        """Hooks attached for the body of a `with` block, removed at its end."""
-        before = self._entries
-        entries = list(before)
+        """Hooks attached for the body of a `with` block; at its end exactly those are removed (hooks
+        added with `add_hook` inside the block stay, as in TransformerLens)."""
+        mine: list[HookEntry] = []
         for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for name, fn in pairs:
-                entries = self._add(entries, name, fn, direction, False)
-        self._entries = entries
+                mine = self._add(mine, name, fn, direction, False)
+        self._entries = [*self._entries, *mine]
         try:
             yield self
         finally:
             if reset_hooks_end:
-                self._entries = before
+                ids = {id(entry) for entry in mine}
+                self._entries = [entry for entry in self._entries if id(entry) not in ids]
 
     # ------------------------------------------------------------------ running
     def _session(self, extra: Sequence[HookEntry] = ()) -> HookSession | None:
@@ -221,10 +220,8 @@ class Bridge:
         return HookSession(entries, self._configs, self._softmax_float32, self._reimplemented)
 
     def _prepare(self, tokens: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(tokens, (str, list)) and self.tokenizer is not None:
-            encoded = self.tokenizer(tokens, return_tensors="pt", padding=True)
-            tokens = encoded["input_ids"]
-            attention_mask = encoded.get("attention_mask") if attention_mask is None else attention_mask
+        if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
+            tokens = self.to_tokens(tokens)  # TransformerLens semantics: BOS per the spec's default
         max_len = self.cfg.n_ctx if self.position_kind.limits_length else None
         tokens = check_tokens(tokens, self.cfg.d_vocab, max_len)
         attention_mask = check_attention_mask(attention_mask, tokens)
@@ -300,10 +297,13 @@ class Bridge:
             tokens, mask = self._prepare(tokens, attention_mask)
         if start_at_layer is not None and return_type in ("loss", "both"):
             raise InputError("a loss needs tokens; it cannot be computed with start_at_layer")
-        kwargs.setdefault("use_cache", False)
+        session = self._session(extra)
+        # `use_cache` is left as the caller and the config say: `bridge(x)` is exactly `model(x)`, except
+        # that internal hooks on the reimplement path recompute attention without a KV cache.
+        if session is not None and session.recomputes_attention:
+            kwargs.setdefault("use_cache", False)
         if self.is_encoder_decoder:
             self._check_decoder_inputs(kwargs, stop_at_layer, start_at_layer)
-        session = self._session(extra)
         with ExitStack() as stack:
             if session is not None:
                 stack.enter_context(session)
@@ -372,9 +372,14 @@ class Bridge:
         attention_mask: torch.Tensor | None = None,
         device: torch.device | str | None = None,
         remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
         **kwargs: Any,
-    ) -> tuple[torch.Tensor, ActivationCache]:
-        """Logits and the activations of every selected hook point (all of them by default)."""
+    ) -> tuple[Any, ActivationCache]:
+        """The output and the activations of every selected hook point (all of them by default).
+
+        `incl_bwd=True` also runs `.backward()` on the output (which must then be a scalar, e.g.
+        `return_type="loss"`) and caches each point's gradient as `NAME_grad`, as TransformerLens does.
+        """
         forward_options = {
             k: kwargs.pop(k)
             for k in ("return_type", "loss_per_token", "stop_at_layer", "start_at_layer")
@@ -382,9 +387,9 @@ class Bridge:
         }
         cache: dict[str, torch.Tensor] = {}
 
-        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
+        def save(tensor: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
             value = tensor.detach()
-            cache[hook.name] = value if device is None else value.to(device)
+            cache[hook.name + suffix] = value if device is None else value.to(device)
 
         if names_filter is None:
             points = list(self._points.values())
@@ -392,45 +397,32 @@ class Bridge:
             points = self._select(names_filter)
         else:
             points = [self.hook_point(name) for name in names_filter]
-        logits = self._forward(tokens, attention_mask, [HookEntry(p, save) for p in points], kwargs, **forward_options)
+        entries = [HookEntry(p, save) for p in points]
+        if incl_bwd:
+            entries += [HookEntry(p, functools.partial(save, suffix="_grad"), "bwd") for p in points]
+        out = self._forward(tokens, attention_mask, entries, kwargs, **forward_options)
+        if incl_bwd:
+            if not isinstance(out, torch.Tensor) or out.dim() != 0:
+                raise InputError("incl_bwd=True needs a scalar output to differentiate: pass return_type='loss'")
+            out.backward()
         result = ActivationCache(cache, self)
-        return logits, result.remove_batch_dim() if remove_batch_dim else result
-
-    # ------------------------------------------------------------------ weights
-    @property
-    def W_E(self) -> torch.Tensor:
-        return self._bound.embed.weight
-
-    @property
-    def W_pos(self) -> torch.Tensor:
-        if self._bound.pos_embed is None or not self.position_kind.has_table:
-            raise AttributeError(f"{self.cfg.architecture} has no learned position table (W_pos)")
-        offset = self.spec.pos_embed.offset if self.spec.pos_embed else 0
-        return self.position_kind.table_rows(self._bound.pos_embed.weight, offset, self.cfg.n_ctx)
-
-    @property
-    def W_U(self) -> torch.Tensor:
-        return self._bound.unembed.weight.t()
-
-    @property
-    def b_U(self) -> torch.Tensor:
-        bias = getattr(self._bound.unembed, "bias", None)
-        if bias is not None:
-            return bias
-        weight = self._bound.unembed.weight
-        return torch.zeros(self.cfg.d_vocab, dtype=weight.dtype, device=weight.device)
-
-    def __getattr__(self, name: str) -> Any:
-        # Stacked per-layer weights, computed on access: bridge.W_Q is [n_layers, n_heads, d_model, d_head].
-        if name in _STACKED:
-            part = _STACKED[name]
-            values = [getattr(getattr(block, part), name) for block in self.__dict__["blocks"]]
-            if any(v is None for v in values):
-                raise AttributeError(f"this model has no {name}")
-            return torch.stack(values)
-        raise AttributeError(f"'Bridge' object has no attribute '{name}'")
+        return out, result.remove_batch_dim() if remove_batch_dim else result
 
     # ------------------------------------------------------------------ conveniences
+    def processed_copy(
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        fold_value_biases: bool = True,
+    ) -> Bridge:
+        """TransformerLens's processed weights, on a copy of the model (this one is never changed)."""
+        return processing.processed_copy(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+
+    def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
+        """The unembedding directions `W_U[:, token]` of tokens (ids or strings)."""
+        return analysis.residual_directions(self, tokens)
+
     def to(self, *args: Any, **kwargs: Any) -> Bridge:
         self.model.to(*args, **kwargs)
         return self

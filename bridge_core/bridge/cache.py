@@ -1,16 +1,20 @@
 """ActivationCache: what `run_with_cache` returns, a mapping from hook name to tensor.
 
 Keys are full hook names; TransformerLens shortcuts work too (`cache["pattern", 0]`,
-`cache["resid_post", 3]`, `cache["scale", 2, "ln1"]`).
+`cache["resid_post", 3]`, `cache["scale", 2, "ln1"]`). The residual-stream analyses (logit lens,
+decompositions, logit attribution) are methods here, implemented in `analysis.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
 from ..errors import HookNameError, close_matches
+from . import analysis
+from .analysis import PosSlice
 
 _ALIASES = {
     "attn": "pattern",
@@ -46,9 +50,10 @@ def act_name(name: str, layer: int | None = None, layer_type: str | None = None)
 class ActivationCache(Mapping[str, torch.Tensor]):
     """Cached activations of one forward, by hook name."""
 
-    def __init__(self, cache: dict[str, torch.Tensor], bridge=None) -> None:
+    def __init__(self, cache: dict[str, torch.Tensor], bridge=None, has_batch_dim: bool = True) -> None:
         self.cache_dict = cache
         self.bridge = bridge
+        self.has_batch_dim = has_batch_dim
 
     def _key(self, key) -> str:
         if isinstance(key, tuple):
@@ -72,14 +77,83 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return len(self.cache_dict)
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.bridge)
+        return ActivationCache({k: v.to(device) for k, v in self.cache_dict.items()}, self.bridge, self.has_batch_dim)
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop a batch dimension of size 1 from every tensor."""
+        if not self.has_batch_dim:
+            return self
         for name, value in self.cache_dict.items():
             if value.shape[0] != 1:
                 raise ValueError(f"cannot remove the batch dim: '{name}' has batch size {value.shape[0]}")
-        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.bridge)
+        return ActivationCache({k: v[0] for k, v in self.cache_dict.items()}, self.bridge, has_batch_dim=False)
+
+    # ------------------------------------------------------------------ residual-stream analysis
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        mlp_input: bool = False,
+        return_labels: bool = False,
+    ) -> Any:
+        """The residual entering each block up to `layer`, stacked (logit lens); see `analysis.accumulated_resid`."""
+        return analysis.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels)
+
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Any:
+        """The residual at `layer` split into embeddings and attention / MLP outputs; they sum to it."""
+        return analysis.decompose_resid(self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
+
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: PosSlice = None,
+        apply_ln: bool = False,
+    ) -> Any:
+        """Every head's output `[n_layers * n_heads, batch, pos, d_model]` (from hook_result, else hook_z @ W_O)."""
+        return analysis.stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln)
+
+    def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
+        """One activation of every block below `layer`, stacked on a new first dimension."""
+        return analysis.stack_activation(self, activation_name, layer, sublayer_type)
+
+    def apply_ln_to_stack(
+        self,
+        residual_stack: torch.Tensor,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool | None = None,
+    ) -> torch.Tensor:
+        """Components normalized by the cached scale of the norm reading `layer` (ln_final by default)."""
+        return analysis.apply_ln_to_stack(self, residual_stack, layer, mlp_input, pos_slice, batch_slice, has_batch_dim)
+
+    def logit_attrs(
+        self,
+        residual_stack: torch.Tensor,
+        tokens: Any,
+        incorrect_tokens: Any = None,
+        pos_slice: PosSlice = None,
+        batch_slice: PosSlice = None,
+        has_batch_dim: bool | None = None,
+    ) -> torch.Tensor:
+        """Direct logit attribution of each component to `tokens` (minus `incorrect_tokens`)."""
+        return analysis.logit_attrs(
+            self, residual_stack, tokens, incorrect_tokens, pos_slice, batch_slice, has_batch_dim
+        )
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} tensors: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"

@@ -19,6 +19,7 @@ from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
 from .places import AttentionValue, FlatTokens, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, TokenShape
 from .reimplement import ReimplementedLayer, ReimplementRun
+from .weights import materialize
 
 
 class HookShapeError(ValueError):
@@ -167,11 +168,12 @@ class _ModuleHooks:
                 normalized, edited = new_normalized, True
         if not edited:
             return None
-        return kind.output(normalized, self.module, output.dtype)
+        weight, bias = materialize(self.module, "weight"), materialize(self.module, "bias")
+        return kind.output(normalized, weight, bias, output.dtype)
 
     def _head_result(self, place: HeadResult, run: _PointRun, args, kwargs) -> torch.Tensor | None:
         z = self._input(args, kwargs).unflatten(-1, (place.n_heads, place.d_head))
-        weight = self.module.weight
+        weight = materialize(self.module, "weight")  # offloaded models keep it on the meta device
         # W_O as [h, d_head, d_model] (a view of the real parameter).
         w_o = weight if place.layout == "conv1d" else weight.t()
         w_o = w_o.unflatten(0, (place.n_heads, place.d_head))
@@ -181,7 +183,7 @@ class _ModuleHooks:
         if not edited and not run.bwd:
             return None
         out = result.sum(-2)
-        bias = getattr(self.module, "bias", None)
+        bias = materialize(self.module, "bias")
         return out + bias if bias is not None else out
 
 
@@ -200,6 +202,14 @@ class HookSession:
         self.softmax_float32 = softmax_float32
         self.reimplemented = reimplemented or {}
         self._stack = ExitStack()
+
+    @property
+    def recomputes_attention(self) -> bool:
+        """Whether an internal hook sits on a reimplement-path attention module (no KV cache then)."""
+        return any(
+            isinstance(e.point.place, AttentionValue) and id(e.point.place.module) in self.reimplemented
+            for e in self.entries
+        )
 
     def __enter__(self) -> HookSession:
         runs: dict[int, _PointRun] = {}

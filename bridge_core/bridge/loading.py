@@ -67,9 +67,12 @@ def pretrained_model(spec: Spec, name_or_path: str | Path, **hf_kwargs: Any) -> 
 def load_tokenizer(name_or_path: str | Path) -> Any | None:
     """The checkpoint's tokenizer, or None when it has none (a tokenizer is optional)."""
     try:
-        return transformers.AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # transformers 5 builds an empty tokenizer (vocabulary 0, only added special tokens) for a checkpoint
+    # that ships no tokenizer files.
+    return tokenizer if getattr(tokenizer, "vocab_size", 0) else None
 
 
 def config_objects(model: nn.Module) -> list[Any]:

@@ -114,14 +114,12 @@ def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
             f"{spec.name}: the reimplement attention path does not support score biases or cross attention yet"
         )
     attn_spec = spec.block.attn
-    scaling = evaluate_field(bridge.spec_file, "block.attn.scaling", attn_spec.scaling, hf_config)
-    softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config)
+    softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config, spec)
     rotary_dim = int(cfg.extra.get("rotary_dim") or cfg.d_head)
     position = bridge.position_kind if bridge.position_kind.rotates_qk else None
     out: dict[int, ReimplementedLayer] = {}
     for block in bridge._bound.blocks:
         attn = block.attn
-        module_scaling = getattr(attn.module, "scaling", None)
         layer = ReimplementedLayer(
             module=attn.module,
             projections=attn.qkv,
@@ -132,7 +130,7 @@ def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
             norm_heads_first=attn_spec.qk_norm_layout == "bhsd",
             position=position,
             rotary_dim=rotary_dim,
-            scaling=float(scaling if scaling is not None else module_scaling or cfg.d_head**-0.5),
+            scaling=1.0 / cfg.attn_scale,
             softcap=softcap,
             softmax_float32=attn_spec.softmax_dtype == "float32",
             output_index=attn_spec.output_index,

@@ -63,11 +63,15 @@ def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
         x = bound.ln_final.module(x)
     if bound.unembed_project is not None:
         x = bound.unembed_project(x)
-    scale = evaluate_field(bridge.spec_file, "unembed.pre_scale", bridge.spec.unembed.pre_scale, bridge.model.config)
+    scale = evaluate_field(
+        bridge.spec_file, "unembed.pre_scale", bridge.spec.unembed.pre_scale, bridge.model.config, bridge.spec
+    )
     if scale is not None:
         x = x * scale
     logits = bound.unembed(x)
-    cap = evaluate_field(bridge.spec_file, "unembed.softcap", bridge.spec.unembed.softcap, bridge.model.config)
+    cap = evaluate_field(
+        bridge.spec_file, "unembed.softcap", bridge.spec.unembed.softcap, bridge.model.config, bridge.spec
+    )
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -3,7 +3,8 @@
 Per-block views (`bridge.blocks[i].attn.W_Q`) are made on access from the parameters by slicing,
 transposing and reshaping, so they share storage and gradients reach the real weights. Values
 that cannot be views (stacked `bridge.W_Q`, GQA keys expanded to n_heads, zero biases) are
-computed on access and never cached.
+computed on access and never cached. On offloaded models (accelerate) every view reads its
+parameter through `materialize`, which loads it from the offload map or raises a typed error.
 """
 
 from __future__ import annotations
@@ -11,14 +12,54 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import BindError
+from ..errors import BindError, OffloadedWeightError
 from ..spec.config import BridgeConfig
 from .binding import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
+from .factored import FactoredMatrix
 from .places import qkv_views
 
 
-def in_out(module: nn.Module, layout: str) -> torch.Tensor:
+def _offload_maps(module: nn.Module) -> list:
+    hook = getattr(module, "_hf_hook", None)
+    hooks = getattr(hook, "hooks", None) or ([hook] if hook is not None else [])
+    return [h.weights_map for h in hooks if getattr(h, "weights_map", None) is not None]
+
+
+def materialize(module: nn.Module, name: str, anchors: tuple[nn.Module, ...] = ()) -> torch.Tensor | None:
+    """`module.<name>`; when it is a meta tensor (offloaded), its value read from accelerate's offload map.
+
+    The map is looked for on the module itself, then on any ancestor of it inside `anchors` (its
+    block). The value read from disk or CPU is a copy: editing it does not write back. Never meta.
+    """
+    tensor = getattr(module, name, None)
+    if tensor is None or tensor.device.type != "meta":
+        return tensor
+    candidates = [(module, name)]
+    for anchor in anchors:
+        for path, sub in anchor.named_modules():
+            if sub is module and path:
+                parts = path.split(".")
+                candidates += [
+                    (anchor.get_submodule(".".join(parts[:i])), ".".join([*parts[i:], name])) for i in range(len(parts))
+                ]
+    for owner, key in candidates:
+        for weights_map in _offload_maps(owner):
+            try:
+                value = weights_map[key]
+            except KeyError:
+                continue
+            return torch.as_tensor(value).to(dtype=tensor.dtype, copy=True)
+    raise OffloadedWeightError(type(module).__name__, name)
+
+
+def in_out(module: nn.Module, layout: str, anchors: tuple[nn.Module, ...] = ()) -> torch.Tensor:
     """A projection's weight as `[in, out]` (a view): Conv1D stores it so, Linear transposed."""
+    weight = materialize(module, "weight", anchors)
+    return weight if layout == "conv1d" else weight.t()
+
+
+def _raw_in_out(module: nn.Module, layout: str) -> torch.Tensor:
+    # shapes only (bind time): meta tensors are fine and nothing is loaded
     return module.weight if layout == "conv1d" else module.weight.t()
 
 
@@ -53,20 +94,21 @@ def check_shape(tensor: torch.Tensor | None, expected: tuple[int, ...], spec_fie
 class AttentionWeights:
     """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`."""
 
-    def __init__(self, bound: BoundAttention, cfg: BridgeConfig) -> None:
+    def __init__(self, bound: BoundAttention, cfg: BridgeConfig, anchors: tuple[nn.Module, ...] = ()) -> None:
         self._bound = bound
         self._cfg = cfg
+        self._anchors = (bound.module, *anchors)
         self._views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in bound.qkv, bound.order)
 
     def _projection(self, name: str) -> nn.Module:
         return self._bound.qkv.get("qkv") or self._bound.qkv[name]
 
     def _raw_weight(self, name: str) -> torch.Tensor:
-        io = in_out(self._projection(name), self._bound.layout)
+        io = in_out(self._projection(name), self._bound.layout, self._anchors)
         return self._views[name](io).permute(1, 0, 2)
 
     def _raw_bias(self, name: str) -> torch.Tensor | None:
-        bias = getattr(self._projection(name), "bias", None)
+        bias = materialize(self._projection(name), "bias", self._anchors)
         return None if bias is None else self._views[name](bias)
 
     def _expand(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -75,7 +117,8 @@ class AttentionWeights:
 
     def _zeros(self, heads: int) -> torch.Tensor:
         w = self._bound.o.weight
-        return torch.zeros(heads, self._cfg.d_head, dtype=w.dtype, device=w.device)
+        device = w.device if w.device.type != "meta" else torch.device("cpu")
+        return torch.zeros(heads, self._cfg.d_head, dtype=w.dtype, device=device)
 
     @property
     def W_Q(self) -> torch.Tensor:
@@ -115,42 +158,57 @@ class AttentionWeights:
 
     @property
     def W_O(self) -> torch.Tensor:
-        return in_out(self._bound.o, self._bound.layout).unflatten(0, (self._cfg.n_heads, self._cfg.d_head))
+        return in_out(self._bound.o, self._bound.layout, self._anchors).unflatten(
+            0, (self._cfg.n_heads, self._cfg.d_head)
+        )
 
     @property
     def b_O(self) -> torch.Tensor:
-        bias = getattr(self._bound.o, "bias", None)
+        bias = materialize(self._bound.o, "bias", self._anchors)
         if bias is None:
             w = self._bound.o.weight
-            return torch.zeros(self._cfg.d_model, dtype=w.dtype, device=w.device)
+            device = w.device if w.device.type != "meta" else torch.device("cpu")
+            return torch.zeros(self._cfg.d_model, dtype=w.dtype, device=device)
         return bias
+
+    @property
+    def OV(self) -> FactoredMatrix:
+        """`W_V @ W_O` per head, kept factored: `[n_heads, d_model, d_model]` (GQA values expanded)."""
+        return FactoredMatrix(self.W_V, self.W_O)
+
+    @property
+    def QK(self) -> FactoredMatrix:
+        """`W_Q @ W_K^T` per head, kept factored: `[n_heads, d_model, d_model]` (GQA keys expanded)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
 
 class MLPWeights:
     """`W_in W_gate [d_model, d_mlp]`, `W_out [d_mlp, d_model]` and their biases."""
 
-    def __init__(self, bound: BoundMLP) -> None:
+    def __init__(self, bound: BoundMLP, anchors: tuple[nn.Module, ...] = ()) -> None:
         self._bound = bound
+        self._anchors = (bound.module, *anchors)
 
     @property
     def W_in(self) -> torch.Tensor:
-        return in_out(self._bound.w_in, self._bound.layout)
+        return in_out(self._bound.w_in, self._bound.layout, self._anchors)
 
     @property
     def W_gate(self) -> torch.Tensor | None:
         gate = self._bound.w_gate
-        return None if gate is None else in_out(gate, self._bound.layout)
+        return None if gate is None else in_out(gate, self._bound.layout, self._anchors)
 
     @property
     def W_out(self) -> torch.Tensor:
-        return in_out(self._bound.w_out, self._bound.layout)
+        return in_out(self._bound.w_out, self._bound.layout, self._anchors)
 
     def _bias(self, module: nn.Module | None, width: int) -> torch.Tensor | None:
         if module is None:
             return None
-        bias = getattr(module, "bias", None)
+        bias = materialize(module, "bias", self._anchors)
         if bias is None:
-            return torch.zeros(width, dtype=module.weight.dtype, device=module.weight.device)
+            w = materialize(module, "weight", self._anchors)
+            return torch.zeros(width, dtype=w.dtype, device=w.device)
         return bias
 
     @property
@@ -170,16 +228,22 @@ class MLPWeights:
 class NormWeights:
     """`w` and `b` of a norm, as stored (a `(1 + w)` offset is a property of the kind, not folded in)."""
 
-    def __init__(self, bound: BoundNorm) -> None:
+    def __init__(self, bound: BoundNorm, anchors: tuple[nn.Module, ...] = ()) -> None:
         self._bound = bound
+        self._anchors = anchors
+
+    def _real(self, tensor: torch.Tensor | None, name: str) -> torch.Tensor | None:
+        if tensor is None or tensor.device.type != "meta":
+            return tensor
+        return materialize(self._bound.module, name, self._anchors)
 
     @property
     def w(self) -> torch.Tensor | None:
-        return self._bound.kind.weight(self._bound.module)
+        return self._real(self._bound.kind.weight(self._bound.module), "weight")
 
     @property
     def b(self) -> torch.Tensor | None:
-        return self._bound.kind.bias(self._bound.module)
+        return self._real(self._bound.kind.bias(self._bound.module), "bias")
 
 
 class BlockWeights:
@@ -188,10 +252,16 @@ class BlockWeights:
     def __init__(self, bound: BoundBlock, cfg: BridgeConfig) -> None:
         self.index = bound.index
         self.module = bound.module
-        self.attn = AttentionWeights(bound.attn, cfg)
-        self.mlp = MLPWeights(bound.mlp)
-        self.ln1 = NormWeights(bound.ln1) if bound.ln1 else None
-        self.ln2 = NormWeights(bound.ln2) if bound.ln2 else None
+        anchors = (bound.module,)  # where offload maps of its parameters may hang (accelerate)
+        self.attn = AttentionWeights(bound.attn, cfg, anchors)
+        self.mlp = MLPWeights(bound.mlp, anchors)
+        self.ln1 = NormWeights(bound.ln1, anchors) if bound.ln1 else None
+        mlp_norm = NormWeights(bound.ln2, anchors) if bound.ln2 else None
+        # Decoder blocks with cross attention follow HookedEncoderDecoder: ln2 before cross attention,
+        # ln3 before the MLP.
+        self.cross_attn = AttentionWeights(bound.cross.attn, cfg, anchors) if bound.cross else None
+        self.ln2 = (NormWeights(bound.cross.ln, anchors) if bound.cross.ln else None) if bound.cross else mlp_norm
+        self.ln3 = mlp_norm if bound.cross else None
 
     def __repr__(self) -> str:
         return f"BlockWeights(index={self.index}, module={type(self.module).__name__})"
@@ -202,21 +272,23 @@ def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
     h, kv, d, dm = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     width = dm if bound.embed_project is None else bound.embed_project.weight.shape[1]
     check_shape(bound.embed.weight, (cfg.d_vocab, width), "config.d_vocab / config.d_model", "embed", "the embedding")
-    for block in bound.blocks:
-        attn = block.attn
-        for name, module in attn.qkv.items():
-            check_layout(module, attn.layout, "block.attn.layout", f"{attn.path}.{name}")
-            width = (h + 2 * kv) * d if name == "qkv" else (h if name == "q" else kv) * d
-            what = f"the {name} projection of block {block.index} ([in, out])"
-            check_shape(in_out(module, attn.layout), (dm, width), "config.n_heads / config.d_head", attn.path, what)
-        check_layout(attn.o, attn.layout, "block.attn.layout", f"{attn.path}.o")
-        check_shape(
-            in_out(attn.o, attn.layout),
-            (h * d, dm),
-            "config.n_heads / config.d_head",
-            attn.path,
-            f"the output projection of block {block.index} ([in, out])",
-        )
+    for block in bound.all_blocks():
+        for attn in [block.attn, *([block.cross.attn] if block.cross else [])]:
+            for name, module in attn.qkv.items():
+                check_layout(module, attn.layout, "block.attn.layout", f"{attn.path}.{name}")
+                width = (h + 2 * kv) * d if name == "qkv" else (h if name == "q" else kv) * d
+                what = f"the {name} projection of block {block.index} ([in, out])"
+                check_shape(
+                    _raw_in_out(module, attn.layout), (dm, width), "config.n_heads / config.d_head", attn.path, what
+                )
+            check_layout(attn.o, attn.layout, "block.attn.layout", f"{attn.path}.o")
+            check_shape(
+                _raw_in_out(attn.o, attn.layout),
+                (h * d, dm),
+                "config.n_heads / config.d_head",
+                attn.path,
+                f"the output projection of block {block.index} ([in, out])",
+            )
         mlp = block.mlp
         for name, module in (("in", mlp.w_in), ("gate", mlp.w_gate), ("out", mlp.w_out)):
             if module is None:
@@ -224,7 +296,7 @@ def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
             check_layout(module, mlp.layout, "block.mlp.layout", f"{mlp.path}.{name}")
             expected = (cfg.d_mlp, dm) if name == "out" else (dm, cfg.d_mlp)
             check_shape(
-                in_out(module, mlp.layout),
+                _raw_in_out(module, mlp.layout),
                 expected,
                 "config.d_mlp",
                 mlp.path,

@@ -30,6 +30,7 @@ class BridgeConfig:
     eps: float | None = None
     act_fn: str | None = None
     embed_scale: float = 1.0
+    attn_scale: float | None = None  # scores are q·k / attn_scale (HookedTransformer); default sqrt(d_head)
     architecture: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -66,20 +67,28 @@ def config_lookup(hf_config: Any):
     return lookup
 
 
-def evaluate_field(spec_file: str | None, field_name: str, value: ConfigValue, hf_config: Any) -> Any:
+def spec_error(message: str, spec: Spec | None, spec_file: str | None, field_name: str) -> SpecError:
+    """A SpecError at the file and line that define `field_name`, where the spec knows them."""
+    file, line = spec.where(field_name) if spec is not None else (None, None)
+    return SpecError(message, file=file or spec_file, line=line, field=field_name)
+
+
+def evaluate_field(
+    spec_file: str | None, field_name: str, value: ConfigValue, hf_config: Any, spec: Spec | None = None
+) -> Any:
     if not isinstance(value, str):
         return value
     try:
         return evaluate(value, config_lookup(hf_config))
     except ExpressionError as exc:
-        raise SpecError(exc.reason + f" (expression '{value}')", file=spec_file, field=field_name) from None
+        raise spec_error(exc.reason + f" (expression '{value}')", spec, spec_file, field_name) from None
 
 
 def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -> BridgeConfig:
     """Evaluate every `config:` field of `spec` against `hf_config`."""
     values: dict[str, Any] = {}
     for name, expression in spec.config.items():
-        values[name] = evaluate_field(spec_file, f"config.{name}", expression, hf_config)
+        values[name] = evaluate_field(spec_file, f"config.{name}", expression, hf_config, spec)
     values.setdefault("n_kv_heads", values["n_heads"])
     for name in _INT_FIELDS:
         value = values.get(name)
@@ -88,15 +97,14 @@ def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise SpecError(
-                f"must evaluate to a positive integer, got {value!r}", file=spec_file, field=f"config.{name}"
-            )
+            raise spec_error(f"must evaluate to a positive integer, got {value!r}", spec, spec_file, f"config.{name}")
         values[name] = value
     if values["n_heads"] % values["n_kv_heads"]:
-        raise SpecError(
+        raise spec_error(
             f"n_heads ({values['n_heads']}) is not a multiple of n_kv_heads ({values['n_kv_heads']})",
-            file=spec_file,
-            field="config.n_kv_heads",
+            spec,
+            spec_file,
+            "config.n_kv_heads",
         )
     known = {f for f in BridgeConfig.__dataclass_fields__ if f != "extra"}
     extra = {k: v for k, v in values.items() if k not in known}
@@ -104,4 +112,6 @@ def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -
     base.setdefault("architecture", spec.name)
     if base.get("embed_scale") is None:
         base["embed_scale"] = 1.0
+    if base.get("attn_scale") is None:
+        base["attn_scale"] = base["d_head"] ** 0.5
     return BridgeConfig(**base, extra=extra)

@@ -131,7 +131,9 @@ def validate_spec(raw: RawSpec) -> Spec:
     data = dict(raw.data)
     data.setdefault("name", raw.name)
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
+        spec._source = raw
+        return spec
     except ValidationError as exc:
         first = exc.errors()[0]
         path: FieldPath = tuple(first["loc"])

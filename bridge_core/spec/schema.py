@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 ModulePath = str | list[str]
 """A dotted module path, or a list of alternatives (first that exists wins: `[lm_head, embed_out]`)."""
@@ -89,10 +89,10 @@ class AttentionSpec(StrictModel):
     output_index: int | None = Field(
         default=0, description="Which element of the module's output tuple is the attention output."
     )
-    scaling: ConfigValue = Field(
-        default=None,
-        description="Score scale for the reimplement path; default: the module's `scaling` attribute, else "
-        "d_head**-0.5.",
+    q_prescaled: bool = Field(
+        default=False,
+        description="HF multiplies the queries by the score scale before the attention function and passes "
+        "scaling=1 (OPT); hook_q is the unscaled projection, as in HookedTransformer.",
     )
     softcap: ConfigValue = Field(
         default=None, description="Attention logit softcap for the reimplement path (Gemma 2: attn_logit_softcapping)."
@@ -259,6 +259,16 @@ class StackSpec(StrictModel):
     score_bias: ScoreBiasSpec | None = None
 
 
+class TokenizerSpec(StrictModel):
+    """How text becomes tokens for this family, when a tokenizer is present."""
+
+    default_prepend_bos: bool | None = Field(
+        default=None,
+        description="Prepend BOS in to_tokens by default (TransformerLens's default_prepend_bos); null: prepend when "
+        "the tokenizer has a BOS token.",
+    )
+
+
 class Spec(StrictModel):
     """An architecture spec: everything bridge-core needs to wrap one family of HF models."""
 
@@ -289,7 +299,17 @@ class Spec(StrictModel):
         "then describe the decoder.",
     )
     unembed: UnembedSpec
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenizer conventions.")
     call: CallSpec = Field(default_factory=CallSpec, description="Conventions for calling one block alone.")
+
+    _source: Any = PrivateAttr(default=None)  # the RawSpec it was validated from (file and line of fields)
+
+    def where(self, field: str) -> tuple[str | None, int | None]:
+        """The file and line that define a dotted field (`config.n_heads`), where known."""
+        if self._source is None:
+            return None, None
+        path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+        return self._source.where(path)
 
     @field_validator("config")
     @classmethod
