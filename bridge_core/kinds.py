@@ -90,17 +90,22 @@ class PositionKind:
 
 @dataclass(frozen=True)
 class ScoreBiasKind:
-    """An additive score bias `[1 or b, h, q, k]` shared by the layers of one stack call.
+    """An additive score bias `[1 or b, h, q or 1, k]` shared by the layers of one stack call.
 
-    `compute(table, q_len, k_len, bidirectional, num_buckets, max_distance, offset)` builds it from the
-    module holding the learned table (or none), for component calls and the reimplement path.
+    `compute(**inputs)` builds it for component calls and the reimplement path. It receives keyword
+    arguments and takes what it needs: `table` (the module holding a learned table, or None),
+    `q_len`, `k_len`, `offset` (position of the first query), `padding_mask` (`[b, k]` bool, True =
+    real token, or None), `n_heads`, `dtype`, `device`, and the spec's `bidirectional`,
+    `num_buckets`, `max_distance`.
     `hook_view` shows the table module's output as `[1, h, q, k]` for `hook_rel_pos_bias` (a view,
-    so an edit made there reaches every layer that shares the bias).
+    so an edit made there reaches every layer that shares the bias); None when the bias has no module.
+    `module_format` turns `[b, h, q or 1, k]` into what the model's modules take (BLOOM: `[b*h, 1, k]`).
     """
 
     name: str
     compute: Callable[..., torch.Tensor]
     hook_view: Callable[[torch.Tensor], torch.Tensor] | None = None
+    module_format: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

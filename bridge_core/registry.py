@@ -198,7 +198,10 @@ class Registry:
         blocks = [(spec.block, ("block",))]
         if spec.encoder is not None:
             blocks.append((spec.encoder.block, ("encoder", "block")))
-        norms: list[tuple[NormSpec | None, tuple]] = [(spec.ln_final, ("ln_final", "kind"))]
+        norms: list[tuple[NormSpec | None, tuple]] = [
+            (spec.ln_final, ("ln_final", "kind")),
+            (spec.embed.norm, ("embed", "norm", "kind")),
+        ]
         if spec.encoder is not None:
             norms.append((spec.encoder.ln_final, ("encoder", "ln_final", "kind")))
         for b, at in blocks:

@@ -44,6 +44,7 @@ def t5_bias(
     num_buckets: int,
     max_distance: int,
     offset: int = 0,
+    **_: object,
 ) -> torch.Tensor:
     """`[1, h, q, k]` bias for queries at positions `offset..offset+q_len` over `k_len` keys."""
     device = table.weight.device

@@ -124,7 +124,11 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
     ln_final = _bind_norm(model, spec.ln_final, "ln_final", "", kinds)
     unembed, unembed_path = resolve_path(model, spec.unembed.path, "unembed.path")
     unembed_project = _optional(model, spec.unembed.project, "unembed.project")
-    score_bias = resolve_path(model, spec.score_bias.path, "score_bias.path")[0] if spec.score_bias else None
+    score_bias = (
+        resolve_path(model, spec.score_bias.path, "score_bias.path")[0]
+        if spec.score_bias and spec.score_bias.path
+        else None
+    )
     encoder = None
     if spec.encoder is not None:
         enc = spec.encoder
@@ -142,6 +146,7 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
     bound = BoundModel(
         embed, pos_embed, blocks, ln_final, unembed, unembed_path, embed_project, unembed_project, score_bias, encoder
     )
+    bound.embed_norm = _bind_norm(model, spec.embed.norm, "embed.norm", "", kinds)
     position_kind = kinds.positions[spec.pos_embed.kind if spec.pos_embed else "none"]
     bound.points = lay_out_points(bound, spec, cfg, position_kind, kinds)
     return bound
@@ -250,4 +255,6 @@ def _bind_block(
         bound_norms["ln2_post"],
         cross,
         resolve_path(block, b.resid_mid_at, f"{field}.resid_mid_at", prefix)[0] if b.resid_mid_at else None,
+        resolve_path(block, b.attn_out_at, f"{field}.attn_out_at", prefix)[0] if b.attn_out_at else None,
+        resolve_path(block, b.mlp_out_at, f"{field}.mlp_out_at", prefix)[0] if b.mlp_out_at else None,
     )

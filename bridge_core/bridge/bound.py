@@ -64,6 +64,8 @@ class BoundBlock:
     ln2_post: BoundNorm | None = None
     cross: BoundCrossAttention | None = None
     resid_mid_at: nn.Module | None = None
+    attn_out_at: nn.Module | None = None
+    mlp_out_at: nn.Module | None = None
 
 
 @dataclass
@@ -90,6 +92,7 @@ class BoundModel:
     unembed_project: nn.Module | None = None
     score_bias: nn.Module | None = None
     encoder: BoundStack | None = None
+    embed_norm: BoundNorm | None = None
     points: dict[str, HookPoint] = field(default_factory=dict)
 
     def all_blocks(self) -> list[BoundBlock]:

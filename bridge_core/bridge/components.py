@@ -63,7 +63,30 @@ class ComponentCaller:
             out[self.call.position_embeddings_kwarg] = rotary(hidden, position_ids, **extra)
         if self.call.position_ids_kwarg:
             out[self.call.position_ids_kwarg] = position_ids
+        if self.call.position_bias_kwarg and self.spec.score_bias is not None:
+            out[self.call.position_bias_kwarg] = self.score_bias(seq, padding, hidden)
         return out
+
+    def score_bias(self, seq: int, padding: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
+        """The stack's score bias from its kind, in the format the model's modules take."""
+        bias_spec = self.spec.score_bias
+        kind = self.bridge.registry.plugins.kinds.score_biases[bias_spec.kind]
+        bias = kind.compute(
+            table=self.bridge._bound.score_bias,
+            q_len=seq,
+            k_len=seq,
+            offset=0,
+            padding_mask=padding,
+            n_heads=self.bridge.cfg.n_heads,
+            dtype=hidden.dtype,
+            device=hidden.device,
+            bidirectional=bias_spec.bidirectional,
+            num_buckets=evaluate(bias_spec.num_buckets, self._lookup) if bias_spec.num_buckets else None,
+            max_distance=evaluate(bias_spec.max_distance, self._lookup) if bias_spec.max_distance else None,
+        )
+        if bias.shape[0] == 1:
+            bias = bias.expand(hidden.shape[0], *bias.shape[1:])
+        return kind.module_format(bias) if kind.module_format is not None else bias
 
     def block(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Block `layer` applied to residual `hidden` `[b, s, d_model]`; returns the new residual."""

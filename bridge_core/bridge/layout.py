@@ -51,6 +51,7 @@ def lay_out_points(
     else:
         prefix, embed_name, final_name = "blocks.", "hook_embed", "ln_final"
     layout.output(embed_name, bound.embed, "embed")
+    layout.norm("ln_embed", bound.embed_norm)
     if bound.embed_project is not None:
         layout.output("hook_project_in", bound.embed_project, "embed.project")
     if bound.pos_embed is not None and position_kind.has_table:
@@ -121,6 +122,8 @@ class _Layout:
         if block.ln1_post is not None:
             self.norm(f"{p}.ln1_post", block.ln1_post)
             self.output(f"{p}.hook_attn_out", block.ln1_post.module, block.ln1_post.path)
+        elif block.attn_out_at is not None:
+            self.output(f"{p}.hook_attn_out", block.attn_out_at, block.path)
         else:
             self.output(f"{p}.hook_attn_out", block.attn.module, block.attn.path, index=b.attn.output_index)
         mlp_norm = f"{p}.ln3" if block.cross is not None else f"{p}.ln2"
@@ -153,6 +156,8 @@ class _Layout:
         if block.ln2_post is not None:
             self.norm(f"{p}.ln2_post", block.ln2_post)
             self.output(f"{p}.hook_mlp_out", block.ln2_post.module, block.ln2_post.path)
+        elif block.mlp_out_at is not None:
+            self.output(f"{p}.hook_mlp_out", block.mlp_out_at, block.path, view=flat)
         elif mlp.module is block.module:  # no MLP module of its own (OPT): its output projection's output
             self.output(f"{p}.hook_mlp_out", mlp.w_out, f"{mlp.path}.out", view=flat)
         else:

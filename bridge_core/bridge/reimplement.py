@@ -11,6 +11,9 @@ the module's original forward, so each hook point still fires exactly once.
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +47,9 @@ class ReimplementedLayer:
     hidden_kwarg: str = "hidden_states"
     mask_kwarg: str = "attention_mask"
     position_embeddings_kwarg: str | None = None
+    residual_kwarg: str | None = None
+    residual_position: int | None = None  # where the residual sits among positional arguments
+    score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     submodules: set[int] = field(default_factory=set)
 
 
@@ -73,6 +79,17 @@ class ReimplementRun:
             query = layer.position.rotate(query, cos, sin, layer.rotary_dim)
             key = layer.position.rotate(key, cos, sin, layer.rotary_dim)
         query, key = _rotated(self.route, query, key)
+        bias = None
+        if layer.score_bias is not None:
+            q_len, k_len = query.shape[2], key.shape[2]
+            bias = layer.score_bias(
+                q_len=q_len,
+                k_len=k_len,
+                offset=k_len - q_len,
+                padding_mask=_real_keys(mask),
+                dtype=query.dtype,
+                device=query.device,
+            )
         out, _ = _eager(
             module,
             query,
@@ -81,9 +98,13 @@ class ReimplementRun:
             mask,
             scaling=layer.scaling,
             softcap=layer.softcap,
+            position_bias=bias,
             route=self.route,
         )
         new = layer.o(out.reshape(*out.shape[:2], -1))
+        if layer.residual_kwarg is not None:  # the module adds the residual itself (BLOOM)
+            in_kwargs = layer.residual_kwarg in kwargs
+            new = new + (kwargs[layer.residual_kwarg] if in_kwargs else args[layer.residual_position])
         if isinstance(output, torch.Tensor):
             return new
         items = list(output)
@@ -106,12 +127,42 @@ class ReimplementRun:
         return q, k, v
 
 
+def _position_of(module: nn.Module, name: str | None) -> int | None:
+    """The positional index of `forward`'s parameter `name` (read once, at bind time)."""
+    if name is None:
+        return None
+    parameters = [p for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    names = [p.name for p in parameters]
+    return names.index(name) if name in names else None
+
+
+def _real_keys(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`[b, k]` True at keys some query may attend, from the model's 4D mask (None: no padding)."""
+    if mask is None:
+        return None
+    allowed = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return allowed.any(dim=-2)[:, 0]
+
+
 def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
     """The reimplement-path description of every attention module, by module id."""
     spec, cfg, hf_config = bridge.spec, bridge.cfg, bridge.model.config
-    if spec.encoder is not None or spec.score_bias is not None:
-        raise NotImplementedError(
-            f"{spec.name}: the reimplement attention path does not support score biases or cross attention yet"
+    if spec.encoder is not None:
+        raise NotImplementedError(f"{spec.name}: the reimplement attention path does not support cross attention yet")
+    score_bias = None
+    if spec.score_bias is not None:
+        kind = bridge.registry.plugins.kinds.score_biases[spec.score_bias.kind]
+        score_bias = functools.partial(
+            kind.compute,
+            table=bridge._bound.score_bias,
+            n_heads=cfg.n_heads,
+            bidirectional=spec.score_bias.bidirectional,
+            num_buckets=evaluate_field(
+                bridge.spec_file, "score_bias.num_buckets", spec.score_bias.num_buckets, hf_config, spec
+            ),
+            max_distance=evaluate_field(
+                bridge.spec_file, "score_bias.max_distance", spec.score_bias.max_distance, hf_config, spec
+            ),
         )
     attn_spec = spec.block.attn
     softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config, spec)
@@ -137,6 +188,9 @@ def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
             hidden_kwarg="hidden_states",
             mask_kwarg=spec.call.mask_kwarg,
             position_embeddings_kwarg=spec.call.position_embeddings_kwarg,
+            residual_kwarg=attn_spec.residual_kwarg,
+            residual_position=_position_of(attn.module, attn_spec.residual_kwarg),
+            score_bias=score_bias,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
         )
         out[id(attn.module)] = layer

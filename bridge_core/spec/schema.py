@@ -89,6 +89,11 @@ class AttentionSpec(StrictModel):
     output_index: int | None = Field(
         default=0, description="Which element of the module's output tuple is the attention output."
     )
+    residual_kwarg: str | None = Field(
+        default=None,
+        description="Keyword of a residual the module adds to its own output (BLOOM's attention adds `residual`); "
+        "hook_attn_out then sits on the output projection (block.attn_out_at).",
+    )
     q_prescaled: bool = Field(
         default=False,
         description="HF multiplies the queries by the score scale before the attention function and passes "
@@ -164,6 +169,15 @@ class BlockSpec(StrictModel):
     ln2: NormSpec | None = None
     mlp: MLPSpec
     cross_attn: CrossAttentionSpec | None = Field(default=None, description="Cross attention (decoders of T5).")
+    attn_out_at: ModulePath | None = Field(
+        default=None,
+        description="Module whose output is the attention's contribution to the residual, when the attention module "
+        "returns more than that (BLOOM: self_attention.dense).",
+    )
+    mlp_out_at: ModulePath | None = Field(
+        default=None,
+        description="Module whose output is the MLP's contribution to the residual (BLOOM: mlp.dense_4h_to_h).",
+    )
     resid_mid_at: ModulePath | None = Field(
         default=None,
         description="Module whose output (element 0) is the mid residual (T5: layer.0); default: ln2's input.",
@@ -181,6 +195,9 @@ class BlockSpec(StrictModel):
 
 class EmbedSpec(StrictModel):
     path: ModulePath
+    norm: NormSpec | None = Field(
+        default=None, description="Norm applied to the embeddings before the first block (BLOOM); hooks ln_embed.*."
+    )
     project: ModulePath | None = Field(
         default=None, description="Projection from a narrower embedding to d_model, when present (OPT project_in)."
     )
@@ -245,8 +262,8 @@ class ScoreBiasSpec(StrictModel):
         default=None, description="Module holding the bias table (T5: the first block's relative_attention_bias)."
     )
     bidirectional: bool = Field(default=True, description="Buckets on both sides of the query (T5 encoder).")
-    num_buckets: ConfigValue = "relative_attention_num_buckets"
-    max_distance: ConfigValue = "relative_attention_max_distance"
+    num_buckets: ConfigValue = Field(default=None, description="Number of buckets (t5_buckets).")
+    max_distance: ConfigValue = Field(default=None, description="Distance beyond which buckets merge (t5_buckets).")
 
 
 class StackSpec(StrictModel):
