@@ -109,9 +109,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .bridge import Bridge
+    from .bridge import Bridge, loading
+    from .registry import default_registry
+    from .validation import missing_paths
 
-    bridge = Bridge.from_spec(args.spec, tiny=True)
+    registry = default_registry()
+    spec, file = loading.spec_from(args.spec, registry)  # schema errors: file, line, field
+    model = loading.random_model(spec)
+    problems = missing_paths(spec, model)
+    if problems:
+        console = _console()
+        console.print(f"[bold red]{len(problems)} module path(s) of {file} do not exist on a tiny {spec.hf_class}:[/]")
+        for problem in problems:
+            console.print(f"  {problem}", soft_wrap=True)
+        return 1
+    bridge = Bridge(model, spec, registry=registry, spec_file=file)
     _console().print(f"[green]ok[/] {args.spec}: binds to a tiny {type(bridge.model).__name__}, {bridge!r}")
     return 0
 
