@@ -373,13 +373,16 @@ class Bridge(ModelWeights, TokenMethods):
         device: torch.device | str | None = None,
         remove_batch_dim: bool = False,
         incl_bwd: bool = False,
+        cache_device: torch.device | str | None = None,
         **kwargs: Any,
     ) -> tuple[Any, ActivationCache]:
         """The output and the activations of every selected hook point (all of them by default).
 
         `incl_bwd=True` also runs `.backward()` on the output (which must then be a scalar, e.g.
         `return_type="loss"`) and caches each point's gradient as `NAME_grad`, as TransformerLens does.
+        `device` (or its alias `cache_device`) gathers the cached tensors there, wherever the modules run.
         """
+        device = device if device is not None else cache_device
         forward_options = {
             k: kwargs.pop(k)
             for k in ("return_type", "loss_per_token", "stop_at_layer", "start_at_layer")

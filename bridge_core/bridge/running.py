@@ -44,7 +44,8 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
         def stop_before(module: nn.Module, args: tuple, kwargs: dict) -> None:
             raise _StopForward(kwargs[kwarg] if kwarg in kwargs else args[0])
 
-        handle = blocks[index].module.register_forward_pre_hook(stop_before, with_kwargs=True)
+        # first among the pre-hooks: block k does not start, so none of its hook points fire
+        handle = blocks[index].module.register_forward_pre_hook(stop_before, with_kwargs=True, prepend=True)
     else:
         output_index = bridge.spec.block.output_index
 

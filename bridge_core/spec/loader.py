@@ -63,10 +63,13 @@ def read_raw_spec(path: str | Path) -> RawSpec:
     return parse_raw_spec(text, str(path))
 
 
+_MAX_NODES = 20_000  # a spec is a few hundred nodes; aliases must not expand beyond this ("billion laughs")
+
+
 def parse_raw_spec(text: str, file: str) -> RawSpec:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)  # SafeLoader: plain data only, never objects
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -76,26 +79,42 @@ def parse_raw_spec(text: str, file: str) -> RawSpec:
         raise SpecError(f"invalid YAML: {problem}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"invalid YAML: {exc}", file=file) from None
+    except RecursionError:
+        raise SpecError("invalid YAML: nested too deeply", file=file) from None
+    except (ValueError, IndexError, KeyError, TypeError) as exc:  # SafeLoader's scalar constructors, e.g. `!!float x`
+        raise SpecError(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file) from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(f"a spec must be a YAML mapping of fields, this file is {kind}", file=file, line=1)
     lines: dict[FieldPath, tuple[str, int]] = {}
-    _record_lines(node, (), file, lines)
+    _record_lines(node, (), file, lines, set(), [0])
     return RawSpec(file=file, data=data, lines=lines)
 
 
-def _record_lines(node: yaml.Node | None, path: FieldPath, file: str, out: dict) -> None:
+def _record_lines(
+    node: yaml.Node | None, path: FieldPath, file: str, out: dict, open_nodes: set[int], count: list[int]
+) -> None:
     if node is None:
         return
-    out.setdefault(path, (file, node.start_mark.line + 1))
+    line = node.start_mark.line + 1
+    if id(node) in open_nodes:
+        raise SpecError("a YAML alias refers to a node that contains it (a recursive structure)", file=file, line=line)
+    count[0] += 1
+    if count[0] > _MAX_NODES:
+        raise SpecError(f"the YAML expands to more than {_MAX_NODES} nodes (aliases of aliases?)", file=file, line=line)
+    if len(path) > 50:
+        raise SpecError("nested too deeply (more than 50 levels)", file=file, line=line)
+    out.setdefault(path, (file, line))
+    open_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
             out[(*path, key)] = (file, key_node.start_mark.line + 1)
-            _record_lines(value_node, (*path, key), file, out)
+            _record_lines(value_node, (*path, key), file, out, open_nodes, count)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_lines(item, (*path, index), file, out)
+            _record_lines(item, (*path, index), file, out, open_nodes, count)
+    open_nodes.discard(id(node))
 
 
 def merge_raw(parent: RawSpec, child: RawSpec) -> RawSpec:
