@@ -1,0 +1,247 @@
+"""Attention checks against what HF handed its attention interface on the untouched eager copy:
+pattern semantics and probabilities, q/k/v recomputed from the weight views, and z / result /
+attn_out recomposed into the attention module's output. Every attention module of every stack is
+checked (encoder and decoder self attention, cross attention)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...spec.config import evaluate_field
+from ..capture import AttentionCall
+from ..catalogue import Meter, Skip, check
+from ..context import Attention, CheckContext
+
+HEADS = "config.n_heads / config.d_head"
+
+
+def _call(ctx: CheckContext, attention: Attention, recording=None) -> AttentionCall:
+    call = ctx.attention_call(attention, recording)
+    if call is None:
+        raise Skip(
+            "HF never called the attention interface for this model (a model outside AttentionInterface "
+            "needs `attention: reimplement`), so there is nothing captured to compare with"
+        )
+    return call
+
+
+def _expand_kv(tensor: torch.Tensor, n_heads: int, dim: int) -> torch.Tensor:
+    groups = n_heads // tensor.shape[dim] if n_heads % tensor.shape[dim] == 0 else 1
+    return tensor if groups == 1 else tensor.repeat_interleave(groups, dim=dim)
+
+
+def allowed_keys(q_mask: torch.Tensor, k_mask: torch.Tensor, causal: bool, window: int | None) -> torch.Tensor:
+    """`[b, 1, q, k]` True where a query may attend a key (causality, the window and key padding)."""
+    q_len, k_len = q_mask.shape[1], k_mask.shape[1]
+    q_pos = torch.arange(k_len - q_len, k_len)[:, None]
+    k_pos = torch.arange(k_len)[None, :]
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool)
+    if causal:
+        allowed &= k_pos <= q_pos
+    if window is not None:
+        allowed &= q_pos - k_pos < window
+    return allowed[None, None] & k_mask.bool()[:, None, None, :]
+
+
+def spec_softcap(ctx: CheckContext, attention: Attention) -> float | None:
+    value = evaluate_field(ctx.spec_file, "block.attn.softcap", attention.spec.softcap, ctx.copy.config)
+    return None if value is None else float(value)
+
+
+def score_scale(ctx: CheckContext) -> float:
+    """HookedTransformer's score scale: scores = q·k / cfg.attn_scale."""
+    return 1.0 / float(ctx.bridge.cfg.attn_scale)
+
+
+def stack_bias(ctx: CheckContext, cache, attention: Attention) -> torch.Tensor | None:
+    """The stack's relative position bias `[1, h, q, k]` from the cache (self attention only)."""
+    if attention.cross:
+        return None
+    return cache.get(f"{attention.layer.stack}.hook_rel_pos_bias") if ctx.is_encoder_decoder else None
+
+
+def _kwargs_agree(ctx: CheckContext, m: Meter, attention: Attention, call: AttentionCall) -> None:
+    """The scale, softcap and window the spec declares vs the ones HF passed its attention function."""
+    p = attention.prefix
+    hf_scaling = call.kwargs.get("scaling")
+    if hf_scaling is not None:
+        expected = 1.0 if attention.spec.q_prescaled else score_scale(ctx)
+        what = "1 (q prescaled by HF)" if attention.spec.q_prescaled else "1 / cfg.attn_scale"
+        m.compare(
+            f"{p}: {what} vs the scaling HF passed",
+            torch.tensor(expected),
+            torch.tensor(float(hf_scaling)),
+            "config.attn_scale / block.attn.q_prescaled",
+        )
+    cap = spec_softcap(ctx, attention)
+    if "softcap" in call.kwargs or cap is not None:
+        hf_cap = call.kwargs.get("softcap")
+        m.require(
+            cap == (None if hf_cap is None else float(hf_cap)),
+            f"{p}: the spec's softcap {cap} vs the softcap HF passed {hf_cap}",
+            "block.attn.softcap",
+        )
+    if "sliding_window" in call.kwargs:
+        window = ctx.window(attention)
+        m.require(
+            window == call.kwargs["sliding_window"],
+            f"{p}: the spec's call.window {window} vs the sliding_window HF passed {call.kwargs['sliding_window']}",
+            "call.window",
+        )
+
+
+@check(
+    "attention_semantics",
+    statement="softmax(hook_attn_scores) == hook_pattern, rows sum to 1, masked (causal, window and padded) keys "
+    "get 0, scores == q·k / cfg.attn_scale (softcap, position bias), scale/softcap/window agree with HF's kwargs, "
+    "and the pattern equals HF's eager probabilities from the untouched copy (every attention of every stack)",
+    family="attention",
+    tolerance=1e-5,
+)
+def attention_semantics(ctx: CheckContext, m: Meter) -> None:
+    cfg = ctx.bridge.cfg
+    mask = ctx.padding_mask("right")
+    wanted = ("hook_attn_scores", "hook_pattern", "hook_q", "hook_k", "hook_rot_q", "hook_rot_k", "hook_rel_pos_bias")
+    _, cache = ctx.bridge_cache(mask, names_filter=lambda n: n.endswith(wanted))
+    reference = ctx.reference_run(attention_mask=mask)
+    for attention in ctx.attentions:
+        call = _call(ctx, attention, reference)
+        p = attention.prefix
+        scores, pattern = cache[f"{p}.hook_attn_scores"], cache[f"{p}.hook_pattern"]
+        _kwargs_agree(ctx, m, attention, call)
+        m.compare(
+            f"{p}: softmax(hook_attn_scores) vs hook_pattern", scores.softmax(-1), pattern, "block.attn.softmax_dtype"
+        )
+        if pattern.shape != call.weights.shape:  # the head structure is wrong: nothing below can be compared
+            m.compare(f"{p}.hook_pattern vs HF's eager probabilities", pattern, call.weights, HEADS)
+            continue
+        q_mask, k_mask = ctx.masks_of(attention, mask)
+        real = q_mask.bool()[:, None, :, None]  # real query rows
+        rows = real.expand_as(pattern)
+        m.compare(
+            f"{p}: pattern rows sum",
+            pattern.sum(-1)[rows[..., 0]],
+            torch.ones(()).expand(int(rows[..., 0].sum())),
+            "block.attn.implementation",
+        )
+        allowed = allowed_keys(q_mask, k_mask, ctx.causal(attention), ctx.window(attention))
+        blocked = (~allowed & real).expand_as(pattern)
+        m.compare(
+            f"{p}: pattern at masked keys",
+            pattern[blocked],
+            torch.zeros(int(blocked.sum())),
+            "block.attn.implementation (mask) / call.window",
+        )
+        m.compare(
+            f"{p}.hook_pattern vs HF eager probabilities",
+            pattern[rows],
+            call.weights[rows],
+            "block.attn.qkv / block.attn.softmax_dtype",
+        )
+        rot = "rot_" if f"{p}.hook_rot_q" in cache else ""  # q and k after the position transform
+        q, k = cache[f"{p}.hook_{rot}q"], _expand_kv(cache[f"{p}.hook_{rot}k"], cfg.n_heads, 2)
+        if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+            m.fail(f"{p}: hook_q {tuple(q.shape)} and hook_k {tuple(k.shape)} cannot make scores", HEADS)
+            continue
+        recomputed = torch.einsum("bqhd,bkhd->bhqk", q, k) * score_scale(ctx)
+        cap = spec_softcap(ctx, attention)
+        if cap is not None:
+            recomputed = torch.tanh(recomputed / cap) * cap
+        bias = stack_bias(ctx, cache, attention)
+        if bias is not None:
+            recomputed = recomputed + bias
+        keep = (allowed & real).expand_as(scores)
+        m.compare(
+            f"{p}: hook_q·hook_k / attn_scale (softcap, bias) vs hook_attn_scores",
+            recomputed[keep],
+            scores[keep],
+            "block.attn.qkv (path / order) / config.attn_scale",
+        )
+
+
+def _pre_position(
+    ctx: CheckContext, attention: Attention, n: str, call: AttentionCall
+) -> tuple[torch.Tensor, slice, bool]:
+    """HF's `n` before rotary `[b, s, heads, d]`, the positions it covers, and whether it is what HF
+    passed the interface: the projection's own output for separate projections of a rotary model,
+    else the interface's (at position 0 only for a fused rotary projection: rotary is the identity there)."""
+    rotary = n in "qk" and not attention.cross and ctx.bridge.position_kind.rotates_qk
+    hf = {"q": call.query, "k": call.key, "v": call.value}[n].transpose(1, 2)
+    if not rotary:
+        return hf, slice(None), True
+    if n in attention.bound.qkv:
+        out = ctx.hf_out(attention.bound.qkv[n])
+        return out.unflatten(-1, (-1, ctx.bridge.cfg.d_head)), slice(None), False
+    return hf, slice(0, 1), True
+
+
+@check(
+    "qkv_recompute",
+    statement="q, k and v recomputed from W_Q/b_Q, W_K/b_K, W_V/b_V on HF's attention input, and hook_q/k/v, equal "
+    "HF's (projection outputs, or the interface's q/k/v, q divided by attn_scale where HF prescales it); "
+    "hook_rot_q/k equal the rotated q/k HF passed its attention interface",
+    family="attention",
+    tolerance=1e-5,
+)
+def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
+    cfg = ctx.bridge.cfg
+    encoder_out = None
+    for attention in ctx.attentions:
+        call = _call(ctx, attention)
+        p = attention.prefix
+        x = ctx.hf_in(attention.bound.module)
+        if attention.cross and encoder_out is None:
+            encoder_out = ctx.hf_out(ctx.bridge._bound.encoder.ln_final.module)
+        field = "block.cross_attn.attn.qkv" if attention.cross else "block.attn.qkv (path / order) / block.attn.layout"
+        for n in "qkv":
+            hook = ctx.cache[f"{p}.hook_{n}"]
+            expected, positions, interface = _pre_position(ctx, attention, n, call)
+            # HF hands the interface q·(1/attn_scale) where it prescales q (OPT); hook_q is the projection.
+            scale = score_scale(ctx) if n == "q" and interface and attention.spec.q_prescaled else 1.0
+            shown = hook[:, positions] * scale
+            wanted = expected[:, positions]
+            f = HEADS if shown.shape != wanted.shape else field
+            m.compare(f"{p}.hook_{n} (× {scale:g}) vs HF's {n}", shown, wanted, f)
+            w, b = getattr(attention.weights, f"W_{n.upper()}"), getattr(attention.weights, f"b_{n.upper()}")
+            source = encoder_out if attention.cross and n in "kv" else x
+            recomputed = (torch.einsum("bsm,hmd->bshd", source, w) + b)[:, positions] * scale
+            expanded = wanted if n == "q" else _expand_kv(wanted, cfg.n_heads, 2)
+            f = HEADS if recomputed.shape != expanded.shape else field
+            m.compare(f"{p}: {n} from W_{n.upper()}, b_{n.upper()} vs HF's {n}", recomputed, expanded, f)
+        if f"{p}.hook_rot_q" in ctx.cache:
+            for n, hf in (("q", call.query), ("k", call.key)):
+                hook = ctx.cache[f"{p}.hook_rot_{n}"]
+                m.compare(
+                    f"{p}.hook_rot_{n} vs the {n} HF passed its attention interface (after rotary)",
+                    hook,
+                    hf.transpose(1, 2),
+                    "pos_embed / block.attn.qkv",
+                )
+
+
+@check(
+    "attn_output",
+    statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O, Σ_h hook_result + b_O and "
+    "hook_attn_out (hook_cross_attn_out) equal the attention module's output",
+    family="attention",
+    tolerance=1e-5,
+)
+def attn_output(ctx: CheckContext, m: Meter) -> None:
+    for attention in ctx.attentions:
+        call = _call(ctx, attention)
+        p = attention.prefix
+        z = ctx.cache[f"{p}.hook_z"]
+        m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, HEADS)
+        hf_out = ctx.hf_out(attention.bound.module)
+        weights = attention.weights
+        recomposed = torch.einsum("bshd,hdm->bsm", z, weights.W_O) + weights.b_O
+        m.compare(f"{p}: hook_z·W_O + b_O vs HF attention output", recomposed, hf_out, "block.attn.o / layout")
+        summed = ctx.cache[f"{p}.hook_result"].sum(-2) + weights.b_O
+        m.compare(f"{p}: Σ_h hook_result + b_O vs HF attention output", summed, hf_out, "block.attn.o")
+        contribution = attention.bound.module if attention.cross else ctx.attn_contribution(attention.layer.block)
+        m.compare(
+            f"{attention.out_name} vs HF attention contribution (after its post-norm, if any)",
+            ctx.cache[attention.out_name],
+            ctx.hf_out(contribution),
+            "block.attn.output_index",
+        )

@@ -1,0 +1,129 @@
+"""Component checks: norms, residual stream and MLP, each recomputed from the bridge's weight views and
+cfg and compared with tensors HF computed on the untouched copy (every block of every stack)."""
+
+from __future__ import annotations
+
+from ..catalogue import Meter, Skip, check
+from ..context import CheckContext
+
+
+@check(
+    "norms",
+    statement="each norm recomputed from HF's input with its kind, cfg.eps and the .w/.b views equals HF's norm "
+    "output, and hook_scale / hook_normalized equal that recomputation (post-norms and final norms included)",
+    family="norms",
+    tolerance=1e-5,
+)
+def norms(ctx: CheckContext, m: Meter) -> None:
+    cfg = ctx.bridge.cfg
+    found = [role for layer in ctx.layers for role in layer.norm_roles()] + ctx.final_norms()
+    if not found:
+        raise Skip("this spec declares no norms")
+    for name, spec_field, norm in found:
+        kind, module = norm.kind, norm.module
+        module_eps = kind.eps(module)
+        eps = module_eps if cfg.eps is None else float(cfg.eps)
+        x = ctx.hf_in(module)
+        prepared = kind.prepare(x)
+        scale = kind.scale(prepared, eps)
+        normalized = prepared / scale
+        w, b = kind.weight(module), kind.bias(module)
+        out = normalized if w is None else normalized * (w + kind.weight_offset)
+        out = (out if b is None else out + b).to(x.dtype)
+        field = "config.eps" if cfg.eps is not None and abs(eps - module_eps) > 0 else f"{spec_field}.kind"
+        m.compare(f"{name}: norm recomputed with cfg.eps={eps:g} vs HF norm output", out, ctx.hf_out(module), field)
+        if f"{name}.hook_scale" in ctx.cache:
+            m.compare(f"{name}.hook_scale vs recomputed scale", ctx.cache[f"{name}.hook_scale"], scale, field)
+            m.compare(f"{name}.hook_normalized vs recomputed", ctx.cache[f"{name}.hook_normalized"], normalized, field)
+
+
+@check(
+    "residual_stream",
+    statement="hook_resid_pre / resid_post equal HF's block input / output, hook_resid_mid equals block input + "
+    "HF attention output (+ cross attention for hook_resid_mid_cross), hook_mlp_out equals HF's MLP output; "
+    "post-norm blocks: hook_resid_post = HF's ln1 output + MLP output, hook_normalized_resid_post = block output",
+    family="residual",
+    tolerance=1e-5,
+)
+def residual_stream(ctx: CheckContext, m: Meter) -> None:
+    for layer in ctx.layers:
+        p, block = layer.prefix, layer.block
+        block_in = ctx.hf_in(block.module)
+        mlp_out = ctx.hf_out(ctx.mlp_contribution(block))
+        m.compare(
+            f"{p}.hook_resid_pre vs HF block input",
+            ctx.cache[f"{p}.hook_resid_pre"],
+            block_in,
+            "blocks / block.hidden_states_kwarg",
+        )
+        mid = block_in + ctx.hf_out(ctx.attn_contribution(block))
+        if f"{p}.hook_resid_mid" in ctx.cache:
+            m.compare(
+                f"{p}.hook_resid_mid vs HF block input + attention output",
+                ctx.cache[f"{p}.hook_resid_mid"],
+                mid,
+                "block.ln2.path / block.kind",
+            )
+        elif block.kind != "parallel":
+            m.fail(f"{p}.hook_resid_mid is missing on a {block.kind} block", "block.kind")
+        if block.cross is not None:
+            mid = mid + ctx.hf_out(block.cross.attn.module)
+            m.compare(
+                f"{p}.hook_resid_mid_cross vs HF block input + attention + cross attention outputs",
+                ctx.cache[f"{p}.hook_resid_mid_cross"],
+                mid,
+                "block.cross_attn.residual_at",
+            )
+        m.compare(f"{p}.hook_mlp_out vs HF MLP output", ctx.cache[f"{p}.hook_mlp_out"], mlp_out, "block.mlp.path")
+        if block.kind == "post_norm":
+            m.compare(
+                f"{p}.hook_resid_post vs HF's ln1 output + MLP output (post-norm)",
+                ctx.cache[f"{p}.hook_resid_post"],
+                ctx.hf_out(block.ln1.module) + mlp_out,
+                "block.kind / block.ln2",
+            )
+            post = ctx.cache[f"{p}.hook_normalized_resid_post"]
+            m.compare(f"{p}.hook_normalized_resid_post vs HF block output", post, ctx.hf_out(block.module), "block.ln2")
+        else:
+            m.compare(
+                f"{p}.hook_resid_post vs HF block output",
+                ctx.cache[f"{p}.hook_resid_post"],
+                ctx.hf_out(block.module),
+                "block.output_index / block.kind",
+            )
+
+
+@check(
+    "mlp",
+    statement="the MLP recomputed from HF's MLP input with W_in/b_in, the cfg activation and W_out/b_out equals HF's "
+    "MLP output; act(hook_pre) equals what HF fed its output projection",
+    family="mlp",
+    tolerance=1e-5,
+)
+def mlp(ctx: CheckContext, m: Meter) -> None:
+    bridge = ctx.bridge
+    act_field = "block.mlp.act_fn" if ctx.spec.block.mlp.act_fn else "config.act_fn"
+    for layer in ctx.layers:
+        p, block, weights = f"{layer.prefix}.mlp", layer.block, layer.weights.mlp
+        x = ctx.hf_in(ctx.mlp_input_module(block))
+        pre = x @ weights.W_in + weights.b_in
+        hf_post = ctx.hf_in(block.mlp.w_out)
+        m.compare(
+            f"{p}: x·W_in + b_in vs hook_pre (HF's projection)",
+            pre,
+            ctx.cache.get(f"{p}.hook_pre_linear", ctx.cache[f"{p}.hook_pre"]),
+            "block.mlp.in / block.mlp.layout",
+        )
+        if weights.W_gate is not None:
+            gate = x @ weights.W_gate + weights.b_gate
+            post = bridge.act_fn(gate) * pre
+            label = f"{p}: act(gate)·pre vs HF's input to the output projection"
+            act_ok = m.compare(label, post, hf_post, act_field) <= m.tolerance
+        else:
+            label = f"{p}: cfg activation of hook_pre vs HF's input to the output projection"
+            act_ok = m.compare(label, bridge.act_fn(ctx.cache[f"{p}.hook_pre"]), hf_post, act_field) <= m.tolerance
+            post = bridge.act_fn(pre)
+        out = post @ weights.W_out + weights.b_out
+        hf_out = ctx.hf_out(block.mlp.w_out if block.mlp.module is block.module else block.mlp.module)
+        field = "block.mlp.out / block.mlp.layout" if act_ok else act_field
+        m.compare(f"{p}: recomputed MLP vs HF MLP output", out, hf_out, field)

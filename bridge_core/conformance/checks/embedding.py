@@ -1,0 +1,116 @@
+"""Embedding checks: token embeddings (scaled), learned positions and the unembedding (pre-scale and
+final softcap), compared with HF's residual at the first block and HF's logits on the untouched copy."""
+
+from __future__ import annotations
+
+import torch
+
+from ...spec.config import evaluate_field
+from ..catalogue import Meter, Skip, check
+from ..context import CheckContext
+
+
+def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(hook name, W_E, tokens, HF's residual at the stack's block 0 minus what HF's position module added)."""
+    bound, bridge = ctx.bridge._bound, ctx.bridge
+    if bound.encoder is not None:
+        encoder = ctx.hf_in(bound.encoder.blocks[0].module)
+        decoder = ctx.hf_in(bound.blocks[0].module)
+        return [
+            ("hook_embed", bound.encoder.embed.weight, ctx.tokens, encoder),
+            ("decoder.hook_embed", bridge.W_E, ctx.decoder_tokens, decoder),
+        ]
+    residual0 = ctx.hf_in(bound.blocks[0].module)
+    learned = bound.pos_embed is not None and bridge.position_kind.has_table
+    token_part = residual0 - ctx.hf_out(bound.pos_embed) if learned else residual0
+    return [("hook_embed", bridge.W_E, ctx.tokens, token_part)]
+
+
+@check(
+    "embed",
+    statement="W_E[tokens] * cfg.embed_scale and hook_embed equal the token part of HF's residual at block 0 "
+    "(of each stack)",
+    family="embedding",
+    tolerance=1e-5,
+)
+def embed(ctx: CheckContext, m: Meter) -> None:
+    cfg = ctx.bridge.cfg
+    for name, w_e, tokens, token_part in _token_parts(ctx):
+        m.compare(
+            f"{name}: W_E[tokens] * cfg.embed_scale vs HF's residual at block 0 (minus positions)",
+            w_e[tokens] * cfg.embed_scale,
+            token_part,
+            "embed.path / config.embed_scale",
+        )
+        m.compare(f"{name} vs HF's residual at block 0 (minus positions)", ctx.cache[name], token_part, "embed.path")
+
+
+@check(
+    "pos_embed",
+    statement="W_pos[positions] and hook_pos_embed equal what HF added to the token embeddings for positions",
+    family="embedding",
+    tolerance=1e-5,
+)
+def pos_embed(ctx: CheckContext, m: Meter) -> None:
+    bridge = ctx.bridge
+    if bridge._bound.pos_embed is None or not bridge.position_kind.has_table:
+        raise Skip("this spec has no learned position table (positions enter inside attention, or not at all)")
+    residual0 = ctx.hf_in(bridge._bound.blocks[0].module)
+    pos_part = residual0 - ctx.reference.outputs[ctx.embedding_name]
+    if bridge._bound.embed_project is not None:
+        pos_part = residual0 - ctx.hf_out(bridge._bound.embed_project)
+    seq = ctx.tokens.shape[1]
+    w_pos = bridge.W_pos
+    m.require(
+        w_pos.shape[0] >= seq,
+        f"W_pos has {w_pos.shape[0]} rows, fewer than the {seq} test positions",
+        "pos_embed.offset / config.n_ctx",
+    )
+    if w_pos.shape[0] >= seq:
+        m.compare(
+            "W_pos[positions] vs HF's positional contribution",
+            w_pos[:seq].expand_as(pos_part),
+            pos_part,
+            "pos_embed.offset / pos_embed.path",
+        )
+    hook = ctx.cache["hook_pos_embed"]
+    m.compare("hook_pos_embed vs HF's positional contribution", hook.expand_as(pos_part), pos_part, "pos_embed.path")
+
+
+def _spec_value(ctx: CheckContext, field: str, value) -> float | None:
+    found = evaluate_field(ctx.spec_file, field, value, ctx.copy.config)
+    return None if found is None else float(found)
+
+
+@check(
+    "unembed",
+    statement="HF's final-norm output (× unembed.pre_scale) · W_U + b_U, and hook_unembed, with the spec's final "
+    "softcap c·tanh(x/c) applied, equal HF's logits (hook_unembed is before the softcap)",
+    family="embedding",
+    tolerance=1e-5,
+)
+def unembed(ctx: CheckContext, m: Meter) -> None:
+    bridge, spec = ctx.bridge, ctx.spec
+    bound = bridge._bound
+    final = ctx.hf_out(bound.ln_final.module) if bound.ln_final is not None else ctx.hf_out(bound.blocks[-1].module)
+    if bound.unembed_project is not None:
+        final = ctx.hf_out(bound.unembed_project)
+    pre_scale = _spec_value(ctx, "unembed.pre_scale", spec.unembed.pre_scale)
+    if pre_scale is not None:
+        final = final * pre_scale
+    cap = _spec_value(ctx, "unembed.softcap", spec.unembed.softcap)
+
+    def capped(x: torch.Tensor) -> torch.Tensor:
+        return x if cap is None else torch.tanh(x / cap) * cap
+
+    logits = ctx.reference.logits
+    recomposed = final @ bridge.W_U + bridge.b_U
+    m.compare(
+        "final residual (× pre_scale) · W_U + b_U, softcapped, vs HF logits",
+        capped(recomposed),
+        logits,
+        "unembed.path / unembed.pre_scale / unembed.softcap",
+    )
+    hook = ctx.cache["hook_unembed"]
+    m.compare("hook_unembed vs the recomposition before the softcap", hook, recomposed, "unembed.path")
+    m.compare("hook_unembed, softcapped, vs HF logits", capped(hook), logits, "unembed.path / unembed.softcap")

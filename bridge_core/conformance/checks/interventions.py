@@ -1,0 +1,189 @@
+"""Intervention checks: identity hooks, +δ once, single-head ablation and padding, each compared with
+the untouched copy run by hand (plain torch hooks on the copy, never bridge hooks)."""
+
+from __future__ import annotations
+
+import torch
+
+from ...bridge.places import ModuleInput, ModuleOutput
+from ..catalogue import Meter, check
+from ..context import CheckContext
+
+
+def _clone(tensor: torch.Tensor, hook) -> torch.Tensor:
+    return tensor.clone()
+
+
+def _observe(tensor: torch.Tensor, hook) -> None:
+    return None
+
+
+def _ends(ctx: CheckContext) -> list:
+    """The first and last layer of each stack."""
+    out = []
+    for stack in dict.fromkeys(layer.stack for layer in ctx.layers):
+        layers = [layer for layer in ctx.layers if layer.stack == stack]
+        out += [layers[0]] if len(layers) == 1 else [layers[0], layers[-1]]
+    return out
+
+
+@check(
+    "identity_hooks",
+    statement="identity hooks on every hook point (observing, and returning an equal new tensor, which routes "
+    "attention to eager and recomputes norms and head results) keep logits within 1e-5 of HF's",
+    family="interventions",
+    tolerance=1e-5,
+)
+def identity_hooks(ctx: CheckContext, m: Meter) -> None:
+    with torch.no_grad():
+        for label, fn in (("observing", _observe), ("returning a clone", _clone)):
+            logits = ctx.bridge_hooked([(lambda name: True, fn)])
+            m.compare(f"logits with identity hooks ({label}) on every point vs HF", logits, ctx.plain_logits)
+
+
+@check(
+    "identity_module_hooks",
+    statement="identity hooks returning a clone at module-boundary points leave logits bit-identical to HF's",
+    family="interventions",
+    tolerance=0.0,
+)
+def identity_module_hooks(ctx: CheckContext, m: Meter) -> None:
+    points = ctx.bridge.hook_dict
+    boundary = {n for n, p in points.items() if isinstance(p.place, (ModuleInput, ModuleOutput))}
+    m.require(bool(boundary), "no hook point sits on a module boundary")
+    logits = ctx.bridge_hooked([(lambda name: name in boundary, _clone)])
+    m.compare(
+        f"logits with clone-returning hooks on {len(boundary)} module-boundary points vs HF", logits, ctx.plain_logits
+    )
+
+
+@check(
+    "delta_once",
+    statement="+δ at hook_resid_mid and +δ at hook_attn_out both equal adding δ to the attention module's "
+    "output in the untouched copy by hand, and move hook_resid_mid by exactly δ",
+    family="interventions",
+    tolerance=1e-5,
+)
+def delta_once(ctx: CheckContext, m: Meter) -> None:
+    bridge = ctx.bridge
+    generator = torch.Generator().manual_seed(ctx.seed + 1)
+    delta = torch.randn(bridge.cfg.d_model, generator=generator) * 0.5
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep(tensor: torch.Tensor, hook) -> None:
+        seen[hook.name] = tensor.detach().clone()
+
+    def add_delta(tensor: torch.Tensor, hook) -> torch.Tensor:
+        return tensor + delta
+
+    def add_to_output(module, args, output):
+        return (output[0] + delta, *output[1:]) if isinstance(output, tuple) else output + delta
+
+    for layer in _ends(ctx):
+        p = layer.prefix
+        mid = f"{p}.hook_resid_mid"
+        attn = ctx.name_of(ctx.attn_contribution(layer.block))
+        expected = ctx.reference_run(edits=[(attn, "post", add_to_output)], capture=False).logits
+        seen.clear()
+        for name in (mid, f"{p}.hook_attn_out"):
+            if name not in bridge.hook_dict:
+                continue
+            hooks = [(name, add_delta)]
+            if mid in ctx.cache and name != mid:
+                hooks.append((mid, keep))
+            logits = ctx.bridge_hooked(hooks)
+            field = "block.ln2.path / block.kind" if name == mid else "block.attn.output_index"
+            m.compare(f"logits after +δ at {name} vs +δ on HF's attention output", logits, expected, field)
+        if mid in seen:
+            moved = seen[mid] - ctx.cache[mid]
+            m.compare(f"{mid} moved by +δ at hook_attn_out", moved, delta.expand_as(moved), "block.ln2.path")
+
+
+@check(
+    "head_ablation",
+    statement="zeroing one head in hook_z, or in hook_result, equals zeroing that head's slice of the output "
+    "projection's input in the untouched copy with a plain torch pre-hook",
+    family="interventions",
+    tolerance=1e-5,
+)
+def head_ablation(ctx: CheckContext, m: Meter) -> None:
+    cfg = ctx.bridge.cfg
+    head, d = cfg.n_heads - 1, cfg.d_head
+    ends = {id(layer) for layer in _ends(ctx)}
+    for attention in [a for a in ctx.attentions if id(a.layer) in ends]:
+        o_proj = ctx.name_of(attention.bound.o)
+
+        def zero_slice(module, args, kwargs):
+            x = (args[0] if args else kwargs["input"]).clone()
+            x[..., head * d : (head + 1) * d] = 0  # HF's o-proj input is head-major: [b, s, h * d_head]
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
+
+        expected = ctx.reference_run(edits=[(o_proj, "pre", zero_slice)], capture=False).logits
+
+        def zero_head(tensor: torch.Tensor, hook) -> torch.Tensor:
+            out = tensor.clone()
+            out[:, :, head] = 0
+            return out
+
+        for point in ("hook_z", "hook_result"):
+            name = f"{attention.prefix}.{point}"
+            logits = ctx.bridge_hooked([(name, zero_head)])
+            label = f"logits after zeroing head {head} at {name} vs by hand in HF"
+            m.compare(label, logits, expected, "block.attn.o / config.n_heads")
+
+
+def _real_positions(ctx: CheckContext, tensor: torch.Tensor, name: str, keep: torch.Tensor) -> torch.Tensor:
+    """Entries of sequence 1 at its real positions (`keep`: bool [seq] over the padded tokens): queries
+    and keys of patterns; for encoder-decoder models only encoder positions (and cross-attention keys)."""
+    whole = None
+    q_keep, k_keep = keep, keep
+    if ctx.is_encoder_decoder and not (name == "hook_embed" or name.startswith("encoder")):
+        q_keep, k_keep = whole, (keep if ".cross_attn." in name else whole)
+    bias = name.endswith("hook_rel_pos_bias")
+    one = tensor[0] if bias else tensor[1]
+    if bias or name.endswith(("hook_pattern", "hook_attn_scores")):
+        one = one if q_keep is None else one[:, q_keep]
+        return one if k_keep is None else one[:, :, k_keep]
+    positions = k_keep if name.endswith((".cross_attn.hook_k", ".cross_attn.hook_v")) else q_keep
+    return one if positions is None else one[positions]
+
+
+@check(
+    "padding",
+    statement="with left and right padding, logits and every cached activation at real positions equal the "
+    "unpadded single-sequence run, and logits equal HF's unpadded logits (encoder padding for encoder-decoders)",
+    family="interventions",
+    tolerance=1e-5,
+)
+def padding(ctx: CheckContext, m: Meter) -> None:
+    bridge = ctx.bridge
+    for side in ("right", "left"):
+        mask = ctx.padding_mask(side)
+        keep = mask[1].bool()
+        single = ctx.tokens[1:2, keep]
+        kwargs, single_kwargs = dict(ctx.inputs), {}
+        if ctx.is_encoder_decoder:
+            single_kwargs["decoder_input_ids"] = ctx.decoder_tokens[1:2]
+        elif side == "left":  # positions count real tokens only, as generate() passes them
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits, cache = bridge.run_with_cache(ctx.tokens, attention_mask=mask, **kwargs)
+            _, single_cache = bridge.run_with_cache(single, **single_kwargs)
+            hf_single = ctx.copy(input_ids=single, use_cache=False, **single_kwargs).logits
+        row = logits[1] if ctx.is_encoder_decoder else logits[1][keep]
+        m.compare(f"{side}-padded logits at real positions vs HF unpadded", row, hf_single[0], "block.attn (mask)")
+        m.compare(
+            f"{side}-padded logits of the full row vs HF unpadded",
+            logits[0],
+            ctx.plain_logits[0],
+            "block.attn.implementation (mask)",
+        )
+        for name, value in cache.items():
+            if name in ("hook_pos_embed",) and value.shape[0] == 1:
+                continue  # broadcast over the batch: no per-sequence row to compare
+            m.compare(
+                f"{side}-padded {name} at real positions vs unpadded run",
+                _real_positions(ctx, value, name, keep),
+                single_cache[name][0],
+                "block.attn.implementation (mask)",
+            )

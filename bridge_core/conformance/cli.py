@@ -1,0 +1,103 @@
+"""`bridge-core conform [ARCH ... | SPEC.yaml | --all] [--json] [--model PATH] [-q]`.
+
+Registered by the core CLI through `register(subparsers)`. Prints a check × architecture matrix
+(with progress on stderr while it runs), or JSON to stdout; exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from .report import CheckResult, Report
+
+
+def register(sub: Any) -> None:
+    conform = sub.add_parser(
+        "conform",
+        help="run the conformance checks on specs (tiny offline models, or --model PATH)",
+        description="Hold specs to HF's own computation: one row per check, one column per architecture.",
+    )
+    conform.add_argument("specs", nargs="*", metavar="ARCH|SPEC.yaml", help="registered names or spec files")
+    conform.add_argument("--all", action="store_true", help="every registered spec")
+    conform.add_argument("--model", help="a saved checkpoint to check instead of a tiny random model")
+    conform.add_argument("--check", action="append", dest="checks", metavar="NAME", help="only these checks")
+    conform.add_argument("--seed", type=int, default=0)
+    conform.add_argument("--json", action="store_true", help="print the reports as JSON to stdout")
+    conform.add_argument("-q", "--quiet", action="store_true", help="no progress or matrix: failures and a summary")
+    conform.set_defaults(func=cmd_conform)
+
+
+def _targets(args: argparse.Namespace) -> list[str | None]:
+    from .runner import all_names
+
+    if args.all and args.model:
+        raise SystemExit("bridge-core conform: --all and --model cannot be combined (a checkpoint has one spec)")
+    if args.all:
+        return [*all_names(), *args.specs]
+    if args.specs:
+        return list(args.specs)
+    if args.model:
+        return [None]  # the spec is found from the checkpoint's config
+    raise SystemExit("bridge-core conform: name an architecture or a spec file, or give --all or --model")
+
+
+def cmd_conform(args: argparse.Namespace) -> int:
+    from .catalogue import catalogue
+    from .runner import run
+
+    targets = _targets(args)
+    checks = catalogue(args.checks)
+    err = Console(stderr=True, highlight=False)
+    reports: list[Report] = []
+    show_progress = not (args.json or args.quiet)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, disable=not show_progress
+    ) as progress:
+        for target in targets:
+            task = progress.add_task(f"conform {target or args.model}", total=len(checks))
+
+            def advance(result: CheckResult, task=task, target=target) -> None:
+                progress.update(task, advance=1, description=f"conform {target or args.model}: {result.name}")
+
+            reports.append(run(target, args.model, checks=args.checks, seed=args.seed, progress=advance))
+    ok = all(r.ok for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "reports": [r.to_dict() for r in reports]}, indent=2))
+        return 0 if ok else 1
+    out = Console(highlight=False)
+    if not args.quiet:
+        out.print(matrix(reports))
+    for report in reports:
+        for result in report.failed():
+            out.print(f"[bold red]FAIL[/] {report.architecture} · {result.explain()}", soft_wrap=True)
+    failed = sum(len(r.failed()) for r in reports)
+    summary = f"{len(reports)} spec(s), {len(checks)} checks each: " + ("all passed" if ok else f"{failed} failed")
+    out.print(f"[{'green' if ok else 'bold red'}]{summary}[/]")
+    return 0 if ok else 1
+
+
+_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+
+
+def matrix(reports: list[Report]) -> Table:
+    """Checks as rows, architectures as columns; each cell the status and the measured figure."""
+    table = Table(title="bridge-core conformance", show_lines=False)
+    table.add_column("check")
+    table.add_column("family", style="dim")
+    for report in reports:
+        table.add_column(report.architecture, justify="right")
+    names = list(dict.fromkeys(r.name for report in reports for r in report.results))
+    for name in names:
+        family = next(r.family for report in reports for r in report.results if r.name == name)
+        cells = []
+        for report in reports:
+            found = [r for r in report.results if r.name == name]
+            cells.append(f"[{_STYLE[found[0].status]}]{found[0].short()}[/]" if found else "")
+        table.add_row(name, family, *cells)
+    return table

@@ -1,0 +1,325 @@
+"""`CheckContext`: what every check sees — the spec, the bridge, the untouched deep copy, test tokens,
+and the reference recordings made on the copy (computed once, on first use, and shared).
+
+Built by the runner; checks never run the copy with bridge hooks, and never run the bridge's model raw.
+Encoder-decoder models get encoder tokens (`tokens`) and decoder tokens (`decoder_tokens`); `layers`
+and `attentions` walk every block and attention module of every stack under its hook-name prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..spec.schema import Spec
+from .capture import AttentionCall, Recording, record
+from .snapshot import ModelSnapshot
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One block under its hook-name prefix (`blocks.0`, `encoder.0`, `decoder.0`)."""
+
+    prefix: str
+    stack: str  # "encoder" or "decoder" (decoder-only models: "decoder")
+    index: int
+    block: Any  # BoundBlock
+    weights: Any  # BlockWeights
+
+    def norm_roles(self) -> list[tuple[str, str, Any]]:
+        """(hook prefix, spec field, BoundNorm) of each norm; HookedEncoderDecoder's ln2/ln3 in decoders."""
+        b, p = self.block, self.prefix
+        cross = b.cross is not None
+        field = "encoder.block" if self.stack == "encoder" else "block"
+        roles = [
+            (f"{p}.ln1", f"{field}.ln1", b.ln1),
+            (f"{p}.ln2", f"{field}.cross_attn.ln", b.cross.ln) if cross else (f"{p}.ln2", f"{field}.ln2", b.ln2),
+            (f"{p}.ln3", f"{field}.ln2", b.ln2) if cross else None,
+            (f"{p}.ln1_post", f"{field}.ln1_post", b.ln1_post),
+            (f"{p}.ln2_post", f"{field}.ln2_post", b.ln2_post),
+        ]
+        return [r for r in roles if r is not None and r[2] is not None]
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One attention module: self attention of a layer, or a decoder layer's cross attention."""
+
+    prefix: str  # "blocks.0.attn", "decoder.0.cross_attn"
+    layer: Layer
+    bound: Any  # BoundAttention
+    weights: Any  # AttentionWeights
+    cross: bool
+    spec: Any  # AttentionSpec
+
+    @property
+    def out_name(self) -> str:
+        return f"{self.layer.prefix}.hook_cross_attn_out" if self.cross else f"{self.layer.prefix}.hook_attn_out"
+
+
+class CheckContext:
+    """One spec, one model, one bridge (or the error that kept it from binding), and references."""
+
+    batch = 2
+    decoder_seq = 6  # differs from the encoder's length, so a swapped axis cannot go unnoticed
+
+    def __init__(
+        self,
+        spec: Spec | None,
+        spec_file: str,
+        label: str,
+        model: nn.Module | None = None,
+        copy: nn.Module | None = None,
+        snapshot: ModelSnapshot | None = None,
+        bridge: Any = None,
+        error: BaseException | None = None,
+        seed: int = 0,
+        model_source: str = "",
+    ) -> None:
+        self.spec = spec
+        self.spec_file = spec_file
+        self.label = label
+        self.model = model
+        self.copy = copy
+        self.snapshot = snapshot
+        self.bridge = bridge
+        self.error = error
+        self.seed = seed
+        self.model_source = model_source
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(getattr(self.copy, "config", None), "is_encoder_decoder", False))
+
+    def attn_contribution(self, block) -> nn.Module:
+        """The module whose output is the block's attention contribution (its post-norm, where one exists)."""
+        post = getattr(block, "ln1_post", None)
+        return post.module if post is not None else block.attn.module
+
+    def mlp_contribution(self, block) -> nn.Module:
+        """The module whose output is the block's MLP contribution (OPT: fc2, the MLP lives in the block)."""
+        post = getattr(block, "ln2_post", None)
+        if post is not None:
+            return post.module
+        return block.mlp.w_out if block.mlp.module is block.module else block.mlp.module
+
+    def mlp_input_module(self, block) -> nn.Module:
+        """The module whose input is the MLP's input (the MLP itself, or OPT's fc1)."""
+        return block.mlp.w_in if block.mlp.module is block.module else block.mlp.module
+
+    # ------------------------------------------------------------------ layers
+    @cached_property
+    def layers(self) -> list[Layer]:
+        bound, bridge = self.bridge._bound, self.bridge
+
+        def stack(prefix: str, name: str, blocks: list, weights: list) -> list[Layer]:
+            return [Layer(f"{prefix}.{b.index}", name, b.index, b, w) for b, w in zip(blocks, weights, strict=True)]
+
+        if bound.encoder is None:
+            return stack("blocks", "decoder", bound.blocks, bridge.blocks)
+        return stack("encoder", "encoder", bound.encoder.blocks, bridge.encoder) + stack(
+            "decoder", "decoder", bound.blocks, bridge.blocks
+        )
+
+    @cached_property
+    def attentions(self) -> list[Attention]:
+        out = []
+        for layer in self.layers:
+            spec_block = self.spec.encoder.block if layer.prefix.startswith("encoder") else self.spec.block
+            block, weights = layer.block, layer.weights
+            out.append(Attention(f"{layer.prefix}.attn", layer, block.attn, weights.attn, False, spec_block.attn))
+            if block.cross is not None:
+                spec_attn = spec_block.cross_attn.attn
+                cross = Attention(
+                    f"{layer.prefix}.cross_attn", layer, block.cross.attn, weights.cross_attn, True, spec_attn
+                )
+                out.append(cross)
+        return out
+
+    def final_norms(self) -> list[tuple[str, str, Any]]:
+        """(hook prefix, spec field, BoundNorm) of the final norms of each stack."""
+        bound = self.bridge._bound
+        found = []
+        if bound.encoder is not None and bound.encoder.ln_final is not None:
+            found.append(("encoder_final_ln", "encoder.ln_final", bound.encoder.ln_final))
+        if bound.ln_final is not None:
+            found.append(("decoder_final_ln" if bound.encoder else "ln_final", "ln_final", bound.ln_final))
+        return found
+
+    # ------------------------------------------------------------------ inputs
+    @cached_property
+    def vocab(self) -> int:
+        return int(self.copy.get_input_embeddings().weight.shape[0])
+
+    @cached_property
+    def seq(self) -> int:
+        config = self.copy.config
+        n_ctx = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 8
+        return min(8, int(n_ctx))
+
+    @cached_property
+    def tokens(self) -> torch.Tensor:
+        """`[2, seq]` random token ids, fixed by the seed (the encoder's, for encoder-decoder models)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randint(0, self.vocab, (self.batch, self.seq), generator=generator)
+
+    @cached_property
+    def decoder_tokens(self) -> torch.Tensor | None:
+        """`[2, decoder_seq]` decoder token ids for encoder-decoder models (None otherwise)."""
+        if not self.is_encoder_decoder:
+            return None
+        generator = torch.Generator().manual_seed(self.seed + 7)
+        return torch.randint(0, self.vocab, (self.batch, self.decoder_seq), generator=generator)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        """Keyword inputs besides the tokens that a forward of this model needs (decoder tokens)."""
+        return {} if self.decoder_tokens is None else {"decoder_input_ids": self.decoder_tokens}
+
+    def seq_of(self, stack: str) -> int:
+        return self.decoder_seq if stack == "decoder" and self.is_encoder_decoder else self.seq
+
+    def padding_mask(self, side: str, real: int | None = None) -> torch.Tensor:
+        """Sequence 0 full, sequence 1 with only `real` tokens, padded on `side` ("left"/"right")."""
+        real = real if real is not None else max(1, self.seq - 3)
+        mask = torch.ones(self.batch, self.seq, dtype=torch.long)
+        if side == "right":
+            mask[1, real:] = 0
+        else:
+            mask[1, : self.seq - real] = 0
+        return mask
+
+    def masks_of(self, attention: Attention, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query mask, key mask) `[b, q]`, `[b, k]` of an attention module, given the tokens' padding mask."""
+        full_enc = torch.ones(self.batch, self.seq, dtype=torch.long) if mask is None else mask
+        if not self.is_encoder_decoder:
+            return full_enc, full_enc
+        dec = torch.ones(self.batch, self.decoder_seq, dtype=torch.long)
+        if attention.layer.stack == "encoder":
+            return full_enc, full_enc
+        return dec, (full_enc if attention.cross else dec)
+
+    def causal(self, attention: Attention) -> bool:
+        return not attention.cross and attention.layer.stack == "decoder"
+
+    def window(self, attention: Attention) -> int | None:
+        """The sliding window the spec's `call.window` declares for this layer (self attention only)."""
+        if attention.cross or attention.layer.stack == "encoder":
+            return None
+        return self.bridge.components.window(attention.layer.index)
+
+    # ------------------------------------------------------------------ naming
+    @cached_property
+    def _names(self) -> dict[int, str]:
+        return {id(m): n for n, m in self.model.named_modules()}
+
+    def name_of(self, module: nn.Module) -> str:
+        """The module's dotted path in the model (the same path names its twin in the copy)."""
+        return self._names[id(module)]
+
+    @cached_property
+    def embedding_name(self) -> str:
+        """HF's own input embedding (`get_input_embeddings()`), not the spec's path."""
+        return self.name_of(self.model.get_input_embeddings())
+
+    @cached_property
+    def recorded_modules(self) -> list[str]:
+        bound = self.bridge._bound
+        modules = [bound.embed, bound.pos_embed, bound.unembed, self.model.get_input_embeddings()]
+        modules += [norm.module for _, _, norm in self.final_norms()]
+        if bound.encoder is not None:
+            modules.append(bound.encoder.embed)
+        for layer in self.layers:
+            block = layer.block
+            modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out]
+            modules += [norm.module for _, _, norm in layer.norm_roles()]
+            if block.resid_mid_at is not None:
+                modules.append(block.resid_mid_at)
+            if block.cross is not None and block.cross.residual_at is not None:
+                modules.append(block.cross.residual_at)
+        for attention in self.attentions:
+            modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
+        return list(dict.fromkeys(self.name_of(m) for m in modules if m is not None))
+
+    # ------------------------------------------------------------------ references (the copy)
+    def reference_run(
+        self, attention_mask: torch.Tensor | None = None, edits: list = (), capture: bool = True, **kwargs: Any
+    ) -> Recording:
+        """A forward of the untouched copy: eager through the capture function unless `capture` is
+        False (then in the implementation it was loaded with), recording every bound module."""
+        return record(
+            self.copy,
+            self.recorded_modules,
+            capture=capture,
+            edits=list(edits),
+            input_ids=self.tokens,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **{**self.inputs, **kwargs},
+        )
+
+    def hf_logits(self, tokens: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """The copy's logits in the implementation it was loaded with (`tokens` default: the test tokens)."""
+        tokens = self.tokens if tokens is None else tokens
+        extra = dict(self.inputs)
+        if "decoder_input_ids" in extra:
+            extra["decoder_input_ids"] = extra["decoder_input_ids"][: tokens.shape[0]]
+        with torch.no_grad():
+            return self.copy(input_ids=tokens, use_cache=False, **{**extra, **kwargs}).logits
+
+    @cached_property
+    def reference(self) -> Recording:
+        """The copy's eager forward on `tokens` (no padding), with attention calls captured."""
+        return self.reference_run()
+
+    @cached_property
+    def plain_logits(self) -> torch.Tensor:
+        """The copy's logits in the attention implementation it was loaded with."""
+        return self.hf_logits()
+
+    def hf_in(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
+        """What HF passed `module` (its twin in the copy) on the reference forward."""
+        return self._recorded((recording or self.reference).inputs, module)
+
+    def hf_out(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
+        """What `module`'s twin in the copy returned on the reference forward (element 0 of a tuple)."""
+        return self._recorded((recording or self.reference).outputs, module)
+
+    def _recorded(self, table: dict[str, torch.Tensor], module: nn.Module) -> torch.Tensor:
+        name = self.name_of(module)
+        if name not in table:
+            raise LookupError(f"HF never called '{name}' on a forward, so there is no tensor of it to compare")
+        tensor = table[name]
+        if tensor.dim() == 2 and tensor.shape[0] == self.batch * self.seq:  # flattened tokens (OPT's MLP)
+            tensor = tensor.unflatten(0, (self.batch, self.seq))
+        return tensor
+
+    def attention_call(self, attention: Attention | int, recording: Recording | None = None) -> AttentionCall | None:
+        recording = recording or self.reference
+        module = self.layers[attention].block.attn.module if isinstance(attention, int) else attention.bound.module
+        return recording.call(self.name_of(module))
+
+    # ------------------------------------------------------------------ the bridge
+    def bridge_cache(self, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+        """`run_with_cache` of the bridge on the test tokens (and decoder tokens)."""
+        with torch.no_grad():
+            return self.bridge.run_with_cache(self.tokens, attention_mask=attention_mask, **{**self.inputs, **kwargs})
+
+    def bridge_hooked(self, fwd_hooks: list, bridge: Any = None, **kwargs: Any) -> torch.Tensor:
+        """Logits of the bridge (or another bridge) on the test tokens with `fwd_hooks` attached."""
+        with torch.no_grad():
+            return (bridge or self.bridge).run_with_hooks(self.tokens, fwd_hooks=fwd_hooks, **{**self.inputs, **kwargs})
+
+    @cached_property
+    def cache(self) -> dict[str, torch.Tensor]:
+        """`run_with_cache` of every hook point on `tokens` (no padding)."""
+        _, cache = self.bridge_cache()
+        return dict(cache.items())
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.bridge._bound.blocks)

@@ -1,0 +1,131 @@
+"""Which spec field a hook point or weight view comes from, so a failure can name the field most
+likely wrong; and the TransformerLens shape each hook point must have, derived from `cfg`."""
+
+from __future__ import annotations
+
+import re
+
+from ..spec.config import BridgeConfig
+
+_FIELDS: list[tuple[str, str]] = [
+    (r"^hook_embed$", "embed.path"),
+    (r"^hook_pos_embed$", "pos_embed"),
+    (r"\.hook_resid_pre$", "blocks / block.hidden_states_kwarg"),
+    (r"(^|\.)ln1\.", "block.ln1"),
+    (r"(^|\.)ln2\.", "block.ln2"),
+    (r"^ln_final\.", "ln_final"),
+    (r"^(de|en)coder_final_ln\.", "ln_final / encoder.ln_final"),
+    (r"(^|\.)ln3\.", "block.ln2"),
+    (r"\.attn\.hook_[qkv]$", "block.attn.qkv"),
+    (r"\.attn\.hook_(attn_scores|pattern)$", "block.attn.path / block.attn.implementation"),
+    (r"\.attn\.hook_(z|result)$", "block.attn.o"),
+    (r"\.hook_attn_out$", "block.attn.path / block.attn.output_index"),
+    (r"\.hook_resid_mid$", "block.ln2.path / block.kind"),
+    (r"\.hook_resid_mid_cross$", "block.cross_attn.residual_at"),
+    (r"\.cross_attn\.hook_[qkv]$", "block.cross_attn.attn.qkv"),
+    (r"\.hook_cross_attn_out$", "block.cross_attn.attn.path"),
+    (r"hook_rel_pos_bias$", "score_bias"),
+    (r"\.mlp\.hook_pre(_linear)?$", "block.mlp.in / block.mlp.gate"),
+    (r"\.mlp\.hook_post$", "block.mlp.out"),
+    (r"\.hook_mlp_out$", "block.mlp.path"),
+    (r"\.hook_resid_post$", "blocks / block.output_index"),
+    (r"^hook_unembed$", "unembed.path"),
+]
+
+
+def field_for_hook(name: str) -> str | None:
+    """The spec field that places hook point `name` (None for names this table does not know)."""
+    for pattern, spec_field in _FIELDS:
+        if re.search(pattern, name):
+            return spec_field
+    return None
+
+
+def expected_shape(
+    name: str, cfg: BridgeConfig, batch: int, seq: int, encoder_seq: int | None = None
+) -> tuple[int, ...] | None:
+    """HookedTransformer's shape of hook point `name` for a `[batch, seq]` input (None: not known).
+
+    Encoder-decoder models: `seq` is the decoder's length and `encoder_seq` the encoder's; encoder
+    names and cross-attention keys run over the encoder's positions.
+    """
+    h, kv, d, dm = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
+    suffix = name.rsplit(".", 1)[-1]
+    if encoder_seq is not None and (name == "hook_embed" or name.startswith("encoder")):
+        seq = encoder_seq
+    keys = encoder_seq if encoder_seq is not None and ".cross_attn." in name else seq
+    if suffix == "hook_rel_pos_bias":
+        return (1, h, seq, seq)
+    if ".attn." in name or ".cross_attn." in name or name.startswith("attn."):
+        table = {
+            "hook_q": (batch, seq, h, d),
+            "hook_rot_q": (batch, seq, h, d),
+            "hook_z": (batch, seq, h, d),
+            "hook_k": (batch, keys, kv, d),
+            "hook_v": (batch, keys, kv, d),
+            "hook_rot_k": (batch, keys, kv, d),
+            "hook_attn_scores": (batch, h, seq, keys),
+            "hook_pattern": (batch, h, seq, keys),
+            "hook_result": (batch, seq, h, dm),
+        }
+        return table.get(suffix)
+    if ".mlp." in name:
+        return (batch, seq, cfg.d_mlp) if suffix in ("hook_pre", "hook_pre_linear", "hook_post") else None
+    if suffix == "hook_scale":
+        return (batch, seq, 1)
+    if suffix == "hook_unembed":
+        return (batch, seq, cfg.d_vocab)
+    if suffix in (
+        "hook_normalized",
+        "hook_embed",
+        "hook_pos_embed",
+        "hook_resid_pre",
+        "hook_resid_mid",
+        "hook_resid_mid_cross",
+        "hook_resid_post",
+        "hook_normalized_resid_post",
+        "hook_attn_out",
+        "hook_cross_attn_out",
+        "hook_mlp_out",
+    ):
+        return (batch, seq, dm)
+    return None
+
+
+def _block_names(p: str, kind: str, gated: bool, cross: bool, rotary: bool) -> list[str]:
+    """The names one block of this kind lists (HookedTransformer; HookedEncoderDecoder with `cross`)."""
+    attn = ("q", "k", "v", *(("rot_q", "rot_k") if rotary else ()), "attn_scores", "pattern", "z", "result")
+    names = [f"{p}.hook_resid_pre", f"{p}.ln1.hook_scale", f"{p}.ln1.hook_normalized"]
+    names += [f"{p}.attn.hook_{n}" for n in attn]
+    names += [f"{p}.hook_attn_out", *([f"{p}.hook_resid_mid"] if kind != "parallel" else [])]
+    if cross:
+        names += [f"{p}.ln2.hook_scale", f"{p}.ln2.hook_normalized"]
+        names += [f"{p}.cross_attn.hook_{n}" for n in ("q", "k", "v", "attn_scores", "pattern", "z", "result")]
+        names += [f"{p}.hook_cross_attn_out", f"{p}.hook_resid_mid_cross"]
+    mlp_norm = f"{p}.ln3" if cross else f"{p}.ln2"
+    names += [f"{mlp_norm}.hook_scale", f"{mlp_norm}.hook_normalized", f"{p}.mlp.hook_pre"]
+    names += [f"{p}.mlp.hook_pre_linear"] if gated else []
+    names += [f"{p}.mlp.hook_post", f"{p}.hook_mlp_out", f"{p}.hook_resid_post"]
+    names += [f"{p}.hook_normalized_resid_post"] if kind == "post_norm" else []
+    return names
+
+
+def standard_names(ctx) -> list[str]:
+    """The HookedTransformer (HookedEncoderDecoder) names a model of this shape must list."""
+    bridge = ctx.bridge
+    bound = bridge._bound
+    rotary = bridge.position_kind.rotates_qk
+    names: list[str] = []
+    if bound.encoder is not None:
+        names += ["hook_embed", "encoder.hook_rel_pos_bias"] if bound.encoder.score_bias else ["hook_embed"]
+        names += ["decoder.hook_embed", "decoder.hook_rel_pos_bias"] if bound.score_bias else ["decoder.hook_embed"]
+    else:
+        table = bound.pos_embed is not None and bridge.position_kind.has_table
+        names += ["hook_embed", *(["hook_pos_embed"] if table else [])]
+    for layer in ctx.layers:
+        b = layer.block
+        names += _block_names(
+            layer.prefix, b.kind, b.mlp.w_gate is not None, b.cross is not None, rotary and layer.stack == "decoder"
+        )
+    names += [f"{prefix}.{which}" for prefix, _, _ in ctx.final_norms() for which in ("hook_scale", "hook_normalized")]
+    return [*names, "hook_unembed"]

@@ -1,0 +1,149 @@
+"""`run(spec) -> Report`: load the spec and a model (tiny from `test_config`, or a checkpoint), snapshot
+it, deep-copy it, bind the bridge, and run every catalogued check against that one context.
+
+Used by `bridge-core conform`, the pytest plugin and tests; `build_context` and `run_checks` are
+separate so a test can tamper with a context before its checks run (the suite proving itself).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import BridgeCoreError, SpecNotFoundError
+from ..registry import Registry, default_registry
+from ..spec.schema import Spec
+from .catalogue import Check, Meter, Skip, catalogue
+from .context import CheckContext
+from .report import CheckResult, Report
+from .snapshot import ModelSnapshot
+
+Progress = Callable[[CheckResult], None]
+
+
+def _label(spec: Spec | str | Path) -> str:
+    if isinstance(spec, Spec):
+        return spec.name
+    text = str(spec)
+    return Path(text).stem if text.endswith((".yaml", ".yml")) else text
+
+
+def build_context(
+    spec: Spec | str | Path | None,
+    model: nn.Module | str | Path | None = None,
+    *,
+    seed: int = 0,
+    registry: Registry | None = None,
+) -> CheckContext:
+    """Everything the checks need; a spec or model that cannot be loaded or bound is kept as `error`
+    (the `bind` check reports it). An unknown spec name raises `SpecNotFoundError`."""
+    from ..bridge import Bridge, loading
+
+    registry = registry or default_registry()
+    label = _label(spec) if spec is not None else str(model)
+    try:
+        if spec is None:
+            if not isinstance(model, (str, Path)):
+                found, file = loading.spec_from(None, registry, model)
+            else:
+                import transformers
+
+                found = registry.resolve(transformers.AutoConfig.from_pretrained(model))
+                file = registry.file(found.name)
+        else:
+            found, file = loading.spec_from(spec, registry)
+        label = found.name
+    except SpecNotFoundError:
+        raise
+    except (BridgeCoreError, OSError) as exc:
+        return CheckContext(None, str(spec), label, error=exc, seed=seed, model_source="not built")
+    source = "tiny random model from test_config"
+    try:
+        if model is None:
+            model = loading.random_model(found, seed=seed, tiny=True)
+        elif isinstance(model, (str, Path)):
+            source = f"checkpoint {model}"
+            model = loading.pretrained_model(found, model)
+        else:
+            source = f"given {type(model).__name__}"
+        registry.plugins.results("bridge_core_prepare_model", spec=found, model=model)
+    except (BridgeCoreError, OSError, ValueError) as exc:
+        return CheckContext(found, file, label, error=exc, seed=seed, model_source=source)
+    snapshot = ModelSnapshot.take(model)
+    twin = copy.deepcopy(model).eval()
+    parts = {"model": model, "copy": twin, "snapshot": snapshot, "seed": seed, "model_source": source}
+    try:
+        bridge = Bridge(model, found, registry=registry, spec_file=file)
+    except Exception as exc:  # any failure to bind is the `bind` check's finding, whatever its type
+        return CheckContext(found, file, label, error=exc, **parts)
+    return CheckContext(found, file, label, bridge=bridge, **parts)
+
+
+def run_check(item: Check, ctx: CheckContext) -> CheckResult:
+    """Run one check; its exceptions become failures, `Skip` a skip with its reason."""
+    start = time.perf_counter()
+    meter = Meter(item.tolerance)
+    result = CheckResult(item.name, item.family, item.statement, "pass", None, item.figure, item.tolerance)
+    try:
+        if item.needs_bridge and ctx.bridge is None:
+            raise Skip(f"the spec did not bind ({type(ctx.error).__name__})")
+        if item.needs_bridge and not item.encoder_decoder and ctx.is_encoder_decoder:
+            raise Skip("encoder-decoder models are not covered by this check yet (it feeds decoder-only inputs)")
+        item.function(ctx, meter)
+    except Skip as skip:
+        result.status, result.message = "skip", str(skip)
+    except Exception as exc:
+        meter.fail(f"raised {type(exc).__name__}: {exc}", _field_of(exc))
+    if result.status != "skip":
+        if meter.compared == 0 and not meter.failures:
+            meter.fail("compared nothing (a check must measure something)")
+        result.figure = meter.figure
+        if meter.failures:
+            result.status = "fail"
+            result.message = meter.failures[0].message
+            result.field = meter.failures[0].field
+            result.details = [f.message for f in meter.failures[1:6]]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _field_of(exc: BaseException) -> str | None:
+    return getattr(exc, "spec_path", None) or getattr(exc, "field", None)
+
+
+def run_checks(ctx: CheckContext, checks: Sequence[str] | None = None, progress: Progress | None = None) -> Report:
+    start = time.perf_counter()
+    report = Report(ctx.label, ctx.spec_file, ctx.model_source)
+    for item in catalogue(checks):
+        result = run_check(item, ctx)
+        report.results.append(result)
+        if progress is not None:
+            progress(result)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def run(
+    spec: Spec | str | Path | None,
+    model: nn.Module | str | Path | None = None,
+    *,
+    checks: Sequence[str] | None = None,
+    seed: int = 0,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Run the conformance catalogue on a spec (a Spec, a registered name or a YAML path).
+
+    `model`: an HF model you hold or a checkpoint path; by default a tiny random model built offline
+    from the spec's `test_config`. The model is snapshotted first and checked left as found at the end.
+    """
+    ctx = build_context(spec, model, seed=seed, registry=registry)
+    return run_checks(ctx, checks, progress)
+
+
+def all_names(registry: Registry | None = None) -> list[str]:
+    return (registry or default_registry()).names()

@@ -1,0 +1,25 @@
+"""Fixtures of the conformance tests: the gpt2 report (run once), and the broken specs' folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bridge_core.conformance import Report, run
+
+torch.set_num_threads(1)  # tiny models: threads only contend on a loaded machine
+
+
+BROKEN = Path(__file__).parent / "broken_specs"
+
+
+@pytest.fixture(scope="session")
+def gpt2_report() -> Report:
+    return run("gpt2")
+
+
+@pytest.fixture(scope="session")
+def broken_dir() -> Path:
+    return BROKEN

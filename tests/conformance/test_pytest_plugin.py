@@ -1,0 +1,73 @@
+"""The pytest plugin, as a third-party repo uses it (through pytester): `conformance_tests(...)`
+gives one test per check, the `conformance_result` fixture the same, and a failure names the
+check, its figure and the spec field most likely wrong."""
+
+from __future__ import annotations
+
+import shutil
+
+from bridge_core.conformance import catalogue
+
+N_CHECKS = len(catalogue())
+N_SKIPPED = 2  # gpt2 has no relative position bias: rel_pos_bias, rel_pos_bias_edit
+
+
+def test_one_line_gives_one_passing_test_per_check(pytester):
+    pytester.makepyfile(
+        test_my_arch="""
+        from bridge_core.conformance import conformance_tests
+
+        test_gpt2 = conformance_tests("gpt2")
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+
+
+def test_failure_names_check_and_field(pytester, broken_dir):
+    shutil.copy(broken_dir / "relu_activation.yaml", pytester.path / "my_arch.yaml")
+    pytester.makepyfile(
+        test_my_arch="""
+        from bridge_core.conformance import conformance_tests
+
+        test_my_arch = conformance_tests("my_arch.yaml", checks=["bind", "mlp", "forward_parity"])
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_my_arch?mlp?*"])
+    result.stdout.fnmatch_lines(["*conformance check 'mlp' failed for spec 'broken_relu_activation'*"])
+    assert "Most likely wrong: spec field 'config.act_fn'" in result.stdout.str()
+
+
+def test_fixture_with_module_specs(pytester):
+    pytester.makepyfile(
+        test_fixture="""
+        conformance_specs = ["gpt2"]
+
+        def test_conforms(conformance_result):
+            assert conformance_result.ok, conformance_result.explain()
+        """
+    )
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+
+
+def test_fixture_with_ini_specs_and_ids(pytester):
+    pytester.makeini("[pytest]\nconformance_specs =\n    gpt2\n")
+    pytester.makepyfile(
+        test_ini="""
+        def test_conforms(conformance_result):
+            assert conformance_result.ok
+        """
+    )
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+    result.stdout.fnmatch_lines(["*test_conforms?gpt2-qkv_recompute? PASSED*"])
+
+
+def test_fixture_without_specs_is_a_usage_error(pytester):
+    pytester.makepyfile(test_none="def test_conforms(conformance_result):\n    pass\n")
+    result = pytester.runpytest("-q", "-p", "no:cacheprovider")
+    assert result.ret != 0
+    assert "conformance_specs" in result.stdout.str() + result.stderr.str()

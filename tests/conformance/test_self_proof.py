@@ -1,0 +1,212 @@
+"""The suite proves itself: each deliberately broken spec in broken_specs/ is caught by the check meant
+to catch it (and only the checks listed with it fail); core faults no spec can express are injected
+into a context; together they make every check in the catalogue fail at least once."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+import torch
+
+from bridge_core.bridge import dispatch, places
+from bridge_core.conformance import build_context, catalogue, run, run_checks
+
+# spec file -> (the check meant to catch it, other checks that legitimately fail too, text in the blamed field)
+BROKEN: dict[str, tuple[str, set[str], str]] = {
+    "linear_for_conv1d": ("bind", set(), "block.attn.layout"),
+    "typo_module_path": ("bind", set(), "block.mlp.in"),
+    "fused_order_interleaved": ("qkv_recompute", {"attention_semantics", "attention_paths_agree"}, "block.attn.qkv"),
+    "double_heads": (
+        "qkv_recompute",
+        {"shapes", "attention_semantics", "attn_output", "attention_paths_agree"},
+        "config.n_heads",
+    ),
+    "ln2_path_is_ln1": ("bind", set(), "block.ln2"),  # the core refuses two norm roles on one module
+    "pos_offset": ("pos_embed", {"shapes"}, "pos_embed.offset"),
+    "relu_activation": ("mlp", set(), "act_fn"),
+    "wrong_eps": ("norms", set(), "config.eps"),
+    "embed_scale": ("embed", set(), "config.embed_scale"),
+    "dead_pos_hook": ("hook_fire_counts", {"shapes", "cache_completeness", "embed", "pos_embed"}, "pos_embed"),
+    "unembed_is_embedding": ("unembed", {"shapes"}, "unembed.path"),
+    "neox_qkv_order": ("qkv_recompute", {"attention_paths_agree"}, "block.attn.qkv"),
+    "gemma_norm_offset": ("norms", {"identity_hooks"}, "ln1.kind"),
+    "neox_parallel_as_sequential": ("residual_stream", {"delta_once"}, "block.kind"),
+    "gemma_no_embed_scale": ("embed", set(), "config.embed_scale"),
+    "neox_rotary_dim": ("attention_paths_agree", set(), "config.rotary_dim"),
+    "t5_decoder_bidirectional": ("rel_pos_bias", set(), "score_bias.bidirectional"),
+    "opt_pos_offset": ("pos_embed", set(), "pos_embed.offset"),
+}
+
+
+def test_every_broken_spec_file_has_an_expectation(broken_dir):
+    assert sorted(p.stem for p in broken_dir.glob("*.yaml")) == sorted(BROKEN)
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_spec_is_caught_by_its_check(case, broken_dir):
+    catches, also, field = BROKEN[case]
+    report = run(broken_dir / f"{case}.yaml")
+    failed = {r.name for r in report.failed()}
+    print(f"{case}: caught by {catches} (also failing: {sorted(failed - {catches}) or 'none'})")
+    assert catches in failed, str(report)
+    assert failed == {catches, *also}, f"unexpected set of failing checks:\n{report}"
+    assert field in (report[catches].field or ""), report[catches].explain()
+    if catches == "bind":  # nothing else can run, and the untouched model is still checked
+        assert {r.status for r in report.results if r.name not in ("bind", "model_left_as_found")} == {"skip"}
+        assert report["model_left_as_found"].status == "pass"
+
+
+def _swap_q_and_k(monkeypatch):
+    """Swapped q and k, as a spec could get them wrong: weight views and hook views agree with each other."""
+
+    def swapped(*args, **kwargs):
+        views = places.qkv_views(*args, **kwargs)
+        return {**views, "q": views["k"], "k": views["q"]}
+
+    import bridge_core.bridge as package
+
+    for info in pkgutil.iter_modules(package.__path__):  # every core module that imported qkv_views
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        if module is not places and getattr(module, "qkv_views", None) is places.qkv_views:
+            monkeypatch.setattr(module, "qkv_views", swapped)
+
+
+def test_swapped_q_and_k_agree_with_each_other_but_not_with_hf(monkeypatch):
+    _swap_q_and_k(monkeypatch)
+    ctx = build_context("gpt2")
+    block = ctx.bridge._bound.blocks[0]
+    x = ctx.hf_in(block.attn.module)
+    w = ctx.bridge.blocks[0].attn
+    self_consistent = torch.einsum("bsm,hmd->bshd", x, w.W_Q) + w.b_Q
+    torch.testing.assert_close(self_consistent, ctx.cache["blocks.0.attn.hook_q"])  # the spec agrees with itself
+    report = run_checks(ctx, ["qkv_recompute", "attention_semantics", "forward_parity"])
+    assert report["qkv_recompute"].status == "fail"
+    assert "block.attn.qkv" in report["qkv_recompute"].field
+    assert report["attention_semantics"].status == "fail"
+    assert report["forward_parity"].status == "pass"  # no hook: the swap is invisible to the forward
+
+
+def _fault_parity(monkeypatch, ctx):
+    from bridge_core.bridge.bridge import Bridge
+
+    original = Bridge._forward
+    monkeypatch.setattr(Bridge, "_forward", lambda self, *a, **k: original(self, *a, **k) + 1e-6)
+
+
+def _fault_leaky_session(monkeypatch, ctx):
+    original = dispatch.HookSession.__exit__
+
+    def leaky(self, *exc_info):
+        original(self, *exc_info)
+        self.entries[0].point.place.module.register_forward_hook(lambda *args: None)
+
+    monkeypatch.setattr(dispatch.HookSession, "__exit__", leaky)
+
+
+def _fault_inexact_write_back(monkeypatch, ctx):
+    original = dispatch._run_viewed
+
+    def inexact(run, base, view):
+        out = original(run, base, view)
+        return None if out is None else out + 1e-7
+
+    monkeypatch.setattr(dispatch, "_run_viewed", inexact)
+
+
+def _fault_heads_not_a_view(monkeypatch, ctx):
+    monkeypatch.setattr(
+        places.SplitHeads, "__call__", lambda self, base: base.unflatten(-1, (self.n_heads, self.d_head)).flip(-2)
+    )
+
+
+def _fault_mask_ignored(monkeypatch, ctx):
+    from bridge_core.bridge import attention
+
+    original = attention.as_additive_mask
+    monkeypatch.setattr(attention, "as_additive_mask", lambda mask, module, *a: original(None, module, *a))
+
+
+def _fault_component_mask_dropped(monkeypatch, ctx):
+    from bridge_core.bridge.components import ComponentCaller
+
+    original = ComponentCaller.kwargs
+
+    def unmasked(self, layer, hidden, attention_mask=None, position_ids=None):
+        return original(self, layer, hidden, None, position_ids)
+
+    monkeypatch.setattr(ComponentCaller, "kwargs", unmasked)
+
+
+def _fault_bias_edit_lost(monkeypatch, ctx):
+    view = type(ctx.bridge.hook_dict["encoder.hook_rel_pos_bias"].place.view)
+    original = view.__call__
+    monkeypatch.setattr(view, "__call__", lambda self, base: original(self, base).clone())  # no longer a view
+
+
+def _fault_norm_recompute(monkeypatch, ctx):
+    from bridge_core.kinds import NormKind
+
+    original = NormKind.scale
+    monkeypatch.setattr(NormKind, "scale", lambda self, prepared, eps: original(self, prepared, eps * 10))
+
+
+# fault injected into the core -> the checks that must catch it
+INJECTED = {
+    "perturbed_forward": (_fault_parity, {"forward_parity"}),
+    "leaky_hook_session": (_fault_leaky_session, {"hygiene", "model_left_as_found"}),
+    "inexact_write_back": (_fault_inexact_write_back, {"identity_module_hooks"}),
+    "heads_not_a_view": (_fault_heads_not_a_view, {"head_ablation"}),
+    "padding_mask_ignored": (_fault_mask_ignored, {"padding"}),
+    "norm_recompute_wrong": (_fault_norm_recompute, {"identity_hooks"}),
+    "component_call_drops_mask": (_fault_component_mask_dropped, {"block_alone", "attention_alone"}),
+    "rel_pos_bias_edit_lost": (_fault_bias_edit_lost, {"rel_pos_bias_edit"}),
+}
+SPEC_OF_FAULT = {"rel_pos_bias_edit_lost": "t5"}
+
+
+@pytest.mark.parametrize("fault", sorted(INJECTED))
+def test_injected_core_fault_is_caught(fault, monkeypatch):
+    inject, must_fail = INJECTED[fault]
+    ctx = build_context(SPEC_OF_FAULT.get(fault, "gpt2"))
+    inject(monkeypatch, ctx)
+    report = run_checks(ctx, [*sorted(must_fail), "bind"])
+    assert {r.name for r in report.failed()} == must_fail, str(report)
+
+
+def test_tampering_no_other_check_sees_is_caught_by_left_as_found():
+    ctx = build_context("gpt2")
+    ctx.model.transformer.h[0].mlp.dropout.train()  # p = 0: the forward cannot tell, the snapshot can
+    report = run_checks(ctx, ["forward_parity", "hygiene", "model_left_as_found"])
+    assert [r.name for r in report.failed()] == ["model_left_as_found"]
+    assert "module tree changed" in report["model_left_as_found"].message
+
+
+def test_config_tampering_is_caught():
+    ctx = build_context("gpt2")
+    ctx.model.config.tampered_by_test = True
+    report = run_checks(ctx, ["model_left_as_found"])
+    assert "tampered_by_test" in report["model_left_as_found"].message
+
+
+def test_every_check_is_shown_able_to_fail():
+    caught = {catches for catches, _, _ in BROKEN.values()}
+    caught |= {name for _, also, _ in BROKEN.values() for name in also}
+    caught |= {name for _, names in INJECTED.values() for name in names} | {"model_left_as_found"}
+    assert caught == {c.name for c in catalogue()}
+
+
+def test_reimplement_path_skips_with_its_reason_on_encoder_decoder():
+    report = run("t5", checks=["attention_paths_agree", "block_alone"])
+    assert {r.status for r in report.results} == {"skip"}
+    assert "NotImplementedError" not in report["attention_paths_agree"].message
+    assert "reimplement" in report["attention_paths_agree"].message
+
+
+def test_attention_checks_skip_when_hf_never_calls_the_interface():
+    ctx = build_context("gpt2")
+    ctx.reference.calls.clear()  # as for a model outside AttentionInterface
+    report = run_checks(ctx, ["qkv_recompute", "attn_output"])
+    assert {r.status for r in report.results} == {"skip"}
+    assert "reimplement" in report["qkv_recompute"].message
