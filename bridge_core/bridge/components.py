@@ -46,16 +46,21 @@ class ComponentCaller:
         hidden: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        stack: str = "decoder",
+        mask_kwarg: str | None = None,
     ) -> dict[str, Any]:
-        """Everything but the hidden states that block `layer` (or its attention) takes."""
+        """Everything but the hidden states that block `layer` of `stack` (or its attention) takes."""
         batch, seq = hidden.shape[:2]
         if position_ids is None:
             position_ids = torch.arange(seq, device=hidden.device).unsqueeze(0).expand(batch, -1)
         padding = None if attention_mask is None else attention_mask.to(hidden.device).bool()
+        encoder = stack == "encoder"
         out: dict[str, Any] = {}
-        if self.call.mask_kwarg:
-            out[self.call.mask_kwarg] = self.mask_format.build(
-                padding, batch, seq, seq, True, hidden.dtype, hidden.device, self.window(layer)
+        mask_kwarg = mask_kwarg or self.call.mask_kwarg
+        if mask_kwarg:
+            window = None if encoder else self.window(layer)
+            out[mask_kwarg] = self.mask_format.build(
+                padding, batch, seq, seq, not encoder, hidden.dtype, hidden.device, window
             )
         if self.call.position_embeddings_kwarg:
             rotary = self.bridge._bound.pos_embed
@@ -63,16 +68,19 @@ class ComponentCaller:
             out[self.call.position_embeddings_kwarg] = rotary(hidden, position_ids, **extra)
         if self.call.position_ids_kwarg:
             out[self.call.position_ids_kwarg] = position_ids
-        if self.call.position_bias_kwarg and self.spec.score_bias is not None:
-            out[self.call.position_bias_kwarg] = self.score_bias(seq, padding, hidden)
+        bias_spec = self.spec.encoder.score_bias if encoder else self.spec.score_bias
+        if self.call.position_bias_kwarg and bias_spec is not None:
+            table = self.bridge._bound.encoder.score_bias if encoder else self.bridge._bound.score_bias
+            out[self.call.position_bias_kwarg] = self.score_bias(bias_spec, table, seq, padding, hidden)
         return out
 
-    def score_bias(self, seq: int, padding: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
-        """The stack's score bias from its kind, in the format the model's modules take."""
-        bias_spec = self.spec.score_bias
+    def score_bias(
+        self, bias_spec: Any, table: Any, seq: int, padding: torch.Tensor | None, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """A stack's score bias from its kind, in the format the model's modules take."""
         kind = self.bridge.registry.plugins.kinds.score_biases[bias_spec.kind]
         bias = kind.compute(
-            table=self.bridge._bound.score_bias,
+            table=table,
             q_len=seq,
             k_len=seq,
             offset=0,
@@ -88,18 +96,56 @@ class ComponentCaller:
             bias = bias.expand(hidden.shape[0], *bias.shape[1:])
         return kind.module_format(bias) if kind.module_format is not None else bias
 
-    def block(self, layer: int, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Block `layer` applied to residual `hidden` `[b, s, d_model]`; returns the new residual."""
-        bound = self.bridge._bound.blocks[layer]
-        kwargs = self.kwargs(layer, hidden, attention_mask)
-        output = bound.module(**{self.spec.block.hidden_states_kwarg: hidden}, **kwargs)
-        return _select(output, self.spec.block.output_index)
+    def _bound_block(self, layer: int, stack: str):
+        if stack == "encoder":
+            if self.bridge._bound.encoder is None:
+                raise ValueError("this model has no encoder stack")
+            return self.bridge._bound.encoder.blocks[layer], self.spec.encoder.block
+        return self.bridge._bound.blocks[layer], self.spec.block
+
+    def block(
+        self,
+        layer: int,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        stack: str = "decoder",
+        encoder_states: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Block `layer` of `stack` applied to residual `hidden` `[b, s, d_model]`; returns the new residual.
+
+        A decoder block with cross attention needs `encoder_states` (the encoder's final output) and
+        takes the encoder's padding mask as `encoder_mask`.
+        """
+        bound, block_spec = self._bound_block(layer, stack)
+        kwargs = self.kwargs(layer, hidden, attention_mask, stack=stack)
+        if block_spec.cross_attn is not None:
+            if encoder_states is None:
+                raise ValueError(f"decoder block {layer} has cross attention: pass encoder_states")
+            cross = block_spec.cross_attn
+            kind = self.bridge.registry.plugins.kinds.cross_attentions[cross.kind]
+            kwargs.update(
+                kind.block_kwargs(
+                    encoder_states, encoder_mask, hidden.shape[1], hidden.dtype, self.mask_format,
+                    cross.encoder_states_kwarg, cross.encoder_mask_kwarg,
+                )
+            )  # fmt: skip
+        output = bound.module(**{block_spec.hidden_states_kwarg: hidden}, **kwargs)
+        return _select(output, block_spec.output_index)
 
     def attention(
-        self, layer: int, normalized: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        layer: int,
+        normalized: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        stack: str = "decoder",
     ) -> torch.Tensor:
-        """The attention module of block `layer` on its (already normalized) input."""
-        bound = self.bridge._bound.blocks[layer]
-        kwargs = self.kwargs(layer, normalized, attention_mask)
+        """The self-attention module of block `layer` on its (already normalized) input: its contribution
+        to the residual (a module that adds the residual itself is given a zero residual)."""
+        bound, block_spec = self._bound_block(layer, stack)
+        attn_spec = block_spec.attn
+        kwargs = self.kwargs(layer, normalized, attention_mask, stack=stack, mask_kwarg=self.call.attention_mask_kwarg)
+        if attn_spec.residual_kwarg is not None:
+            kwargs[attn_spec.residual_kwarg] = torch.zeros_like(normalized)
         output = bound.attn.module(hidden_states=normalized, **kwargs)
-        return _select(output, self.spec.block.attn.output_index)
+        return _select(output, attn_spec.output_index)

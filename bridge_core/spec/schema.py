@@ -234,7 +234,10 @@ class CallSpec(StrictModel):
     Expressions here may use `layer` (the block index) besides HF config fields.
     """
 
-    mask_kwarg: str = Field(default="attention_mask", description="Keyword of the attention mask.")
+    mask_kwarg: str = Field(default="attention_mask", description="Keyword of the attention mask of a block.")
+    attention_mask_kwarg: str | None = Field(
+        default=None, description="Keyword of the mask of an attention module, when it differs (T5: mask)."
+    )
     mask_format: str = Field(default="4d_additive", description="Mask format kind the module expects.")
     position_embeddings_kwarg: str | None = Field(
         default=None, description="Keyword receiving (cos, sin) from the rotary module (rotary models)."
