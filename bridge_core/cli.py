@@ -12,7 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -36,20 +35,14 @@ def _bridge(args: argparse.Namespace):
 
 
 def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict[str, Any]]:
-    """Every hook point with the shape it shows and how often it fired on one forward."""
-    fires: dict[str, int] = {}
-    shapes: dict[str, list[int]] = {}
+    """Every hook point with the shape it shows and how often it fired on one forward (random tokens)."""
+    from .inspection import make_inputs, run_and_count
 
-    def record(tensor: torch.Tensor, hook) -> None:
-        fires[hook.name] = fires.get(hook.name, 0) + 1
-        shapes[hook.name] = list(tensor.shape)
-
-    generator = torch.Generator().manual_seed(seed)
-    seq = min(seq, bridge.cfg.n_ctx or seq)
-    tokens = torch.randint(0, bridge.cfg.d_vocab, (batch, seq), generator=generator)
-    with torch.no_grad():
-        bridge.run_with_hooks(tokens, fwd_hooks=[(lambda name: True, record)])
-    return [{"name": n, "shape": shapes.get(n), "fires": fires.get(n, 0)} for n in bridge.hook_names()]
+    inputs = make_inputs(bridge, seq=seq, seed=seed)
+    inputs.tokens = inputs.tokens.expand(batch, -1)
+    if inputs.decoder_input_ids is not None:
+        inputs.decoder_input_ids = inputs.decoder_input_ids.expand(batch, -1)
+    return run_and_count(bridge, inputs)[2]
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
@@ -194,7 +187,13 @@ def _register_conform(sub: Any) -> None:
     register(sub)
 
 
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_conform]
+def _register_inspect(sub: Any) -> None:
+    from .inspection import register
+
+    register(sub)
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_inspect, _register_conform]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,3 +125,13 @@ class OffloadedWeightError(BridgeCoreError, RuntimeError):
             f"{module_type}.{parameter} is offloaded (on the meta device) and no accelerate offload map holds it; "
             "weight views never return meta tensors. Load the model without offloading to read this weight."
         )
+
+
+PLOTS_EXTRA = 'pip install "bridge-core[plots]"  (or: pip install "matplotlib>=3.7")'
+
+
+class PlotDependencyError(BridgeCoreError, ImportError):
+    """Plotting was asked for but matplotlib is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(f"plotting attention patterns needs matplotlib, which is not installed: {PLOTS_EXTRA}")

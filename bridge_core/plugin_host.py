@@ -79,16 +79,23 @@ class PluginHost:
         self.pm.unregister(name=name)
         self._kinds = None
 
-    def results(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """`(plugin name, result)` for every plugin implementing `hook_name`, failures typed."""
+    def results(self, hook_name: str, *, isolate: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
+        """`(plugin name, result)` for every plugin implementing `hook_name`.
+
+        A plugin that raises is a `PluginError` naming its distribution; with `isolate=True` it is
+        recorded in `failures` instead and the other plugins' results are returned (used where one
+        broken plugin must not take the built-ins down: kinds and spec directories).
+        """
         out = []
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             try:
                 result = impl.function(**kwargs)
             except Exception as exc:
-                raise PluginError(
-                    f"{type(exc).__name__}: {exc}", distribution=impl.plugin_name, hook=hook_name
-                ) from exc
+                dist, _, name = impl.plugin_name.partition(":")
+                if isolate:
+                    self.failures.append(PluginFailure(dist, name or dist, f"{hook_name}: {type(exc).__name__}: {exc}"))
+                    continue
+                raise PluginError(f"{type(exc).__name__}: {exc}", distribution=dist, hook=hook_name) from exc
             if result is not None:
                 out.append((impl.plugin_name, result))
         return out
@@ -118,12 +125,12 @@ class PluginHost:
         items: Callable[[Any], Iterable[tuple[str, T]]],
     ) -> dict[str, T]:
         found: dict[str, T] = {}
-        for plugin, result in self.results(hook_name):
+        for plugin, result in self.results(hook_name, isolate=True):
             for name, kind in items(result):
                 if name in found:
                     raise PluginError(
                         f"{what} kind '{name}' is registered by both '{origins[(what, name)]}' and '{plugin}'",
-                        distribution=plugin,
+                        distribution=plugin.partition(":")[0],
                         hook=hook_name,
                     )
                 found[name] = kind

@@ -40,7 +40,7 @@ class Registry:
         self._entries: dict[str, SpecEntry] = {}
         self._specs: dict[str, Spec] = {}
         self._claims: dict[tuple[str, str], str] | None = None
-        for plugin_name, dirs in self.plugins.results("bridge_core_spec_dirs"):
+        for plugin_name, dirs in self.plugins.results("bridge_core_spec_dirs", isolate=True):
             origin = "builtin" if plugin_name.startswith("bridge-core:") else plugin_name.split(":", 1)[0]
             for directory in dirs:
                 self._add_directory(Path(directory), origin)

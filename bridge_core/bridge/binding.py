@@ -82,7 +82,14 @@ def block_kind(spec: Spec, hf_config: object, spec_file: str | None = None) -> s
 
 
 def _bind_blocks(
-    model: nn.Module, path: ModulePath, field_name: str, n_layers: int, block_spec, kinds: Kinds, kind: str
+    model: nn.Module,
+    path: ModulePath,
+    field_name: str,
+    n_layers: int,
+    block_spec,
+    kinds: Kinds,
+    kind: str,
+    spec: Spec | None = None,
 ) -> list[BoundBlock]:
     blocks_list, blocks_path = resolve_path(model, path, field_name)
     if not isinstance(blocks_list, (nn.ModuleList, nn.Sequential)):
@@ -108,6 +115,7 @@ def _bind_blocks(
             kind,
             field_name.replace("blocks", "block"),
             model.config,
+            spec,
         )
         for i, block in enumerate(blocks_list)
     ]
@@ -120,7 +128,7 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
     if spec.pos_embed is not None and spec.pos_embed.path is not None:
         pos_embed, _ = resolve_path(model, spec.pos_embed.path, "pos_embed.path")
     kind = block_kind(spec, model.config, spec_file)
-    blocks = _bind_blocks(model, spec.blocks, "blocks", cfg.n_layers, spec.block, kinds, kind)
+    blocks = _bind_blocks(model, spec.blocks, "blocks", cfg.n_layers, spec.block, kinds, kind, spec)
     ln_final = _bind_norm(model, spec.ln_final, "ln_final", "", kinds)
     unembed, unembed_path = resolve_path(model, spec.unembed.path, "unembed.path")
     unembed_project = _optional(model, spec.unembed.project, "unembed.project")
@@ -137,7 +145,7 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
             raise spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, spec_file, "config")
         encoder = BoundStack(
             embed=resolve_path(model, enc.embed.path, "encoder.embed.path")[0],
-            blocks=_bind_blocks(model, enc.blocks, "encoder.blocks", n_encoder, enc.block, kinds, "sequential"),
+            blocks=_bind_blocks(model, enc.blocks, "encoder.blocks", n_encoder, enc.block, kinds, "sequential", spec),
             ln_final=_bind_norm(model, enc.ln_final, "encoder.ln_final", "", kinds),
             score_bias=resolve_path(model, enc.score_bias.path, "encoder.score_bias.path")[0]
             if enc.score_bias and enc.score_bias.path
@@ -192,23 +200,31 @@ def _bind_attention(block: nn.Module, spec_attn, field_name: str, prefix: str, k
     )
 
 
-def mlp_kind(block_spec, hf_config: object, field: str = "block") -> str:
+def mlp_kind(block_spec, hf_config: object, field: str = "block", spec: Spec | None = None) -> str:
     kind = block_spec.mlp.kind
     if kind not in ("plain", "gated"):
-        kind = evaluate_field(None, f"{field}.mlp.kind", kind, hf_config)
+        kind = evaluate_field(None, f"{field}.mlp.kind", kind, hf_config, spec)
     if kind not in ("plain", "gated"):
-        raise SpecError(f"evaluates to {kind!r}; expected 'plain' or 'gated'", field=f"{field}.mlp.kind")
+        raise spec_error(f"evaluates to {kind!r}; expected 'plain' or 'gated'", spec, None, f"{field}.mlp.kind")
     return kind
 
 
 def _bind_block(
-    index: int, block: nn.Module, prefix: str, b, kinds: Kinds, kind: str, field: str, hf_config: object
+    index: int,
+    block: nn.Module,
+    prefix: str,
+    b,
+    kinds: Kinds,
+    kind: str,
+    field: str,
+    hf_config: object,
+    spec: Spec | None = None,
 ) -> BoundBlock:
     attn = _bind_attention(block, b.attn, f"{field}.attn", prefix, kinds)
     mlp_module, mlp_path = resolve_path(block, b.mlp.path, f"{field}.mlp.path", prefix)
     mlp_prefix = f"{mlp_path}." if mlp_module is not block else prefix
     w_in, _ = resolve_path(mlp_module, b.mlp.in_, f"{field}.mlp.in", mlp_prefix)
-    gated = mlp_kind(b, hf_config, field) == "gated"
+    gated = mlp_kind(b, hf_config, field, spec) == "gated"
     if gated and b.mlp.gate is None:
         raise SpecError("the MLP is gated for this config but the spec names no 'gate'", field=f"{field}.mlp.gate")
     w_gate = resolve_path(mlp_module, b.mlp.gate, f"{field}.mlp.gate", mlp_prefix)[0] if gated else None

@@ -64,11 +64,15 @@ class Bridge(ModelWeights, TokenMethods):
             cfg = BridgeConfig(**{**cfg.__dict__, "extra": {**cfg.extra, **extra}})
         act = spec.block.mlp.act_fn or cfg.act_fn
         if act not in kinds.activations:
+            field = "block.mlp.act_fn" if spec.block.mlp.act_fn else "config.act_fn"
+            file, line = spec.where(field)
             raise UnknownKindError(
                 f"activation '{act}' is not registered by any plugin (known: {', '.join(sorted(kinds.activations))})",
-                file=spec_file,
-                field="block.mlp.act_fn" if spec.block.mlp.act_fn else "config.act_fn",
+                file=file or spec_file,
+                line=line,
+                field=field,
             )
+
         self.cfg = cfg
         self.act_fn = kinds.activations[act]
         self.position_kind = kinds.positions[spec.pos_embed.kind] if spec.pos_embed else kinds.positions["none"]
@@ -89,6 +93,7 @@ class Bridge(ModelWeights, TokenMethods):
         }
         self._reimplemented = reimplemented_layers(self) if spec.block.attn.implementation == "reimplement" else {}
         self.components = ComponentCaller(self)
+        self.components.check_expressions()
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
 
     # ------------------------------------------------------------------ construction
@@ -322,6 +327,8 @@ class Bridge(ModelWeights, TokenMethods):
             return logits
         if return_type is None:
             return None
+        if self.is_encoder_decoder:  # the loss is over the decoder's tokens, as HF's `labels` are
+            tokens, mask = kwargs["decoder_input_ids"], kwargs.get("decoder_attention_mask")
         loss = running.lm_loss(logits, tokens, mask, loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 

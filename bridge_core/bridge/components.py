@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..spec.config import config_lookup
-from ..spec.expressions import evaluate
+from ..spec.config import config_lookup, evaluate_field, spec_error
+from ..spec.expressions import ExpressionError, evaluate
 from .dispatch import _select
 
 
@@ -39,6 +39,35 @@ class ComponentCaller:
 
     def window(self, layer: int) -> int | None:
         return self._per_layer(self.call.window, layer)
+
+    def check_expressions(self) -> None:
+        """Evaluate every expression a later call would need, so a bad one fails when the bridge is built
+        (with its file and line), not in the middle of `start_at_layer` or a component check."""
+        spec, hf_config, file = self.spec, self.bridge.model.config, self.bridge.spec_file
+        fields = {
+            "unembed.pre_scale": spec.unembed.pre_scale,
+            "unembed.softcap": spec.unembed.softcap,
+            "block.attn.softcap": spec.block.attn.softcap,
+        }
+        for bias, at in (
+            (spec.score_bias, "score_bias"),
+            (spec.encoder.score_bias if spec.encoder else None, "encoder"),
+        ):
+            if bias is not None:
+                fields[f"{at}.num_buckets"] = bias.num_buckets
+                fields[f"{at}.max_distance"] = bias.max_distance
+        for field, value in fields.items():
+            evaluate_field(file, field, value, hf_config, spec)
+        per_layer = {
+            "call.window": self.call.window,
+            **{f"call.rotary_args.{k}": v for k, v in self.call.rotary_args.items()},
+        }
+        for layer in range(self.bridge.cfg.n_layers):
+            for field, value in per_layer.items():
+                try:
+                    self._per_layer(value, layer)
+                except ExpressionError as exc:
+                    raise spec_error(f"{exc.reason} (expression '{value}', layer {layer})", spec, file, field) from None
 
     def kwargs(
         self,

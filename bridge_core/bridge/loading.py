@@ -12,8 +12,8 @@ import torch
 import transformers
 from torch import nn
 
-from ..errors import SpecError
 from ..registry import Registry
+from ..spec.config import spec_error
 from ..spec.loader import read_raw_spec, resolve_extends, validate_spec
 from ..spec.schema import Spec
 
@@ -39,8 +39,8 @@ def spec_from(spec: Spec | str | Path | None, registry: Registry, model: nn.Modu
 def model_class(spec: Spec) -> type[nn.Module]:
     cls = getattr(transformers, spec.hf_class, None)
     if cls is None or not isinstance(cls, type):
-        raise SpecError(
-            f"transformers {transformers.__version__} has no model class '{spec.hf_class}'", field="hf_class"
+        raise spec_error(
+            f"transformers {transformers.__version__} has no model class '{spec.hf_class}'", spec, None, "hf_class"
         )
     return cls
 
@@ -53,7 +53,7 @@ def random_model(spec: Spec, seed: int = 0, tiny: bool = True, **config_override
     try:
         config = cls.config_class(**{**base, **config_overrides})
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"cannot build the HF config: {exc}", field="test_config") from None
+        raise spec_error(f"cannot build the HF config: {exc}", spec, None, "test_config") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = cls(config)

@@ -50,6 +50,8 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {"min": min, "max": max, "int": int,
 _LITERAL_NAMES = {"None": None, "True": True, "False": False, "null": None, "true": True, "false": False}
 _MAX_EXPRESSION_LENGTH = 500
 _MAX_POWER_EXPONENT = 64
+_MAX_BITS = 4096  # config arithmetic never needs more; unbounded ints would let `(2**64)**64...` run forever
+_MAX_DEPTH = 32
 
 
 class ExpressionError(ValueError):
@@ -92,12 +94,43 @@ def _parse(expression: str) -> ast.Expression:
         raise ExpressionError(expression, f"not valid syntax ({exc.msg})") from None
     except ValueError as exc:  # e.g. null bytes
         raise ExpressionError(expression, str(exc)) from None
-    for node in ast.walk(tree):
+    except (RecursionError, MemoryError):
+        raise ExpressionError(expression, "nested too deeply to parse") from None
+    if _depth(tree) > _MAX_DEPTH:
+        raise ExpressionError(expression, f"nested more than {_MAX_DEPTH} levels deep")
+    nodes = list(ast.walk(tree))  # every node, so a branch that is never taken is checked too
+    for node in nodes:  # the escapes first, with the most specific message
         if isinstance(node, ast.Name) and node.id.startswith("_"):
             raise ExpressionError(expression, f"name '{node.id}' starts with '_'; private names are not allowed")
         if isinstance(node, ast.Attribute):
             raise ExpressionError(expression, "attribute access ('.') is not allowed")
+    for node in nodes:
+        if not isinstance(node, _ALLOWED_NODES):
+            raise ExpressionError(
+                expression, f"'{type(node).__name__}' is not allowed (only arithmetic on config fields)"
+            )
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS):
+            raise ExpressionError(expression, f"only {sorted(_FUNCTIONS)} may be called")
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+            raise ExpressionError(expression, "slices are not allowed")
     return tree
+
+
+_ALLOWED_NODES: tuple[type, ...] = (
+    ast.Expression, ast.Constant, ast.Name, ast.Load, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.And, ast.Or,
+    ast.Compare, ast.IfExp, ast.Call, ast.Subscript,
+    *_BINARY, *_UNARY, *_COMPARE,
+)  # fmt: skip
+
+
+def _depth(tree: ast.AST) -> int:
+    """Nesting depth of a syntax tree, without recursion (so a deep tree cannot overflow the stack)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 class _Evaluator:
@@ -136,6 +169,11 @@ class _Evaluator:
         self._check_number(right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_POWER_EXPONENT:
             raise self.fail(f"exponent {right} is too large")
+        if isinstance(node.op, ast.Pow) and isinstance(left, int) and left.bit_length() * abs(right) > _MAX_BITS:
+            raise self.fail("the result would be too large")
+        big = isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > _MAX_BITS
+        if isinstance(node.op, ast.Mult) and big:
+            raise self.fail("the result would be too large")
         try:
             return op(left, right)
         except (ArithmeticError, TypeError, ValueError) as exc:

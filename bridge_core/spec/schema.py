@@ -72,11 +72,11 @@ class QKVSpec(StrictModel):
 class AttentionSpec(StrictModel):
     """The attention module of a block."""
 
-    path: ModulePath
+    path: ModulePath = Field(description="The attention module, relative to the block.")
     layout: Literal["conv1d", "linear"] = Field(
         description="Weight storage: `conv1d` = [in, out] (GPT-2's Conv1D), `linear` = [out, in]."
     )
-    qkv: QKVSpec
+    qkv: QKVSpec = Field(description="How queries, keys and values are projected (fused or separate).")
     o: ModulePath = Field(description="Output projection, relative to the attention module.")
     implementation: Literal["interface", "reimplement"] = Field(
         default="interface",
@@ -114,13 +114,15 @@ class AttentionSpec(StrictModel):
 class MLPSpec(StrictModel):
     """The MLP of a block."""
 
-    path: ModulePath
+    path: ModulePath = Field(description="The MLP module, relative to the block (`.`: the block itself, OPT).")
     kind: str = Field(
         default="plain",
         description="`plain` or `gated` (act(gate(x)) * in(x)), or an expression over the HF config giving one "
         "(`\"'gated' if is_gated_act else 'plain'\"`).",
     )
-    layout: Literal["conv1d", "linear"]
+    layout: Literal["conv1d", "linear"] = Field(
+        description="Weight storage of the projections: `conv1d` = [in, out], `linear` = [out, in]."
+    )
     in_: ModulePath = Field(alias="in", description="Input projection (the `up` projection when gated).")
     gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
     out: ModulePath = Field(description="Output projection.")
@@ -145,14 +147,18 @@ class CrossAttentionSpec(StrictModel):
     """A decoder block's attention over the encoder output (a registered cross-attention kind)."""
 
     kind: str = Field(default="encoder_output", description="Cross-attention kind: where keys and values come from.")
-    attn: AttentionSpec
+    attn: AttentionSpec = Field(description="The cross-attention module and its projections.")
     ln: NormSpec | None = Field(default=None, description="Norm before cross attention (named ln2 in hooks).")
     residual_at: ModulePath | None = Field(
         default=None,
         description="Module whose output (element 0) is the residual after cross attention (hook_resid_mid_cross).",
     )
-    encoder_states_kwarg: str = "encoder_hidden_states"
-    encoder_mask_kwarg: str = "encoder_attention_mask"
+    encoder_states_kwarg: str = Field(
+        default="encoder_hidden_states", description="Keyword of the encoder output when a decoder block is called."
+    )
+    encoder_mask_kwarg: str = Field(
+        default="encoder_attention_mask", description="Keyword of the encoder padding mask for cross attention."
+    )
 
 
 class BlockSpec(StrictModel):
@@ -164,10 +170,13 @@ class BlockSpec(StrictModel):
         "GPT-J) or `post_norm` (norm after each residual add, OPT-350m); or an expression over the HF config "
         "giving one of them (`\"'parallel' if use_parallel_residual else 'sequential'\"`).",
     )
-    ln1: NormSpec | None = None
-    attn: AttentionSpec
-    ln2: NormSpec | None = None
-    mlp: MLPSpec
+    ln1: NormSpec | None = Field(default=None, description="Norm before attention (after it, in post-norm blocks).")
+    attn: AttentionSpec = Field(description="The block's self-attention.")
+    ln2: NormSpec | None = Field(
+        default=None,
+        description="Norm before the MLP (after it, in post-norm blocks; named ln3 beside cross attention).",
+    )
+    mlp: MLPSpec = Field(description="The block's MLP.")
     cross_attn: CrossAttentionSpec | None = Field(default=None, description="Cross attention (decoders of T5).")
     attn_out_at: ModulePath | None = Field(
         default=None,
@@ -194,7 +203,7 @@ class BlockSpec(StrictModel):
 
 
 class EmbedSpec(StrictModel):
-    path: ModulePath
+    path: ModulePath = Field(description="The token embedding module (W_E is its weight).")
     norm: NormSpec | None = Field(
         default=None, description="Norm applied to the embeddings before the first block (BLOOM); hooks ln_embed.*."
     )
@@ -206,7 +215,9 @@ class EmbedSpec(StrictModel):
 class PosEmbedSpec(StrictModel):
     """Positional information: a registered position kind (`learned`, `rotary`, `none`, ...)."""
 
-    kind: str = "learned"
+    kind: str = Field(
+        default="learned", description="Position kind, registered by a plugin (`learned`, `rotary`, `none`)."
+    )
     path: ModulePath | None = Field(
         default=None, description="The position table (learned) or the model's rotary module (rotary)."
     )
@@ -214,7 +225,7 @@ class PosEmbedSpec(StrictModel):
 
 
 class UnembedSpec(StrictModel):
-    path: ModulePath
+    path: ModulePath = Field(description="The unembedding (lm head); W_U is its weight transposed.")
     project: ModulePath | None = Field(
         default=None, description="Projection from d_model to the unembedding's width, when present (OPT project_out)."
     )
@@ -272,11 +283,11 @@ class ScoreBiasSpec(StrictModel):
 class StackSpec(StrictModel):
     """The encoder stack of an encoder-decoder model; paths are relative to the model."""
 
-    embed: EmbedSpec
-    blocks: ModulePath
-    block: BlockSpec
-    ln_final: NormSpec | None = None
-    score_bias: ScoreBiasSpec | None = None
+    embed: EmbedSpec = Field(description="The encoder's own embedding module (hook_embed).")
+    blocks: ModulePath = Field(description="The ModuleList of encoder blocks.")
+    block: BlockSpec = Field(description="One encoder block; paths relative to it.")
+    ln_final: NormSpec | None = Field(default=None, description="The encoder's final norm (encoder_final_ln).")
+    score_bias: ScoreBiasSpec | None = Field(default=None, description="The encoder's score bias (T5 buckets).")
 
 
 class TokenizerSpec(StrictModel):
@@ -293,10 +304,10 @@ class Spec(StrictModel):
     """An architecture spec: everything bridge-core needs to wrap one family of HF models."""
 
     name: str = Field(description="Unique architecture name (the file's stem by convention).")
-    description: str = ""
+    description: str = Field(default="", description="One line on which checkpoints this spec covers.")
     extends: str | None = Field(default=None, description="Name of a spec to inherit from and override.")
     override: bool = Field(default=False, description="Replace another spec's claim on the same match.")
-    match: Match = Field(default_factory=Match)
+    match: Match = Field(default_factory=Match, description="The HF classes and model types this spec claims.")
     hf_class: str = Field(
         description="transformers model class used by from_pretrained and to build the tiny test model."
     )
@@ -307,18 +318,18 @@ class Spec(StrictModel):
     test_config: dict[str, Any] = Field(
         default_factory=dict, description="HF config overrides that build a tiny random model offline."
     )
-    embed: EmbedSpec
-    pos_embed: PosEmbedSpec | None = None
+    embed: EmbedSpec = Field(description="The token embedding (of the decoder, in encoder-decoder models).")
+    pos_embed: PosEmbedSpec | None = Field(default=None, description="How positions enter; absent means none.")
     blocks: ModulePath = Field(description="The ModuleList of blocks.")
-    block: BlockSpec
-    ln_final: NormSpec | None = None
+    block: BlockSpec = Field(description="One block; all blocks share this layout, paths relative to the block.")
+    ln_final: NormSpec | None = Field(default=None, description="The final norm before the unembedding.")
     score_bias: ScoreBiasSpec | None = Field(default=None, description="Score bias of the (decoder) stack.")
     encoder: StackSpec | None = Field(
         default=None,
         description="The encoder stack of an encoder-decoder model; the top-level embed/blocks/block/ln_final "
         "then describe the decoder.",
     )
-    unembed: UnembedSpec
+    unembed: UnembedSpec = Field(description="The unembedding and what happens around it (pre-scale, softcap).")
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="Tokenizer conventions.")
     call: CallSpec = Field(default_factory=CallSpec, description="Conventions for calling one block alone.")
 
