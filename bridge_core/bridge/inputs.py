@@ -23,7 +23,7 @@ def check_tokens(tokens: torch.Tensor, d_vocab: int, max_length: int | None, wha
         raise InputError(f"{what} must be [batch, seq] (or [seq]), got shape {tuple(tokens.shape)}")
     if tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise InputError(f"{what} is empty (shape {tuple(tokens.shape)}): give at least one token")
-    low, high = int(tokens.min()), int(tokens.max())
+    low, high = (int(v) for v in torch.aminmax(tokens))  # one reduction, one sync
     if low < 0 or high >= d_vocab:
         bad = low if low < 0 else high
         raise InputError(f"{what} holds token id {bad}, outside the vocabulary [0, {d_vocab})")

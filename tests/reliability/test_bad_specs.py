@@ -55,13 +55,14 @@ CASES = [
     Case("only_comments", "load", SpecError, None, 1, "this file is empty"),
     Case("not_utf8", "load", SpecError, None, None, "spec file is not UTF-8 text"),
     # ------------------------------------------------------------------ YAML syntax and tags
-    Case("yaml_bad_indentation", "load", SpecError, None, 54, "invalid YAML: expected <block end>"),
-    Case("yaml_tab_indentation", "load", SpecError, None, 54, "found character '\\t' that cannot start any token"),
+    # libyaml (CSafeLoader) and the pure-Python loader word these differently; the line is what matters.
+    Case("yaml_bad_indentation", "load", SpecError, None, 54, "invalid YAML:"),
+    Case("yaml_tab_indentation", "load", SpecError, None, 54, "invalid YAML: found"),
     Case("yaml_two_documents", "load", SpecError, None, 42, "invalid YAML: but found another document"),
     Case("yaml_unclosed_flow_mapping", "load", SpecError, None, 46, "expected ',' or '}'"),
     # PyYAML reports where the runaway string ends (the next '"', line 19), not where it starts (line 3).
     Case("yaml_unclosed_quote", "load", SpecError, None, 19, "invalid YAML"),
-    Case("yaml_undefined_alias", "load", SpecError, None, 10, "found undefined alias 'layers'"),
+    Case("yaml_undefined_alias", "load", SpecError, None, 10, "found undefined alias"),
     Case("yaml_local_tag", "load", SpecError, None, 42, "could not determine a constructor for the tag '!include'"),
     Case("yaml_python_module", "load", SpecError, None, 7, NEVER),
     Case("yaml_python_name", "load", SpecError, None, 7, NEVER),
