@@ -95,6 +95,7 @@ class Bridge(ModelWeights, TokenMethods):
         self.components = ComponentCaller(self)
         self.components.check_expressions()
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
+        self._plans: dict = {}  # hook layouts of recent calls, by the points they serve (dispatch._Plan)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -222,7 +223,7 @@ class Bridge(ModelWeights, TokenMethods):
         entries = [*self._entries, *extra]
         if not entries:
             return None
-        return HookSession(entries, self._configs, self._softmax_float32, self._reimplemented)
+        return HookSession(entries, self._configs, self._softmax_float32, self._reimplemented, self._plans)
 
     def _prepare(self, tokens: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):

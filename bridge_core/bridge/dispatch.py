@@ -187,6 +187,60 @@ class _ModuleHooks:
         return out + bias if bias is not None else out
 
 
+class _Plan:
+    """Which PyTorch hooks and attention routes a given list of hook points needs.
+
+    Building it groups points by module; a bridge keeps plans by the points they serve, so a call
+    that repeats the previous call's points (every `run_with_cache`) only refills the functions.
+    """
+
+    def __init__(self, points: list[tuple[HookPoint, str]], softmax_float32: dict[int, bool], reimplemented) -> None:
+        self.in_use = False
+        self.runs: dict[int, _PointRun] = {}
+        order: list[_PointRun] = []
+        for point, _ in points:
+            if id(point) not in self.runs:
+                run = self.runs[id(point)] = _PointRun(point)
+                order.append(run)
+        self.modules: dict[int, _ModuleHooks] = {}
+        routes: dict[int, AttentionRoute] = {}
+        for run in order:
+            place = run.point.place
+            if isinstance(place, AttentionValue):
+                route = routes.get(id(place.module))
+                if route is None:
+                    route = routes[id(place.module)] = AttentionRoute(
+                        place.module, softmax_float32.get(id(place.module), False)
+                    )
+                setattr(route, f"on_{place.which}", _attention_hook(run))
+                continue
+            hooks = self.modules.get(id(place.module))
+            if hooks is None:
+                hooks = self.modules[id(place.module)] = _ModuleHooks(place.module)
+            (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
+        self.reimplement_runs: dict[int, ReimplementRun] = {}
+        for key in [k for k in routes if k in reimplemented]:
+            layer = reimplemented[key]
+            self.reimplement_runs[key] = ReimplementRun(layer, routes.pop(key))
+            for sub in layer.submodules:
+                if sub in self.modules:
+                    self.modules[sub].gate = self.reimplement_runs[key]
+        self.routes = list(routes.values())
+        self.recorders = {
+            id(v.source): v
+            for r in order
+            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, FlatTokens)
+        }
+
+    def fill(self, entries: Sequence[HookEntry]) -> None:
+        for run in self.runs.values():
+            run.fwd.clear()
+            run.bwd.clear()
+        for entry in entries:
+            run = self.runs[id(entry.point)]
+            (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
+
+
 class HookSession:
     """The PyTorch hooks and attention routes for one bridge call."""
 
@@ -196,11 +250,14 @@ class HookSession:
         configs: list[Any],
         softmax_float32: dict[int, bool],
         reimplemented: dict[int, ReimplementedLayer] | None = None,
+        plans: dict[tuple, _Plan] | None = None,
     ):
         self.entries = entries
         self.configs = configs
         self.softmax_float32 = softmax_float32
         self.reimplemented = reimplemented or {}
+        self.plans = plans if plans is not None else {}
+        self._plan: _Plan | None = None
         self._stack = ExitStack()
 
     @property
@@ -211,67 +268,49 @@ class HookSession:
             for e in self.entries
         )
 
+    def _take_plan(self) -> _Plan:
+        key = tuple((id(e.point), e.direction) for e in self.entries)
+        plan = self.plans.get(key)
+        if plan is None or plan.in_use:  # in use: a bridge call made from inside a hook of this one
+            plan = _Plan([(e.point, e.direction) for e in self.entries], self.softmax_float32, self.reimplemented)
+            if key not in self.plans and len(self.plans) < 64:
+                self.plans[key] = plan
+        plan.fill(self.entries)
+        plan.in_use = True
+        return plan
+
     def __enter__(self) -> HookSession:
-        runs: dict[int, _PointRun] = {}
-        order: list[_PointRun] = []
-        for entry in self.entries:
-            run = runs.get(id(entry.point))
-            if run is None:
-                run = runs[id(entry.point)] = _PointRun(entry.point)
-                order.append(run)
-            (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
-        modules: dict[int, _ModuleHooks] = {}
-        routes: dict[int, AttentionRoute] = {}
-        for run in order:
-            place = run.point.place
-            if isinstance(place, AttentionValue):
-                route = routes.get(id(place.module))
-                if route is None:
-                    route = routes[id(place.module)] = AttentionRoute(
-                        place.module, self.softmax_float32.get(id(place.module), False)
-                    )
-                setattr(route, f"on_{place.which}", _attention_hook(run))
-                continue
-            hooks = modules.get(id(place.module))
-            if hooks is None:
-                hooks = modules[id(place.module)] = _ModuleHooks(place.module)
-            (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
-        runs_by_module: dict[int, ReimplementRun] = {}
-        for key in [k for k in routes if k in self.reimplemented]:
-            layer = self.reimplemented[key]
-            runs_by_module[key] = ReimplementRun(layer, routes.pop(key))
-            for sub in layer.submodules:
-                if sub in modules:
-                    modules[sub].gate = runs_by_module[key]
-        recorders = {
-            id(v.source): v
-            for r in order
-            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, FlatTokens)
-        }
+        plan = self._plan = self._take_plan()
+        self._stack.callback(self._release)
         try:
-            for run in runs_by_module.values():
+            for run in plan.reimplement_runs.values():
                 module = run.layer.module
                 handle = module.register_forward_pre_hook(run.pre_hook, with_kwargs=True)
                 self._stack.callback(handle.remove)
                 # first among the module's forward hooks: hook_attn_out must see the recomputed output
                 handle = module.register_forward_hook(run.post_hook, with_kwargs=True, prepend=True)
                 self._stack.callback(handle.remove)
-            for view in recorders.values():
+            for view in plan.recorders.values():
                 handle = view.source.register_forward_pre_hook(_shape_recorder(view.cell), with_kwargs=True)
                 self._stack.callback(handle.remove)
-            for hooks in modules.values():
+            for hooks in plan.modules.values():
                 if hooks.inputs:
                     handle = hooks.module.register_forward_pre_hook(hooks.pre_hook, with_kwargs=True)
                     self._stack.callback(handle.remove)
                 if hooks.outputs:
                     handle = hooks.module.register_forward_hook(hooks.post_hook, with_kwargs=True)
                     self._stack.callback(handle.remove)
-            if routes:
-                self._stack.enter_context(attention_routed(self.configs, list(routes.values())))
+            if plan.routes:
+                self._stack.enter_context(attention_routed(self.configs, plan.routes))
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def _release(self) -> None:
+        if self._plan is not None:
+            self._plan.fill(())  # drop the user's functions: a kept plan must not keep their closures alive
+            self._plan.in_use = False
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stack.close()
