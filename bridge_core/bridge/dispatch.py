@@ -17,7 +17,7 @@ from torch import nn
 
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
-from .places import AttentionValue, FlatTokens, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, TokenShape
+from .places import AttentionValue, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, ShapedView, TokenShape
 from .reimplement import ReimplementedLayer, ReimplementRun
 from .weights import materialize
 
@@ -63,13 +63,14 @@ class _PointRun:
 def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
     """Apply a point's hooks to `view(base)`; returns a replacement for `base`, or None if unchanged."""
     shown = view(base) if view is not None else base
-    if run.bwd:
-        shown = shown.clone()  # a tensor of our own in the graph, so its gradient can be hooked
+    replaces = getattr(view, "replaces_base", False)
+    if run.bwd or replaces:
+        shown = shown.clone()  # a tensor of our own: its gradient can be hooked, in-place edits are safe
     new, edited = run.apply(shown)
     run.attach_backward(new)
     if not edited and not run.bwd:
         return None
-    if view is None:
+    if view is None or replaces:
         return new
     replacement = base.clone()
     view(replacement).copy_(new)
@@ -229,7 +230,7 @@ class _Plan:
         self.recorders = {
             id(v.source): v
             for r in order
-            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, FlatTokens)
+            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, ShapedView)
         }
 
     def fill(self, entries: Sequence[HookEntry]) -> None:

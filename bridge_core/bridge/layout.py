@@ -18,6 +18,7 @@ from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm
 from .hook_points import HookPoint
 from .places import (
     AttentionValue,
+    BatchBroadcast,
     FlatTokens,
     HeadResult,
     HeadsFirst,
@@ -55,7 +56,9 @@ def lay_out_points(
     if bound.embed_project is not None:
         layout.output("hook_project_in", bound.embed_project, "embed.project")
     if bound.pos_embed is not None and position_kind.has_table:
-        layout.output("hook_pos_embed", bound.pos_embed, "pos_embed")
+        # shown [batch, pos, d_model] as in HookedTransformer, even where HF computes it once for the batch
+        batch = BatchBroadcast(TokenShape(), bound.embed)
+        layout.output("hook_pos_embed", bound.pos_embed, "pos_embed", view=batch)
     if bound.encoder is not None:
         layout.score_bias("decoder", bound.score_bias, spec.score_bias)
     for block in bound.blocks:

@@ -70,14 +70,32 @@ class TokenShape:
 
 
 @dataclass(frozen=True, eq=False)
-class FlatTokens(View):
-    """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP)."""
+class ShapedView(View):
+    """A view that needs the current call's shape, recorded from the input of `source` (minus its
+    last dim) by a pre-hook the session adds."""
 
     cell: TokenShape
-    source: nn.Module  # the block whose input gives [b, s]
+    source: nn.Module
+
+
+@dataclass(frozen=True, eq=False)
+class FlatTokens(ShapedView):
+    """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP)."""
 
     def __call__(self, base: torch.Tensor) -> torch.Tensor:
         return base.unflatten(0, self.cell.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchBroadcast(ShapedView):
+    """`[1, s, d] -> [b, s, d]` (GPT-2's position embeddings, shared by the batch), as HookedTransformer
+    shows them. An edit may differ per row, so it replaces the module output whole: HF adds it to the
+    token embeddings by broadcasting, which takes `[b, s, d]` as well as `[1, s, d]`."""
+
+    replaces_base = True
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return base.expand(self.cell.shape[0], *base.shape[1:])
 
 
 def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str) -> dict[str, View]:

@@ -145,7 +145,8 @@ def test_embed_and_pos_embed_equal_the_hf_embedding_outputs(run):
     hf = capture_outputs(run.reference, run.toks, run.mask, ["transformer.wte", "transformer.wpe"])
     assert torch.equal(run.cache["hook_embed"], hf["transformer.wte"])
     assert torch.equal(run.cache["hook_embed"], run.reference.transformer.wte.weight[run.toks])
-    assert torch.equal(run.cache["hook_pos_embed"].expand_as(hf["transformer.wpe"]), hf["transformer.wpe"])
+    assert run.cache["hook_pos_embed"].shape == run.cache["hook_embed"].shape  # [batch, pos, d], as TransformerLens
+    assert torch.equal(run.cache["hook_pos_embed"], hf["transformer.wpe"].expand_as(run.cache["hook_pos_embed"]))
     seq = run.toks.shape[1]
     positions = run.cache["hook_pos_embed"].expand(run.toks.shape[0], -1, -1)
     assert torch.equal(positions[0], run.reference.transformer.wpe.weight[:seq])
