@@ -29,7 +29,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "wrong_eps": ("norms", set(), "config.eps"),
     "embed_scale": ("embed", set(), "config.embed_scale"),
     "dead_pos_hook": ("hook_fire_counts", {"shapes", "cache_completeness", "embed", "pos_embed"}, "pos_embed"),
-    "unembed_is_embedding": ("unembed", {"shapes"}, "unembed.path"),
+    "unembed_is_embedding": ("unembed", {"shapes", "layer_ranges"}, "unembed.path"),
     "neox_qkv_order": ("qkv_recompute", {"attention_paths_agree"}, "block.attn.qkv"),
     "gemma_norm_offset": ("norms", {"identity_hooks"}, "ln1.kind"),
     "neox_parallel_as_sequential": ("residual_stream", {"delta_once"}, "block.kind"),
@@ -133,8 +133,8 @@ def _fault_component_mask_dropped(monkeypatch, ctx):
 
     original = ComponentCaller.kwargs
 
-    def unmasked(self, layer, hidden, attention_mask=None, position_ids=None):
-        return original(self, layer, hidden, None, position_ids)
+    def unmasked(self, layer, hidden, attention_mask=None, position_ids=None, **kwargs):
+        return original(self, layer, hidden, None, position_ids, **kwargs)
 
     monkeypatch.setattr(ComponentCaller, "kwargs", unmasked)
 
@@ -152,6 +152,35 @@ def _fault_norm_recompute(monkeypatch, ctx):
     monkeypatch.setattr(NormKind, "scale", lambda self, prepared, eps: original(self, prepared, eps * 10))
 
 
+def _fault_generation_off_by_one(monkeypatch, ctx):
+    from bridge_core.bridge import running
+
+    original = running.generate
+
+    def wrong_last_token(bridge, *args, **kwargs):
+        out = original(bridge, *args, **kwargs).clone()
+        out[:, -1] = (out[:, -1] + 1) % bridge.cfg.d_vocab
+        return out
+
+    monkeypatch.setattr(running, "generate", wrong_last_token)
+
+
+def _fault_stop_one_block_late(monkeypatch, ctx):
+    from bridge_core.bridge import running
+
+    original = running.stop_hook
+    monkeypatch.setattr(running, "stop_hook", lambda bridge, k, stack: original(bridge, k + 1, stack))
+
+
+def _fault_gradient_scaled(monkeypatch, ctx):
+    def attach(self, tensor):
+        if tensor.requires_grad:
+            for fn in self.bwd:
+                tensor.register_hook(lambda grad, fn=fn, point=self.point: fn(grad * 1.5, point))
+
+    monkeypatch.setattr(dispatch._PointRun, "attach_backward", attach)
+
+
 # fault injected into the core -> the checks that must catch it
 INJECTED = {
     "perturbed_forward": (_fault_parity, {"forward_parity"}),
@@ -162,6 +191,9 @@ INJECTED = {
     "norm_recompute_wrong": (_fault_norm_recompute, {"identity_hooks"}),
     "component_call_drops_mask": (_fault_component_mask_dropped, {"block_alone", "attention_alone"}),
     "rel_pos_bias_edit_lost": (_fault_bias_edit_lost, {"rel_pos_bias_edit"}),
+    "generation_off_by_one": (_fault_generation_off_by_one, {"generation"}),
+    "stop_one_block_late": (_fault_stop_one_block_late, {"layer_ranges"}),
+    "gradient_scaled": (_fault_gradient_scaled, {"backward_hooks"}),
 }
 SPEC_OF_FAULT = {"rel_pos_bias_edit_lost": "t5"}
 

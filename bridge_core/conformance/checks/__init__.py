@@ -5,6 +5,16 @@ Every check runs on decoder-only and encoder-decoder models alike (`CheckContext
 here with `@check(...)` functions: one catalogue, one runner.
 """
 
-from . import alone, attention, components, embedding, hygiene, interventions, score_bias, structure
+from . import alone, attention, components, embedding, hygiene, interventions, research, score_bias, structure
 
-__all__ = ["alone", "attention", "components", "embedding", "hygiene", "interventions", "score_bias", "structure"]
+__all__ = [
+    "alone",
+    "attention",
+    "components",
+    "embedding",
+    "hygiene",
+    "interventions",
+    "research",
+    "score_bias",
+    "structure",
+]
