@@ -14,8 +14,12 @@ from bridge_core.registry import default_registry
 VARIANTS = {
     "opt-post-norm": ("opt", {"do_layer_norm_before": False}, {"rel_pos_bias": "score bias"}),
     "gpt_neox-sequential": ("gpt_neox", {"use_parallel_residual": False}, {"rel_pos_bias": "score bias"}),
-    "t5": ("t5", {}, {"block_alone": "encoder", "attention_paths_agree": "reimplement", "pos_embed": "position"}),
-    "flan-t5": ("t5", {"feed_forward_proj": "gated-gelu"}, {"block_alone": "encoder", "pos_embed": "position"}),
+    "t5": ("t5", {}, {"attention_paths_agree": "reimplement", "pos_embed": "position"}),
+    "flan-t5": (
+        "t5",
+        {"feed_forward_proj": "gated-gelu"},
+        {"attention_paths_agree": "reimplement", "pos_embed": "position"},
+    ),
 }
 
 

@@ -12,11 +12,6 @@ from ...bridge import Bridge, with_attention_implementation
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
-_NO_ENCODER_DECODER = (
-    "bridge.components calls decoder-only blocks: it has no argument for the encoder states or the stack's "
-    "shared position bias, so an encoder-decoder block cannot be called alone yet"
-)
-
 
 def _padded_reference(ctx: CheckContext):
     # Left padding: real queries come after padded keys, so a mask that is not passed cannot go unnoticed.
@@ -32,20 +27,30 @@ def _padded_reference(ctx: CheckContext):
     tolerance=1e-5,
 )
 def block_alone(ctx: CheckContext, m: Meter) -> None:
-    if ctx.is_encoder_decoder:
-        raise Skip(_NO_ENCODER_DECODER)
     mask, recording = _padded_reference(ctx)
-    real = mask.bool()
+    encoder_states = _encoder_output(ctx, recording)
     for layer in ctx.layers:
         resid_pre = ctx.hf_in(layer.block.module, recording)
+        encoder_stack = layer.stack == "encoder" or not ctx.is_encoder_decoder
+        layer_mask = mask if encoder_stack else None  # the decoder's own tokens are not padded
+        kwargs = {} if encoder_stack else {"encoder_states": encoder_states, "encoder_mask": mask}
         with torch.no_grad():
-            out = ctx.bridge.components.block(layer.index, resid_pre, mask)
+            out = ctx.bridge.components.block(layer.index, resid_pre, layer_mask, stack=layer.stack, **kwargs)
+        real = mask.bool() if encoder_stack else torch.ones(out.shape[:2], dtype=torch.bool)
         m.compare(
             f"{layer.prefix} called alone vs HF's block output (real positions)",
             out[real],
             ctx.hf_out(layer.block.module, recording)[real],
-            "call (mask_format / mask_kwarg / position_embeddings_kwarg / window) / block.output_index",
+            "call (mask_format / mask_kwarg / position_embeddings_kwarg / position_bias_kwarg / window) / "
+            "block.output_index",
         )
+
+
+def _encoder_output(ctx: CheckContext, recording) -> torch.Tensor | None:
+    """HF's encoder output (the encoder's final norm output) on the padded reference forward."""
+    if not ctx.is_encoder_decoder:
+        return None
+    return ctx.hf_out(ctx.bridge._bound.encoder.ln_final.module, recording)
 
 
 @check(
@@ -56,19 +61,21 @@ def block_alone(ctx: CheckContext, m: Meter) -> None:
     tolerance=1e-5,
 )
 def attention_alone(ctx: CheckContext, m: Meter) -> None:
-    if ctx.is_encoder_decoder:
-        raise Skip(_NO_ENCODER_DECODER)
     mask, recording = _padded_reference(ctx)
-    real = mask.bool()
     for layer in ctx.layers:
+        encoder_stack = layer.stack == "encoder" or not ctx.is_encoder_decoder
+        layer_mask = mask if encoder_stack else None
         module = layer.block.attn.module
         with torch.no_grad():
-            out = ctx.bridge.components.attention(layer.index, ctx.hf_in(module, recording), mask)
+            out = ctx.bridge.components.attention(
+                layer.index, ctx.hf_in(module, recording), layer_mask, stack=layer.stack
+            )
+        real = mask.bool() if encoder_stack else torch.ones(out.shape[:2], dtype=torch.bool)
         m.compare(
             f"{layer.prefix}.attn called alone vs HF's attention output (real positions)",
             out[real],
             ctx.hf_out(module, recording)[real],
-            "call (mask_format / mask_kwarg / position_embeddings_kwarg / window) / block.attn.output_index",
+            "call (mask_format / attention_mask_kwarg / position_embeddings_kwarg / window) / block.attn.output_index",
         )
 
 
