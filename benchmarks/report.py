@@ -102,30 +102,7 @@ def markdown(data: dict, label: dict, analysis: Path | None = None) -> str:
         f"Budgets: {len(passed)} pass, {len(missing)} miss" + (f" ({', '.join(missing)})." if missing else "."),
     ]
     if data["scaling"]:
-        lines += ["", "## Scaling (bridge-core vs HF eager forward, GPT-2-shaped d 256, 8 heads, batch 1)", ""]
-        lines += [
-            "| axis | value | HF fwd ms | BC fwd ratio | BC cache ms | BC cache ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in data["scaling"]:
-            med, ratio = row["median_ms"], row["ratio"]
-            if row["axis"] == "hooks":
-                continue
-            lines.append(
-                f"| {row['axis']} | {row['value']} | {med.get('hf', 0):.1f} | {ratio.get('forward', 0):.3f}× | "
-                f"{med.get('cache_all', 0):.1f} | {ratio.get('cache_all', 0):.3f}× |"
-            )
-        for row in data["scaling"]:
-            if row["axis"] == "hooks":
-                lines += [
-                    "",
-                    f"Hooks cached (6 layers, seq 128; HF forward {row['median_ms'].get('hf', 0):.1f} ms):",
-                    "",
-                ]
-                lines += ["| hooks cached | BC ms | ratio to HF |", "|---|---|---|"]
-                for name, ms in row["median_ms"].items():
-                    if name != "hf":
-                        lines.append(f"| {name.split('_')[1]} | {ms:.1f} | {row['ratio'][name]:.3f}× |")
+        lines += ["", *scaling_lines(data["scaling"])]
     if data["profiles"]:
         lines += ["", "## Where the time goes (cProfile of bridge-core on each missed budget)", ""]
         for comp_id, text in data["profiles"].items():
@@ -133,6 +110,31 @@ def markdown(data: dict, label: dict, analysis: Path | None = None) -> str:
     if analysis is not None and analysis.exists():
         lines += ["", analysis.read_text().rstrip()]
     return "\n".join(lines) + "\n"
+
+
+def scaling_lines(rows: list[dict]) -> list[str]:
+    """The scaling tables: cost against layers and sequence length, and against hooks cached."""
+    lines = ["## Scaling (bridge-core vs HF eager forward, GPT-2-shaped d 256, 8 heads, batch 1)", ""]
+    lines += [
+        "| axis | value | HF fwd ms | BC fwd ratio | BC cache ms | BC cache ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        med, ratio = row["median_ms"], row["ratio"]
+        if row["axis"] == "hooks":
+            continue
+        lines.append(
+            f"| {row['axis']} | {row['value']} | {med.get('hf', 0):.1f} | {ratio.get('forward', 0):.3f}× | "
+            f"{med.get('cache_all', 0):.1f} | {ratio.get('cache_all', 0):.3f}× |"
+        )
+    for row in rows:
+        if row["axis"] == "hooks":
+            lines += ["", f"Hooks cached (6 layers, seq 128; HF forward {row['median_ms'].get('hf', 0):.1f} ms):", ""]
+            lines += ["| hooks cached | BC ms | ratio to HF |", "|---|---|---|"]
+            for name, ms in row["median_ms"].items():
+                if name != "hf":
+                    lines.append(f"| {name.split('_')[1]} | {ms:.1f} | {row['ratio'][name]:.3f}× |")
+    return lines
 
 
 def _trim(text: str, limit: int = 60) -> str:

@@ -265,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="timed rounds (default 10; 3 with --quick)")
     parser.add_argument("--only", help="run only comparisons whose id contains this")
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--scaling-only", action="store_true", help="only the scaling tables, to results/scaling.md")
     parser.add_argument("--no-profile", action="store_true")
     args = parser.parse_args(argv)
     if args.threads is None:
@@ -278,6 +279,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(text: str) -> None:
         print(text, flush=True)
+
+    if args.scaling_only:
+        rows = run_scaling(args.threads, repeats, log)
+        header = [
+            "# bridge-core scaling",
+            "",
+            f"Run {time.strftime('%Y-%m-%d %H:%M:%S')}: medians of {repeats} rounds, {args.threads} thread(s), "
+            f"load average {os.getloadavg()[0]:.1f}; machine as in latest.md.",
+            "",
+        ]
+        (out / "scaling.md").write_text("\n".join(header + report.scaling_lines(rows)) + "\n")
+        log(f"wrote {out / 'scaling.md'}")
+        return 0
 
     started = time.time()
     load_before = os.getloadavg()
