@@ -4,12 +4,11 @@ rotary / parallel-block / interleaved-QKV family. Weights are converted here, un
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
-from .hooked_transformer import _require
+from .hooked_transformer import build_loaded, run_reference
 
 
 def _neox_state_dict_to_tl(hf_model: Any, n_heads: int, d_head: int) -> dict[str, torch.Tensor]:
@@ -45,52 +44,29 @@ def _neox_state_dict_to_tl(hf_model: Any, n_heads: int, d_head: int) -> dict[str
 
 def hooked_neox_from_hf(hf_model: Any):
     """An unprocessed float32 HookedTransformer computing the same function as a GPTNeoXForCausalLM."""
-    _require()
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
     hf = hf_model.config
     d_head = hf.hidden_size // hf.num_attention_heads
     rope = hf.rope_parameters
-    cfg = HookedTransformerConfig(
-        model_name="hf-neox-reference",
-        original_architecture="GPTNeoXForCausalLM",
-        n_layers=hf.num_hidden_layers,
-        d_model=hf.hidden_size,
-        n_heads=hf.num_attention_heads,
-        d_head=d_head,
-        d_mlp=hf.intermediate_size,
-        d_vocab=hf.vocab_size,
-        d_vocab_out=hf.vocab_size,
-        n_ctx=hf.max_position_embeddings,
-        act_fn="gelu" if hf.hidden_act == "gelu" else hf.hidden_act,
-        eps=hf.layer_norm_eps,
-        normalization_type="LN",
-        positional_embedding_type="rotary",
-        rotary_dim=int(d_head * rope.get("partial_rotary_factor", 1.0)),
-        rotary_base=int(rope.get("rope_theta", 10000)),
-        rotary_adjacent_pairs=False,
-        parallel_attn_mlp=bool(hf.use_parallel_residual),
-        attention_dir="causal",
-        default_prepend_bos=False,
-        init_weights=False,
-        dtype=torch.float32,
-        device="cpu",
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
-        model = HookedTransformer(cfg)
-    converted = _neox_state_dict_to_tl(hf_model, cfg.n_heads, d_head)
-    params = {name for name, _ in model.named_parameters()}
-    if set(converted) != params:
-        raise RuntimeError(f"conversion mismatch: missing {sorted(params - set(converted))}")
-    result = model.load_state_dict(converted, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"unexpected load result: {result}")
-    return model.eval()
+    cfg = {
+        "model_name": "hf-neox-reference",
+        "original_architecture": "GPTNeoXForCausalLM",
+        "n_layers": hf.num_hidden_layers,
+        "d_model": hf.hidden_size,
+        "n_heads": hf.num_attention_heads,
+        "d_head": d_head,
+        "d_mlp": hf.intermediate_size,
+        "d_vocab": hf.vocab_size,
+        "d_vocab_out": hf.vocab_size,
+        "n_ctx": hf.max_position_embeddings,
+        "act_fn": hf.hidden_act,
+        "eps": hf.layer_norm_eps,
+        "normalization_type": "LN",
+        "rotary_dim": int(d_head * rope.get("partial_rotary_factor", 1.0)),
+        "rotary_base": int(rope.get("rope_theta", 10000)),
+        "parallel_attn_mlp": bool(hf.use_parallel_residual),
+    }
+    return build_loaded(cfg, lambda tl_cfg: _neox_state_dict_to_tl(hf_model, tl_cfg.n_heads, d_head))
 
 
 def neox_reference_cache(hf_model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-    model = hooked_neox_from_hf(hf_model)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, return_cache_object=False)
-    return {k: v.detach().float() for k, v in cache.items()}
+    return run_reference(hooked_neox_from_hf(hf_model), tokens)

@@ -249,3 +249,41 @@ def reference_cache(
         name: value.detach().to(torch.float32) if value.is_floating_point() else value.detach()
         for name, value in cache.items()
     }
+
+
+_ROTARY_DEFAULTS = {
+    "positional_embedding_type": "rotary",
+    "rotary_adjacent_pairs": False,
+    "attention_dir": "causal",
+    "default_prepend_bos": False,
+    "init_weights": False,  # every parameter is overwritten by the converted state dict
+    "dtype": torch.float32,
+    "device": "cpu",
+}
+
+
+def build_loaded(cfg_kwargs: dict, convert) -> HookedTransformer:
+    """A HookedTransformer from config fields (rotary-family defaults added) and `convert(cfg)`, a function
+    returning its state dict; every parameter must be covered, and no weight processing is applied."""
+    _require()
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(**{**_ROTARY_DEFAULTS, **cfg_kwargs})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
+        model = HookedTransformer(cfg)
+    state = convert(cfg)
+    params = {name for name, _ in model.named_parameters()}
+    if not params <= set(state):
+        raise RuntimeError(f"conversion misses parameters: {sorted(params - set(state))}")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"unexpected load result: {result}")
+    return model.eval()
+
+
+def run_reference(model: HookedTransformer, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every hook value of `model` on `tokens`, detached, as float32."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, return_cache_object=False)
+    return {k: v.detach().float() for k, v in cache.items()}
