@@ -104,15 +104,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from .bridge import Bridge, loading
     from .registry import default_registry
-    from .validation import missing_paths
+    from .validation import spec_problems
 
     registry = default_registry()
     spec, file = loading.spec_from(args.spec, registry)  # schema errors: file, line, field
     model = loading.random_model(spec)
-    problems = missing_paths(spec, model)
+    problems = spec_problems(spec, model, registry.plugins.kinds, file)
     if problems:
         console = _console()
-        console.print(f"[bold red]{len(problems)} module path(s) of {file} do not exist on a tiny {spec.hf_class}:[/]")
+        console.print(f"[bold red]{len(problems)} problem(s) binding {file} to a tiny {spec.hf_class}:[/]")
         for problem in problems:
             console.print(f"  {problem}", soft_wrap=True)
         return 1

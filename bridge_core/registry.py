@@ -13,10 +13,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, SpecNotFoundError, UnknownKindError, close_matches
+from .errors import SpecError, SpecNotFoundError, close_matches
 from .plugin_host import PluginHost
+from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
-from .spec.schema import NormSpec, Spec
+from .spec.schema import Spec
 
 SPEC_PATH_VARIABLE = "BRIDGE_CORE_SPEC_PATH"
 # `extends:` inherits everything but these: a spec claims only the models it names itself.
@@ -115,9 +116,6 @@ class Registry:
             self._specs[name] = spec
         return self._specs[name]
 
-    def all_specs(self) -> list[Spec]:
-        return [self.get(name) for name in self.names()]
-
     # ----------------------------------------------------------------- lookup
     def _index_claims(self) -> dict[tuple[str, str], str]:
         if self._claims is None:
@@ -179,54 +177,12 @@ class Registry:
 
     # ----------------------------------------------------------------- kinds
     def _check_kinds(self, spec: Spec, raw: RawSpec) -> None:
+        """Every kind the spec names is registered by some plugin (the binder's own list of kind fields)."""
         kinds = self.plugins.kinds
-        plugins = ", ".join(sorted(name for name, _ in self.plugins.pm.list_name_plugin())) or "none"
-
-        def need(found: dict, kind: str, what: str, path: tuple) -> None:
-            if kind not in found:
-                hint = close_matches(kind, found)
-                more = f" Did you mean: {', '.join(hint)}?" if hint else ""
-                file, line = raw.where(path)
-                raise UnknownKindError(
-                    f"unknown {what} kind '{kind}': no installed plugin registers it. Known: "
-                    f"{', '.join(sorted(found)) or 'none'}.{more} Installed plugins: {plugins}.",
-                    file=file,
-                    line=line,
-                    field=".".join(str(p) for p in path),
-                )
-
-        blocks = [(spec.block, ("block",))]
-        if spec.encoder is not None:
-            blocks.append((spec.encoder.block, ("encoder", "block")))
-        norms: list[tuple[NormSpec | None, tuple]] = [
-            (spec.ln_final, ("ln_final", "kind")),
-            (spec.embed.norm, ("embed", "norm", "kind")),
-        ]
-        if spec.encoder is not None:
-            norms.append((spec.encoder.ln_final, ("encoder", "ln_final", "kind")))
-        for b, at in blocks:
-            norms += [
-                (b.ln1, (*at, "ln1", "kind")),
-                (b.ln2, (*at, "ln2", "kind")),
-                (b.ln1_post, (*at, "ln1_post", "kind")),
-                (b.ln2_post, (*at, "ln2_post", "kind")),
-                (b.attn.q_norm, (*at, "attn", "q_norm", "kind")),
-                (b.attn.k_norm, (*at, "attn", "k_norm", "kind")),
-            ]
-            if b.cross_attn is not None:
-                norms.append((b.cross_attn.ln, (*at, "cross_attn", "ln", "kind")))
-                need(kinds.cross_attentions, b.cross_attn.kind, "cross attention", (*at, "cross_attn", "kind"))
-            if b.mlp.act_fn is not None:
-                need(kinds.activations, b.mlp.act_fn, "activation", (*at, "mlp", "act_fn"))
-        for norm, path in norms:
-            if norm is not None:
-                need(kinds.norms, norm.kind, "norm", path)
-        need(kinds.mask_formats, spec.call.mask_format, "mask format", ("call", "mask_format"))
-        for bias, at in ((spec.score_bias, ("score_bias",)), (spec.encoder and spec.encoder.score_bias, ("encoder",))):
-            if bias:
-                need(kinds.score_biases, bias.kind, "score bias", (*at, "kind"))
-        if spec.pos_embed is not None:
-            need(kinds.positions, spec.pos_embed.kind, "position", ("pos_embed", "kind"))
+        for (table, what), name, field in kind_references(spec):
+            found = getattr(kinds, table)
+            if name not in found:
+                raise unknown_kind(spec, raw.file, found, name, what, field, ", ".join(kinds_plugins(kinds)) or "none")
 
 
 @cache

@@ -54,7 +54,7 @@ def _final_layer(bridge: Any, layer: int | None) -> int:
 
 def _additive_stream(bridge: Any, what: str) -> None:
     """Refuse post-norm blocks: their residual is renormalized after each sublayer, so nothing adds up."""
-    if any(block.kind == "post_norm" for block in bridge._bound.blocks):
+    if any(block.kind == "post_norm" for block in bridge.bound.blocks):
         raise AnalysisError(
             f"{what} needs an additive residual stream; this model's blocks are post-norm (each sublayer's "
             "output is normalized into the residual), so the stream is not a sum of component outputs"
@@ -62,7 +62,7 @@ def _additive_stream(bridge: Any, what: str) -> None:
 
 
 def _parallel(bridge: Any) -> bool:
-    return any(block.kind == "parallel" for block in bridge._bound.blocks)
+    return any(block.kind == "parallel" for block in bridge.bound.blocks)
 
 
 def norm_for(bridge: Any, layer: int | None, mlp_input: bool = False) -> tuple[str, NormKind]:
@@ -70,10 +70,10 @@ def norm_for(bridge: Any, layer: int | None, mlp_input: bool = False) -> tuple[s
     _additive_stream(bridge, "apply_ln_to_stack")
     layer = _final_layer(bridge, layer)
     if layer == bridge.cfg.n_layers:
-        if bridge._bound.ln_final is None:
+        if bridge.bound.ln_final is None:
             raise AnalysisError("this model has no final norm, so there is no final scale to apply")
-        return "ln_final.hook_scale", bridge._bound.ln_final.kind
-    block = bridge._bound.blocks[layer]
+        return "ln_final.hook_scale", bridge.bound.ln_final.kind
+    block = bridge.bound.blocks[layer]
     norm, which = (block.ln2, "ln2") if mlp_input else (block.ln1, "ln1")
     if norm is None:
         raise AnalysisError(f"block {layer} has no {which} norm")
@@ -259,7 +259,7 @@ def residual_directions(bridge: Any, tokens: Any) -> torch.Tensor:
         from .tokens import to_single_token
 
         tokens = to_single_token(bridge, tokens)
-    W_U = materialize(bridge._bound.unembed, "weight").detach()  # [d_vocab, d_model]: W_U transposed
+    W_U = materialize(bridge.bound.unembed, "weight").detach()  # [d_vocab, d_model]: W_U transposed
     return W_U[torch.as_tensor(tokens, device=W_U.device)]
 
 

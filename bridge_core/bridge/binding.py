@@ -1,276 +1,390 @@
-"""Binding a spec to a model: resolve every module path once, and lay out the hook points.
+"""Binding: the one walk of a spec over a model, producing the bound model (bound.py).
 
-Called once when a bridge is built. Everything per-call (which modules to hook, which views to
-apply) is decided here, so a forward does no path lookups, no signature inspection.
+Every spec field that names a module, a kind or a setting is read here and nowhere else. `bind`
+fails fast on the first problem (building a bridge); `collect_problems` walks the same way but
+records every problem and carries on (`bridge-core validate`). The hook layout is laid over the
+result at the end (layout.py).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..errors import BindError, SpecError, close_matches
+from ..errors import BindError, BridgeCoreError, SpecError
 from ..plugin_host import Kinds
-from ..spec.config import BridgeConfig, evaluate_field, spec_error
-from ..spec.schema import BLOCK_KINDS, ModulePath, NormSpec, Spec
+from ..spec.config import BridgeConfig, spec_error
+from ..spec.kind_fields import kinds_plugins, unknown_kind
+from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec
 from .bound import (
     BoundAttention,
     BoundBlock,
+    BoundCall,
     BoundCrossAttention,
     BoundMLP,
     BoundModel,
     BoundNorm,
+    BoundScoreBias,
     BoundStack,
+    Spot,
 )
 from .layout import lay_out_points
+from .places import qkv_views
+from .spec_walker import Missing, SpecWalker, resolve_path
 
-__all__ = [
-    "BoundAttention",
-    "BoundBlock",
-    "BoundCrossAttention",
-    "BoundMLP",
-    "BoundModel",
-    "BoundNorm",
-    "BoundStack",
-    "bind",
-    "resolve_path",
-]
+__all__ = ["bind", "collect_problems", "resolve_path"]
 
 
-def resolve_path(root: nn.Module, path: ModulePath, spec_field: str, prefix: str = "") -> tuple[nn.Module, str]:
-    """The module at `path` under `root` (first existing alternative), or a BindError with suggestions."""
-    alternatives = [path] if isinstance(path, str) else list(path)
-    for candidate in alternatives:
-        module = _get(root, candidate)
-        if module is not None:
-            return module, f"{prefix}{candidate}"
-    shown = " or ".join(f"{prefix}{a}" for a in alternatives)
-    names = [n for n, _ in root.named_modules() if n]
-    suggestions = []
-    for candidate in alternatives:
-        suggestions += [f"{prefix}{s}" for s in close_matches(candidate, names)]
-        suggestions += [f"{prefix}{n}" for n in names if n.split(".")[-1] == candidate.split(".")[-1]][:3]
-    raise BindError(
-        f"The model ({type(root).__name__} at '{prefix.rstrip('.') or '<root>'}') has no module {shown}",
-        spec_path=spec_field,
-        module_path=shown,
-        suggestions=list(dict.fromkeys(suggestions))[:5],
-    )
+class _Binder(SpecWalker):
+    """The one walk of the spec into the bound model."""
 
-
-def _get(root: nn.Module, dotted: str) -> nn.Module | None:
-    if dotted in ("", "."):
-        return root
-    module: nn.Module | None = root
-    for part in dotted.split("."):
-        if module is None:
+    # ---------------------------------------------------------------- parts
+    def norm(self, root: nn.Module, n: NormSpec | None, field: str, prefix: str, name: str, feeds: str):
+        if n is None:
             return None
-        children = module._modules
-        module = children.get(part) if part in children else None
-    return module
+        if n.optional:
+            found = self.optional(root, n.path, prefix)
+            if found is None:
+                return None
+            module, path = found
+        else:
+            module, path = self.resolve(root, n.path, f"{field}.path", prefix)
+        return BoundNorm(module, path, self.kind(f"{field}.kind"), name, field, feeds)
 
+    def attention(self, block: nn.Module, a: AttentionSpec, field: str, prefix: str) -> BoundAttention:
+        module, path = self.resolve(block, a.path, f"{field}.path", prefix)
+        inner = f"{path}."
+        if a.qkv.kind == "fused":
+            qkv = {"qkv": self.attempt(self.resolve, module, a.qkv.path, f"{field}.qkv.path", inner)}
+        else:
+            qkv = {n: self.attempt(self.resolve, module, getattr(a.qkv, n), f"{field}.qkv.{n}", inner) for n in "qkv"}
+        o = self.attempt(self.resolve, module, a.o, f"{field}.o", inner)
+        q_norm = self.attempt(self.norm, module, a.q_norm, f"{field}.q_norm", inner, "q_norm", "q")
+        k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
+        softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
+        if None in qkv.values() or o is None:
+            raise Missing
+        cfg = self.cfg
+        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, a.qkv.order) if cfg else {}
+        return BoundAttention(
+            module=module,
+            path=path,
+            field=field,
+            qkv={n: m[0] for n, m in qkv.items()},
+            views=views,
+            o=o[0],
+            layout=a.layout,
+            order=a.qkv.order,
+            implementation=a.implementation,
+            softmax_float32=a.softmax_dtype == "float32",
+            output_index=a.output_index,
+            residual_kwarg=a.residual_kwarg,
+            q_prescaled=a.q_prescaled,
+            softcap=softcap,
+            q_norm=q_norm,
+            k_norm=k_norm,
+            qk_norm_heads_first=a.qk_norm_layout == "bhsd",
+        )
 
-def block_kind(spec: Spec, hf_config: object, spec_file: str | None = None) -> str:
-    """The block kind for this model: a literal, or an expression over the HF config."""
-    kind = spec.block.kind
-    if kind not in BLOCK_KINDS:
-        kind = evaluate_field(spec_file, "block.kind", kind, hf_config, spec)
-    if kind not in BLOCK_KINDS:
-        raise spec_error(
-            f"evaluates to {kind!r}; expected one of {', '.join(BLOCK_KINDS)}", spec, spec_file, "block.kind"
+    def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str) -> BoundMLP:
+        m = b.mlp
+        module, path = self.resolve(block, m.path, f"{field}.mlp.path", prefix)
+        inner = f"{path}." if module is not block else prefix
+        gated = self.choice(f"{field}.mlp.kind", m.kind, ("plain", "gated")) == "gated"
+        w_in = self.attempt(self.resolve, module, m.in_, f"{field}.mlp.in", inner)
+        w_gate = None
+        if gated:
+            if m.gate is None:
+                self.fail(
+                    spec_error(
+                        "the MLP is gated for this config but names no 'gate'", self.spec, None, f"{field}.mlp.gate"
+                    )
+                )
+            else:
+                w_gate = self.attempt(self.resolve, module, m.gate, f"{field}.mlp.gate", inner)
+        w_out = self.attempt(self.resolve, module, m.out, f"{field}.mlp.out", inner)
+        act_name = m.act_fn or (self.cfg.act_fn if self.cfg else None)
+        act_field = f"{field}.mlp.act_fn" if m.act_fn else "config.act_fn"
+        act = self._kinds.get(act_field) if m.act_fn else self.kinds.activations.get(act_name)
+        if act is None and not m.act_fn:
+            plugins = ", ".join(kinds_plugins(self.kinds)) or "none"
+            self.fail(
+                unknown_kind(
+                    self.spec, self.spec_file, self.kinds.activations, str(act_name), "activation", act_field, plugins
+                )
+            )
+        if w_in is None or w_out is None or (gated and w_gate is None) or act is None:
+            raise Missing
+        own = module is not block  # OPT's MLP lives in the block itself: its input is fc1's
+        return BoundMLP(
+            module=module,
+            path=path,
+            w_in=w_in[0],
+            w_gate=w_gate[0] if w_gate else None,
+            w_out=w_out[0],
+            layout=m.layout,
+            act_name=str(act_name),
+            act=act,
+            act_field=act_field,
+            flat_tokens=m.flat_tokens,
+            input=Spot(module, path, "input") if own else Spot(w_in[0], w_in[1], "input"),
         )
-    return kind
 
+    def block(self, index: int, module: nn.Module, b: BlockSpec, field: str, stack: str, prefix: str, kind: str):
+        path = prefix.rstrip(".")
+        hook_prefix = f"blocks.{index}" if stack == "decoder" and self.spec.encoder is None else f"{stack}.{index}"
+        cross_spec = b.cross_attn
+        mlp_norm_name = "ln3" if cross_spec is not None else "ln2"
+        pre = kind != "post_norm"
+        ln1 = self.attempt(self.norm, module, b.ln1, f"{field}.ln1", prefix, "ln1", "attn" if pre else "resid_mid")
+        ln2 = self.attempt(
+            self.norm, module, b.ln2, f"{field}.ln2", prefix, mlp_norm_name, "mlp" if pre else "resid_post"
+        )
+        ln1_post = self.attempt(self.norm, module, b.ln1_post, f"{field}.ln1_post", prefix, "ln1_post", "attn_out")
+        ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, "ln2_post", "mlp_out")
+        attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix)
+        mlp = self.attempt(self.mlp, module, b, field, prefix)
+        cross = self.attempt(self.cross, module, b, field, prefix) if cross_spec is not None else None
+        at = {
+            role: self.attempt(self.resolve, module, getattr(b, role), f"{field}.{role}", prefix)
+            if getattr(b, role) is not None
+            else None
+            for role in ("attn_out_at", "mlp_out_at", "resid_mid_at")
+        }
+        norms = [ln1, ln2, ln1_post, ln2_post, cross.ln if cross else None]
+        seen: dict[int, BoundNorm] = {}
+        for norm in (n for n in norms if n is not None):
+            if id(norm.module) in seen:
+                self.fail(
+                    BindError(
+                        f"{norm.field} and {seen[id(norm.module)].field} name the same module; each norm is one module",
+                        spec_path=f"{norm.field}.path",
+                        module_path=norm.path,
+                    )
+                )
+            seen[id(norm.module)] = norm
+        if kind == "post_norm" and (ln1 is None or ln2 is None):
+            self.fail(spec_error("a post_norm block needs ln1 and ln2", self.spec, None, f"{field}.kind"))
+        if attn is None or mlp is None or (cross_spec is not None and cross is None):
+            raise Missing
+        # Where each value of the residual stream lives, by the block's form.
+        if ln1_post is not None:
+            attn_out = Spot(ln1_post.module, ln1_post.path)
+        elif at["attn_out_at"] is not None:
+            attn_out = Spot(at["attn_out_at"][0], at["attn_out_at"][1])
+        else:
+            attn_out = Spot(attn.module, attn.path, index=attn.output_index)
+        if ln2_post is not None:
+            mlp_out = Spot(ln2_post.module, ln2_post.path)
+        elif at["mlp_out_at"] is not None:
+            mlp_out = Spot(at["mlp_out_at"][0], at["mlp_out_at"][1])
+        elif mlp.module is module:  # no MLP module of its own (OPT): its output projection's output
+            mlp_out = Spot(mlp.w_out, f"{mlp.path}.out")
+        else:
+            mlp_out = Spot(mlp.module, mlp.path)
+        if at["resid_mid_at"] is not None:
+            resid_mid = Spot(at["resid_mid_at"][0], at["resid_mid_at"][1], index=0)
+        elif kind == "sequential" and ln2 is not None:
+            # HF adds the attention output to the residual and hands that one tensor both to ln2 and,
+            # as `residual`, to the add after the MLP: an edit must be made in place to reach both.
+            resid_mid = Spot(ln2.module, ln2.path, "input", in_place=True)
+        elif kind == "post_norm":  # ln1 normalizes the mid residual, ln2 the block output
+            resid_mid = Spot(ln1.module, ln1.path, "input")
+        else:
+            resid_mid = None
+        if kind == "post_norm":
+            resid_post = Spot(ln2.module, ln2.path, "input")
+        else:
+            resid_post = Spot(module, path, index=b.output_index)
+        return BoundBlock(
+            index=index,
+            module=module,
+            path=path,
+            stack=stack,
+            prefix=hook_prefix,
+            field=field,
+            kind=kind,
+            attn=attn,
+            mlp=mlp,
+            resid_pre=Spot(module, path, "input", kwarg=b.hidden_states_kwarg),
+            attn_out=attn_out,
+            mlp_out=mlp_out,
+            resid_mid=resid_mid,
+            resid_post=resid_post,
+            ln1=ln1,
+            ln2=ln2,
+            ln1_post=ln1_post,
+            ln2_post=ln2_post,
+            cross=cross,
+            hidden_kwarg=b.hidden_states_kwarg,
+            output_index=b.output_index,
+        )
 
-def _bind_blocks(
-    model: nn.Module,
-    path: ModulePath,
-    field_name: str,
-    n_layers: int,
-    block_spec,
-    kinds: Kinds,
-    kind: str,
-    spec: Spec | None = None,
-) -> list[BoundBlock]:
-    blocks_list, blocks_path = resolve_path(model, path, field_name)
-    if not isinstance(blocks_list, (nn.ModuleList, nn.Sequential)):
-        raise BindError(
-            f"'{blocks_path}' is a {type(blocks_list).__name__}, not a ModuleList of blocks",
-            spec_path=field_name,
-            module_path=blocks_path,
+    def cross(self, module: nn.Module, b: BlockSpec, field: str, prefix: str) -> BoundCrossAttention:
+        c = b.cross_attn
+        at = f"{field}.cross_attn"
+        attn = self.attempt(self.attention, module, c.attn, f"{at}.attn", prefix)
+        ln = self.attempt(self.norm, module, c.ln, f"{at}.ln", prefix, "ln2", "cross_attn")
+        residual = (
+            self.attempt(self.resolve, module, c.residual_at, f"{at}.residual_at", prefix) if c.residual_at else None
         )
-    if len(blocks_list) != n_layers:
-        count_field = "config.n_encoder_layers" if field_name.startswith("encoder") else "config.n_layers"
-        raise BindError(
-            f"{count_field} evaluates to {n_layers} but '{blocks_path}' holds {len(blocks_list)} blocks",
-            spec_path=count_field,
-            module_path=blocks_path,
+        kind = self.attempt(self.kind, f"{at}.kind")
+        if attn is None or kind is None:
+            raise Missing
+        return BoundCrossAttention(
+            attn=attn,
+            ln=ln,
+            kind=kind,
+            out=Spot(attn.module, attn.path, index=attn.output_index),
+            residual=Spot(residual[0], residual[1], index=0) if residual else None,
+            states_kwarg=c.encoder_states_kwarg,
+            mask_kwarg=c.encoder_mask_kwarg,
         )
-    return [
-        _bind_block(
-            i,
-            block,
-            f"{blocks_path}.{i}.",
-            block_spec,
-            kinds,
-            kind,
-            field_name.replace("blocks", "block"),
-            model.config,
-            spec,
+
+    def blocks(self, path: ModulePath, b: BlockSpec, field: str, stack: str, n_layers: int | None) -> list[BoundBlock]:
+        list_field = "encoder.blocks" if stack == "encoder" else "blocks"
+        blocks_list, blocks_path = self.resolve(self.model, path, list_field)
+        if not isinstance(blocks_list, (nn.ModuleList, nn.Sequential)):
+            self.fail(
+                BindError(
+                    f"'{blocks_path}' is a {type(blocks_list).__name__}, not a ModuleList of blocks",
+                    spec_path=list_field,
+                    module_path=blocks_path,
+                )
+            )
+            raise Missing
+        if n_layers is not None and len(blocks_list) != n_layers:
+            count_field = "config.n_encoder_layers" if stack == "encoder" else "config.n_layers"
+            self.fail(
+                BindError(
+                    f"{count_field} evaluates to {n_layers} but '{blocks_path}' holds {len(blocks_list)} blocks",
+                    spec_path=count_field,
+                    module_path=blocks_path,
+                )
+            )
+        kind = "sequential" if stack == "encoder" else self.choice(f"{field}.kind", b.kind, BLOCK_KINDS)
+        found = [
+            self.attempt(self.block, i, block, b, field, stack, f"{blocks_path}.{i}.", kind)
+            for i, block in enumerate(blocks_list)
+        ]
+        if None in found:
+            raise Missing
+        return found
+
+    def score_bias(self, s: ScoreBiasSpec | None, field: str) -> BoundScoreBias | None:
+        if s is None:
+            return None
+        table = self.attempt(self.resolve, self.model, s.path, f"{field}.path") if s.path else None
+        params = {k: self.attempt(self.value, f"{field}.params.{k}", v) for k, v in s.params.items()}
+        return BoundScoreBias(
+            self.kind(f"{field}.kind"), table[0] if table else None, table[1] if table else None, params
         )
-        for i, block in enumerate(blocks_list)
-    ]
+
+    def call(self) -> BoundCall:
+        c = self.spec.call
+        n = self.cfg.n_layers if self.cfg else 0
+        windows = tuple(self.attempt(self.value, "call.window", c.window, layer) for layer in range(n))
+        rotary = tuple(
+            {k: self.attempt(self.value, f"call.rotary_args.{k}", v, layer) for k, v in c.rotary_args.items()}
+            for layer in range(n)
+        )
+        return BoundCall(
+            mask_format=self.kind("call.mask_format"),
+            mask_kwarg=c.mask_kwarg,
+            attention_mask_kwarg=c.attention_mask_kwarg,
+            position_embeddings_kwarg=c.position_embeddings_kwarg,
+            position_ids_kwarg=c.position_ids_kwarg,
+            position_bias_kwarg=c.position_bias_kwarg,
+            windows=windows,
+            rotary_args=rotary,
+        )
+
+    def stack(self, name: str, embed_path: ModulePath, blocks: ModulePath, b: BlockSpec, ln_final, bias, n_layers):
+        at = "encoder." if name == "encoder" else ""
+        embed = self.attempt(self.resolve, self.model, embed_path, f"{at}embed.path")
+        found = self.attempt(self.blocks, blocks, b, f"{at}block", name, n_layers)
+        final_name = {"encoder": "encoder_final_ln"}.get(name, "decoder_final_ln" if self.spec.encoder else "ln_final")
+        ln = self.attempt(self.norm, self.model, ln_final, f"{at}ln_final", "", final_name, "unembed")
+        score_bias = self.attempt(self.score_bias, bias, f"{at}score_bias")
+        if embed is None or found is None:
+            raise Missing
+        return BoundStack(name, embed[0], embed[1], found, ln, score_bias)
+
+    def model_(self) -> BoundModel:
+        spec, cfg = self.spec, self.cfg
+        encoder = None
+        if spec.encoder is not None:
+            enc = spec.encoder
+            n_encoder = cfg.extra.get("n_encoder_layers") if cfg else None
+            if cfg is not None and not isinstance(n_encoder, int):
+                self.fail(
+                    spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, None, "config")
+                )
+            encoder = self.attempt(
+                self.stack, "encoder", enc.embed.path, enc.blocks, enc.block, enc.ln_final, enc.score_bias, n_encoder
+            )
+        n_layers = cfg.n_layers if cfg else None
+        decoder = self.attempt(
+            self.stack, "decoder", spec.embed.path, spec.blocks, spec.block, spec.ln_final, spec.score_bias, n_layers
+        )
+        embed_norm = self.attempt(self.norm, self.model, spec.embed.norm, "embed.norm", "", "embed.ln", "embed")
+        embed_project = self.optional(self.model, spec.embed.project)
+        position_kind = self.attempt(self.kind, "pos_embed.kind")
+        pos = spec.pos_embed
+        pos_embed = self.attempt(self.resolve, self.model, pos.path, "pos_embed.path") if pos and pos.path else None
+        unembed = self.attempt(self.resolve, self.model, spec.unembed.path, "unembed.path")
+        unembed_project = self.optional(self.model, spec.unembed.project)
+        pre_scale = self.attempt(self.value, "unembed.pre_scale", spec.unembed.pre_scale)
+        softcap = self.attempt(self.value, "unembed.softcap", spec.unembed.softcap)
+        call = self.attempt(self.call)
+        if decoder is None or unembed is None or position_kind is None or call is None:
+            raise Missing
+        if spec.encoder is not None and encoder is None:
+            raise Missing
+        embed_spot = (
+            Spot(embed_norm.module, embed_norm.path)
+            if embed_norm is not None
+            else Spot(decoder.embed, decoder.embed_path)
+        )
+        return BoundModel(
+            decoder=decoder,
+            embed_norm=embed_norm,
+            embed_project=embed_project[0] if embed_project else None,
+            embed_spot=embed_spot,
+            embed_scale=cfg.embed_scale if cfg else 1.0,
+            position_kind=position_kind,
+            pos_embed=pos_embed[0] if pos_embed else None,
+            pos_offset=pos.offset if pos else 0,
+            unembed=unembed[0],
+            unembed_path=unembed[1],
+            unembed_project=unembed_project[0] if unembed_project else None,
+            unembed_pre_scale=pre_scale,
+            final_softcap=softcap,
+            call=call,
+            encoder=encoder,
+            default_prepend_bos=spec.tokenizer.default_prepend_bos,
+        )
 
 
 def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_file: str | None = None) -> BoundModel:
-    embed, _ = resolve_path(model, spec.embed.path, "embed.path")
-    embed_project = _optional(model, spec.embed.project, "embed.project")
-    pos_embed = None
-    if spec.pos_embed is not None and spec.pos_embed.path is not None:
-        pos_embed, _ = resolve_path(model, spec.pos_embed.path, "pos_embed.path")
-    kind = block_kind(spec, model.config, spec_file)
-    blocks = _bind_blocks(model, spec.blocks, "blocks", cfg.n_layers, spec.block, kinds, kind, spec)
-    ln_final = _bind_norm(model, spec.ln_final, "ln_final", "", kinds)
-    unembed, unembed_path = resolve_path(model, spec.unembed.path, "unembed.path")
-    unembed_project = _optional(model, spec.unembed.project, "unembed.project")
-    score_bias = (
-        resolve_path(model, spec.score_bias.path, "score_bias.path")[0]
-        if spec.score_bias and spec.score_bias.path
-        else None
-    )
-    encoder = None
-    if spec.encoder is not None:
-        enc = spec.encoder
-        n_encoder = cfg.extra.get("n_encoder_layers")
-        if not isinstance(n_encoder, int):
-            raise spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, spec_file, "config")
-        encoder = BoundStack(
-            embed=resolve_path(model, enc.embed.path, "encoder.embed.path")[0],
-            blocks=_bind_blocks(model, enc.blocks, "encoder.blocks", n_encoder, enc.block, kinds, "sequential", spec),
-            ln_final=_bind_norm(model, enc.ln_final, "encoder.ln_final", "", kinds),
-            score_bias=resolve_path(model, enc.score_bias.path, "encoder.score_bias.path")[0]
-            if enc.score_bias and enc.score_bias.path
-            else None,
-        )
-    bound = BoundModel(
-        embed, pos_embed, blocks, ln_final, unembed, unembed_path, embed_project, unembed_project, score_bias, encoder
-    )
-    bound.embed_norm = _bind_norm(model, spec.embed.norm, "embed.norm", "", kinds)
-    position_kind = kinds.positions[spec.pos_embed.kind if spec.pos_embed else "none"]
-    bound.points = lay_out_points(bound, spec, cfg, position_kind, kinds)
+    """The bound model of `spec` over `model`, with its hook points laid out; raises on the first problem."""
+    binder = _Binder(model, spec, cfg, kinds, spec_file, collect=False)
+    try:
+        bound = binder.model_()
+    except Missing:  # pragma: no cover - strict mode raises the problem itself
+        raise SpecError("the spec could not be bound") from None
+    bound.points = lay_out_points(bound, cfg, kinds)
     return bound
 
 
-def _optional(root: nn.Module, path: ModulePath | None, spec_field: str) -> nn.Module | None:
-    """A module that some configs of the family have and others lack (OPT's project_in)."""
-    if path is None:
-        return None
-    alternatives = [path] if isinstance(path, str) else path
-    return next((m for a in alternatives if (m := _get(root, a)) is not None), None)
-
-
-def _bind_norm(root: nn.Module, norm: NormSpec | None, spec_field: str, prefix: str, kinds: Kinds) -> BoundNorm | None:
-    if norm is None:
-        return None
-    if norm.optional:
-        module = _optional(root, norm.path, spec_field)
-        if module is None:
-            return None
-        path = prefix + (norm.path if isinstance(norm.path, str) else norm.path[0])
-    else:
-        module, path = resolve_path(root, norm.path, f"{spec_field}.path", prefix)
-    return BoundNorm(module, path, kinds.norms[norm.kind])
-
-
-def _bind_attention(block: nn.Module, spec_attn, field_name: str, prefix: str, kinds: Kinds) -> BoundAttention:
-    module, path = resolve_path(block, spec_attn.path, f"{field_name}.path", prefix)
-    inner = f"{path}."
-    if spec_attn.qkv.kind == "fused":
-        qkv = {"qkv": resolve_path(module, spec_attn.qkv.path, f"{field_name}.qkv.path", inner)[0]}
-    else:
-        qkv = {n: resolve_path(module, getattr(spec_attn.qkv, n), f"{field_name}.qkv.{n}", inner)[0] for n in "qkv"}
-    return BoundAttention(
-        module,
-        path,
-        qkv,
-        resolve_path(module, spec_attn.o, f"{field_name}.o", inner)[0],
-        spec_attn.layout,
-        spec_attn.qkv.order,
-        q_norm=_bind_norm(module, spec_attn.q_norm, f"{field_name}.q_norm", inner, kinds),
-        k_norm=_bind_norm(module, spec_attn.k_norm, f"{field_name}.k_norm", inner, kinds),
-    )
-
-
-def mlp_kind(block_spec, hf_config: object, field: str = "block", spec: Spec | None = None) -> str:
-    kind = block_spec.mlp.kind
-    if kind not in ("plain", "gated"):
-        kind = evaluate_field(None, f"{field}.mlp.kind", kind, hf_config, spec)
-    if kind not in ("plain", "gated"):
-        raise spec_error(f"evaluates to {kind!r}; expected 'plain' or 'gated'", spec, None, f"{field}.mlp.kind")
-    return kind
-
-
-def _bind_block(
-    index: int,
-    block: nn.Module,
-    prefix: str,
-    b,
-    kinds: Kinds,
-    kind: str,
-    field: str,
-    hf_config: object,
-    spec: Spec | None = None,
-) -> BoundBlock:
-    attn = _bind_attention(block, b.attn, f"{field}.attn", prefix, kinds)
-    mlp_module, mlp_path = resolve_path(block, b.mlp.path, f"{field}.mlp.path", prefix)
-    mlp_prefix = f"{mlp_path}." if mlp_module is not block else prefix
-    w_in, _ = resolve_path(mlp_module, b.mlp.in_, f"{field}.mlp.in", mlp_prefix)
-    gated = mlp_kind(b, hf_config, field, spec) == "gated"
-    if gated and b.mlp.gate is None:
-        raise SpecError("the MLP is gated for this config but the spec names no 'gate'", field=f"{field}.mlp.gate")
-    w_gate = resolve_path(mlp_module, b.mlp.gate, f"{field}.mlp.gate", mlp_prefix)[0] if gated else None
-    w_out, _ = resolve_path(mlp_module, b.mlp.out, f"{field}.mlp.out", mlp_prefix)
-    mlp = BoundMLP(mlp_module, mlp_path.rstrip("."), w_in, w_gate, w_out, b.mlp.layout)
-    cross = None
-    if b.cross_attn is not None:
-        c = b.cross_attn
-        cross = BoundCrossAttention(
-            attn=_bind_attention(block, c.attn, f"{field}.cross_attn.attn", prefix, kinds),
-            ln=None,  # bound with the block's other norms below
-            residual_at=resolve_path(block, c.residual_at, f"{field}.cross_attn.residual_at", prefix)[0]
-            if c.residual_at
-            else None,
-        )
-    norms = {
-        "ln1": b.ln1, "ln2": b.ln2, "ln1_post": b.ln1_post, "ln2_post": b.ln2_post,
-        "cross_attn.ln": b.cross_attn.ln if b.cross_attn else None,
-    }  # fmt: skip
-    bound_norms = {role: _bind_norm(block, n, f"{field}.{role}", prefix, kinds) for role, n in norms.items()}
-    seen: dict[int, str] = {}
-    for role, norm in bound_norms.items():
-        if norm is None:
-            continue
-        if id(norm.module) in seen:
-            raise BindError(
-                f"{field}.{role} and {field}.{seen[id(norm.module)]} name the same module; each norm is one module",
-                spec_path=f"{field}.{role}.path",
-                module_path=norm.path,
-            )
-        seen[id(norm.module)] = role
-    if cross is not None:
-        cross.ln = bound_norms["cross_attn.ln"]
-    return BoundBlock(
-        index,
-        block,
-        prefix.rstrip("."),
-        kind,
-        bound_norms["ln1"],
-        attn,
-        bound_norms["ln2"],
-        mlp,
-        bound_norms["ln1_post"],
-        bound_norms["ln2_post"],
-        cross,
-        resolve_path(block, b.resid_mid_at, f"{field}.resid_mid_at", prefix)[0] if b.resid_mid_at else None,
-        resolve_path(block, b.attn_out_at, f"{field}.attn_out_at", prefix)[0] if b.attn_out_at else None,
-        resolve_path(block, b.mlp_out_at, f"{field}.mlp_out_at", prefix)[0] if b.mlp_out_at else None,
-    )
+def collect_problems(
+    model: nn.Module, spec: Spec, cfg: BridgeConfig | None, kinds: Kinds, spec_file: str | None = None
+) -> list[BridgeCoreError]:
+    """Every problem binding `spec` to `model` meets, each located; empty when it binds."""
+    binder = _Binder(model, spec, cfg, kinds, spec_file, collect=True)
+    try:
+        binder.model_()
+    except Missing:
+        pass
+    except BridgeCoreError as error:
+        binder.problems.append(error)
+    return binder.problems

@@ -1,39 +1,98 @@
-"""The model's modules as a spec names them, resolved once by `bind` (binding.py).
+"""The bound model: one description of which module plays which role, built once from the spec.
 
-Plain records: the hook layout, the weight views, the component caller and the conformance suite
-read them; nothing here looks anything up.
+`binding.bind` walks the spec once and produces these read-only records; everything else (the hook
+layout, weight views, the component caller, the reimplement path, processing, inspect and every
+conformance check) reads roles and settings from here and never interprets a spec field itself.
+Public as `bridge.bound`; see docs/architecture.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from torch import nn
 
-from ..kinds import NormKind
+from ..errors import InputError
+from ..kinds import ActivationFunction, CrossAttentionKind, MaskFormat, NormKind, PositionKind, ScoreBiasKind
 from .hook_points import HookPoint
+from .places import View
+
+BlockKind = Literal["sequential", "parallel", "post_norm"]
 
 
-@dataclass
+@dataclass(frozen=True, repr=False)
+class Spot:
+    """A tensor of the forward: `module`'s output (element `index` of a tuple) or its input.
+
+    `side="input"` is the hidden-states input (keyword `kwarg`, else the first positional argument).
+    """
+
+    module: nn.Module
+    path: str
+    side: Literal["output", "input"] = "output"
+    index: int | None = None
+    kwarg: str = "hidden_states"
+    in_place: bool = False  # HF holds this tensor twice (ln2's input is also the residual it adds back)
+
+    def __repr__(self) -> str:
+        at = f"[{self.index}]" if self.index not in (None, 0) else ""
+        return f"Spot({self.side} of {self.path}{at})"
+
+
+@dataclass(frozen=True)
 class BoundNorm:
+    """A norm, its kind, and the role it plays.
+
+    `name` is its hook prefix inside the block (`ln1`, `ln2`, `ln3` beside cross attention, `ln1_post`,
+    `ln2_post`; model-wide `ln_final`, `embed.ln`, ...); `field` the spec field that declared it;
+    `feeds` what its output becomes: `attn`, `cross_attn`, `mlp` (pre-norms), `attn_out`, `mlp_out`
+    (post-sublayer norms: their output is the contribution), `resid_mid`, `resid_post` (post-norm
+    blocks normalize the residual itself), `embed` (an embedding norm), `unembed` (a final norm).
+    """
+
     module: nn.Module
     path: str
     kind: NormKind
+    name: str
+    field: str
+    feeds: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundAttention:
+    """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
+
     module: nn.Module
     path: str
-    qkv: dict[str, nn.Module]  # "qkv" (fused) or "q", "k", "v"
+    field: str  # `block.attn`, `encoder.block.attn`, `block.cross_attn.attn`
+    qkv: Mapping[str, nn.Module]  # "qkv" (fused) or "q", "k", "v"
+    views: Mapping[str, View]  # q/k/v `[b, s, h, d]` views over the projection outputs
     o: nn.Module
-    layout: str
-    order: str
+    layout: str  # conv1d | linear
+    order: str  # qkv | per_head_interleaved
+    implementation: str  # interface | reimplement
+    softmax_float32: bool
+    output_index: int | None
+    hidden_kwarg: str = "hidden_states"
+    residual_kwarg: str | None = None  # the module adds this residual itself (BLOOM)
+    q_prescaled: bool = False
+    softcap: float | None = None
     q_norm: BoundNorm | None = None
     k_norm: BoundNorm | None = None
+    qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]
+
+    @property
+    def fused(self) -> bool:
+        return "qkv" in self.qkv
+
+    def projection(self, name: str) -> nn.Module:
+        """The module whose output holds `name` (q, k or v): the fused projection or its own."""
+        return self.qkv["qkv"] if self.fused else self.qkv[name]
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundMLP:
     module: nn.Module
     path: str
@@ -41,59 +100,160 @@ class BoundMLP:
     w_gate: nn.Module | None
     w_out: nn.Module
     layout: str
+    act_name: str
+    act: ActivationFunction
+    act_field: str  # the spec field that chose it: block.mlp.act_fn, or config.act_fn
+    flat_tokens: bool = False  # runs on [batch * pos, d] (OPT)
+    input: Spot | None = None  # where the MLP's (normalized) input is seen
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundCrossAttention:
     attn: BoundAttention
     ln: BoundNorm | None
-    residual_at: nn.Module | None
+    kind: CrossAttentionKind
+    out: Spot  # the cross-attention contribution to the residual
+    residual: Spot | None  # the residual after cross attention (hook_resid_mid_cross)
+    states_kwarg: str = "encoder_hidden_states"
+    mask_kwarg: str = "encoder_attention_mask"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BoundBlock:
+    """One block: its norms by role, its sublayers, and where each residual-stream value lives."""
+
     index: int
     module: nn.Module
     path: str
-    kind: str  # sequential | parallel | post_norm, evaluated for this model
-    ln1: BoundNorm | None
+    stack: str  # encoder | decoder (decoder-only models: decoder)
+    prefix: str  # hook-name prefix: blocks.3, encoder.0, decoder.1
+    field: str  # spec field of the block: block | encoder.block
+    kind: BlockKind
     attn: BoundAttention
-    ln2: BoundNorm | None
     mlp: BoundMLP
+    resid_pre: Spot
+    attn_out: Spot  # the attention's contribution to the residual
+    mlp_out: Spot  # the MLP's contribution to the residual
+    resid_mid: Spot | None  # None in parallel blocks
+    resid_post: Spot
+    ln1: BoundNorm | None = None
+    ln2: BoundNorm | None = None  # the MLP's norm (named ln3 in hooks beside cross attention)
     ln1_post: BoundNorm | None = None
     ln2_post: BoundNorm | None = None
     cross: BoundCrossAttention | None = None
-    resid_mid_at: nn.Module | None = None
-    attn_out_at: nn.Module | None = None
-    mlp_out_at: nn.Module | None = None
+    hidden_kwarg: str = "hidden_states"
+    output_index: int | None = None
+
+    def norms(self) -> list[BoundNorm]:
+        """Every norm of the block, in forward order."""
+        cross_ln = self.cross.ln if self.cross else None
+        found = [self.ln1, self.ln1_post, cross_ln, self.ln2, self.ln2_post]
+        return [n for n in found if n is not None]
+
+    def attentions(self) -> list[tuple[str, BoundAttention]]:
+        """(hook prefix, attention) of self attention and, in decoder blocks, cross attention."""
+        out = [(f"{self.prefix}.attn", self.attn)]
+        if self.cross is not None:
+            out.append((f"{self.prefix}.cross_attn", self.cross.attn))
+        return out
 
 
-@dataclass
+@dataclass(frozen=True)
+class BoundScoreBias:
+    """A stack's additive score bias: its kind, the module holding its table, its evaluated params."""
+
+    kind: ScoreBiasKind
+    module: nn.Module | None
+    path: str | None
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """How the core calls one block or attention module alone (component checks, layer ranges)."""
+
+    mask_format: MaskFormat
+    mask_kwarg: str | None
+    attention_mask_kwarg: str | None
+    position_embeddings_kwarg: str | None
+    position_ids_kwarg: str | None
+    position_bias_kwarg: str | None
+    windows: tuple[int | None, ...]  # per decoder layer
+    rotary_args: tuple[Mapping[str, Any], ...]  # per decoder layer
+
+
+@dataclass(frozen=True)
 class BoundStack:
-    """The encoder of an encoder-decoder model (the decoder is the BoundModel itself)."""
+    """One stack of blocks with its embedding and final norm (the decoder, or T5's encoder)."""
 
+    name: str  # encoder | decoder
     embed: nn.Module
+    embed_path: str
     blocks: list[BoundBlock]
     ln_final: BoundNorm | None
-    score_bias: nn.Module | None
+    score_bias: BoundScoreBias | None
 
 
 @dataclass
 class BoundModel:
-    """The model's modules as the spec names them, and the hook points laid over them."""
+    """The model's modules by role (decoder-only models: the decoder stack alone), and the hook points.
 
-    embed: nn.Module
+    `embed` … `ln_final`, `unembed` describe the decoder; `encoder` holds the encoder of an
+    encoder-decoder model. Read-only for everyone but `bind`.
+    """
+
+    decoder: BoundStack
+    embed_norm: BoundNorm | None
+    embed_project: nn.Module | None
+    embed_spot: Spot  # where hook_embed sits: the embedding's output, or its norm's
+    embed_scale: float
+    position_kind: PositionKind
     pos_embed: nn.Module | None
-    blocks: list[BoundBlock]
-    ln_final: BoundNorm | None
+    pos_offset: int
     unembed: nn.Module
     unembed_path: str
-    embed_project: nn.Module | None = None
-    unembed_project: nn.Module | None = None
-    score_bias: nn.Module | None = None
+    unembed_project: nn.Module | None
+    unembed_pre_scale: float | None
+    final_softcap: float | None
+    call: BoundCall
     encoder: BoundStack | None = None
-    embed_norm: BoundNorm | None = None
+    default_prepend_bos: bool | None = None  # None: prepend when the tokenizer has a BOS token
     points: dict[str, HookPoint] = field(default_factory=dict)
 
+    @property
+    def embed(self) -> nn.Module:
+        return self.decoder.embed
+
+    @property
+    def blocks(self) -> list[BoundBlock]:
+        return self.decoder.blocks
+
+    @property
+    def ln_final(self) -> BoundNorm | None:
+        return self.decoder.ln_final
+
+    @property
+    def score_bias(self) -> BoundScoreBias | None:
+        return self.decoder.score_bias
+
+    def stacks(self) -> list[BoundStack]:
+        return [*([self.encoder] if self.encoder else []), self.decoder]
+
     def all_blocks(self) -> list[BoundBlock]:
-        return [*(self.encoder.blocks if self.encoder else []), *self.blocks]
+        return [block for stack in self.stacks() for block in stack.blocks]
+
+    def attentions(self) -> Iterator[tuple[str, BoundBlock, BoundAttention]]:
+        """(hook prefix, block, attention) of every attention module, in forward order."""
+        for block in self.all_blocks():
+            for prefix, attn in block.attentions():
+                yield prefix, block, attn
+
+    def final_norms(self) -> list[BoundNorm]:
+        return [stack.ln_final for stack in self.stacks() if stack.ln_final is not None]
+
+    def stack_of(self, name: str) -> BoundStack:
+        if name == "encoder":
+            if self.encoder is None:
+                raise InputError("this model has no encoder stack")
+            return self.encoder
+        return self.decoder

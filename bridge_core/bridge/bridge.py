@@ -8,37 +8,36 @@ one call and removed in `finally` (see `dispatch.py`), so the model is always le
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import HookNameError, InputError, UnknownKindError, close_matches
+from ..errors import InputError
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
 from . import analysis, loading, processing, running
-from .binding import BoundModel, bind
+from .binding import bind
+from .bound import BoundModel
 from .cache import ActivationCache
 from .components import ComponentCaller
 from .dispatch import HookSession
-from .hook_points import Direction, HookEntry, HookFunction, HookPoint
+from .hook_methods import HookMethods, NameOrFilter
+from .hook_points import HookEntry, HookFunction, HookPoint
 from .inputs import check_attention_mask, check_tokens
 from .model_weights import ModelWeights
-from .places import ModuleOutput
 from .reimplement import reimplemented_layers, with_attention_implementation
 from .tokens import TokenMethods
 from .weights import BlockWeights, check_bound_shapes
 
 __all__ = ["Bridge", "with_attention_implementation"]
 
-NameOrFilter = str | Callable[[str], bool]
 
-
-class Bridge(ModelWeights, TokenMethods):
+class Bridge(HookMethods, ModelWeights, TokenMethods):
     """TransformerLens-style hooks, caches and weight views over one HF model."""
 
     def __init__(
@@ -62,22 +61,10 @@ class Bridge(ModelWeights, TokenMethods):
             extra.update(fields)
         if extra:
             cfg = BridgeConfig(**{**cfg.__dict__, "extra": {**cfg.extra, **extra}})
-        act = spec.block.mlp.act_fn or cfg.act_fn
-        if act not in kinds.activations:
-            field = "block.mlp.act_fn" if spec.block.mlp.act_fn else "config.act_fn"
-            file, line = spec.where(field)
-            raise UnknownKindError(
-                f"activation '{act}' is not registered by any plugin (known: {', '.join(sorted(kinds.activations))})",
-                file=file or spec_file,
-                line=line,
-                field=field,
-            )
-
         self.cfg = cfg
-        self.act_fn = kinds.activations[act]
-        self.position_kind = kinds.positions[spec.pos_embed.kind] if spec.pos_embed else kinds.positions["none"]
         self._bound: BoundModel = bind(model, spec, cfg, kinds, spec_file)
         check_bound_shapes(self._bound, cfg)
+        self.position_kind = self._bound.position_kind
         self.blocks = [BlockWeights(block, cfg) for block in self._bound.blocks]
         encoder = self._bound.encoder
         self.encoder = [BlockWeights(block, cfg) for block in encoder.blocks] if encoder else None
@@ -85,16 +72,11 @@ class Bridge(ModelWeights, TokenMethods):
         self._points = self._bound.points
         self._module_points: dict[str, HookPoint] = {}
         self._configs = loading.config_objects(model)
-        float32 = spec.block.attn.softmax_dtype == "float32"
-        self._softmax_float32 = {
-            id(attn.module): float32
-            for block in self._bound.all_blocks()
-            for attn in [block.attn, *([block.cross.attn] if block.cross else [])]
-        }
-        self._reimplemented = reimplemented_layers(self) if spec.block.attn.implementation == "reimplement" else {}
-        self.components = ComponentCaller(self)
-        self.components.check_expressions()
+        self._softmax_float32 = {id(attn.module): attn.softmax_float32 for _, _, attn in self._bound.attentions()}
+        self._reimplemented = reimplemented_layers(self._bound, cfg)
+        self.components = ComponentCaller(self._bound, cfg)
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
+        self._permanent: set[int] = set()  # ids of entries added with is_permanent=True
         self._plans: dict = {}  # hook layouts of recent calls, by the points they serve (dispatch._Plan)
 
     # ------------------------------------------------------------------ construction
@@ -155,68 +137,15 @@ class Bridge(ModelWeights, TokenMethods):
         registry.plugins.results("bridge_core_prepare_model", spec=found, model=model)
         return cls(model, found, registry=registry, spec_file=file)
 
-    # ------------------------------------------------------------------ hook points
-    def hook_names(self) -> list[str]:
-        """Every hook point guaranteed to fire once on a plain forward, in the order they fire."""
-        return list(self._points)
+    @property
+    def bound(self) -> BoundModel:
+        """Which module plays which role, and every setting the spec evaluated to (read-only)."""
+        return self._bound
 
     @property
-    def hook_dict(self) -> dict[str, HookPoint]:
-        return dict(self._points)
-
-    def hook_point(self, name: str) -> HookPoint:
-        """The point called `name`: a hook name, or any HF module path (its output)."""
-        point = self._points.get(name) or self._module_points.get(name)
-        if point is not None:
-            return point
-        if name:
-            module = dict(self.model.named_modules()).get(name)
-            if module is not None:
-                point = self._module_points[name] = HookPoint(name, ModuleOutput(module, name))
-                return point
-        raise HookNameError(name, close_matches(name, list(self._points)))
-
-    def _select(self, name: NameOrFilter) -> list[HookPoint]:
-        if callable(name):
-            return [p for n, p in self._points.items() if name(n)]
-        return [self.hook_point(name)]
-
-    def add_hook(self, name: NameOrFilter, hook: HookFunction, dir: Direction = "fwd", prepend: bool = False) -> None:
-        """Attach `hook(tensor, hook_point)` to a point (or every point a filter accepts) until reset."""
-        self._entries = self._add(self._entries, name, hook, dir, prepend)
-
-    def _add(
-        self, entries: list[HookEntry], name: NameOrFilter, hook: HookFunction, direction: str, prepend: bool
-    ) -> list[HookEntry]:
-        if direction not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {direction!r}")
-        new = [HookEntry(point, hook, direction) for point in self._select(name)]
-        return new + entries if prepend else entries + new
-
-    def reset_hooks(self, including_permanent: bool = True) -> None:
-        """Remove every hook added with `add_hook` (and by any open `hooks()` context)."""
-        self._entries = []
-
-    @contextmanager
-    def hooks(
-        self,
-        fwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
-        bwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
-        reset_hooks_end: bool = True,
-    ) -> Iterator[Bridge]:
-        """Hooks attached for the body of a `with` block; at its end exactly those are removed (hooks
-        added with `add_hook` inside the block stay, as in TransformerLens)."""
-        mine: list[HookEntry] = []
-        for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-            for name, fn in pairs:
-                mine = self._add(mine, name, fn, direction, False)
-        self._entries = [*self._entries, *mine]
-        try:
-            yield self
-        finally:
-            if reset_hooks_end:
-                ids = {id(entry) for entry in mine}
-                self._entries = [entry for entry in self._entries if id(entry) not in ids]
+    def act_fn(self):
+        """The decoder MLP's activation function (its registered kind)."""
+        return self._bound.blocks[0].mlp.act
 
     # ------------------------------------------------------------------ running
     def _session(self, extra: Sequence[HookEntry] = ()) -> HookSession | None:

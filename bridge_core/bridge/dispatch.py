@@ -17,7 +17,17 @@ from torch import nn
 
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
-from .places import AttentionValue, HeadResult, ModuleInput, ModuleOutput, NormValue, Place, ShapedView, TokenShape
+from .places import (
+    AttentionValue,
+    HeadResult,
+    ModuleInput,
+    ModuleOutput,
+    NormValue,
+    Place,
+    ShapedView,
+    TokenShape,
+    select_output,
+)
 from .reimplement import ReimplementedLayer, ReimplementRun
 from .weights import materialize
 
@@ -77,12 +87,6 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
     return replacement
 
 
-def _select(output: Any, index: int | None) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    return output[0 if index is None else index]
-
-
 def _replace(output: Any, index: int | None, value: torch.Tensor) -> Any:
     if isinstance(output, torch.Tensor):
         return value
@@ -135,18 +139,18 @@ class _ModuleHooks:
                     continue
                 norms_done = True
                 runs = {p.which: r for p, r in self.outputs if isinstance(p, NormValue)}
-                new = self._norm(place, runs, args, kwargs, _select(output, None))
+                new = self._norm(place, runs, args, kwargs, select_output(output, None))
                 if new is not None:
                     output, changed = _replace(output, None, new), True
             elif isinstance(place, ModuleOutput):
-                tensor = _select(output, place.index)
+                tensor = select_output(output, place.index)
                 replacement = _run_viewed(run, tensor, place.view)
                 if replacement is not None and replacement is not tensor:
                     output, changed = _replace(output, place.index, replacement), True
             elif isinstance(place, HeadResult):
                 new = self._head_result(place, run, args, kwargs)
                 if new is not None:
-                    output, changed = _replace(output, None, new.to(_select(output, None).dtype)), True
+                    output, changed = _replace(output, None, new.to(select_output(output, None).dtype)), True
         return output if changed else None
 
     def _input(self, args: tuple, kwargs: dict) -> torch.Tensor:

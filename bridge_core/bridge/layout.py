@@ -10,11 +10,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..kinds import PositionKind
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig
-from ..spec.schema import Spec
-from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm
+from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, Spot
 from .hook_points import HookPoint
 from .places import (
     AttentionValue,
@@ -28,42 +26,39 @@ from .places import (
     SplitHeads,
     TokenShape,
     View,
-    qkv_views,
 )
 
 
-def lay_out_points(
-    bound: BoundModel, spec: Spec, cfg: BridgeConfig, position_kind: PositionKind, kinds: Kinds
-) -> dict[str, HookPoint]:
+def lay_out_points(bound: BoundModel, cfg: BridgeConfig, kinds: Kinds) -> dict[str, HookPoint]:
     """Every hook point, in the order the forward reaches them (the order of `hook_names()`).
 
     Decoder-only models use HookedTransformer's names (`blocks.{i}.…`, `ln_final`); encoder-decoder
     models HookedEncoderDecoder's (`encoder.{i}.…`, `decoder.{i}.…`, `encoder_final_ln`, ...).
     """
-    layout = _Layout(cfg, kinds)
-    if bound.encoder is not None:
-        enc = spec.encoder
-        layout.output("hook_embed", bound.encoder.embed, "encoder.embed")
-        layout.score_bias("encoder", bound.encoder.score_bias, enc.score_bias)
-        for block in bound.encoder.blocks:
-            layout.block(f"encoder.{block.index}", block, enc.block, rotary=False)
-        layout.norm("encoder_final_ln", bound.encoder.ln_final)
-        prefix, embed_name, final_name = "decoder.", "decoder.hook_embed", "decoder_final_ln"
+    layout = _Layout(cfg)
+    encoder = bound.encoder
+    if encoder is not None:
+        layout.output("hook_embed", encoder.embed, encoder.embed_path)
+        layout.score_bias("encoder", encoder.score_bias)
+        for block in encoder.blocks:
+            layout.block(block, rotary=False)
+        layout.norm(encoder.ln_final)
+        embed_name = "decoder.hook_embed"
     else:
-        prefix, embed_name, final_name = "blocks.", "hook_embed", "ln_final"
-    layout.output(embed_name, bound.embed, "embed")
-    layout.norm("ln_embed", bound.embed_norm)
+        embed_name = "hook_embed"
+    layout.norm(bound.embed_norm)
+    layout.spot(embed_name, bound.embed_spot)
     if bound.embed_project is not None:
         layout.output("hook_project_in", bound.embed_project, "embed.project")
-    if bound.pos_embed is not None and position_kind.has_table:
+    if bound.pos_embed is not None and bound.position_kind.has_table:
         # shown [batch, pos, d_model] as in HookedTransformer, even where HF computes it once for the batch
         batch = BatchBroadcast(TokenShape(), bound.embed)
         layout.output("hook_pos_embed", bound.pos_embed, "pos_embed", view=batch)
-    if bound.encoder is not None:
-        layout.score_bias("decoder", bound.score_bias, spec.score_bias)
+    if encoder is not None:
+        layout.score_bias("decoder", bound.score_bias)
     for block in bound.blocks:
-        layout.block(f"{prefix}{block.index}", block, spec.block, rotary=position_kind.rotates_qk)
-    layout.norm(final_name, bound.ln_final)
+        layout.block(block, rotary=bound.position_kind.rotates_qk)
+    layout.norm(bound.ln_final)
     if bound.unembed_project is not None:
         layout.output("hook_project_out", bound.unembed_project, "unembed.project")
     layout.output("hook_unembed", bound.unembed, bound.unembed_path)
@@ -73,9 +68,8 @@ def lay_out_points(
 class _Layout:
     """Collects hook points in forward order."""
 
-    def __init__(self, cfg: BridgeConfig, kinds: Kinds) -> None:
+    def __init__(self, cfg: BridgeConfig) -> None:
         self.cfg = cfg
-        self.kinds = kinds
         self.points: dict[str, HookPoint] = {}
 
     def add(self, name: str, place) -> None:
@@ -84,31 +78,38 @@ class _Layout:
     def output(self, name: str, module: nn.Module, path: str, **kwargs) -> None:
         self.add(name, ModuleOutput(module, path, **kwargs))
 
-    def norm(self, prefix: str, norm: BoundNorm | None, view=None) -> None:
+    def spot(self, name: str, spot: Spot, view=None) -> None:
+        """A hook point at a value the bound model located (a module's output or its hidden input)."""
+        if spot.side == "output":
+            self.output(name, spot.module, spot.path, index=spot.index, view=view)
+        else:
+            self.add(
+                name, ModuleInput(spot.module, spot.path, arg=0, kwarg=spot.kwarg, in_place=spot.in_place, view=view)
+            )
+
+    def norm(self, norm: BoundNorm | None, prefix: str | None = None, view=None) -> None:
         if norm is None:
             return
+        prefix = prefix or norm.name
         for which in ("scale", "normalized"):
             self.add(
                 f"{prefix}.hook_{which}", NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view)
             )
 
-    def score_bias(self, stack: str, module: nn.Module | None, bias_spec) -> None:
-        if module is None or bias_spec is None:
+    def score_bias(self, stack: str, bias: BoundScoreBias | None) -> None:
+        if bias is None or bias.module is None or bias.kind.hook_view is None:
             return
-        kind = self.kinds.score_biases[bias_spec.kind]
-        if kind.hook_view is not None:
-            self.output(f"{stack}.hook_rel_pos_bias", module, f"{stack}.score_bias", view=_FunctionView(kind.hook_view))
+        self.output(
+            f"{stack}.hook_rel_pos_bias", bias.module, f"{stack}.score_bias", view=_FunctionView(bias.kind.hook_view)
+        )
 
-    def attention(self, p: str, attn: BoundAttention, spec_attn, rotary: bool) -> None:
-        cfg = self.cfg
-        h, d = cfg.n_heads, cfg.d_head
-        views = qkv_views(h, cfg.n_kv_heads, d, "qkv" in attn.qkv, attn.order)
-        modules = dict.fromkeys("qkv", attn.qkv["qkv"]) if "qkv" in attn.qkv else attn.qkv
+    def attention(self, p: str, attn: BoundAttention, rotary: bool) -> None:
+        h, d = self.cfg.n_heads, self.cfg.d_head
         for n in "qkv":
-            self.output(f"{p}.hook_{n}", modules[n], f"{attn.path}.{n}", view=views[n])
-        norm_view = HeadsFirst() if spec_attn.qk_norm_layout == "bhsd" else None
-        self.norm(f"{p}.q_norm", attn.q_norm, norm_view)
-        self.norm(f"{p}.k_norm", attn.k_norm, norm_view)
+            self.output(f"{p}.hook_{n}", attn.projection(n), f"{attn.path}.{n}", view=attn.views[n])
+        norm_view = HeadsFirst() if attn.qk_norm_heads_first else None
+        self.norm(attn.q_norm, f"{p}.q_norm", norm_view)
+        self.norm(attn.k_norm, f"{p}.k_norm", norm_view)
         internal = ["rot_q", "rot_k", "scores", "pattern"] if rotary else ["scores", "pattern"]
         for which in internal:
             name = "hook_attn_scores" if which == "scores" else f"hook_{which}"
@@ -116,39 +117,29 @@ class _Layout:
         self.add(f"{p}.hook_z", ModuleInput(attn.o, f"{attn.path}.o", view=SplitHeads(h, d), kwarg="input"))
         self.add(f"{p}.hook_result", HeadResult(attn.o, f"{attn.path}.o", n_heads=h, d_head=d, layout=attn.layout))
 
-    def block(self, p: str, block: BoundBlock, b, rotary: bool) -> None:
-        flat = FlatTokens(TokenShape(), block.module) if b.mlp.flat_tokens else None
-        self.add(f"{p}.hook_resid_pre", ModuleInput(block.module, block.path, arg=0, kwarg=b.hidden_states_kwarg))
-        if block.kind != "post_norm":
-            self.norm(f"{p}.ln1", block.ln1)
-        self.attention(f"{p}.attn", block.attn, b.attn, rotary)
-        if block.ln1_post is not None:
-            self.norm(f"{p}.ln1_post", block.ln1_post)
-            self.output(f"{p}.hook_attn_out", block.ln1_post.module, block.ln1_post.path)
-        elif block.attn_out_at is not None:
-            self.output(f"{p}.hook_attn_out", block.attn_out_at, block.path)
-        else:
-            self.output(f"{p}.hook_attn_out", block.attn.module, block.attn.path, index=b.attn.output_index)
-        mlp_norm = f"{p}.ln3" if block.cross is not None else f"{p}.ln2"
-        if block.resid_mid_at is not None:
-            self.output(f"{p}.hook_resid_mid", block.resid_mid_at, block.path, index=0)
-        elif block.kind == "sequential" and block.ln2 is not None:
-            # HF adds the attention output to the residual and hands that one tensor both to ln2 and,
-            # as `residual`, to the add after the MLP: an edit must be made in place to reach both.
-            self.add(f"{p}.hook_resid_mid", ModuleInput(block.ln2.module, block.ln2.path, in_place=True, view=flat))
-        elif block.kind == "post_norm":  # ln1 normalizes the mid residual, ln2 the block output
-            self.add(f"{p}.hook_resid_mid", ModuleInput(block.ln1.module, block.ln1.path))
-            self.norm(f"{p}.ln1", block.ln1)
+    def block(self, block: BoundBlock, rotary: bool) -> None:
+        p = block.prefix
+        flat = FlatTokens(TokenShape(), block.module) if block.mlp.flat_tokens else None
+        post_norm = block.kind == "post_norm"
+        self.spot(f"{p}.hook_resid_pre", block.resid_pre)
+        if not post_norm:
+            self.norm(block.ln1, f"{p}.ln1")
+        self.attention(f"{p}.attn", block.attn, rotary)
+        self.norm(block.ln1_post, f"{p}.ln1_post")
+        self.spot(f"{p}.hook_attn_out", block.attn_out)
+        if block.resid_mid is not None:
+            self.spot(f"{p}.hook_resid_mid", block.resid_mid, view=flat if block.resid_mid.in_place else None)
+        if post_norm:
+            self.norm(block.ln1, f"{p}.ln1")
         if block.cross is not None:
             cross = block.cross
-            self.norm(f"{p}.ln2", cross.ln)
-            self.attention(f"{p}.cross_attn", cross.attn, b.cross_attn.attn, rotary=False)
-            index = b.cross_attn.attn.output_index
-            self.output(f"{p}.hook_cross_attn_out", cross.attn.module, cross.attn.path, index=index)
-            if cross.residual_at is not None:
-                self.output(f"{p}.hook_resid_mid_cross", cross.residual_at, block.path, index=0)
-        if block.kind != "post_norm":
-            self.norm(mlp_norm, block.ln2, flat)
+            self.norm(cross.ln, f"{p}.{cross.ln.name}" if cross.ln else None)
+            self.attention(f"{p}.cross_attn", cross.attn, rotary=False)
+            self.spot(f"{p}.hook_cross_attn_out", cross.out)
+            if cross.residual is not None:
+                self.spot(f"{p}.hook_resid_mid_cross", cross.residual)
+        if not post_norm and block.ln2 is not None:
+            self.norm(block.ln2, f"{p}.{block.ln2.name}", flat)
         mlp = block.mlp
         if mlp.w_gate is not None:
             self.output(f"{p}.mlp.hook_pre", mlp.w_gate, f"{mlp.path}.gate", view=flat)
@@ -156,21 +147,12 @@ class _Layout:
         else:
             self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
         self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
-        if block.ln2_post is not None:
-            self.norm(f"{p}.ln2_post", block.ln2_post)
-            self.output(f"{p}.hook_mlp_out", block.ln2_post.module, block.ln2_post.path)
-        elif block.mlp_out_at is not None:
-            self.output(f"{p}.hook_mlp_out", block.mlp_out_at, block.path, view=flat)
-        elif mlp.module is block.module:  # no MLP module of its own (OPT): its output projection's output
-            self.output(f"{p}.hook_mlp_out", mlp.w_out, f"{mlp.path}.out", view=flat)
-        else:
-            self.output(f"{p}.hook_mlp_out", mlp.module, mlp.path, view=flat)
-        if block.kind == "post_norm":
-            self.add(f"{p}.hook_resid_post", ModuleInput(block.ln2.module, block.ln2.path))
-            self.norm(f"{p}.ln2", block.ln2)
-            self.output(f"{p}.hook_normalized_resid_post", block.module, block.path, index=b.output_index)
-        else:
-            self.output(f"{p}.hook_resid_post", block.module, block.path, index=b.output_index)
+        self.norm(block.ln2_post, f"{p}.ln2_post")
+        self.spot(f"{p}.hook_mlp_out", block.mlp_out, view=flat if block.ln2_post is None else None)
+        self.spot(f"{p}.hook_resid_post", block.resid_post)
+        if post_norm:
+            self.norm(block.ln2, f"{p}.ln2")
+            self.output(f"{p}.hook_normalized_resid_post", block.module, block.path, index=block.output_index)
 
 
 @dataclass(frozen=True, eq=False)

@@ -22,32 +22,32 @@ STACKED = {
 
 
 class ModelWeights:
-    """Weight views over the whole model (needs `_bound`, `blocks`, `cfg`, `spec`, `position_kind`)."""
+    """Weight views over the whole model (needs `bound`, `blocks` and `cfg`)."""
 
     @property
     def W_E(self) -> torch.Tensor:
-        return materialize(self._bound.embed, "weight")
+        return materialize(self.bound.embed, "weight")
 
     @property
     def W_pos(self) -> torch.Tensor:
-        if self._bound.pos_embed is None or not self.position_kind.has_table:
+        if self.bound.pos_embed is None or not self.position_kind.has_table:
             raise AttributeError(
                 f"{self.cfg.architecture} has no learned position table (W_pos): its positions are "
                 f"'{self.position_kind.name}'"
             )
-        offset = self.spec.pos_embed.offset if self.spec.pos_embed else 0
-        return self.position_kind.table_rows(materialize(self._bound.pos_embed, "weight"), offset, self.cfg.n_ctx)
+        bound = self.bound
+        return bound.position_kind.table_rows(materialize(bound.pos_embed, "weight"), bound.pos_offset, self.cfg.n_ctx)
 
     @property
     def W_U(self) -> torch.Tensor:
-        return materialize(self._bound.unembed, "weight").t()
+        return materialize(self.bound.unembed, "weight").t()
 
     @property
     def b_U(self) -> torch.Tensor:
-        bias = materialize(self._bound.unembed, "bias")
+        bias = materialize(self.bound.unembed, "bias")
         if bias is not None:
             return bias
-        weight = self._bound.unembed.weight
+        weight = self.bound.unembed.weight
         device = weight.device if weight.device.type != "meta" else "cpu"
         return torch.zeros(self.cfg.d_vocab, dtype=weight.dtype, device=device)
 

@@ -9,7 +9,7 @@ edit is written back by copying into the same view of a fresh clone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -107,6 +107,13 @@ def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: st
         return {n: InterleavedHeads(h, 3, i, d) for i, n in enumerate("qkv")}
     starts = {"q": (0, h), "k": (h * d, kv), "v": ((h + kv) * d, kv)}
     return {n: SplitHeads(heads, d, start, whole=False) for n, (start, heads) in starts.items()}
+
+
+def select_output(output: Any, index: int | None) -> torch.Tensor:
+    """Element `index` of a module's tuple output (0 when None), or the output itself when a tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    return output[0 if index is None else index]
 
 
 @dataclass(frozen=True, eq=False)

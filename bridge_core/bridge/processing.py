@@ -13,29 +13,21 @@ import torch
 from torch import nn
 
 from ..errors import ProcessingError
-from ..spec.config import evaluate_field
 from . import loading
-from .binding import BoundNorm
+from .bound import BoundNorm
 from .weights import in_out
 
 
-def _final_softcap(bridge: Any) -> Any:
-    cap = bridge.spec.unembed.softcap
-    return evaluate_field(bridge.spec_file, "unembed.softcap", cap, bridge.model.config)
-
-
-def check_transforms(
-    bridge: Any, fold_ln: bool, center_writing_weights: bool, center_unembed: bool, fold_value_biases: bool
-) -> None:
+def check_transforms(bridge: Any, fold_ln: bool, center_writing_weights: bool, center_unembed: bool) -> None:
     """Raise `ProcessingError` for the first requested transform that is not exact on this model."""
-    bound = bridge._bound
+    bound = bridge.bound
     post_norm = any(block.kind == "post_norm" for block in bound.blocks)
     if any(p.device.type == "meta" for p in bridge.model.parameters()):
         raise ProcessingError("processed_copy", "the model has offloaded (meta) parameters; load it fully first")
     if fold_ln:
         if post_norm:
             raise ProcessingError("fold_ln", "post-norm blocks normalize the residual itself; there is no consumer")
-        if bound.unembed_project is not None or bridge.spec.unembed.pre_scale is not None:
+        if bound.unembed_project is not None or bound.unembed_pre_scale is not None:
             raise ProcessingError("fold_ln", "the final norm does not feed the unembedding directly")
     if center_writing_weights:
         norms = [bound.ln_final] + [n for b in bound.blocks for n in (b.ln1, b.ln2)]
@@ -51,7 +43,7 @@ def check_transforms(
             raise ProcessingError(
                 "center_writing_weights", "the embedding is projected (project_in) before the residual"
             )
-    if center_unembed and _final_softcap(bridge) is not None:
+    if center_unembed and bridge.bound.final_softcap is not None:
         raise ProcessingError("center_unembed", "a final logit softcap is not shift-invariant")
 
 
@@ -68,7 +60,7 @@ def processed_copy(
     normalization; center_writing_weights: everything writing to the residual made mean-zero (LayerNorm
     only); center_unembed: W_U mean-zero over the vocabulary; fold_value_biases: b_V folded into b_O.
     """
-    check_transforms(bridge, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
+    check_transforms(bridge, fold_ln, center_writing_weights, center_unembed)
     from .bridge import Bridge
 
     model = copy.deepcopy(bridge.model)
@@ -95,7 +87,7 @@ def processed_copy(
 
 def _untie(bridge: Any) -> None:
     """Give the copy's unembedding its own weight, so transforms of W_E and W_U stay separate."""
-    unembed, embed = bridge._bound.unembed, bridge._bound.embed
+    unembed, embed = bridge.bound.unembed, bridge.bound.embed
     if unembed.weight is embed.weight:
         unembed.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
     for config in loading.config_objects(bridge.model):
@@ -122,7 +114,7 @@ def _fold_into(module: nn.Module, layout: str, w: torch.Tensor, b: torch.Tensor 
 
 
 def _fold_ln(bridge: Any) -> None:
-    bound = bridge._bound
+    bound = bridge.bound
     consumers: dict[int, tuple[BoundNorm, list[tuple[nn.Module, str]]]] = {}
 
     def add(norm: BoundNorm | None, modules: list[nn.Module], layout: str) -> None:
@@ -150,7 +142,7 @@ def _center(tensor: torch.Tensor) -> None:
 
 
 def _center_writing_weights(bridge: Any) -> None:
-    bound = bridge._bound
+    bound = bridge.bound
     _center(bound.embed.weight)
     if bound.pos_embed is not None and bridge.position_kind.has_table:
         _center(bound.pos_embed.weight)
@@ -162,7 +154,7 @@ def _center_writing_weights(bridge: Any) -> None:
 
 
 def _center_unembed(bridge: Any) -> None:
-    unembed = bridge._bound.unembed
+    unembed = bridge.bound.unembed
     _center(in_out(unembed, "linear"))  # W_U [d_model, d_vocab]: mean over the vocabulary
     if getattr(unembed, "bias", None) is not None:
         _center(unembed.bias)
@@ -170,8 +162,8 @@ def _center_unembed(bridge: Any) -> None:
 
 def _fold_value_biases(bridge: Any) -> None:
     """Pattern rows sum to one, so b_V reaches the output as `Σ_h b_V[h] @ W_O[h]`: move it into b_O."""
-    for weights, block in zip(bridge.blocks, bridge._bound.blocks, strict=True):
-        raw = weights.attn._raw_bias("v")
+    for weights, block in zip(bridge.blocks, bridge.bound.blocks, strict=True):
+        raw = weights.attn.raw_bias("v")
         if raw is None:
             continue
         shift = torch.einsum("hd,hdm->m", weights.attn.b_V.float(), weights.attn.W_O.float())

@@ -1,4 +1,4 @@
-"""The `reimplement` attention path (DESIGN §3.3): attention recomputed around the module.
+"""The `reimplement` attention path: attention recomputed around the module (docs/architecture.md).
 
 For models whose attention does not go through transformers' AttentionInterface, or any spec
 forced onto this path. When a layer has an internal hook (`hook_rot_q/k`, `hook_attn_scores`,
@@ -21,10 +21,9 @@ import torch
 from torch import nn
 
 from ..kinds import PositionKind
-from ..spec.config import evaluate_field
 from ..spec.schema import Spec
 from .attention import AttentionRoute, _eager, _rotated
-from .places import qkv_views
+from .bound import BoundModel
 
 
 @dataclass
@@ -144,56 +143,44 @@ def _real_keys(mask: torch.Tensor | None) -> torch.Tensor | None:
     return allowed.any(dim=-2)[:, 0]
 
 
-def reimplemented_layers(bridge: Any) -> dict[int, ReimplementedLayer]:
-    """The reimplement-path description of every attention module, by module id."""
-    spec, cfg, hf_config = bridge.spec, bridge.cfg, bridge.model.config
-    if spec.encoder is not None:
-        raise NotImplementedError(f"{spec.name}: the reimplement attention path does not support cross attention yet")
+def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, ReimplementedLayer]:
+    """The reimplement-path description of every attention module that takes that path, by module id."""
+    chosen = [block for block in bound.all_blocks() if block.attn.implementation == "reimplement"]
+    if not chosen:
+        return {}
+    if bound.encoder is not None:
+        raise NotImplementedError("the reimplement attention path does not support cross attention yet")
     score_bias = None
-    if spec.score_bias is not None:
-        kind = bridge.registry.plugins.kinds.score_biases[spec.score_bias.kind]
-        score_bias = functools.partial(
-            kind.compute,
-            table=bridge._bound.score_bias,
-            n_heads=cfg.n_heads,
-            bidirectional=spec.score_bias.bidirectional,
-            num_buckets=evaluate_field(
-                bridge.spec_file, "score_bias.num_buckets", spec.score_bias.num_buckets, hf_config, spec
-            ),
-            max_distance=evaluate_field(
-                bridge.spec_file, "score_bias.max_distance", spec.score_bias.max_distance, hf_config, spec
-            ),
-        )
-    attn_spec = spec.block.attn
-    softcap = evaluate_field(bridge.spec_file, "block.attn.softcap", attn_spec.softcap, hf_config, spec)
+    if bound.score_bias is not None:
+        bias = bound.score_bias
+        score_bias = functools.partial(bias.kind.compute, table=bias.module, n_heads=cfg.n_heads, params=bias.params)
     rotary_dim = int(cfg.extra.get("rotary_dim") or cfg.d_head)
-    position = bridge.position_kind if bridge.position_kind.rotates_qk else None
+    position = bound.position_kind if bound.position_kind.rotates_qk else None
     out: dict[int, ReimplementedLayer] = {}
-    for block in bridge._bound.blocks:
+    for block in chosen:
         attn = block.attn
-        layer = ReimplementedLayer(
+        out[id(attn.module)] = ReimplementedLayer(
             module=attn.module,
-            projections=attn.qkv,
-            views=qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in attn.qkv, attn.order),
+            projections=dict(attn.qkv),
+            views=attn.views,
             o=attn.o,
             q_norm=attn.q_norm.module if attn.q_norm else None,
             k_norm=attn.k_norm.module if attn.k_norm else None,
-            norm_heads_first=attn_spec.qk_norm_layout == "bhsd",
+            norm_heads_first=attn.qk_norm_heads_first,
             position=position,
             rotary_dim=rotary_dim,
             scaling=1.0 / cfg.attn_scale,
-            softcap=softcap,
-            softmax_float32=attn_spec.softmax_dtype == "float32",
-            output_index=attn_spec.output_index,
-            hidden_kwarg="hidden_states",
-            mask_kwarg=spec.call.mask_kwarg,
-            position_embeddings_kwarg=spec.call.position_embeddings_kwarg,
-            residual_kwarg=attn_spec.residual_kwarg,
-            residual_position=_position_of(attn.module, attn_spec.residual_kwarg),
+            softcap=attn.softcap,
+            softmax_float32=attn.softmax_float32,
+            output_index=attn.output_index,
+            hidden_kwarg=attn.hidden_kwarg,
+            mask_kwarg=bound.call.mask_kwarg,
+            position_embeddings_kwarg=bound.call.position_embeddings_kwarg,
+            residual_kwarg=attn.residual_kwarg,
+            residual_position=_position_of(attn.module, attn.residual_kwarg),
             score_bias=score_bias,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
         )
-        out[id(attn.module)] = layer
     return out
 
 

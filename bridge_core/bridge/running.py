@@ -17,8 +17,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..errors import InputError
-from ..spec.config import evaluate_field
-from .dispatch import _select
+from .places import select_output
 
 
 class _StopForward(Exception):
@@ -37,9 +36,9 @@ def layer_index(bridge: Any, layer: int, what: str) -> int:
 def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
     """Make the model's forward end at the input of block `stop_at_layer` (or after the last block)."""
     index = layer_index(bridge, stop_at_layer, "stop_at_layer")
-    blocks = bridge._bound.blocks
+    blocks = bridge.bound.blocks
     if index < len(blocks):
-        kwarg = bridge.spec.block.hidden_states_kwarg
+        kwarg = blocks[index].hidden_kwarg
 
         def stop_before(module: nn.Module, args: tuple, kwargs: dict) -> None:
             raise _StopForward(kwargs[kwarg] if kwarg in kwargs else args[0])
@@ -47,10 +46,10 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
         # first among the pre-hooks: block k does not start, so none of its hook points fire
         handle = blocks[index].module.register_forward_pre_hook(stop_before, with_kwargs=True, prepend=True)
     else:
-        output_index = bridge.spec.block.output_index
+        output_index = blocks[-1].output_index
 
         def stop_after(module: nn.Module, args: tuple, output: Any) -> None:
-            raise _StopForward(_select(output, output_index))
+            raise _StopForward(select_output(output, output_index))
 
         handle = blocks[-1].module.register_forward_hook(stop_after)
     stack.callback(handle.remove)
@@ -58,21 +57,16 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
 
 def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
     """Final norm, projection, unembedding and final softcap applied to a residual `[b, s, d_model]`."""
-    bound = bridge._bound
+    bound = bridge.bound
     x = residual
     if bound.ln_final is not None:
         x = bound.ln_final.module(x)
     if bound.unembed_project is not None:
         x = bound.unembed_project(x)
-    scale = evaluate_field(
-        bridge.spec_file, "unembed.pre_scale", bridge.spec.unembed.pre_scale, bridge.model.config, bridge.spec
-    )
-    if scale is not None:
-        x = x * scale
+    if bound.unembed_pre_scale is not None:
+        x = x * bound.unembed_pre_scale
     logits = bound.unembed(x)
-    cap = evaluate_field(
-        bridge.spec_file, "unembed.softcap", bridge.spec.unembed.softcap, bridge.model.config, bridge.spec
-    )
+    cap = bound.final_softcap
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits

@@ -23,7 +23,7 @@ def _tokenizer(bridge: Any) -> Any:
 
 def default_prepend_bos(bridge: Any) -> bool:
     """The spec's `tokenizer.default_prepend_bos` if declared; else True when the tokenizer has a BOS token."""
-    declared = getattr(getattr(bridge.spec, "tokenizer", None), "default_prepend_bos", None)
+    declared = bridge.bound.default_prepend_bos
     if declared is not None:
         return bool(declared)
     return getattr(_tokenizer(bridge), "bos_token_id", None) is not None

@@ -14,9 +14,8 @@ from torch import nn
 
 from ..errors import BindError, OffloadedWeightError
 from ..spec.config import BridgeConfig
-from .binding import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
+from .bound import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
 from .factored import FactoredMatrix
-from .places import qkv_views
 
 
 def _offload_maps(module: nn.Module) -> list:
@@ -95,28 +94,28 @@ class AttentionWeights:
     """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`."""
 
     def __init__(self, bound: BoundAttention, cfg: BridgeConfig, anchors: tuple[nn.Module, ...] = ()) -> None:
-        self._bound = bound
+        self.bound = bound
         self._cfg = cfg
         self._anchors = (bound.module, *anchors)
-        self._views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in bound.qkv, bound.order)
 
     def _projection(self, name: str) -> nn.Module:
-        return self._bound.qkv.get("qkv") or self._bound.qkv[name]
+        return self.bound.projection(name)
 
     def _raw_weight(self, name: str) -> torch.Tensor:
-        io = in_out(self._projection(name), self._bound.layout, self._anchors)
-        return self._views[name](io).permute(1, 0, 2)
+        io = in_out(self._projection(name), self.bound.layout, self._anchors)
+        return self.bound.views[name](io).permute(1, 0, 2)
 
-    def _raw_bias(self, name: str) -> torch.Tensor | None:
+    def raw_bias(self, name: str) -> torch.Tensor | None:
+        """The `name` (q, k or v) bias as stored: `[n_kv_heads, d_head]` for k and v (a view), or None."""
         bias = materialize(self._projection(name), "bias", self._anchors)
-        return None if bias is None else self._views[name](bias)
+        return None if bias is None else self.bound.views[name](bias)
 
     def _expand(self, tensor: torch.Tensor) -> torch.Tensor:
         groups = self._cfg.n_heads // self._cfg.n_kv_heads
         return tensor if groups == 1 else tensor.repeat_interleave(groups, dim=0)
 
     def _zeros(self, heads: int) -> torch.Tensor:
-        w = self._bound.o.weight
+        w = self.bound.o.weight
         device = w.device if w.device.type != "meta" else torch.device("cpu")
         return torch.zeros(heads, self._cfg.d_head, dtype=w.dtype, device=device)
 
@@ -143,30 +142,30 @@ class AttentionWeights:
 
     @property
     def b_Q(self) -> torch.Tensor:
-        bias = self._raw_bias("q")
+        bias = self.raw_bias("q")
         return self._zeros(self._cfg.n_heads) if bias is None else bias
 
     @property
     def b_K(self) -> torch.Tensor:
-        bias = self._raw_bias("k")
+        bias = self.raw_bias("k")
         return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
 
     @property
     def b_V(self) -> torch.Tensor:
-        bias = self._raw_bias("v")
+        bias = self.raw_bias("v")
         return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
 
     @property
     def W_O(self) -> torch.Tensor:
-        return in_out(self._bound.o, self._bound.layout, self._anchors).unflatten(
+        return in_out(self.bound.o, self.bound.layout, self._anchors).unflatten(
             0, (self._cfg.n_heads, self._cfg.d_head)
         )
 
     @property
     def b_O(self) -> torch.Tensor:
-        bias = materialize(self._bound.o, "bias", self._anchors)
+        bias = materialize(self.bound.o, "bias", self._anchors)
         if bias is None:
-            w = self._bound.o.weight
+            w = self.bound.o.weight
             device = w.device if w.device.type != "meta" else torch.device("cpu")
             return torch.zeros(self._cfg.d_model, dtype=w.dtype, device=device)
         return bias
@@ -186,21 +185,21 @@ class MLPWeights:
     """`W_in W_gate [d_model, d_mlp]`, `W_out [d_mlp, d_model]` and their biases."""
 
     def __init__(self, bound: BoundMLP, anchors: tuple[nn.Module, ...] = ()) -> None:
-        self._bound = bound
+        self.bound = bound
         self._anchors = (bound.module, *anchors)
 
     @property
     def W_in(self) -> torch.Tensor:
-        return in_out(self._bound.w_in, self._bound.layout, self._anchors)
+        return in_out(self.bound.w_in, self.bound.layout, self._anchors)
 
     @property
     def W_gate(self) -> torch.Tensor | None:
-        gate = self._bound.w_gate
-        return None if gate is None else in_out(gate, self._bound.layout, self._anchors)
+        gate = self.bound.w_gate
+        return None if gate is None else in_out(gate, self.bound.layout, self._anchors)
 
     @property
     def W_out(self) -> torch.Tensor:
-        return in_out(self._bound.w_out, self._bound.layout, self._anchors)
+        return in_out(self.bound.w_out, self.bound.layout, self._anchors)
 
     def _bias(self, module: nn.Module | None, width: int) -> torch.Tensor | None:
         if module is None:
@@ -213,37 +212,37 @@ class MLPWeights:
 
     @property
     def b_in(self) -> torch.Tensor:
-        return self._bias(self._bound.w_in, self.W_in.shape[1])
+        return self._bias(self.bound.w_in, self.W_in.shape[1])
 
     @property
     def b_gate(self) -> torch.Tensor | None:
-        gate = self._bound.w_gate
+        gate = self.bound.w_gate
         return None if gate is None else self._bias(gate, self.W_in.shape[1])
 
     @property
     def b_out(self) -> torch.Tensor:
-        return self._bias(self._bound.w_out, self.W_out.shape[1])
+        return self._bias(self.bound.w_out, self.W_out.shape[1])
 
 
 class NormWeights:
     """`w` and `b` of a norm, as stored (a `(1 + w)` offset is a property of the kind, not folded in)."""
 
     def __init__(self, bound: BoundNorm, anchors: tuple[nn.Module, ...] = ()) -> None:
-        self._bound = bound
+        self.bound = bound
         self._anchors = anchors
 
     def _real(self, tensor: torch.Tensor | None, name: str) -> torch.Tensor | None:
         if tensor is None or tensor.device.type != "meta":
             return tensor
-        return materialize(self._bound.module, name, self._anchors)
+        return materialize(self.bound.module, name, self._anchors)
 
     @property
     def w(self) -> torch.Tensor | None:
-        return self._real(self._bound.kind.weight(self._bound.module), "weight")
+        return self._real(self.bound.kind.weight(self.bound.module), "weight")
 
     @property
     def b(self) -> torch.Tensor | None:
-        return self._real(self._bound.kind.bias(self._bound.module), "bias")
+        return self._real(self.bound.kind.bias(self.bound.module), "bias")
 
 
 class BlockWeights:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..bridge.bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, Spot
 from ..spec.schema import Spec
 from .capture import AttentionCall, Recording, record
 from .snapshot import ModelSnapshot
@@ -27,22 +28,12 @@ class Layer:
     prefix: str
     stack: str  # "encoder" or "decoder" (decoder-only models: "decoder")
     index: int
-    block: Any  # BoundBlock
+    block: BoundBlock
     weights: Any  # BlockWeights
 
-    def norm_roles(self) -> list[tuple[str, str, Any]]:
-        """(hook prefix, spec field, BoundNorm) of each norm; HookedEncoderDecoder's ln2/ln3 in decoders."""
-        b, p = self.block, self.prefix
-        cross = b.cross is not None
-        field = "encoder.block" if self.stack == "encoder" else "block"
-        roles = [
-            (f"{p}.ln1", f"{field}.ln1", b.ln1),
-            (f"{p}.ln2", f"{field}.cross_attn.ln", b.cross.ln) if cross else (f"{p}.ln2", f"{field}.ln2", b.ln2),
-            (f"{p}.ln3", f"{field}.ln2", b.ln2) if cross else None,
-            (f"{p}.ln1_post", f"{field}.ln1_post", b.ln1_post),
-            (f"{p}.ln2_post", f"{field}.ln2_post", b.ln2_post),
-        ]
-        return [r for r in roles if r is not None and r[2] is not None]
+    def norm_roles(self) -> list[tuple[str, str, BoundNorm]]:
+        """(hook prefix, spec field, norm) of each norm of the block, HookedEncoderDecoder's ln2/ln3 included."""
+        return [(f"{self.prefix}.{norm.name}", norm.field, norm) for norm in self.block.norms()]
 
 
 @dataclass(frozen=True)
@@ -51,18 +42,27 @@ class Attention:
 
     prefix: str  # "blocks.0.attn", "decoder.0.cross_attn"
     layer: Layer
-    bound: Any  # BoundAttention
+    bound: BoundAttention
     weights: Any  # AttentionWeights
     cross: bool
-    spec: Any  # AttentionSpec
 
     @property
     def out_name(self) -> str:
         return f"{self.layer.prefix}.hook_cross_attn_out" if self.cross else f"{self.layer.prefix}.hook_attn_out"
 
+    @property
+    def contribution(self) -> Spot:
+        """Where the bound model says this attention's contribution to the residual is."""
+        block = self.layer.block
+        return block.cross.out if self.cross else block.attn_out
+
 
 class CheckContext:
-    """One spec, one model, one bridge (or the error that kept it from binding), and references."""
+    """One spec, one model, one bridge (or the error that kept it from binding), and references.
+
+    Roles (which module's output is the attention contribution, which norm feeds what) come only from
+    the bridge's bound model; the values compared against come from HF's own forward of the copy.
+    """
 
     batch = 2
     decoder_seq = 6  # differs from the encoder's length, so a swapped axis cannot go unnoticed
@@ -92,63 +92,35 @@ class CheckContext:
         self.model_source = model_source
 
     @property
+    def bound(self) -> BoundModel:
+        return self.bridge.bound
+
+    @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(getattr(self.copy, "config", None), "is_encoder_decoder", False))
-
-    def attn_contribution(self, block) -> nn.Module:
-        """The module whose output is the block's attention contribution (its post-norm, where one exists)."""
-        post = getattr(block, "ln1_post", None)
-        return post.module if post is not None else block.attn.module
-
-    def mlp_contribution(self, block) -> nn.Module:
-        """The module whose output is the block's MLP contribution (OPT: fc2, the MLP lives in the block)."""
-        post = getattr(block, "ln2_post", None)
-        if post is not None:
-            return post.module
-        return block.mlp.w_out if block.mlp.module is block.module else block.mlp.module
-
-    def mlp_input_module(self, block) -> nn.Module:
-        """The module whose input is the MLP's input (the MLP itself, or OPT's fc1)."""
-        return block.mlp.w_in if block.mlp.module is block.module else block.mlp.module
 
     # ------------------------------------------------------------------ layers
     @cached_property
     def layers(self) -> list[Layer]:
-        bound, bridge = self.bridge._bound, self.bridge
-
-        def stack(prefix: str, name: str, blocks: list, weights: list) -> list[Layer]:
-            return [Layer(f"{prefix}.{b.index}", name, b.index, b, w) for b, w in zip(blocks, weights, strict=True)]
-
-        if bound.encoder is None:
-            return stack("blocks", "decoder", bound.blocks, bridge.blocks)
-        return stack("encoder", "encoder", bound.encoder.blocks, bridge.encoder) + stack(
-            "decoder", "decoder", bound.blocks, bridge.blocks
-        )
+        weights = [*(self.bridge.encoder or []), *self.bridge.blocks]
+        return [
+            Layer(block.prefix, block.stack, block.index, block, w)
+            for block, w in zip(self.bound.all_blocks(), weights, strict=True)
+        ]
 
     @cached_property
     def attentions(self) -> list[Attention]:
         out = []
         for layer in self.layers:
-            spec_block = self.spec.encoder.block if layer.prefix.startswith("encoder") else self.spec.block
             block, weights = layer.block, layer.weights
-            out.append(Attention(f"{layer.prefix}.attn", layer, block.attn, weights.attn, False, spec_block.attn))
+            out.append(Attention(f"{layer.prefix}.attn", layer, block.attn, weights.attn, False))
             if block.cross is not None:
-                spec_attn = spec_block.cross_attn.attn
-                cross = Attention(
-                    f"{layer.prefix}.cross_attn", layer, block.cross.attn, weights.cross_attn, True, spec_attn
-                )
-                out.append(cross)
+                out.append(Attention(f"{layer.prefix}.cross_attn", layer, block.cross.attn, weights.cross_attn, True))
         return out
 
-    def final_norms(self) -> list[tuple[str, str, Any]]:
-        """(hook prefix, spec field, BoundNorm) of the final norms of each stack."""
-        bound = self.bridge._bound
-        found = []
-        if bound.encoder is not None and bound.encoder.ln_final is not None:
-            found.append(("encoder_final_ln", "encoder.ln_final", bound.encoder.ln_final))
-        if bound.ln_final is not None:
-            found.append(("decoder_final_ln" if bound.encoder else "ln_final", "ln_final", bound.ln_final))
-        return found
+    def final_norms(self) -> list[tuple[str, str, BoundNorm]]:
+        """(hook prefix, spec field, norm) of the final norm of each stack."""
+        return [(norm.name, norm.field, norm) for norm in self.bound.final_norms()]
 
     # ------------------------------------------------------------------ inputs
     @cached_property
@@ -228,19 +200,21 @@ class CheckContext:
 
     @cached_property
     def recorded_modules(self) -> list[str]:
-        bound = self.bridge._bound
-        modules = [bound.embed, bound.pos_embed, bound.unembed, self.model.get_input_embeddings()]
-        modules += [norm.module for _, _, norm in self.final_norms()]
+        bound = self.bound
+        modules = [bound.embed, bound.pos_embed, bound.unembed, bound.embed_project, bound.unembed_project]
+        modules += [self.model.get_input_embeddings(), bound.embed_spot.module]
+        modules += [norm.module for norm in bound.final_norms()]
+        if bound.embed_norm is not None:
+            modules.append(bound.embed_norm.module)
         if bound.encoder is not None:
             modules.append(bound.encoder.embed)
-        for layer in self.layers:
-            block = layer.block
-            modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out]
-            modules += [norm.module for _, _, norm in layer.norm_roles()]
-            if block.resid_mid_at is not None:
-                modules.append(block.resid_mid_at)
-            if block.cross is not None and block.cross.residual_at is not None:
-                modules.append(block.cross.residual_at)
+        for block in bound.all_blocks():
+            modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out, block.mlp.input.module]
+            modules += [norm.module for norm in block.norms()]
+            spots = [block.attn_out, block.mlp_out, block.resid_mid, block.resid_post]
+            if block.cross is not None:
+                spots += [block.cross.out, block.cross.residual]
+            modules += [spot.module for spot in spots if spot is not None]
         for attention in self.attentions:
             modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
         return list(dict.fromkeys(self.name_of(m) for m in modules if m is not None))
@@ -285,6 +259,12 @@ class CheckContext:
         """What HF passed `module` (its twin in the copy) on the reference forward."""
         return self._recorded((recording or self.reference).inputs, module)
 
+    def hf_at(self, spot: Spot, recording: Recording | None = None) -> torch.Tensor:
+        """HF's tensor at a spot the bound model located (a module's main output, or its hidden input)."""
+        if spot.side == "input":
+            return self.hf_in(spot.module, recording)
+        return self.hf_out(spot.module, recording)
+
     def hf_out(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
         """What `module`'s twin in the copy returned on the reference forward (element 0 of a tuple)."""
         return self._recorded((recording or self.reference).outputs, module)
@@ -300,7 +280,7 @@ class CheckContext:
 
     def attention_call(self, attention: Attention | int, recording: Recording | None = None) -> AttentionCall | None:
         recording = recording or self.reference
-        module = self.layers[attention].block.attn.module if isinstance(attention, int) else attention.bound.module
+        module = self.bound.blocks[attention].attn.module if isinstance(attention, int) else attention.bound.module
         return recording.call(self.name_of(module))
 
     # ------------------------------------------------------------------ the bridge
@@ -322,4 +302,4 @@ class CheckContext:
 
     @property
     def n_layers(self) -> int:
-        return len(self.bridge._bound.blocks)
+        return len(self.bound.blocks)

@@ -113,7 +113,7 @@ def _block_names(p: str, kind: str, gated: bool, cross: bool, rotary: bool) -> l
 def standard_names(ctx) -> list[str]:
     """The HookedTransformer (HookedEncoderDecoder) names a model of this shape must list."""
     bridge = ctx.bridge
-    bound = bridge._bound
+    bound = bridge.bound
     rotary = bridge.position_kind.rotates_qk
     names: list[str] = []
     if bound.encoder is not None:

@@ -275,9 +275,11 @@ class ScoreBiasSpec(StrictModel):
     path: ModulePath | None = Field(
         default=None, description="Module holding the bias table (T5: the first block's relative_attention_bias)."
     )
-    bidirectional: bool = Field(default=True, description="Buckets on both sides of the query (T5 encoder).")
-    num_buckets: ConfigValue = Field(default=None, description="Number of buckets (t5_buckets).")
-    max_distance: ConfigValue = Field(default=None, description="Distance beyond which buckets merge (t5_buckets).")
+    params: dict[str, ConfigValue] = Field(
+        default_factory=dict,
+        description="What the kind needs, each a literal or an expression over the HF config, evaluated once at "
+        "bind (t5_buckets: `bidirectional`, `num_buckets`, `max_distance`).",
+    )
 
 
 class StackSpec(StrictModel):

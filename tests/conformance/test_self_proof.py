@@ -35,7 +35,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "neox_parallel_as_sequential": ("residual_stream", {"delta_once"}, "block.kind"),
     "gemma_no_embed_scale": ("embed", set(), "config.embed_scale"),
     "neox_rotary_dim": ("attention_paths_agree", set(), "config.rotary_dim"),
-    "t5_decoder_bidirectional": ("rel_pos_bias", {"block_alone", "attention_alone"}, "score_bias.bidirectional"),
+    "t5_decoder_bidirectional": ("rel_pos_bias", {"block_alone", "attention_alone"}, "score_bias.params"),
     "opt_pos_offset": ("pos_embed", set(), "pos_embed.offset"),
 }
 

@@ -16,7 +16,7 @@ from bridge_core.cli import main
 from bridge_core.registry import default_registry
 from bridge_core.scaffold import meta_model, scaffold, to_yaml
 from bridge_core.spec.loader import read_raw_spec, validate_spec
-from bridge_core.validation import missing_paths
+from bridge_core.validation import spec_problems
 
 GPT2 = Path(__file__).resolve().parents[2] / "adapter_specs" / "gpt2.yaml"
 
@@ -36,7 +36,7 @@ def typo_spec(tmp_path: Path) -> Path:
 def test_validate_reports_every_missing_module_path_with_file_line_and_suggestions(tmp_path, capsys):
     path = typo_spec(tmp_path)
     spec = validate_spec(read_raw_spec(path))
-    problems = missing_paths(spec, loading.random_model(spec))
+    problems = spec_problems(spec, loading.random_model(spec), default_registry().plugins.kinds, str(path))
     by_field = {p.field: p for p in problems}
     assert set(by_field) == {"pos_embed.path", "block.ln2.path", "block.mlp.in"}
     lines = path.read_text().splitlines()
@@ -49,7 +49,7 @@ def test_validate_reports_every_missing_module_path_with_file_line_and_suggestio
         assert any(s.endswith(real) for s in problem.error.suggestions), problem.error.suggestions
     assert main(["validate", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "3 module path(s)" in out and "c_fcc" in out
+    assert "3 problem(s)" in out and "c_fcc" in out
 
 
 def test_validate_accepts_every_built_in_spec(capsys):

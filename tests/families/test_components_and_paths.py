@@ -12,7 +12,6 @@ import functools
 import torch
 
 from bridge_core import Bridge
-from bridge_core.bridge.components import ComponentCaller
 
 from ._models import VARIANTS, assert_close_at, block_path, build_run, spec, tiny_model
 
@@ -20,7 +19,7 @@ from ._models import VARIANTS, assert_close_at, block_path, build_run, spec, tin
 def test_each_block_called_alone_on_resid_pre_equals_the_hf_block_output(run):
     paths = [block_path(run.family, i) for i in range(run.n_layers)]
     hf = run.hf_outputs(paths)
-    caller = ComponentCaller(run.bridge)
+    caller = run.bridge.components
     for i in range(run.n_layers):
         with torch.no_grad():
             out = caller.block(i, run.cache[f"blocks.{i}.hook_resid_pre"], run.mask)

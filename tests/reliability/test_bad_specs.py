@@ -111,7 +111,7 @@ CASES = [
         UnknownKindError,
         "config.act_fn",
         18,
-        "activation 'swishy' is not registered",
+        "unknown activation kind 'swishy'",
     ),
     Case("kind_block_kind_expression", "bind", SpecError, "block.kind", 44, "expected one of sequential, parallel"),
     Case(
@@ -120,7 +120,7 @@ CASES = [
         SpecError,
         "block.mlp.kind",
         57,
-        "expected 'plain' or 'gated'",
+        "expected one of plain, gated",
     ),
     # ------------------------------------------------------------------ expressions (evaluated on the HF config)
     Case("expr_import", "bind", SpecError, "config.d_model", 11, "attribute access ('.') is not allowed"),

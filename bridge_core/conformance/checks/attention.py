@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from ...spec.config import evaluate_field
 from ..capture import AttentionCall
 from ..catalogue import Meter, Skip, check
 from ..context import Attention, CheckContext
@@ -44,7 +43,7 @@ def allowed_keys(q_mask: torch.Tensor, k_mask: torch.Tensor, causal: bool, windo
 
 
 def spec_softcap(ctx: CheckContext, attention: Attention) -> float | None:
-    value = evaluate_field(ctx.spec_file, "block.attn.softcap", attention.spec.softcap, ctx.copy.config)
+    value = attention.bound.softcap
     return None if value is None else float(value)
 
 
@@ -65,8 +64,8 @@ def _kwargs_agree(ctx: CheckContext, m: Meter, attention: Attention, call: Atten
     p = attention.prefix
     hf_scaling = call.kwargs.get("scaling")
     if hf_scaling is not None:
-        expected = 1.0 if attention.spec.q_prescaled else score_scale(ctx)
-        what = "1 (q prescaled by HF)" if attention.spec.q_prescaled else "1 / cfg.attn_scale"
+        expected = 1.0 if attention.bound.q_prescaled else score_scale(ctx)
+        what = "1 (q prescaled by HF)" if attention.bound.q_prescaled else "1 / cfg.attn_scale"
         m.compare(
             f"{p}: {what} vs the scaling HF passed",
             torch.tensor(expected),
@@ -191,13 +190,13 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
         p = attention.prefix
         x = ctx.hf_in(attention.bound.module)
         if attention.cross and encoder_out is None:
-            encoder_out = ctx.hf_out(ctx.bridge._bound.encoder.ln_final.module)
+            encoder_out = ctx.hf_out(ctx.bridge.bound.encoder.ln_final.module)
         field = "block.cross_attn.attn.qkv" if attention.cross else "block.attn.qkv (path / order) / block.attn.layout"
         for n in "qkv":
             hook = ctx.cache[f"{p}.hook_{n}"]
             expected, positions, interface = _pre_position(ctx, attention, n, call)
             # HF hands the interface q·(1/attn_scale) where it prescales q (OPT); hook_q is the projection.
-            scale = score_scale(ctx) if n == "q" and interface and attention.spec.q_prescaled else 1.0
+            scale = score_scale(ctx) if n == "q" and interface and attention.bound.q_prescaled else 1.0
             shown = hook[:, positions] * scale
             wanted = expected[:, positions]
             f = HEADS if shown.shape != wanted.shape else field
@@ -232,16 +231,15 @@ def attn_output(ctx: CheckContext, m: Meter) -> None:
         p = attention.prefix
         z = ctx.cache[f"{p}.hook_z"]
         m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, HEADS)
-        hf_out = ctx.hf_out(attention.bound.module)
+        hf_out = ctx.hf_out(attention.bound.o)
         weights = attention.weights
         recomposed = torch.einsum("bshd,hdm->bsm", z, weights.W_O) + weights.b_O
-        m.compare(f"{p}: hook_z·W_O + b_O vs HF attention output", recomposed, hf_out, "block.attn.o / layout")
+        m.compare(f"{p}: hook_z·W_O + b_O vs HF's output projection", recomposed, hf_out, "block.attn.o / layout")
         summed = ctx.cache[f"{p}.hook_result"].sum(-2) + weights.b_O
-        m.compare(f"{p}: Σ_h hook_result + b_O vs HF attention output", summed, hf_out, "block.attn.o")
-        contribution = attention.bound.module if attention.cross else ctx.attn_contribution(attention.layer.block)
+        m.compare(f"{p}: Σ_h hook_result + b_O vs HF's output projection", summed, hf_out, "block.attn.o")
         m.compare(
             f"{attention.out_name} vs HF attention contribution (after its post-norm, if any)",
             ctx.cache[attention.out_name],
-            ctx.hf_out(contribution),
-            "block.attn.output_index",
+            ctx.hf_at(attention.contribution),
+            f"{attention.layer.block.field}.attn.output_index / attn_out_at / ln1_post",
         )

@@ -49,14 +49,14 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
     for layer in ctx.layers:
         p, block = layer.prefix, layer.block
         block_in = ctx.hf_in(block.module)
-        mlp_out = ctx.hf_out(ctx.mlp_contribution(block))
+        mlp_out = ctx.hf_at(block.mlp_out)
         m.compare(
             f"{p}.hook_resid_pre vs HF block input",
             ctx.cache[f"{p}.hook_resid_pre"],
             block_in,
             "blocks / block.hidden_states_kwarg",
         )
-        mid = block_in + ctx.hf_out(ctx.attn_contribution(block))
+        mid = block_in + ctx.hf_at(block.attn_out)
         if f"{p}.hook_resid_mid" in ctx.cache:
             m.compare(
                 f"{p}.hook_resid_mid vs HF block input + attention output",
@@ -67,7 +67,7 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
         elif block.kind != "parallel":
             m.fail(f"{p}.hook_resid_mid is missing on a {block.kind} block", "block.kind")
         if block.cross is not None:
-            mid = mid + ctx.hf_out(block.cross.attn.module)
+            mid = mid + ctx.hf_at(block.cross.out)
             m.compare(
                 f"{p}.hook_resid_mid_cross vs HF block input + attention + cross attention outputs",
                 ctx.cache[f"{p}.hook_resid_mid_cross"],
@@ -75,6 +75,7 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
                 "block.cross_attn.residual_at",
             )
         m.compare(f"{p}.hook_mlp_out vs HF MLP output", ctx.cache[f"{p}.hook_mlp_out"], mlp_out, "block.mlp.path")
+        _residual_update(ctx, m, block, block_in, mlp_out)
         if block.kind == "post_norm":
             m.compare(
                 f"{p}.hook_resid_post vs HF's ln1 output + MLP output (post-norm)",
@@ -93,6 +94,29 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
             )
 
 
+def _residual_update(ctx: CheckContext, m: Meter, block, block_in, mlp_out) -> None:
+    """HF's block output must be the sum of the residual before the MLP and the MLP contribution, all read
+    by HF at the places the bound model names: a wrong contribution or a missing post-norm shows here."""
+    if block.kind == "post_norm":
+        return  # the post-norm form is checked against ln1's output above
+    if block.kind == "parallel":
+        before, what = block_in + ctx.hf_at(block.attn_out), "block input + attention contribution"
+    elif block.cross is not None and block.cross.residual is not None:
+        before, what = ctx.hf_at(block.cross.residual), "residual after cross attention"
+    elif block.resid_mid is not None:
+        before, what = ctx.hf_at(block.resid_mid), "mid residual"
+        if block.cross is not None:
+            before = before + ctx.hf_at(block.cross.out)
+    else:
+        return
+    m.compare(
+        f"{block.prefix}: HF block output vs HF's {what} + MLP contribution",
+        ctx.hf_at(block.resid_post),
+        before + mlp_out,
+        f"{block.field}.kind / mlp_out_at / ln2_post",
+    )
+
+
 @check(
     "mlp",
     statement="the MLP recomputed from HF's MLP input with W_in/b_in, the cfg activation and W_out/b_out equals HF's "
@@ -101,11 +125,10 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
     tolerance=1e-5,
 )
 def mlp(ctx: CheckContext, m: Meter) -> None:
-    bridge = ctx.bridge
-    act_field = "block.mlp.act_fn" if ctx.spec.block.mlp.act_fn else "config.act_fn"
     for layer in ctx.layers:
         p, block, weights = f"{layer.prefix}.mlp", layer.block, layer.weights.mlp
-        x = ctx.hf_in(ctx.mlp_input_module(block))
+        act, act_field = block.mlp.act, block.mlp.act_field
+        x = ctx.hf_at(block.mlp.input)
         pre = x @ weights.W_in + weights.b_in
         hf_post = ctx.hf_in(block.mlp.w_out)
         m.compare(
@@ -116,14 +139,14 @@ def mlp(ctx: CheckContext, m: Meter) -> None:
         )
         if weights.W_gate is not None:
             gate = x @ weights.W_gate + weights.b_gate
-            post = bridge.act_fn(gate) * pre
+            post = act(gate) * pre
             label = f"{p}: act(gate)·pre vs HF's input to the output projection"
             act_ok = m.compare(label, post, hf_post, act_field) <= m.tolerance
         else:
             label = f"{p}: cfg activation of hook_pre vs HF's input to the output projection"
-            act_ok = m.compare(label, bridge.act_fn(ctx.cache[f"{p}.hook_pre"]), hf_post, act_field) <= m.tolerance
-            post = bridge.act_fn(pre)
+            act_ok = m.compare(label, act(ctx.cache[f"{p}.hook_pre"]), hf_post, act_field) <= m.tolerance
+            post = act(pre)
         out = post @ weights.W_out + weights.b_out
-        hf_out = ctx.hf_out(block.mlp.w_out if block.mlp.module is block.module else block.mlp.module)
+        hf_out = ctx.hf_out(block.mlp.w_out)
         field = "block.mlp.out / block.mlp.layout" if act_ok else act_field
         m.compare(f"{p}: recomputed MLP vs HF MLP output", out, hf_out, field)

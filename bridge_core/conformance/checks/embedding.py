@@ -5,44 +5,51 @@ from __future__ import annotations
 
 import torch
 
-from ...spec.config import evaluate_field
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
 
-def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(hook name, W_E, tokens, HF's residual at the stack's block 0 minus what HF's position module added)."""
-    bound, bridge = ctx.bridge._bound, ctx.bridge
+def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(hook name, W_E, tokens, HF's scaled token embedding, HF's token part of the residual at block 0) of
+    each stack. With an embedding norm, the scaled embedding is the norm's input; without, both are the
+    residual at block 0 minus what HF's position module added."""
+    bound, bridge = ctx.bound, ctx.bridge
     if bound.encoder is not None:
         encoder = ctx.hf_in(bound.encoder.blocks[0].module)
         decoder = ctx.hf_in(bound.blocks[0].module)
         return [
-            ("hook_embed", bound.encoder.embed.weight, ctx.tokens, encoder),
-            ("decoder.hook_embed", bridge.W_E, ctx.decoder_tokens, decoder),
+            ("hook_embed", bound.encoder.embed.weight, ctx.tokens, encoder, encoder),
+            ("decoder.hook_embed", bridge.W_E, ctx.decoder_tokens, decoder, decoder),
         ]
     residual0 = ctx.hf_in(bound.blocks[0].module)
-    learned = bound.pos_embed is not None and bridge.position_kind.has_table
+    learned = bound.pos_embed is not None and bound.position_kind.has_table
     token_part = residual0 - ctx.hf_out(bound.pos_embed) if learned else residual0
-    return [("hook_embed", bridge.W_E, ctx.tokens, token_part)]
+    scaled = token_part if bound.embed_norm is None else ctx.hf_in(bound.embed_norm.module)
+    return [("hook_embed", bridge.W_E, ctx.tokens, scaled, token_part)]
 
 
 @check(
     "embed",
-    statement="W_E[tokens] * cfg.embed_scale and hook_embed equal the token part of HF's residual at block 0 "
-    "(of each stack)",
+    statement="W_E[tokens] * cfg.embed_scale equals HF's token embedding (before an embedding norm, if any) and "
+    "hook_embed equals the token part of HF's residual at block 0 (of each stack)",
     family="embedding",
     tolerance=1e-5,
 )
 def embed(ctx: CheckContext, m: Meter) -> None:
     cfg = ctx.bridge.cfg
-    for name, w_e, tokens, token_part in _token_parts(ctx):
+    for name, w_e, tokens, scaled, token_part in _token_parts(ctx):
         m.compare(
-            f"{name}: W_E[tokens] * cfg.embed_scale vs HF's residual at block 0 (minus positions)",
+            f"{name}: W_E[tokens] * cfg.embed_scale vs HF's token embedding",
             w_e[tokens] * cfg.embed_scale,
-            token_part,
+            scaled,
             "embed.path / config.embed_scale",
         )
-        m.compare(f"{name} vs HF's residual at block 0 (minus positions)", ctx.cache[name], token_part, "embed.path")
+        m.compare(
+            f"{name} vs HF's residual at block 0 (minus positions)",
+            ctx.cache[name],
+            token_part,
+            "embed.path / embed.norm",
+        )
 
 
 @check(
@@ -53,12 +60,12 @@ def embed(ctx: CheckContext, m: Meter) -> None:
 )
 def pos_embed(ctx: CheckContext, m: Meter) -> None:
     bridge = ctx.bridge
-    if bridge._bound.pos_embed is None or not bridge.position_kind.has_table:
+    if bridge.bound.pos_embed is None or not bridge.bound.position_kind.has_table:
         raise Skip("this spec has no learned position table (positions enter inside attention, or not at all)")
-    residual0 = ctx.hf_in(bridge._bound.blocks[0].module)
+    residual0 = ctx.hf_in(bridge.bound.blocks[0].module)
     pos_part = residual0 - ctx.reference.outputs[ctx.embedding_name]
-    if bridge._bound.embed_project is not None:
-        pos_part = residual0 - ctx.hf_out(bridge._bound.embed_project)
+    if bridge.bound.embed_project is not None:
+        pos_part = residual0 - ctx.hf_out(bridge.bound.embed_project)
     seq = ctx.tokens.shape[1]
     w_pos = bridge.W_pos
     m.require(
@@ -77,11 +84,6 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
     m.compare("hook_pos_embed vs HF's positional contribution", hook.expand_as(pos_part), pos_part, "pos_embed.path")
 
 
-def _spec_value(ctx: CheckContext, field: str, value) -> float | None:
-    found = evaluate_field(ctx.spec_file, field, value, ctx.copy.config)
-    return None if found is None else float(found)
-
-
 @check(
     "unembed",
     statement="HF's final-norm output (× unembed.pre_scale) · W_U + b_U, and hook_unembed, with the spec's final "
@@ -90,15 +92,13 @@ def _spec_value(ctx: CheckContext, field: str, value) -> float | None:
     tolerance=1e-5,
 )
 def unembed(ctx: CheckContext, m: Meter) -> None:
-    bridge, spec = ctx.bridge, ctx.spec
-    bound = bridge._bound
+    bridge, bound = ctx.bridge, ctx.bound
     final = ctx.hf_out(bound.ln_final.module) if bound.ln_final is not None else ctx.hf_out(bound.blocks[-1].module)
     if bound.unembed_project is not None:
         final = ctx.hf_out(bound.unembed_project)
-    pre_scale = _spec_value(ctx, "unembed.pre_scale", spec.unembed.pre_scale)
-    if pre_scale is not None:
-        final = final * pre_scale
-    cap = _spec_value(ctx, "unembed.softcap", spec.unembed.softcap)
+    if bound.unembed_pre_scale is not None:
+        final = final * float(bound.unembed_pre_scale)
+    cap = None if bound.final_softcap is None else float(bound.final_softcap)
 
     def capped(x: torch.Tensor) -> torch.Tensor:
         return x if cap is None else torch.tanh(x / cap) * cap

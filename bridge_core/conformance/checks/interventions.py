@@ -82,7 +82,7 @@ def delta_once(ctx: CheckContext, m: Meter) -> None:
     for layer in _ends(ctx):
         p = layer.prefix
         mid = f"{p}.hook_resid_mid"
-        attn = ctx.name_of(ctx.attn_contribution(layer.block))
+        attn = ctx.name_of(layer.block.attn_out.module)
         expected = ctx.reference_run(edits=[(attn, "post", add_to_output)], capture=False).logits
         seen.clear()
         for name in (mid, f"{p}.hook_attn_out"):

@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import torch
 
-from ...spec.config import evaluate_field
+from ...bridge.bound import BoundScoreBias
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 from .attention import allowed_keys
 
 
-def _stacks(ctx: CheckContext) -> list[tuple[str, str, object, object]]:
-    """(stack name, spec field, ScoreBiasSpec, table module) of each stack with a score bias."""
-    bound, spec = ctx.bridge._bound, ctx.spec
+def _stacks(ctx: CheckContext) -> list[tuple[str, str, BoundScoreBias]]:
+    """(stack name, spec field, score bias) of each stack whose score bias has a hook point."""
     found = []
-    if bound.encoder is not None and spec.encoder.score_bias is not None:
-        found.append(("encoder", "encoder.score_bias", spec.encoder.score_bias, bound.encoder.score_bias))
-    if spec.score_bias is not None:
-        found.append(("decoder", "score_bias", spec.score_bias, bound.score_bias))
-    found = [item for item in found if f"{item[0]}.hook_rel_pos_bias" in ctx.bridge.hook_dict]
+    for stack in ctx.bound.stacks():
+        field = "encoder.score_bias" if stack.name == "encoder" else "score_bias"
+        if stack.score_bias is not None and f"{stack.name}.hook_rel_pos_bias" in ctx.bridge.hook_dict:
+            found.append((stack.name, field, stack.score_bias))
     if not found:
         raise Skip("this spec declares no score bias with a hook point (no relative position bias)")
     return found
@@ -30,19 +28,17 @@ def _stacks(ctx: CheckContext) -> list[tuple[str, str, object, object]]:
     "rel_pos_bias",
     statement="{stack}.hook_rel_pos_bias [1, h, q, k] equals the position_bias HF passed its attention interface in "
     "every self-attention layer of the stack, and so does the bias the spec's score-bias kind computes from the "
-    "spec's num_buckets, max_distance and bidirectional",
+    "spec's params (t5_buckets: num_buckets, max_distance, bidirectional)",
     family="attention",
     tolerance=1e-6,
 )
 def rel_pos_bias(ctx: CheckContext, m: Meter) -> None:
-    kinds = ctx.bridge.registry.plugins.kinds.score_biases
-    config = ctx.copy.config
-    for stack, field, bias_spec, table in _stacks(ctx):
+    for stack, field, bias in _stacks(ctx):
         hook = ctx.cache[f"{stack}.hook_rel_pos_bias"]
         q_len = k_len = ctx.seq_of(stack)
         weight = ctx.bridge.W_E
-        computed = kinds[bias_spec.kind].compute(
-            table=table,
+        computed = bias.kind.compute(
+            table=bias.module,
             q_len=q_len,
             k_len=k_len,
             offset=0,
@@ -50,9 +46,7 @@ def rel_pos_bias(ctx: CheckContext, m: Meter) -> None:
             n_heads=ctx.bridge.cfg.n_heads,
             dtype=weight.dtype,
             device=weight.device,
-            bidirectional=bias_spec.bidirectional,
-            num_buckets=evaluate_field(ctx.spec_file, f"{field}.num_buckets", bias_spec.num_buckets, config),
-            max_distance=evaluate_field(ctx.spec_file, f"{field}.max_distance", bias_spec.max_distance, config),
+            params=bias.params,
         )
         for attention in [a for a in ctx.attentions if a.layer.stack == stack and not a.cross]:
             call = ctx.attention_call(attention)
@@ -62,11 +56,11 @@ def rel_pos_bias(ctx: CheckContext, m: Meter) -> None:
                 continue
             m.compare(f"{stack}.hook_rel_pos_bias vs the position_bias HF passed {attention.prefix}", hook, hf, field)
             m.compare(
-                f"{stack}: the '{bias_spec.kind}' bias from the spec (bidirectional={bias_spec.bidirectional}) vs "
+                f"{stack}: the '{bias.kind.name}' bias from the spec ({dict(bias.params)}) vs "
                 f"the position_bias HF passed {attention.prefix}",
                 computed,
                 hf,
-                f"{field}.bidirectional / num_buckets / max_distance",
+                f"{field}.params",
             )
 
 
@@ -80,7 +74,7 @@ def rel_pos_bias(ctx: CheckContext, m: Meter) -> None:
 def rel_pos_bias_edit(ctx: CheckContext, m: Meter) -> None:
     mask = ctx.padding_mask("right")
     c = 0.75
-    for stack, field, _, _ in _stacks(ctx):
+    for stack, field, _ in _stacks(ctx):
         attentions = [a for a in ctx.attentions if a.layer.stack == stack and not a.cross]
         names = [f"{a.prefix}.hook_attn_scores" for a in attentions]
         _, before = ctx.bridge_cache(mask, names_filter=names)

@@ -1,0 +1,136 @@
+"""Resolving a spec against a model: module paths, kinds and expressions, with problems located.
+
+`SpecWalker` is the base of the binder (binding.py): strict, it raises the first problem; collecting,
+it records every problem and lets the walk carry on past what depends on it (`bridge-core validate`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..errors import BindError, BridgeCoreError, close_matches
+from ..plugin_host import Kinds
+from ..spec.config import BridgeConfig, config_lookup, spec_error
+from ..spec.expressions import ExpressionError, evaluate
+from ..spec.kind_fields import kind_references, kinds_plugins, unknown_kind
+from ..spec.schema import ModulePath, Spec
+
+
+def resolve_path(root: nn.Module, path: ModulePath, spec_field: str, prefix: str = "") -> tuple[nn.Module, str]:
+    """The module at `path` under `root` (first existing alternative), or a BindError with suggestions."""
+    alternatives = [path] if isinstance(path, str) else list(path)
+    for candidate in alternatives:
+        module = _get(root, candidate)
+        if module is not None:
+            return module, f"{prefix}{candidate}" if candidate not in ("", ".") else prefix.rstrip(".")
+    shown = " or ".join(f"{prefix}{a}" for a in alternatives)
+    names = [n for n, _ in root.named_modules() if n]
+    suggestions = []
+    for candidate in alternatives:
+        suggestions += [f"{prefix}{s}" for s in close_matches(candidate, names)]
+        suggestions += [f"{prefix}{n}" for n in names if n.split(".")[-1] == candidate.split(".")[-1]][:3]
+    raise BindError(
+        f"The model ({type(root).__name__} at '{prefix.rstrip('.') or '<root>'}') has no module {shown}",
+        spec_path=spec_field,
+        module_path=shown,
+        suggestions=list(dict.fromkeys(suggestions))[:5],
+    )
+
+
+def _get(root: nn.Module, dotted: str) -> nn.Module | None:
+    if dotted in ("", "."):
+        return root
+    module: nn.Module | None = root
+    for part in dotted.split("."):
+        if module is None:
+            return None
+        children = module._modules
+        module = children.get(part) if part in children else None
+    return module
+
+
+class Missing(Exception):
+    """A problem already recorded (collect mode): skip what depends on it."""
+
+
+class SpecWalker:
+    """Strict: the first problem raises. Collecting: every problem is recorded and `Missing` skips what
+    depends on it."""
+
+    def __init__(
+        self, model: nn.Module, spec: Spec, cfg: BridgeConfig | None, kinds: Kinds, spec_file: str | None, collect: bool
+    ) -> None:
+        self.model, self.spec, self.cfg, self.kinds, self.spec_file = model, spec, cfg, kinds, spec_file
+        self.collect = collect
+        self.problems: list[BridgeCoreError] = []
+        self.hf_config = model.config
+        self._lookup = config_lookup(model.config)
+        plugins = ", ".join(kinds_plugins(kinds)) or "none"
+        self._kinds: dict[str, Any] = {}
+        for (table, what), name, field in kind_references(spec):
+            found = getattr(kinds, table)
+            if name in found:
+                self._kinds[field] = found[name]
+            else:
+                self.fail(unknown_kind(spec, spec_file, found, name, what, field, plugins))
+
+    # ---------------------------------------------------------------- problems
+    def fail(self, error: BridgeCoreError) -> None:
+        if not self.collect:
+            raise error
+        self.problems.append(error)
+
+    def attempt(self, function, *args, **kwargs) -> Any:
+        """`function(...)`, or None after recording its problem (collect mode)."""
+        try:
+            return function(*args, **kwargs)
+        except Missing:
+            return None
+        except BridgeCoreError as error:
+            self.fail(error)
+            return None
+
+    def resolve(self, root: nn.Module, path: ModulePath, field: str, prefix: str = "") -> tuple[nn.Module, str]:
+        try:
+            return resolve_path(root, path, field, prefix)
+        except BindError as error:
+            self.fail(error)
+            raise Missing from None
+
+    def optional(self, root: nn.Module, path: ModulePath | None, prefix: str = "") -> tuple[nn.Module, str] | None:
+        """A module some configs of the family have and others lack (OPT's project_in)."""
+        if path is None:
+            return None
+        for candidate in [path] if isinstance(path, str) else path:
+            module = _get(root, candidate)
+            if module is not None:
+                return module, f"{prefix}{candidate}"
+        return None
+
+    def kind(self, field: str) -> Any:
+        if field not in self._kinds:
+            raise Missing
+        return self._kinds[field]
+
+    def value(self, field: str, value: Any, layer: int | None = None) -> Any:
+        """A spec value: a literal, or an expression over the HF config (and `layer`, per layer)."""
+        if not isinstance(value, str):
+            return value
+
+        def lookup(name: str) -> Any:
+            return layer if name == "layer" and layer is not None else self._lookup(name)
+
+        try:
+            return evaluate(value, lookup)
+        except ExpressionError as exc:
+            at = "" if layer is None else f", layer {layer}"
+            raise spec_error(f"{exc.reason} (expression '{value}'{at})", self.spec, self.spec_file, field) from None
+
+    def choice(self, field: str, value: str, allowed: tuple[str, ...]) -> str:
+        """A literal from `allowed`, or an expression over the HF config giving one."""
+        result = value if value in allowed else self.value(field, value)
+        if result not in allowed:
+            raise spec_error(f"evaluates to {result!r}; expected one of {', '.join(allowed)}", self.spec, None, field)
+        return result
