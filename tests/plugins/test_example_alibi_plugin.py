@@ -111,7 +111,10 @@ def test_alibi_kind_equals_blooms_own_alibi_with_padding(alibi_plugin):
 
     _, mask = padded()
     for n_heads in (4, 6, 12):
-        ours = alibi_plugin.alibi_bias(q_len=9, k_len=9, n_heads=n_heads, padding_mask=mask.bool())
+        ours = alibi_plugin.alibi_bias(
+            table=None, q_len=9, k_len=9, offset=0, padding_mask=mask.bool(), n_heads=n_heads,
+            dtype=torch.float32, device="cpu", params={},
+        )  # fmt: skip
         theirs = build_alibi_tensor(mask, n_heads, torch.float32)  # [b*h, 1, k]
         torch.testing.assert_close(alibi_plugin.bloom_format(ours), theirs, atol=1e-6, rtol=0)  # float slopes
 
