@@ -119,6 +119,20 @@ def test_alibi_kind_equals_blooms_own_alibi_with_padding(alibi_plugin):
         torch.testing.assert_close(alibi_plugin.bloom_format(ours), theirs, atol=1e-6, rtol=0)  # float slopes
 
 
+def test_alibi_fits_the_score_bias_contract_and_refuses_params(alibi_plugin):
+    from bridge_core import SpecError
+    from bridge_core.kinds import ScoreBiasKind, contract_problems
+
+    (kind,) = alibi_plugin.bridge_core_score_bias_kinds()
+    assert contract_problems(kind, ScoreBiasKind) == []
+    with pytest.raises(SpecError) as info:
+        alibi_plugin.alibi_bias(
+            table=None, q_len=2, k_len=2, offset=0, padding_mask=None, n_heads=4,
+            dtype=torch.float32, device="cpu", params={"max_bias": 8},
+        )  # fmt: skip
+    assert info.value.field == "score_bias.params" and "max_bias" in str(info.value)
+
+
 def test_a_pattern_edit_on_the_reimplement_path_reaches_the_logits_as_it_would_by_hand(registry):
     model = bloom()
     reference = copy.deepcopy(model)
