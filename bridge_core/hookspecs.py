@@ -2,8 +2,9 @@
 
 A plugin is a module or object with functions marked `@bridge_core.hookimpl` and named like the
 stubs below, found through the `bridge_core` entry-point group (built-ins register the same way).
-Every hook is called on every plugin and the results are collected (none is `firstresult`), so
-plugins add to each other; a name registered twice is a `PluginError` naming both plugins.
+The plugin host (`bridge_core.plugin_host`) calls every hook on every plugin through pluggy and
+collects the results (none is `firstresult`), so plugins add to each other; a name registered twice
+is a `PluginError` naming both plugins. What each kind must compute is a Protocol in `bridge_core.kinds`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pluggy
 if TYPE_CHECKING:
     from torch import nn
 
-    from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, NormKind, PositionKind, ScoreBiasKind
+    from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, Norm, Position, ScoreBiasKind
     from .spec.schema import Spec
 
 hookspec = pluggy.HookspecMarker("bridge_core")
@@ -26,66 +27,106 @@ hookspec = pluggy.HookspecMarker("bridge_core")
 def bridge_core_spec_dirs() -> list[str | Path]:
     """Directories of YAML specs this plugin ships.
 
-    Called once when the registry loads. Return a list of directories; every `*.yaml` file in them
-    is registered, with this plugin's distribution recorded as its origin.
+    :returns: Directories; every `*.yaml` file in them is registered, with this plugin's
+        distribution recorded as its origin.
+
+    Called once, when the registry loads. A plugin whose hook raises is recorded in
+    `PluginHost.failures` and the other plugins' specs still load.
     """
 
 
 @hookspec
-def bridge_core_norm_kinds() -> list[NormKind]:
-    """Norm kinds this plugin provides (`layernorm`, `rmsnorm`, `rmsnorm_offset`, ...).
+def bridge_core_norm_kinds() -> list[Norm]:
+    """Norm kinds this plugin provides (built-ins: `layernorm`, `rmsnorm`, `rmsnorm_offset`).
 
-    Called once when the kinds are first needed. Return a list of `NormKind`; a spec selects one
-    with `kind: NAME` on any norm.
+    :returns: Objects fitting `bridge_core.kinds.Norm`, usually `NormKind` records. A spec selects
+        one with `kind: NAME` on any norm.
+
+    Called once, when the kinds are first needed. Each kind is checked against `Norm` then; one that
+    does not fit, or a hook that raises, is recorded as this plugin's failure and left out.
     """
 
 
 @hookspec
 def bridge_core_activation_functions() -> dict[str, ActivationFunction]:
-    """Activation functions by name (`gelu_new`, `silu`, ...), used by `act_fn` in specs.
+    """Activation functions by name (built-ins: transformers' `gelu_new`, `silu`, ...).
 
-    Return a mapping from name to a function of one tensor. Conformance recomputes each MLP with the
-    named function and compares with the model, so the name must mean exactly what the model does.
+    :returns: A mapping from name to a function fitting `bridge_core.kinds.ActivationFunction` (one
+        tensor in, one out). A spec selects one with `config.act_fn` or `block.mlp.act_fn`.
+
+    Called once, when the kinds are first needed; each function is checked against the contract
+    then. Conformance recomputes each MLP with the named function and compares with the model, so
+    the name must mean exactly what the model does.
     """
 
 
 @hookspec
-def bridge_core_position_kinds() -> list[PositionKind]:
-    """Position kinds (`learned`, `none`, later `rotary`): how positions enter the model."""
+def bridge_core_position_kinds() -> list[Position]:
+    """Position kinds: how positions enter the model (built-ins: `learned`, `rotary`, `none`).
+
+    :returns: Objects fitting `bridge_core.kinds.Position`, usually `PositionKind` records (a
+        rotary kind gives `rotate`, fitting `Rotate`). A spec selects one with `pos_embed.kind`.
+
+    Called once, when the kinds are first needed; each kind is checked against `Position` then.
+    """
 
 
 @hookspec
 def bridge_core_mask_formats() -> list[MaskFormat]:
-    """Mask formats (`2d`, `4d_additive`, `4d_bool`, `none`) used when the core calls a module alone."""
+    """Mask formats: the attention mask a module takes when the core calls it on its own.
+
+    :returns: `MaskFormat` records whose `build` fits `bridge_core.kinds.MaskBuilder` (built-ins:
+        `2d`, `4d_additive`, `4d_bool`, `none`). A spec selects one with `call.mask_format`.
+
+    Called once, when the kinds are first needed; each `build` is checked against `MaskBuilder` then.
+    """
 
 
 @hookspec
 def bridge_core_score_bias_kinds() -> list[ScoreBiasKind]:
-    """Score-bias kinds (`t5_buckets`, a plugin's `alibi`): additive attention-score biases.
+    """Score-bias kinds: additive attention-score biases (built-in `t5_buckets`, the example plugin's `alibi`).
 
-    A spec selects one with `score_bias: {kind: NAME}` on a stack. Return a list of `ScoreBiasKind`.
+    :returns: `ScoreBiasKind` records whose `compute` fits `bridge_core.kinds.ScoreBiasCompute` (and
+        `hook_view` / `module_format`, when given, fit `BiasView` / `BiasFormat`). A spec selects one
+        with `score_bias: {kind: NAME, params: {...}}` on a stack; `compute` receives the evaluated
+        `params`.
+
+    Called once, when the kinds are first needed; each record is checked against its contracts then.
     """
 
 
 @hookspec
 def bridge_core_cross_attention_kinds() -> list[CrossAttentionKind]:
-    """Cross-attention kinds (`encoder_output`): where keys/values come from and how a decoder block
-    is called with them. A spec selects one with `cross_attn: {kind: NAME}`."""
+    """Cross-attention kinds: where a decoder block's cross keys/values come from (built-in `encoder_output`).
+
+    :returns: `CrossAttentionKind` records whose `block_kwargs` fits
+        `bridge_core.kinds.CrossAttentionKwargs`. A spec selects one with `block.cross_attn.kind`.
+
+    Called once, when the kinds are first needed; each record is checked against its contract then.
+    """
 
 
 @hookspec
 def bridge_core_adapt_config(spec: Spec, hf_config: Any) -> dict[str, Any] | None:
     """Extra normalized config fields that a spec's expressions cannot say.
 
-    Called at bind time with the validated spec and the model's HF config. Return a mapping of field
-    names to values (merged into `bridge.cfg`), or `None` to add nothing. Must not modify `hf_config`.
+    :param spec: The validated spec being bound.
+    :param hf_config: The model's HF config. Must not be modified.
+    :returns: A mapping of field names to values, merged into `bridge.cfg.extra`, or None to add nothing.
+
+    Called at bind time, once per bridge. A plugin that raises is a `PluginError` naming its
+    distribution.
     """
 
 
 @hookspec
 def bridge_core_prepare_model(spec: Spec, model: nn.Module) -> None:
-    """Called after a model is loaded by `Bridge.from_pretrained` / `from_spec`, before binding.
+    """Loading fix-ups a family needs.
 
-    For loading fix-ups a family needs (never for the user's own model passed to `from_hf`, which is
-    never modified). Return nothing.
+    :param spec: The spec the model is loaded for.
+    :param model: The freshly loaded HF model; may be modified in place.
+
+    Called after `Bridge.from_pretrained` / `Bridge.from_spec` (and conformance) load a model,
+    before binding; never for a user's own model passed to `Bridge.from_hf`, which is never
+    modified. A plugin that raises is a `PluginError` naming its distribution.
     """

@@ -1,27 +1,304 @@
-"""The kinds that plugins register through the extension points (DESIGN §3.4).
+"""The contracts of the kinds plugins register (DESIGN §3.4), as `typing.Protocol`s, and the records they return.
 
-A spec picks a kind by name (`kind: layernorm`); the classes here say what a kind must provide.
-Built-in kinds live in `plugins/`; third-party packages register their own the same way.
+A spec picks a kind by name (`kind: layernorm`). The plugin host checks every registered kind
+against its contract once, at load (`contract_problems`); the bridge, the reimplement path and
+conformance then call it exactly as the Protocols below say. Built-in kinds live in `plugins/`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-ActivationFunction = Callable[[torch.Tensor], torch.Tensor]
+# --------------------------------------------------------------------------- callable contracts
+
+
+class ActivationFunction(Protocol):
+    """An MLP activation, registered by name through `bridge_core_activation_functions`."""
+
+    def __call__(self, x: torch.Tensor, /) -> torch.Tensor:
+        """The activation applied elementwise.
+
+        :param x: The MLP's pre-activation (`hook_pre`), any shape.
+        :returns: A tensor of the same shape and dtype.
+
+        Called by the bridge as `bridge.act_fn(x)` and by conformance, which recomputes every MLP
+        with it and compares with the model: the name must mean exactly what the model computes.
+        """
+
+
+class Rotate(Protocol):
+    """`PositionKind.rotate`: rotary position embedding applied to queries and keys."""
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+        """`x` with positions rotated in.
+
+        :param x: Queries or keys, `[b, h, s, d_head]`.
+        :param cos: The cosine half of the rotary module's output (`position_embeddings`),
+            `[b, s, >= rotary_dim]`.
+        :param sin: The sine half, same shape as `cos`.
+        :param rotary_dim: How many leading dims of each head are rotated (`cfg.rotary_dim`, else `d_head`).
+        :returns: A tensor shaped like `x`.
+
+        Called positionally by the reimplement attention path, once for queries and once for keys,
+        before `hook_rot_q` / `hook_rot_k`.
+        """
+
+
+class MaskBuilder(Protocol):
+    """`MaskFormat.build`: the attention mask a module takes when the core calls it on its own."""
+
+    def __call__(
+        self,
+        padding_mask: torch.Tensor | None,
+        batch: int,
+        q_len: int,
+        k_len: int,
+        causal: bool,
+        dtype: torch.dtype,
+        device: torch.device,
+        window: int | None,
+    ) -> torch.Tensor | None:
+        """The mask in the module's own format.
+
+        :param padding_mask: `[batch, k_len]` bool, True at real tokens; None when nothing is padded.
+        :param batch: Batch size.
+        :param q_len: Number of queries (they are the last `q_len` of the `k_len` keys).
+        :param k_len: Number of keys.
+        :param causal: Whether a query may only attend to keys at or before its position (False
+            for encoder stacks and cross attention).
+        :param dtype: The hidden states' dtype (for additive masks).
+        :param device: Where the mask must live.
+        :param window: Sliding-window size of this layer (`call.window`), or None for full attention.
+        :returns: What the module's mask keyword takes, or None to pass no mask.
+
+        Called positionally, in this order, when the bridge calls a block or an attention module
+        alone (`bridge.components`) and by cross-attention kinds for the encoder mask.
+        `additive_mask` computes the `[b, 1, q, k]` float form most formats derive from.
+        """
+
+
+class ScoreBiasCompute(Protocol):
+    """`ScoreBiasKind.compute`: an additive attention-score bias shared by the layers of one stack."""
+
+    def __call__(
+        self,
+        *,
+        table: nn.Module | None,
+        q_len: int,
+        k_len: int,
+        offset: int,
+        padding_mask: torch.Tensor | None,
+        n_heads: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        params: Mapping[str, Any],
+    ) -> torch.Tensor:
+        """The bias added to every attention score of the stack.
+
+        :param table: The module at the spec's `score_bias.path` (a learned table), or None.
+        :param q_len: Number of queries.
+        :param k_len: Number of keys.
+        :param offset: Position of the first query (`k_len - q_len` with cached keys, else 0).
+        :param padding_mask: `[b, k_len]` bool, True at real tokens; None when nothing is padded.
+        :param n_heads: Number of attention heads.
+        :param dtype: dtype of the result.
+        :param device: Device of the result.
+        :param params: The spec entry's `score_bias.params`, each value evaluated once at bind time
+            against the HF config (empty when the spec gives none). A kind that misses a param it
+            needs raises `SpecError(..., field="score_bias.params")`.
+        :returns: `[1 or b, n_heads, q_len or 1, k_len]`, broadcast over what is 1.
+
+        Called with keywords only (take what you need, `**_` for the rest) by the bridge's component
+        calls, by the reimplement attention path on every forward, and by conformance's
+        `rel_pos_bias` check, which compares it with the bias the HF model computes.
+        """
+
+
+class BiasView(Protocol):
+    """`ScoreBiasKind.hook_view`: the bias table module's output shown as `hook_rel_pos_bias`."""
+
+    def __call__(self, values: torch.Tensor, /) -> torch.Tensor:
+        """A view of `values` as `[1, h, q, k]`.
+
+        :param values: The output of the `score_bias.path` module on a forward (T5: `[q, k, h]`).
+        :returns: A view, not a copy, so that an edit made at `{stack}.hook_rel_pos_bias` reaches
+            every layer sharing the bias.
+
+        Called by the hook layout on each forward that hooks `hook_rel_pos_bias`.
+        """
+
+
+class BiasFormat(Protocol):
+    """`ScoreBiasKind.module_format`: the computed bias in the form the model's modules take."""
+
+    def __call__(self, bias: torch.Tensor, /) -> torch.Tensor:
+        """`bias` reshaped for the model (BLOOM: `[b*h, 1, k]`).
+
+        :param bias: `ScoreBiasCompute`'s result expanded to the batch, `[b, h, q or 1, k]`.
+        :returns: What the block's `call.position_bias_kwarg` takes.
+
+        Called by the bridge when it calls a block or an attention module alone.
+        """
+
+
+class CrossAttentionKwargs(Protocol):
+    """`CrossAttentionKind.block_kwargs`: how a decoder block with cross attention is called alone."""
+
+    def __call__(
+        self,
+        encoder_states: torch.Tensor,
+        encoder_mask: torch.Tensor | None,
+        q_len: int,
+        dtype: torch.dtype,
+        mask_format: MaskFormat,
+        states_kwarg: str,
+        mask_kwarg: str,
+    ) -> dict[str, Any]:
+        """Keyword arguments the decoder block needs for cross attention.
+
+        :param encoder_states: The encoder's final output, `[b, k, d_model]`.
+        :param encoder_mask: The encoder's padding mask `[b, k]` (1 / True at real tokens), or None.
+        :param q_len: Number of decoder positions.
+        :param dtype: The decoder hidden states' dtype.
+        :param mask_format: The spec's `call.mask_format` kind; build the cross mask with its
+            `build` (non-causal, no window).
+        :param states_kwarg: The block's keyword for the encoder states (`cross_attn.encoder_states_kwarg`).
+        :param mask_kwarg: The block's keyword for the cross mask (`cross_attn.encoder_mask_kwarg`).
+        :returns: A mapping merged into the block's call keywords.
+
+        Called positionally, in this order, by `bridge.components.block` for decoder blocks whose
+        spec has `cross_attn`.
+        """
+
+
+# --------------------------------------------------------------------------- object contracts
+
+
+class Norm(Protocol):
+    """A norm kind: `output = normalized * (w + weight_offset) + b` with `normalized = prepared / scale`.
+
+    These are HookedTransformer's `hook_scale` / `hook_normalized`. `NormKind` implements it for the
+    built-ins (LayerNorm, RMSNorm, Gemma's `(1 + w)` RMSNorm); a plugin may return any object that does.
+    """
+
+    @property
+    def name(self) -> str:
+        """The name a spec selects with `kind:` on a norm."""
+
+    @property
+    def centered(self) -> bool:
+        """Whether `prepare` subtracts the mean (LayerNorm); `fold_ln`, `center_writing_weights` and
+        the residual-stack analysis rely on it."""
+
+    @property
+    def weight_offset(self) -> float:
+        """Added to the weight before it scales (Gemma: 1.0); weight folding uses it."""
+
+    def eps(self, module: nn.Module) -> float:
+        """The norm's epsilon.
+
+        :param module: The HF norm module.
+        :returns: Its epsilon (the spec's `config.eps` overrides it in conformance).
+
+        Called on every forward that hooks the norm, and by conformance.
+        """
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """What is normalized.
+
+        :param x: The norm module's input, `[..., d]`.
+        :returns: `x` centered and upcast as the norm does it (float32 for RMSNorm families).
+
+        Called on every forward that hooks the norm, then `scale`, then (after an edit) `output`.
+        """
+
+    def scale(self, prepared: torch.Tensor, eps: float) -> torch.Tensor:
+        """`hook_scale`.
+
+        :param prepared: `prepare`'s result.
+        :param eps: `eps(module)`, or the spec's `config.eps` in conformance.
+        :returns: `[..., 1]`; `hook_normalized` is `prepared / scale`.
+        """
+
+    def output(
+        self, normalized: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The norm's output, rebuilt when a hook edited `hook_scale` or `hook_normalized`.
+
+        :param normalized: (Possibly edited) normalized values.
+        :param weight: The module's raw weight (without `weight_offset`), or None.
+        :param bias: The module's bias, or None.
+        :param dtype: dtype of the module's own output.
+        :returns: What the module would have returned.
+        """
+
+    def weight(self, module: nn.Module) -> torch.Tensor | None:
+        """The weight the norm scales by.
+
+        :param module: The HF norm module.
+        :returns: Its raw weight parameter (a view, `weight_offset` not folded in), or None.
+
+        Called by weight views (`bridge.blocks[i].ln1.w`) and `fold_ln`, which writes through it.
+        """
+
+    def bias(self, module: nn.Module) -> torch.Tensor | None:
+        """The bias the norm adds.
+
+        :param module: The HF norm module.
+        :returns: Its bias parameter (a view), or None.
+        """
+
+
+class Position(Protocol):
+    """A position kind: how positions enter the model. `PositionKind` implements it for the built-ins."""
+
+    @property
+    def name(self) -> str:
+        """The name a spec selects with `pos_embed.kind`."""
+
+    @property
+    def limits_length(self) -> bool:
+        """Whether inputs longer than `cfg.n_ctx` are refused (a learned table has `n_ctx` rows)."""
+
+    @property
+    def has_table(self) -> bool:
+        """Whether `pos_embed.path` is a learned table (`W_pos`, `hook_pos_embed`)."""
+
+    @property
+    def rotates_qk(self) -> bool:
+        """Whether queries and keys are rotated inside attention (`hook_rot_q` / `hook_rot_k` exist)."""
+
+    @property
+    def rotate(self) -> Rotate | None:
+        """The rotation the reimplement path applies when `rotates_qk`; None otherwise."""
+
+    def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
+        """The usable rows of a learned table, as `W_pos`.
+
+        :param weight: The table's weight `[rows, d_model]`.
+        :param offset: The spec's `pos_embed.offset` (OPT keeps 2 unused rows first).
+        :param n_ctx: `cfg.n_ctx`, or None for all remaining rows.
+        :returns: `[n_ctx, d_model]`, a view.
+
+        Called positionally by `bridge.W_pos` when `has_table`.
+        """
+
+
+# --------------------------------------------------------------------------- records plugins return
 
 
 @dataclass(frozen=True)
 class NormKind:
-    """A normalization: `output = normalized * (w + weight_offset) + b`, `normalized = x' / scale`.
-
-    `x'` is `x` minus its mean when `centered` (LayerNorm) and `x` itself otherwise (RMSNorm);
-    `scale = sqrt(mean(x'^2) + eps)`. These are HookedTransformer's `hook_scale` / `hook_normalized`.
-    """
+    """The built-in `Norm`: `prepared` is `x` minus its mean when `centered` (LayerNorm), `x` itself
+    otherwise (RMSNorm); `scale = sqrt(mean(prepared^2) + eps)`."""
 
     name: str
     centered: bool
@@ -50,7 +327,6 @@ class NormKind:
     def output(
         self, normalized: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        """The norm's output from (possibly edited) normalized values and the module's weight and bias."""
         out = normalized
         if weight is not None:
             w = weight.float() if self.upcast else weight
@@ -60,7 +336,6 @@ class NormKind:
         return out.to(dtype)
 
     def weight(self, module: nn.Module) -> torch.Tensor | None:
-        """The raw weight parameter (a view); `weight_offset` is not folded in."""
         return getattr(module, "weight", None)
 
     def bias(self, module: nn.Module) -> torch.Tensor | None:
@@ -69,19 +344,13 @@ class NormKind:
 
 @dataclass(frozen=True)
 class PositionKind:
-    """How positional information enters the model.
-
-    `table_rows(weight, offset, n_ctx)` gives the usable rows of a learned table (`W_pos`);
-    `limits_length` says whether inputs longer than `n_ctx` must be refused; `rotates_qk` whether
-    queries and keys are rotated inside attention (then `hook_rot_q` / `hook_rot_k` exist).
-    """
+    """The built-in `Position`: a learned table (`learned`), rotary (`rotary`) or nothing (`none`)."""
 
     name: str
     limits_length: bool
     has_table: bool
     rotates_qk: bool = False
-    # (x [b, h, s, d], cos, sin, rotary_dim) -> x rotated; used by the reimplement attention path
-    rotate: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None
+    rotate: Rotate | None = None
 
     def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
         end = None if n_ctx is None else offset + n_ctx
@@ -90,46 +359,30 @@ class PositionKind:
 
 @dataclass(frozen=True)
 class ScoreBiasKind:
-    """An additive score bias `[1 or b, h, q or 1, k]` shared by the layers of one stack call.
-
-    `compute(**inputs)` builds it for component calls and the reimplement path. It receives keyword
-    arguments and takes what it needs: `table` (the module holding a learned table, or None),
-    `q_len`, `k_len`, `offset` (position of the first query), `padding_mask` (`[b, k]` bool, True =
-    real token, or None), `n_heads`, `dtype`, `device`, and the spec's `bidirectional`,
-    `num_buckets`, `max_distance`.
-    `hook_view` shows the table module's output as `[1, h, q, k]` for `hook_rel_pos_bias` (a view,
-    so an edit made there reaches every layer that shares the bias); None when the bias has no module.
-    `module_format` turns `[b, h, q or 1, k]` into what the model's modules take (BLOOM: `[b*h, 1, k]`).
-    """
+    """A score-bias kind: `compute` builds the bias; `hook_view` (None when the bias has no table
+    module) shows the table's output as `hook_rel_pos_bias`; `module_format` (None: `[b, h, q, k]`
+    as is) converts it for the model's modules."""
 
     name: str
-    compute: Callable[..., torch.Tensor]
-    hook_view: Callable[[torch.Tensor], torch.Tensor] | None = None
-    module_format: Callable[[torch.Tensor], torch.Tensor] | None = None
+    compute: ScoreBiasCompute
+    hook_view: BiasView | None = None
+    module_format: BiasFormat | None = None
 
 
 @dataclass(frozen=True)
 class CrossAttentionKind:
-    """Where a decoder block's cross-attention keys and values come from, and how it is called.
-
-    `block_kwargs(encoder_states, encoder_mask, q_len, dtype, mask_format, spec)` returns the keyword
-    arguments a decoder block needs for cross attention when the core calls it alone.
-    """
+    """A cross-attention kind: where a decoder block's cross keys and values come from (`block_kwargs`)."""
 
     name: str
-    block_kwargs: Callable[..., dict]
+    block_kwargs: CrossAttentionKwargs
 
 
 @dataclass(frozen=True)
 class MaskFormat:
-    """The mask a module expects when the core calls it on its own.
-
-    `build(padding_mask, q_len, causal, window, dtype)` receives a `[b, k]` bool padding mask (True =
-    attend) and returns what the module takes; `additive(...)` is always the `[b, 1, q, k]` float form.
-    """
+    """A mask format (`call.mask_format`): what `build` returns is passed as the module's mask."""
 
     name: str
-    build: Callable[..., torch.Tensor | None]
+    build: MaskBuilder
 
 
 def additive_mask(
@@ -155,3 +408,74 @@ def additive_mask(
         allowed = allowed & padding_mask.to(torch.bool)[:, None, None, :]
     zero = torch.zeros((), dtype=dtype, device=device)
     return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
+# --------------------------------------------------------------------------- checking a kind against its contract
+
+
+def contract_problems(kind: object, contract: type) -> list[str]:
+    """Why `kind` does not fit `contract` (a Protocol or record class above); empty when it fits.
+
+    Every callable the core calls is bound (`inspect.Signature.bind`) to a call shaped exactly as
+    the core makes it (positional or keyword, as the Protocol declares), so a kind that would fail
+    at call time fails here. Called by the plugin host once per registered kind.
+    """
+    if _is_callable_contract(contract):
+        problem = _call_problem(kind, contract.__call__)  # type: ignore[operator]
+        return [f"does not fit {contract.__name__}: {problem}"] if problem else []
+    problems: list[str] = []
+    hints = typing.get_type_hints(contract)
+    methods = {}
+    for member, value in vars(contract).items():
+        if isinstance(value, property) and value.fget is not None:
+            hints[member] = typing.get_type_hints(value.fget).get("return", Any)
+        elif inspect.isfunction(value) and not member.startswith("_"):
+            methods[member] = value
+    for member, hint in hints.items():
+        if not hasattr(kind, member):
+            problems.append(f"has no '{member}' ({contract.__name__})")
+            continue
+        value = getattr(kind, member)
+        fitting, optional = _callable_in(hint)
+        if fitting is None or (value is None and optional):
+            continue
+        problem = "is None" if value is None else _call_problem(value, fitting.__call__)
+        if problem:
+            problems.append(f"'{member}' does not fit {fitting.__name__}: {problem}")
+    for member, template in methods.items():
+        problem = _call_problem(getattr(kind, member, None), template)
+        if problem:
+            problems.append(f"'{member}' does not fit {contract.__name__}.{member}: {problem}")
+    return problems
+
+
+def _is_callable_contract(t: object) -> bool:
+    return isinstance(t, type) and Protocol in t.__mro__ and "__call__" in vars(t)
+
+
+def _callable_in(hint: Any) -> tuple[type | None, bool]:
+    """The callable Protocol a type hint names (also inside `X | None`) and whether None is allowed."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    found = next((a for a in args if _is_callable_contract(a)), None)
+    return found, type(None) in args
+
+
+def _call_problem(function: object, template: Any) -> str | None:
+    """None if `function` accepts the call `template` (a Protocol method, `self` first) describes."""
+    if not callable(function):
+        return f"{function!r} is not callable"
+    # An nn.Module's __call__ takes anything; its forward says what it really accepts.
+    target = function.forward if isinstance(function, nn.Module) else function
+    params = list(inspect.signature(template).parameters.values())[1:]
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # builtins without introspectable signatures: nothing to check
+        return None
+    try:
+        signature.bind(*positional, **dict.fromkeys(keywords))
+    except TypeError as exc:
+        call = ", ".join([*positional, *(["*"] if keywords else []), *keywords])
+        return f"cannot be called as ({call}): {exc}"
+    return None

@@ -8,10 +8,13 @@ it with the bias HF computes.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from bridge_core.errors import SpecError
 from bridge_core.kinds import ScoreBiasKind
 from bridge_core.plugin_host import hookimpl
 
@@ -36,22 +39,35 @@ def relative_buckets(relative: torch.Tensor, bidirectional: bool, num_buckets: i
     return buckets + torch.where(distance < exact, distance, log_scaled)
 
 
+T5_PARAMS = ("bidirectional", "num_buckets", "max_distance")
+
+
 def t5_bias(
+    *,
     table: nn.Module,
     q_len: int,
     k_len: int,
-    bidirectional: bool,
-    num_buckets: int,
-    max_distance: int,
-    offset: int = 0,
-    **_: object,
+    offset: int,
+    params: Mapping[str, Any] | None = None,
+    **rest: Any,
 ) -> torch.Tensor:
-    """`[1, h, q, k]` bias for queries at positions `offset..offset+q_len` over `k_len` keys."""
+    """`[1, h, q, k]` bias for queries at positions `offset..offset+q_len` over `k_len` keys (`ScoreBiasCompute`).
+
+    `params` is the spec's `score_bias.params`: `bidirectional` (encoders and T5's encoder stack),
+    `num_buckets` and `max_distance` (T5's `relative_attention_num_buckets` / `_max_distance`).
+    """
+    if params is None:  # transitional: call sites from before `params` pass the three as keywords
+        params = {key: rest[key] for key in T5_PARAMS if rest.get(key) is not None}
+    missing = [key for key in T5_PARAMS if key not in params]
+    if missing:
+        raise SpecError(f"score bias kind 't5_buckets' needs params {', '.join(missing)}", field="score_bias.params")
     device = table.weight.device
     query = torch.arange(q_len, device=device)[:, None] + offset
     key = torch.arange(k_len, device=device)[None, :]
-    values = table(relative_buckets(key - query, bidirectional, num_buckets, max_distance))  # [q, k, h]
-    return values.permute(2, 0, 1).unsqueeze(0)
+    buckets = relative_buckets(
+        key - query, bool(params["bidirectional"]), int(params["num_buckets"]), int(params["max_distance"])
+    )
+    return table(buckets).permute(2, 0, 1).unsqueeze(0)  # [q, k, h] -> [1, h, q, k]
 
 
 def _table_as_bias(values: torch.Tensor) -> torch.Tensor:

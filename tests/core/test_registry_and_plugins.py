@@ -1,5 +1,5 @@
 """The registry (spec path, add_spec, extends, claims, lookup by HF config) and the plugin host
-(in-process plugins adding kinds, entry points that fail to import, duplicate kinds)."""
+(in-process plugins adding kinds, entry points that fail to import, duplicate kinds, pluggy call order)."""
 
 from __future__ import annotations
 
@@ -301,3 +301,63 @@ def test_an_entry_point_that_fails_to_import_is_recorded_with_its_distribution_w
     assert host.pm.has_plugin(f"{FAKE_DIST}:good")
     assert "fake_good_norm" in host.kinds.norms and "layernorm" in host.kinds.norms
     assert Registry(plugins=host).get("gpt2").name == "gpt2", "built-ins still load"
+
+
+# --------------------------------------------------------------------------- results go through pluggy's hook calling
+def _answering(name: str, **opts):
+    class Plugin:
+        @hookimpl(**opts)
+        def bridge_core_activation_functions(self):
+            return {name: gelu_new}
+
+    return Plugin()
+
+
+def test_results_follow_pluggys_call_order_tryfirst_and_trylast():
+    host = PluginHost(load_entry_points=False)
+    host.register(_answering("late", trylast=True), "d:late")
+    host.register(_answering("plain1"), "d:plain1")
+    host.register(_answering("early", tryfirst=True), "d:early")
+    host.register(_answering("plain2"), "d:plain2")
+    names = [plugin for plugin, _ in host.results("bridge_core_activation_functions")]
+    assert names == ["d:early", "d:plain2", "d:plain1", "d:late"]  # pluggy: tryfirst, then LIFO, then trylast
+    assert list(host.kinds.activations) == ["early", "plain2", "plain1", "late"]
+
+
+def test_a_wrapper_plugin_sees_and_changes_every_plugins_answer():
+    class HideExperimental:
+        @hookimpl(wrapper=True)
+        def bridge_core_activation_functions(self):
+            answers = yield
+            return [{k: v for k, v in answer.items() if not k.startswith("experimental_")} for answer in answers]
+
+    host = PluginHost(load_entry_points=False)
+    host.register(_answering("experimental_gelu"), "d:experimental")
+    host.register(_answering("kept"), "d:kept")
+    host.register(HideExperimental(), "d:wrapper")
+    assert host.kinds.activations == {"kept": gelu_new}
+    assert ("d:kept", {"kept": gelu_new}) in host.results("bridge_core_activation_functions")
+
+
+def test_a_firstresult_hook_stops_at_the_first_answer_as_in_pluggy():
+    from bridge_core.hookspecs import hookspec
+
+    class Specs:
+        @hookspec(firstresult=True)
+        def bridge_core_test_first(self): ...
+
+    def answering(value):
+        class Plugin:
+            @hookimpl
+            def bridge_core_test_first(self):
+                return value
+
+        return Plugin()
+
+    host = PluginHost(load_entry_points=False)
+    host.pm.add_hookspecs(Specs)
+    host.register(answering("second"), "d:second")
+    host.register(answering("first"), "d:first")
+    host.register(answering(None), "d:none")  # called first, answers nothing
+    assert host.results("bridge_core_test_first") == [("d:first", "first")]
+    assert host.pm.hook.bridge_core_test_first() == "first", "what pluggy itself answers"

@@ -111,9 +111,26 @@ def test_alibi_kind_equals_blooms_own_alibi_with_padding(alibi_plugin):
 
     _, mask = padded()
     for n_heads in (4, 6, 12):
-        ours = alibi_plugin.alibi_bias(q_len=9, k_len=9, n_heads=n_heads, padding_mask=mask.bool())
+        ours = alibi_plugin.alibi_bias(
+            table=None, q_len=9, k_len=9, offset=0, padding_mask=mask.bool(), n_heads=n_heads,
+            dtype=torch.float32, device="cpu", params={},
+        )  # fmt: skip
         theirs = build_alibi_tensor(mask, n_heads, torch.float32)  # [b*h, 1, k]
         torch.testing.assert_close(alibi_plugin.bloom_format(ours), theirs, atol=1e-6, rtol=0)  # float slopes
+
+
+def test_alibi_fits_the_score_bias_contract_and_refuses_params(alibi_plugin):
+    from bridge_core import SpecError
+    from bridge_core.kinds import ScoreBiasKind, contract_problems
+
+    (kind,) = alibi_plugin.bridge_core_score_bias_kinds()
+    assert contract_problems(kind, ScoreBiasKind) == []
+    with pytest.raises(SpecError) as info:
+        alibi_plugin.alibi_bias(
+            table=None, q_len=2, k_len=2, offset=0, padding_mask=None, n_heads=4,
+            dtype=torch.float32, device="cpu", params={"max_bias": 8},
+        )  # fmt: skip
+    assert info.value.field == "score_bias.params" and "max_bias" in str(info.value)
 
 
 def test_a_pattern_edit_on_the_reimplement_path_reaches_the_logits_as_it_would_by_hand(registry):

@@ -8,11 +8,14 @@ transformers' AttentionInterface and so runs on bridge-core's reimplement path.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from bridge_core import hookimpl
+from bridge_core.errors import SpecError
 from bridge_core.kinds import ScoreBiasKind
 
 __all__ = ["alibi_bias", "alibi_slopes"]
@@ -34,17 +37,21 @@ def alibi_bias(
     q_len: int,
     k_len: int,
     n_heads: int,
-    padding_mask: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
+    padding_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    params: Mapping[str, Any] | None = None,  # transitional default: until every call site passes params
     **_: object,
 ) -> torch.Tensor:
     """`[b or 1, h, 1, k]`: slope_h times each key's position among the real tokens of its row.
 
     Only key positions matter (a per-query constant does not change the softmax), so the bias is
     the same for every query. With a padding mask, positions count real tokens only, so a
-    left-padded row gets the same biases as the row alone.
+    left-padded row gets the same biases as the row alone. ALiBi takes no `params`; the
+    `table` and `offset` keywords of the contract are not needed.
     """
+    if params:
+        raise SpecError(f"score bias kind 'alibi' takes no params (got {', '.join(params)})", field="score_bias.params")
     slopes = alibi_slopes(n_heads).to(device)
     if padding_mask is None:
         positions = torch.arange(k_len, device=device)[None, :].float()
