@@ -20,6 +20,7 @@ from ..errors import HookNameError, InputError, UnknownKindError, close_matches
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
+from ..transformers_internals import config_objects
 from . import analysis, loading, processing, running
 from .binding import BoundModel, bind
 from .cache import ActivationCache
@@ -84,7 +85,7 @@ class Bridge(ModelWeights, TokenMethods):
         self.decoder = self.blocks if encoder else None
         self._points = self._bound.points
         self._module_points: dict[str, HookPoint] = {}
-        self._configs = loading.config_objects(model)
+        self._configs = config_objects(model)
         float32 = spec.block.attn.softmax_dtype == "float32"
         self._softmax_float32 = {
             id(attn.module): float32
