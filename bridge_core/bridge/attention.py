@@ -9,7 +9,6 @@ any other module is handed to the implementation the config had (sdpa, eager, ..
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .. import transformers_internals as hf
 
 IMPLEMENTATION_NAME = "bridge_core"
 
@@ -56,11 +54,11 @@ def _original_name(module: nn.Module) -> str:
 def _original_function(module: nn.Module, name: str) -> Callable[..., Any]:
     if name == "eager" or name is None:
         # The model's own module-level eager function carries its family's quirks.
-        own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        own = hf.model_eager_function(module)
         if own is not None:
             return own
         return _eager
-    return ALL_ATTENTION_FUNCTIONS[name]
+    return hf.attention_function(name)
 
 
 def bridge_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
@@ -98,7 +96,7 @@ def bridge_mask(*args, config=None, **kwargs):
     """The registered mask function: the original implementation's, with all its arguments."""
     entry = _ORIGINALS.get(id(config)) if config is not None else None
     name = entry[0] if entry is not None else "eager"
-    function = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(name) or ALL_MASK_ATTENTION_FUNCTIONS["eager"]
+    function = hf.mask_function(name) or hf.mask_function("eager")
     return function(*args, config=config, **kwargs)
 
 
@@ -169,8 +167,8 @@ def attention_routed(configs: list[Any], routes: list[AttentionRoute]) -> Iterat
         for config in configs:
             entry = _ORIGINALS.get(id(config))
             if entry is None:
-                _ORIGINALS[id(config)] = [config._attn_implementation_internal, 1]
-                config._attn_implementation_internal = IMPLEMENTATION_NAME
+                _ORIGINALS[id(config)] = [hf.attention_implementation(config), 1]
+                hf.set_attention_implementation(config, IMPLEMENTATION_NAME)
             else:  # already switched by an enclosing call: share it
                 entry[1] += 1
             switched.append(config)
@@ -189,9 +187,8 @@ def attention_routed(configs: list[Any], routes: list[AttentionRoute]) -> Iterat
             entry = _ORIGINALS[id(config)]
             entry[1] -= 1
             if entry[1] == 0:
-                config._attn_implementation_internal = entry[0]
+                hf.set_attention_implementation(config, entry[0])
                 del _ORIGINALS[id(config)]
 
 
-AttentionInterface.register(IMPLEMENTATION_NAME, bridge_attention)
-AttentionMaskInterface.register(IMPLEMENTATION_NAME, bridge_mask)
+hf.register_implementation(IMPLEMENTATION_NAME, bridge_attention, bridge_mask)

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
+from ..transformers_internals import config_objects
 from . import analysis, loading, processing, running
 from .binding import bind
 from .bound import BoundModel
@@ -71,7 +72,7 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
         self.decoder = self.blocks if encoder else None
         self._points = self._bound.points
         self._module_points: dict[str, HookPoint] = {}
-        self._configs = loading.config_objects(model)
+        self._configs = config_objects(model)
         self._softmax_float32 = {id(attn.module): attn.softmax_float32 for _, _, attn in self._bound.attentions()}
         self._reimplemented = reimplemented_layers(self._bound, cfg)
         self.components = ComponentCaller(self._bound, cfg)

@@ -73,20 +73,3 @@ def load_tokenizer(name_or_path: str | Path) -> Any | None:
     # transformers 5 builds an empty tokenizer (vocabulary 0, only added special tokens) for a checkpoint
     # that ships no tokenizer files.
     return tokenizer if getattr(tokenizer, "vocab_size", 0) else None
-
-
-def config_objects(model: nn.Module) -> list[Any]:
-    """Every HF config object the model's modules hold (T5's stacks hold their own copies)."""
-    found: dict[int, Any] = {}
-
-    def add(config: Any) -> None:
-        if config is None or id(config) in found or not hasattr(config, "_attn_implementation_internal"):
-            return
-        found[id(config)] = config
-        for key in getattr(config, "sub_configs", {}) or {}:
-            add(getattr(config, key, None))
-
-    add(getattr(model, "config", None))
-    for module in model.modules():
-        add(getattr(module, "config", None))
-    return list(found.values())

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ProcessingError
-from . import loading
+from ..transformers_internals import config_objects
 from .bound import BoundNorm
 from .weights import in_out
 
@@ -90,7 +90,7 @@ def _untie(bridge: Any) -> None:
     unembed, embed = bridge.bound.unembed, bridge.bound.embed
     if unembed.weight is embed.weight:
         unembed.weight = nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
-    for config in loading.config_objects(bridge.model):
+    for config in config_objects(bridge.model):
         if getattr(config, "tie_word_embeddings", False):
             config.tie_word_embeddings = False
 

@@ -7,7 +7,6 @@ delegates to the calling module's own module-level `eager_attention_forward`.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -15,8 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from .. import transformers_internals as hf
 
 CAPTURE_NAME = "bridge_core_conformance_capture"
 
@@ -54,7 +53,7 @@ _ACTIVE: list[tuple[Recording, dict[int, str]]] = []
 
 
 def _own_eager(module: nn.Module):
-    own = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    own = hf.model_eager_function(module)
     if own is None:
         raise RuntimeError(f"{type(module).__module__} has no module-level eager_attention_forward")
     return own
@@ -77,11 +76,10 @@ def capture_attention(module: nn.Module, query, key, value, attention_mask, **kw
 
 def capture_mask(*args: Any, **kwargs: Any):
     """The eager mask function, so the captured eager attention sees the masks eager would."""
-    return ALL_MASK_ATTENTION_FUNCTIONS._global_mapping["eager"](*args, **kwargs)
+    return hf.mask_function("eager")(*args, **kwargs)
 
 
-AttentionInterface.register(CAPTURE_NAME, capture_attention)
-AttentionMaskInterface.register(CAPTURE_NAME, capture_mask)
+hf.register_implementation(CAPTURE_NAME, capture_attention, capture_mask)
 
 
 def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -96,28 +94,11 @@ def _main_output(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output[0]
 
 
-def config_objects(model: nn.Module) -> list[Any]:
-    """Every HF config object the model's modules hold."""
-    found: dict[int, Any] = {}
-    for module in [model, *model.modules()]:
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation_internal"):
-            found[id(config)] = config
-    return list(found.values())
-
-
 @contextmanager
 def eager_capture(model: nn.Module) -> Iterator[None]:
     """Switch every config object of `model` (the deep copy only) to the capture function."""
-    configs = config_objects(model)
-    before = [c._attn_implementation_internal for c in configs]
-    for config in configs:
-        config._attn_implementation_internal = CAPTURE_NAME
-    try:
+    with hf.attention_implementation_switched(hf.config_objects(model), CAPTURE_NAME):
         yield
-    finally:
-        for config, name in zip(configs, before, strict=True):
-            config._attn_implementation_internal = name
 
 
 def record(

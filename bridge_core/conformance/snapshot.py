@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .capture import config_objects
+from ..transformers_internals import attention_implementation, config_objects
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -52,7 +52,7 @@ def hook_state(model: nn.Module) -> dict[str, tuple]:
 def config_state(model: nn.Module) -> list[dict[str, Any]]:
     """`to_dict()` of every config object, with the attention implementation it holds."""
     return [
-        {**config.to_dict(), "_attn_implementation_internal": config._attn_implementation_internal}
+        {**config.to_dict(), "attn_implementation": attention_implementation(config)}
         for config in config_objects(model)
     ]
 

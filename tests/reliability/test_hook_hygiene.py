@@ -13,7 +13,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from bridge_core import Bridge
-from bridge_core.bridge.loading import config_objects
+from bridge_core.transformers_internals import config_objects
 
 from ._models import BUILTIN_SPECS, attached_hooks, call_kwargs, model_for, tokens_for
 
