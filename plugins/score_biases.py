@@ -48,16 +48,14 @@ def t5_bias(
     q_len: int,
     k_len: int,
     offset: int,
-    params: Mapping[str, Any] | None = None,
-    **rest: Any,
+    params: Mapping[str, Any],
+    **_: Any,
 ) -> torch.Tensor:
     """`[1, h, q, k]` bias for queries at positions `offset..offset+q_len` over `k_len` keys (`ScoreBiasCompute`).
 
     `params` is the spec's `score_bias.params`: `bidirectional` (encoders and T5's encoder stack),
     `num_buckets` and `max_distance` (T5's `relative_attention_num_buckets` / `_max_distance`).
     """
-    if params is None:  # transitional: call sites from before `params` pass the three as keywords
-        params = {key: rest[key] for key in T5_PARAMS if rest.get(key) is not None}
     missing = [key for key in T5_PARAMS if key not in params]
     if missing:
         raise SpecError(f"score bias kind 't5_buckets' needs params {', '.join(missing)}", field="score_bias.params")

@@ -71,10 +71,14 @@ def attention_alone(ctx: CheckContext, m: Meter) -> None:
                 layer.index, ctx.hf_in(module, recording), layer_mask, stack=layer.stack
             )
         real = mask.bool() if encoder_stack else torch.ones(out.shape[:2], dtype=torch.bool)
+        attn = layer.block.attn
+        # a module that adds the residual itself (BLOOM) is called alone with a zero residual: its
+        # contribution is then what its output projection returned in HF's forward
+        hf = ctx.hf_out(attn.o if attn.residual_kwarg else module, recording)
         m.compare(
             f"{layer.prefix}.attn called alone vs HF's attention output (real positions)",
             out[real],
-            ctx.hf_out(module, recording)[real],
+            hf[real],
             "call (mask_format / attention_mask_kwarg / position_embeddings_kwarg / window) / block.attn.output_index",
         )
 

@@ -40,7 +40,7 @@ def alibi_bias(
     padding_mask: torch.Tensor | None,
     dtype: torch.dtype,
     device: torch.device | str,
-    params: Mapping[str, Any] | None = None,  # transitional default: until every call site passes params
+    params: Mapping[str, Any],
     **_: object,
 ) -> torch.Tensor:
     """`[b or 1, h, 1, k]`: slope_h times each key's position among the real tokens of its row.
