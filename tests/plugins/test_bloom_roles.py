@@ -67,9 +67,11 @@ def test_a_bloom_spec_without_its_contribution_places_fails_residual_stream(regi
     for line in ("  attn_out_at: self_attention.dense\n", "  mlp_out_at: mlp.dense_4h_to_h\n"):
         assert line in text
         text = text.replace(line, "")
-    text = text.replace("name: bloom", "name: bloom_no_contributions").replace(
-        "[BloomForCausalLM]", "[BloomNoContributions]"
-    ).replace("[bloom]", "[bloom_no_contributions]")
+    text = (
+        text.replace("name: bloom", "name: bloom_no_contributions")
+        .replace("[BloomForCausalLM]", "[BloomNoContributions]")
+        .replace("[bloom]", "[bloom_no_contributions]")
+    )
     path = tmp_path / "bloom_no_contributions.yaml"
     path.write_text(text)
     spec = validate_spec(read_raw_spec(path))
