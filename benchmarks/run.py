@@ -2,7 +2,7 @@
 
 Each comparison forks one worker process per implementation (raw HF included), warms each up,
 then times them in interleaved rounds (the order rotates every round) and compares medians.
-Writes `latest.md` and `latest.json` under `--out`; budgets are those of DESIGN §5.
+Writes `latest.md` and `latest.json` under `--out`; budgets are the project's (docs/architecture.md#performance).
 Run inside `.venv-bench` (made by `benchmarks/setup.sh`).
 """
 

@@ -1,4 +1,4 @@
-"""The typed errors of bridge-core (DESIGN §6).
+"""The typed errors of bridge-core (docs/architecture.md#errors).
 
 Every error carries the data a caller needs to act (file, line, field, module path, close
 matches) and a message written for someone who has never read the code.

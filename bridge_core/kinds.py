@@ -1,4 +1,4 @@
-"""The contracts of the kinds plugins register (DESIGN §3.4), as `typing.Protocol`s, and the records they return.
+"""The contracts of the kinds plugins register, as `typing.Protocol`s, and the records they return.
 
 A spec picks a kind by name (`kind: layernorm`). The plugin host checks every registered kind
 against its contract once, at load (`contract_problems`); the bridge, the reimplement path and

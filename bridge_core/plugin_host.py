@@ -1,4 +1,4 @@
-"""Loading plugins: the pluggy manager and entry points loaded one at a time (DESIGN §3.4).
+"""Loading plugins: the pluggy manager and entry points loaded one at a time (docs/architecture.md#extension-points).
 
 pluggy's own `load_setuptools_entrypoints` stops at the first entry point that fails to import;
 here each is loaded inside its own `try`, registered as `distribution:name`, and a failure is

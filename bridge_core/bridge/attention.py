@@ -1,4 +1,4 @@
-"""Eager attention on demand, through transformers' AttentionInterface (DESIGN §3.3).
+"""Eager attention on demand, through transformers' AttentionInterface (docs/architecture.md#attention-internals).
 
 One function name, `bridge_core`, is registered once at import with `AttentionInterface` and
 `AttentionMaskInterface`. While a forward needs `hook_attn_scores` / `hook_pattern`, every config

@@ -1,4 +1,4 @@
-"""Checking call arguments before anything is attached (DESIGN §6): dtype, shape, token range,
+"""Checking call arguments before anything is attached (docs/architecture.md#errors): dtype, shape, token range,
 sequence length where positions are learned, and the attention mask's shape."""
 
 from __future__ import annotations

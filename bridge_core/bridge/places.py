@@ -1,4 +1,4 @@
-"""Where a hook point lives in the HF model (DESIGN §3.2), and how its tensor is shown to users.
+"""Where a hook point lives in the HF model (docs/architecture.md#hook-points), and how its tensor is shown to users.
 
 A `Place` names a module and a spot on it: its output, one of its inputs, a value recomputed from
 its input (norm scale, per-head result) or a point inside attention. A `View` turns the tensor HF

@@ -1,4 +1,4 @@
-"""Weight views in HookedTransformer shapes over the real HF parameters (DESIGN §3.6).
+"""Weight views in HookedTransformer shapes over the real HF parameters (docs/architecture.md#weight-views).
 
 Per-block views (`bridge.blocks[i].attn.W_Q`) are made on access from the parameters by slicing,
 transposing and reshaping, so they share storage and gradients reach the real weights. Values

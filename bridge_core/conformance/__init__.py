@@ -1,4 +1,4 @@
-"""Conformance: a catalogue of named checks that hold a spec to HF's own computation (DESIGN §4).
+"""Conformance: a catalogue of named checks that hold a spec to HF's own computation (docs/architecture.md#conformance).
 
 `run(spec) -> Report`; `bridge-core conform`; the pytest plugin and `conformance_tests(spec)`.
 New checks register with `@check(...)` in `bridge_core.conformance.checks`.

@@ -1,4 +1,4 @@
-"""A snapshot of everything a bridge promises to leave as found (DESIGN §3.1): parameters and
+"""A snapshot of everything a bridge promises to leave as found (docs/architecture.md#invariants): parameters and
 buffers bitwise, the module tree, every config object, and every hook dictionary.
 
 Taken by the runner before the bridge is built; `differences()` lists what changed since.

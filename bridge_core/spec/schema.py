@@ -1,4 +1,4 @@
-"""The typed schema of an architecture spec (DESIGN §3.5), as pydantic v2 models.
+"""The typed schema of an architecture spec (docs/architecture.md#specs), as pydantic v2 models.
 
 `Spec` is what a YAML file validates into. Field docstrings (`description=`) are the source of the
 generated spec reference and of the JSON Schema that editors use (`bridge-core schema`).

@@ -161,7 +161,7 @@ GLOBAL_HOOK_DICTS = (
 
 @dataclass
 class ModelSnapshot:
-    """What "left as found" compares (DESIGN §3.1)."""
+    """What "left as found" compares (docs/architecture.md#invariants)."""
 
     tensors: dict[str, torch.Tensor]
     tensor_objects: dict[str, int]

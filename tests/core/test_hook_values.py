@@ -244,7 +244,7 @@ def test_pattern_rows_sum_to_one_and_masked_positions_get_zero_probability(run):
 
 
 def test_pattern_equals_the_attention_probabilities_of_hf_eager_attention(run):
-    """DESIGN §3.3: the eager path reproduces HF's eager attention probabilities exactly."""
+    """docs/architecture.md: the eager path reproduces HF's eager attention probabilities exactly."""
     with torch.no_grad():
         out = eager_copy(run.reference)(input_ids=run.toks, attention_mask=run.mask, output_attentions=True)
     assert len(out.attentions) == run.n_layers

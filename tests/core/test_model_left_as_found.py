@@ -1,4 +1,4 @@
-"""The user's model is left as found (DESIGN §3.1): parameters bitwise, module tree, config and every
+"""The user's model is left as found (docs/architecture.md): parameters bitwise, module tree, config and every
 module's hook dictionaries, after building the bridge and after every way of using it, failures included."""
 
 from __future__ import annotations

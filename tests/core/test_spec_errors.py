@@ -1,4 +1,4 @@
-"""Malformed specs give typed errors that say which file, which line and which field (DESIGN §6).
+"""Malformed specs give typed errors that say which file, which line and which field (docs/architecture.md#errors).
 
 Each case writes a bad YAML file to tmp_path, made from a GPT-2 spec kept in this file (so that the
 tests do not depend on edits to the built-in spec), and checks the error's type, `.file`, `.line`

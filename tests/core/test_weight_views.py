@@ -1,4 +1,4 @@
-"""Weight views (DESIGN §3.6): HookedTransformer shapes, equal to hand-slicing of the raw HF parameters
+"""Weight views (docs/architecture.md): HookedTransformer shapes, equal to hand-slicing of the raw HF parameters
 (GPT-2's Conv1D stores [in, out], c_attn is [q | k | v]), sharing their storage, and carrying gradients
 back to the real parameters."""
 

@@ -2,7 +2,7 @@
 
 Models are built from each spec's `test_config` (offline, seeded); references are untouched deep
 copies taken before a bridge exists. The snapshot and its assertion are the core tests' own
-(`tests/core/_helpers.py`), extended here with the hook dictionaries named in DESIGN §3.1.
+(`tests/core/_helpers.py`), extended here with the hook dictionaries that the left-as-found invariant covers.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def hf_logits(model: nn.Module, toks: torch.Tensor, **kwargs: Any) -> torch.Tens
 
 
 def attached_hooks(model: nn.Module) -> dict[tuple[str, str], list]:
-    """Every non-empty hook dictionary of every module (DESIGN §3.1 names these seven)."""
+    """Every non-empty hook dictionary of every module (the left-as-found invariant, docs/architecture.md)."""
     out = {}
     for name, module in model.named_modules():
         for attr in HOOK_DICTS:

@@ -1,4 +1,4 @@
-"""The bad spec corpus: every malformed or wrong spec in `bad_specs/` gets the typed error DESIGN §6 documents.
+"""The bad spec corpus: every malformed or wrong spec in `bad_specs/` gets its typed error (docs/architecture.md).
 
 `CASES` is the table: file, the first stage that must catch it (`load`: YAML and schema, `kinds`: plugin
 kinds at registration, `bind`: building a bridge on the tiny model), the error type, the field (the spec

@@ -1,4 +1,4 @@
-"""Fuzzing the spec expression evaluator (DESIGN §3.5: no eval, no attribute access beyond the config).
+"""Fuzzing the spec expression evaluator (docs/architecture.md#specs: no eval, no attribute access beyond the config).
 
 Generated token strings and generated ASTs: `evaluate` returns a value or raises `ExpressionError`, nothing
 else; the lookup is only ever asked for the plain names the expression spells (never a dunder, never an

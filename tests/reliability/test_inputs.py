@@ -1,4 +1,4 @@
-"""Bad call inputs on every built-in spec (DESIGN §6): a clear `InputError` (a `ValueError`) raised before
+"""Bad call inputs on every built-in spec (docs/architecture.md): a clear `InputError` (a `ValueError`) raised before
 anything is attached to the model. Sequence length is checked only where positions are learned (GPT-2, OPT);
 rotary and relative-position models accept inputs longer than `max_position_embeddings`, as HF does.
 

@@ -1,4 +1,4 @@
-"""The model is left as found (DESIGN §3.1) on every built-in spec, after heavy use, and bridges do not interfere.
+"""The model is left as found on every built-in spec, after heavy use, and bridges do not interfere.
 
 "As found" is the core tests' snapshot: parameters and buffers bitwise (and the same objects), the module
 tree with each module's `training` flag, `requires_grad`, tensor hooks, every module's hook dictionaries,
@@ -87,7 +87,7 @@ def test_two_bridges_on_two_models_and_two_on_one_model_do_not_interfere(spec):
                 )
                 torch.testing.assert_close(logits, expected[id(bridge)], rtol=0, atol=1e-5)
                 previous = caches.setdefault(id(bridge.model), dict(cache.items()))
-                for name, value in cache.items():  # other hook sets route other layers to eager: 1e-5 (DESIGN §3.2)
+                for name, value in cache.items():  # other hook sets route other layers to eager: 1e-5
                     torch.testing.assert_close(value, previous[name], rtol=0, atol=1e-5, msg=name)
         for bridge in (a, b, a2):
             assert torch.equal(bridge(toks, **kwargs), expected[id(bridge)])

@@ -3,7 +3,7 @@
 The HF reference is a deep copy of the tiny model `.to(dtype)` before the bridge exists; the bridge's own
 model is converted the same way. With no hook the logits are bit-identical in every dtype. A cached run
 (every hook point, which routes attention through the bridge's eager path) stays close to HF, within:
-- fp32: 1e-5 absolute (DESIGN §3.2). Measured: at most 1.5e-6 (T5), 7e-7 or less elsewhere.
+- fp32: 1e-5 absolute (docs/architecture.md#hook-points). Measured: at most 1.5e-6 (T5), 7e-7 or less elsewhere.
 - fp16: 5e-3 of the logits' scale (max |logit|). Measured: at most 1.6e-3 (T5), 1.3e-3 elsewhere.
 - bf16: 3e-2 of the logits' scale. Measured: at most 1.4e-2 (T5), 1.0e-2 elsewhere (bf16 has 8 bits of
   mantissa: one rounding step of a logit near 2 is 7.8e-3).

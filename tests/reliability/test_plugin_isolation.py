@@ -1,4 +1,4 @@
-"""Plugin isolation (DESIGN §3.4): a third-party entry point that fails to import, and one whose hook raises,
+"""Plugin isolation (docs/architecture.md): a third-party entry point that fails to import, and one whose hook raises,
 are reported with their distribution while the other plugins and the built-ins keep working.
 
 The plugins are a real distribution: a `*.dist-info` directory with an `entry_points.txt` in group

@@ -1,4 +1,4 @@
-"""Models dispatched by accelerate with disk and CPU offload (DESIGN §7): outputs, caches and weight views."""
+"""Models dispatched by accelerate with disk and CPU offload: outputs, caches and weight views."""
 
 from __future__ import annotations
 
