@@ -57,7 +57,8 @@ def model_class(spec: Spec) -> type[nn.Module]:
         )
     if not issubclass(cls, transformers.PreTrainedModel):
         raise spec_error(
-            f"'{spec.hf_class}' is not a model class (not a transformers PreTrainedModel), e.g. GPT2LMHeadModel",
+            f"'{spec.hf_class}' is not a model class: hf_class names a transformers PreTrainedModel such as "
+            "GPT2LMHeadModel",
             spec,
             None,
             "hf_class",
