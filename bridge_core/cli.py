@@ -76,7 +76,7 @@ def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     bridge = _bridge(args)
-    rows = hook_table(bridge, batch=args.batch, seq=args.seq)
+    rows = hook_table(bridge, batch=args.batch, seq=args.seq, seed=args.seed)
     if args.json:
         print(json.dumps({"architecture": bridge.cfg.architecture, "hooks": rows}, indent=2))
         return 0
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source(hooks)
     hooks.add_argument("--batch", type=int, default=2, help="batch size of the random input (default 2)")
     hooks.add_argument("--seq", type=int, default=8, help="sequence length of the random input (default 8)")
-    hooks.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights (default 0)")
+    hooks.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights and of the random input")
     hooks.add_argument("--json", action="store_true", help="print JSON to stdout")
     hooks.set_defaults(func=cmd_hooks)
 
