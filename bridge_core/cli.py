@@ -13,25 +13,54 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .errors import BridgeCoreError
-
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, Command] = {}
 
 
 def _console() -> Console:
     return Console(highlight=False)
 
 
-def _bridge(args: argparse.Namespace):
-    from .bridge import Bridge
+def print_error(exc: BaseException) -> None:
+    """`error: <message>` on stderr, the message printed as written (never read as rich markup, so
+    `[in, out]` survives), whatever the width of the terminal."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(exc)))
 
-    if args.model:
-        spec = None if args.arch in (None, "auto") else args.arch
-        return Bridge.from_pretrained(args.model, spec=spec)
-    return Bridge.from_spec(args.arch, tiny=True, seed=args.seed)
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bridge-core")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from . import __version__
+
+        return __version__
+
+
+def _bridge(args: argparse.Namespace):
+    from .inspection import build_bridge
+
+    return build_bridge(args.arch, args.model, args.seed)
+
+
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    """`ARCH`, `--model PATH` and `--tiny`, as `hooks` and `inspect` take them."""
+    parser.add_argument(
+        "arch",
+        nargs="?",
+        help="a registered spec name or a spec YAML file; optional with --model (found from the checkpoint's config)",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random model built from the spec's test_config (the default; refused with --model)",
+    )
+    source.add_argument("--model", metavar="PATH", help="a saved checkpoint (local path or hub id) instead")
 
 
 def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict[str, Any]]:
@@ -47,17 +76,17 @@ def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict
 
 def cmd_hooks(args: argparse.Namespace) -> int:
     bridge = _bridge(args)
-    rows = hook_table(bridge, batch=args.batch, seq=args.seq)
+    rows = hook_table(bridge, batch=args.batch, seq=args.seq, seed=args.seed)
     if args.json:
         print(json.dumps({"architecture": bridge.cfg.architecture, "hooks": rows}, indent=2))
         return 0
-    table = Table(title=f"{bridge!r} — input [batch {args.batch}, seq {args.seq}]")
+    table = Table(title=escape(f"{bridge!r} — input [batch {args.batch}, seq {args.seq}]"))
     table.add_column("hook name")
     table.add_column("shape")
     table.add_column("fires", justify="right")
     for row in rows:
         style = None if row["fires"] == 1 else "bold red"
-        table.add_row(row["name"], str(tuple(row["shape"] or ())), str(row["fires"]), style=style)
+        table.add_row(escape(row["name"]), str(tuple(row["shape"] or ())), str(row["fires"]), style=style)
     _console().print(table)
     dead = [r["name"] for r in rows if r["fires"] != 1]
     if dead:
@@ -92,12 +121,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     for column in ("name", "origin", "HF classes", "model types"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["origin"], ", ".join(row["architectures"]), ", ".join(row["model_type"]))
+        cells = (row["name"], row["origin"], ", ".join(row["architectures"]), ", ".join(row["model_type"]))
+        table.add_row(*map(escape, cells))
     console = _console()
     console.print(table)
-    console.print(f"plugins: {', '.join(plugins)}")
+    console.print(escape(f"plugins: {', '.join(plugins)}"))
     for failure in failures:
-        console.print(f"[bold red]failed plugin[/] {failure['distribution']}:{failure['name']}: {failure['error']}")
+        text = escape(f"{failure['distribution']}:{failure['name']}: {failure['error']}")
+        console.print(f"[bold red]failed plugin[/] {text}", soft_wrap=True)
     return 0
 
 
@@ -112,12 +143,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = spec_problems(spec, model, registry.plugins.kinds, file)
     if problems:
         console = _console()
-        console.print(f"[bold red]{len(problems)} problem(s) binding {file} to a tiny {spec.hf_class}:[/]")
+        head = escape(f"{len(problems)} problem(s) binding {file} to a tiny {spec.hf_class}:")
+        console.print(f"[bold red]{head}[/]", soft_wrap=True)
         for problem in problems:
-            console.print(f"  {problem}", soft_wrap=True)
+            console.print(f"  {escape(str(problem))}", soft_wrap=True)
         return 1
     bridge = Bridge(model, spec, registry=registry, spec_file=file)
-    _console().print(f"[green]ok[/] {args.spec}: binds to a tiny {type(bridge.model).__name__}, {bridge!r}")
+    text = escape(f"{args.spec}: binds to a tiny {type(bridge.model).__name__}, {bridge!r}")
+    _console().print(f"[green]ok[/] {text}", soft_wrap=True)
     return 0
 
 
@@ -129,14 +162,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_scaffold(args: argparse.Namespace) -> int:
+    from .bridge.loading import require_checkpoint
     from .scaffold import meta_model, scaffold, to_yaml
 
-    model, config = meta_model(model_type=args.model_type, path=args.model)
+    path = require_checkpoint(args.model) if args.model else None
+    model, config = meta_model(model_type=args.model_type, path=path)
     text = to_yaml(scaffold(model, config))
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
-        _console().print(f"wrote {args.output}")
+        _console().print(escape(f"wrote {args.output}"))
     else:
         print(text)
     return 0
@@ -144,24 +179,23 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge-core", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     hooks = sub.add_parser("hooks", help="table of hook points: name, shape, how often each fired")
-    hooks.add_argument("arch", help="architecture name (a registered spec) or a spec YAML file")
-    hooks.add_argument("--tiny", action="store_true", help="tiny random model from the spec (the default)")
-    hooks.add_argument("--model", help="a saved checkpoint (local path or hub id) instead of a tiny model")
-    hooks.add_argument("--batch", type=int, default=2)
-    hooks.add_argument("--seq", type=int, default=8)
-    hooks.add_argument("--seed", type=int, default=0)
+    add_model_source(hooks)
+    hooks.add_argument("--batch", type=int, default=2, help="batch size of the random input (default 2)")
+    hooks.add_argument("--seq", type=int, default=8, help="sequence length of the random input (default 8)")
+    hooks.add_argument("--seed", type=int, default=0, help="seed of the tiny model's weights and of the random input")
     hooks.add_argument("--json", action="store_true", help="print JSON to stdout")
     hooks.set_defaults(func=cmd_hooks)
 
     listing = sub.add_parser("list", help="registered specs with their origin, and plugins that failed")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON to stdout")
     listing.set_defaults(func=cmd_list)
 
     validate = sub.add_parser("validate", help="check a spec file and bind it to a tiny model")
-    validate.add_argument("spec")
+    validate.add_argument("spec", help="a spec YAML file (or a registered spec name)")
     validate.set_defaults(func=cmd_validate)
 
     scaffold = sub.add_parser("scaffold", help="write a draft spec from a model's structure")
@@ -180,10 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_conform(sub: Any) -> None:
-    try:
-        from .conformance.cli import register
-    except ImportError:
-        return
+    from .conformance.cli import register
+
     register(sub)
 
 
@@ -201,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except BridgeCoreError as exc:
-        _console().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        print_error(exc)
         return 2
 
 

@@ -94,6 +94,25 @@ class SpecNotFoundError(BridgeCoreError, LookupError):
     """No registered spec matches a model or a name; says what was tried."""
 
 
+class ModelNotFoundError(BridgeCoreError, FileNotFoundError):
+    """A checkpoint given as a local path (`./ckpt`, `~/ckpt`, `/abs/ckpt`) that does not exist."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"model path '{path}' does not exist (a local checkpoint directory was expected; "
+            "a hub id looks like 'name' or 'org/name')"
+        )
+
+
+class ScaffoldError(BridgeCoreError, ValueError):
+    """The model could not be built or its structure was not recognized."""
+
+
+class HookShapeError(BridgeCoreError, ValueError):
+    """A hook function returned a tensor of another shape than it was given."""
+
+
 class InputError(BridgeCoreError, ValueError):
     """Bad call arguments (tokens, masks, dtypes), detected before any hook is attached."""
 

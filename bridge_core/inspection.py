@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import BridgeCoreError, TokenizerError
@@ -29,9 +30,11 @@ MODEL_VIEWS = ("W_E", "W_pos", "W_U", "b_U")
 # ---------------------------------------------------------------------------------------------- building
 def build_bridge(arch: str | None, model: str | None = None, seed: int = 0):
     """A bridge on a checkpoint (`model`), or on a tiny random model built from the spec `arch`."""
-    from .bridge import Bridge
+    from .bridge import Bridge, loading
 
     if model:
+        # a local path that does not exist is one line, not transformers' hub repo-id traceback
+        model = loading.require_checkpoint(model)
         return Bridge.from_pretrained(model, spec=None if arch in (None, "auto") else arch)
     if arch in (None, "auto"):
         raise BridgeCoreError("name an architecture (a registered spec or a spec file), or give --model PATH")
@@ -294,21 +297,22 @@ def _shape(shape: list[int] | None) -> str:
 def render(report: dict[str, Any], console: Console) -> None:
     """The report as rich tables: spec and model, config, hooks, weight views, top tokens, plots."""
     spec, model = report["spec"], report["model"]
-    console.rule(f"[bold]{report['architecture']}[/]  ·  {model['class']}")
+    console.rule(f"[bold]{escape(report['architecture'])}[/]  ·  {escape(model['class'])}")
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
     extends = f" (extends {spec['extends']})" if spec.get("extends") else ""
-    head.add_row("spec", f"{spec['name']}{extends} — origin [cyan]{spec['origin']}[/], file {spec['file']}")
-    head.add_row("model", f"{model['source']}; {model['parameters']:,} parameters, {model['dtype']}")
-    head.add_row("tokenizer", model["tokenizer"] or "none (token ids are shown instead of text)")
+    origin = f"[cyan]{escape(spec['origin'])}[/]"
+    head.add_row("spec", f"{escape(spec['name'] + extends)} — origin {origin}, file {escape(str(spec['file']))}")
+    head.add_row("model", escape(f"{model['source']}; {model['parameters']:,} parameters, {model['dtype']}"))
+    head.add_row("tokenizer", escape(model["tokenizer"] or "none (token ids are shown instead of text)"))
     given = report["input"]
     text = f"{given['source']} tokens {given['tokens']}"
     if given["str_tokens"] is not None:
         text += f"\n{given['str_tokens']}"
     if given["decoder_input_ids"] is not None:
         text += f"\ndecoder_input_ids {given['decoder_input_ids']} (decoder start token first)"
-    head.add_row("input", text)
+    head.add_row("input", escape(text))
     head.add_row("logits", _shape(report["logits_shape"]))
     console.print(head)
 
@@ -316,7 +320,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     config.add_column("field")
     config.add_column("value")
     for key, value in report["config"].items():
-        config.add_row(key, str(value))
+        config.add_row(key, escape(str(value)))
     console.print(config)
 
     hooks = Table(title="hook points (one forward)", title_justify="left")
@@ -325,7 +329,7 @@ def render(report: dict[str, Any], console: Console) -> None:
     hooks.add_column("fires", justify="right")
     for row in report["hooks"]:
         style = None if row["fires"] == 1 else "bold red"
-        hooks.add_row(row["name"], _shape(row["shape"]), str(row["fires"]), style=style)
+        hooks.add_row(escape(row["name"]), _shape(row["shape"]), str(row["fires"]), style=style)
     console.print(hooks)
 
     weights = Table(title="weight views (per block: the same shape in the layers listed)", title_justify="left")
@@ -333,8 +337,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     weights.add_column("shape")
     weights.add_column("layers")
     for row in group_by_layer(report["weights"]):
-        shape = _shape(row["shape"]) if "error" not in row else f"[red]{row['error']}[/]"
-        weights.add_row(row["name"], shape, layer_ranges(row["layers"]))
+        shape = _shape(row["shape"]) if "error" not in row else f"[red]{escape(row['error'])}[/]"
+        weights.add_row(escape(row["name"]), shape, layer_ranges(row["layers"]))
     console.print(weights)
 
     top = Table(title="top predicted next tokens (last position)", title_justify="left")
@@ -344,22 +348,22 @@ def render(report: dict[str, Any], console: Console) -> None:
     top.add_column("prob", justify="right")
     for rank, row in enumerate(report["top_tokens"], 1):
         token = repr(row["token"]) if row["token"] is not None else "—"
-        top.add_row(str(rank), str(row["id"]), token, f"{row['prob']:.4f}")
+        top.add_row(str(rank), str(row["id"]), escape(token), f"{row['prob']:.4f}")
     console.print(top)
     if report["plots"]:
-        console.print(f"wrote {len(report['plots'])} attention plot(s): {', '.join(report['plots'])}")
+        console.print(escape(f"wrote {len(report['plots'])} attention plot(s): {', '.join(report['plots'])}"))
     summary(report, console)
 
 
 def summary(report: dict[str, Any], console: Console) -> None:
     dead = [row for row in report["hooks"] if row["fires"] != 1]
     for row in dead:
-        console.print(f"[bold red]hook {row['name']} fired {row['fires']} times (expected once)[/]")
+        console.print(f"[bold red]hook {escape(row['name'])} fired {row['fires']} times (expected once)[/]")
     n = len(report["hooks"])
     state = "[green]all fired once[/]" if not dead else f"[bold red]{len(dead)} did not fire exactly once[/]"
     plots = f", {len(report['plots'])} plot(s) written" if report["plots"] else ""
     console.print(
-        f"{report['architecture']}: {report['config']['n_layers']} layers, {n} hook points {state}, "
+        f"{escape(report['architecture'])}: {report['config']['n_layers']} layers, {n} hook points {state}, "
         f"{len(report['weights'])} weight views{plots}"
     )
 
@@ -391,14 +395,14 @@ def register(sub: Any) -> None:
         description="Build the bridge (a tiny random model from the spec unless --model is given), run one "
         "forward with the cache and show what there is to see.",
     )
-    inspect.add_argument("arch", help="a registered spec name or a spec YAML file ('auto' with --model)")
-    inspect.add_argument("--model", help="a saved checkpoint (local path or hub id) instead of a tiny model")
+    from .cli import add_model_source  # here, not at the top: the CLI imports this module
+
+    add_model_source(inspect)
     inspect.add_argument("--prompt", help="text to run (needs a tokenizer: a checkpoint's, via --model)")
-    inspect.add_argument("--tiny", action="store_true", help="tiny random model from the spec (the default)")
     inspect.add_argument("--plot-attention", metavar="DIR", help="write one PNG of attention patterns per layer")
     inspect.add_argument("--seq", type=int, default=8, help="length of the random input (without --prompt)")
     inspect.add_argument("--top-k", type=int, default=5, help="how many predicted tokens to show")
-    inspect.add_argument("--seed", type=int, default=0)
+    inspect.add_argument("--seed", type=int, default=0, help="seed of the tiny model and the random input")
     inspect.add_argument("--json", action="store_true", help="print the whole report as JSON to stdout")
     inspect.add_argument("-q", "--quiet", action="store_true", help="one summary line (and any hook that misfired)")
     inspect.set_defaults(func=cmd_inspect)

@@ -15,7 +15,7 @@ import torch
 import transformers
 from torch import nn
 
-from .errors import BridgeCoreError
+from .errors import ScaffoldError
 
 _Q = ("q_proj", "q", "query", "wq")
 _K = ("k_proj", "k", "key", "wk")
@@ -41,10 +41,6 @@ _TINY = {
     "num_attention_heads": 4, "n_head": 4, "num_key_value_heads": 2, "intermediate_size": 96,
     "ffn_dim": 96, "vocab_size": 101, "max_position_embeddings": 64, "n_positions": 64, "head_dim": 16,
 }  # fmt: skip
-
-
-class ScaffoldError(BridgeCoreError, ValueError):
-    """The model could not be built or its structure was not recognized."""
 
 
 @dataclass

@@ -2,13 +2,15 @@
 
 Built offline in a few seconds: a `tokenizers` WordLevel tokenizer over a twenty-word vocabulary and
 a 2-layer GPT-2 trained on sentences "<bos> alice lives in paris ." (each person lives in one city).
-Run it directly to save both to a directory that `Bridge.from_pretrained` and
-`bridge-core inspect auto --model DIR --prompt "alice lives in"` can load.
+Run it directly (`python examples/toy_model.py [DIR]`) to save both to DIR, or to a new temporary
+directory, that `Bridge.from_pretrained` and `bridge-core inspect --model DIR --prompt "alice lives in"`
+can load.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import torch
 import transformers
@@ -65,7 +67,8 @@ def trained_bridge(steps: int = 80, seed: int = 0) -> Bridge:
 
 
 if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "toy-gpt2"
+    # never into the current directory unasked: a temporary one unless DIR is given
+    out = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="toy-gpt2-")
     bridge = trained_bridge()
     bridge.model.save_pretrained(out)
     bridge.tokenizer.save_pretrained(out)

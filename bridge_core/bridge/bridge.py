@@ -109,6 +109,7 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
         import transformers
 
         registry = registry or default_registry()
+        name_or_path = loading.require_checkpoint(name_or_path)  # a missing local path says so, not a hub error
         if spec is None:
             config = transformers.AutoConfig.from_pretrained(name_or_path)
             found = registry.resolve(config)

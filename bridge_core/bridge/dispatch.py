@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import HookShapeError
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
 from .places import (
@@ -30,10 +31,6 @@ from .places import (
 )
 from .reimplement import ReimplementedLayer, ReimplementRun
 from .weights import materialize
-
-
-class HookShapeError(ValueError):
-    """A hook function returned a tensor of another shape than it was given."""
 
 
 class _PointRun:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -25,33 +26,36 @@ def register(sub: Any) -> None:
     )
     conform.add_argument("specs", nargs="*", metavar="ARCH|SPEC.yaml", help="registered names or spec files")
     conform.add_argument("--all", action="store_true", help="every registered spec")
-    conform.add_argument("--model", help="a saved checkpoint to check instead of a tiny random model")
+    conform.add_argument("--model", metavar="PATH", help="a saved checkpoint to check instead of a tiny random model")
     conform.add_argument("--check", action="append", dest="checks", metavar="NAME", help="only these checks")
-    conform.add_argument("--seed", type=int, default=0)
+    conform.add_argument("--seed", type=int, default=0, help="seed of the tiny models and the random inputs")
     conform.add_argument("--json", action="store_true", help="print the reports as JSON to stdout")
     conform.add_argument("-q", "--quiet", action="store_true", help="no progress or matrix: failures and a summary")
-    conform.set_defaults(func=cmd_conform)
+    conform.set_defaults(func=cmd_conform, usage_error=conform.error)
 
 
 def _targets(args: argparse.Namespace) -> list[str | None]:
     from .runner import all_names
 
     if args.all and args.model:
-        raise SystemExit("bridge-core conform: --all and --model cannot be combined (a checkpoint has one spec)")
+        args.usage_error("--all and --model cannot be combined (a checkpoint has one spec)")
     if args.all:
         return [*all_names(), *args.specs]
     if args.specs:
         return list(args.specs)
     if args.model:
         return [None]  # the spec is found from the checkpoint's config
-    raise SystemExit("bridge-core conform: name an architecture or a spec file, or give --all or --model")
+    args.usage_error("name an architecture or a spec file, or give --all or --model")
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
+    from ..bridge.loading import require_checkpoint
     from .catalogue import catalogue
     from .runner import run
 
     targets = _targets(args)
+    if args.model:
+        args.model = str(require_checkpoint(args.model))  # one line for a path that does not exist
     checks = catalogue(args.checks)
     err = Console(stderr=True, highlight=False)
     reports: list[Report] = []
@@ -60,10 +64,11 @@ def cmd_conform(args: argparse.Namespace) -> int:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, disable=not show_progress
     ) as progress:
         for target in targets:
-            task = progress.add_task(f"conform {target or args.model}", total=len(checks))
+            label = escape(f"conform {target or args.model}")
+            task = progress.add_task(label, total=len(checks))
 
-            def advance(result: CheckResult, task=task, target=target) -> None:
-                progress.update(task, advance=1, description=f"conform {target or args.model}: {result.name}")
+            def advance(result: CheckResult, task=task, label=label) -> None:
+                progress.update(task, advance=1, description=f"{label}: {escape(result.name)}")
 
             reports.append(run(target, args.model, checks=args.checks, seed=args.seed, progress=advance))
     ok = all(r.ok for r in reports)
@@ -72,10 +77,14 @@ def cmd_conform(args: argparse.Namespace) -> int:
         return 0 if ok else 1
     out = Console(highlight=False)
     if not args.quiet:
-        out.print(matrix(reports))
+        table = matrix(reports)
+        # a terminal narrower than the table would have rich cut check names and figures to '…':
+        # print at the table's own width and let the terminal wrap the lines instead
+        needed = out.measure(table, options=out.options.update_width(10_000)).maximum
+        (out if needed <= out.width else Console(highlight=False, width=needed)).print(table)
     for report in reports:
         for result in report.failed():
-            out.print(f"[bold red]FAIL[/] {report.architecture} · {result.explain()}", soft_wrap=True)
+            out.print(f"[bold red]FAIL[/] {escape(f'{report.architecture} · {result.explain()}')}", soft_wrap=True)
     failed = sum(len(r.failed()) for r in reports)
     summary = f"{len(reports)} spec(s), {len(checks)} checks each: " + ("all passed" if ok else f"{failed} failed")
     out.print(f"[{'green' if ok else 'bold red'}]{summary}[/]")
@@ -86,18 +95,24 @@ _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
 def matrix(reports: list[Report]) -> Table:
-    """Checks as rows, architectures as columns; each cell the status and the measured figure."""
-    table = Table(title="bridge-core conformance", show_lines=False)
-    table.add_column("check")
-    table.add_column("family", style="dim")
-    for report in reports:
-        table.add_column(report.architecture, justify="right")
+    """Checks as rows, architectures as columns; each cell the status and the measured figure, whose
+    meaning (a max abs diff, a count of hook points, ...) the `figure` column names per check."""
+    table = Table(
+        title="bridge-core conformance",
+        caption="each cell: ok / FAIL / skip, and the number the 'figure' column names",
+        show_lines=False,
+    )
     names = list(dict.fromkeys(r.name for report in reports for r in report.results))
+    table.add_column("check", no_wrap=True)
+    table.add_column("family", style="dim")
+    table.add_column("figure", style="dim")
+    for report in reports:
+        table.add_column(escape(report.architecture), justify="right", no_wrap=True)
     for name in names:
-        family = next(r.family for report in reports for r in report.results if r.name == name)
+        first = next(r for report in reports for r in report.results if r.name == name)
         cells = []
         for report in reports:
             found = [r for r in report.results if r.name == name]
-            cells.append(f"[{_STYLE[found[0].status]}]{found[0].short()}[/]" if found else "")
-        table.add_row(name, family, *cells)
+            cells.append(f"[{_STYLE[found[0].status]}]{escape(found[0].short())}[/]" if found else "")
+        table.add_row(escape(name), escape(first.family), escape(first.figure_label), *cells)
     return table

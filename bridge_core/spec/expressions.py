@@ -14,6 +14,8 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import BridgeCoreError
+
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -54,23 +56,13 @@ _MAX_BITS = 4096  # config arithmetic never needs more; unbounded ints would let
 _MAX_DEPTH = 32
 
 
-class ExpressionError(ValueError):
+class ExpressionError(BridgeCoreError, ValueError):
     """An expression is not allowed or cannot be evaluated; `.reason` says why."""
 
     def __init__(self, expression: str, reason: str):
         self.expression = expression
         self.reason = reason
         super().__init__(f"cannot evaluate '{expression}': {reason}")
-
-
-def names_in(expression: str) -> set[str]:
-    """The config attribute names an expression reads (after checking it is allowed)."""
-    tree = _parse(expression)
-    return {
-        node.id
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Name) and node.id not in _LITERAL_NAMES and node.id not in _FUNCTIONS
-    }
 
 
 def evaluate(expression: str, lookup: Callable[[str], Any] | Mapping[str, Any]) -> Any:

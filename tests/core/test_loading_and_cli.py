@@ -120,7 +120,7 @@ def test_cli_validate_accepts_a_good_spec_and_reports_a_bad_one_with_its_line(tm
     bad = Path(tmp_path / "bad.yaml")
     bad.write_text("name: bad_spec\nextends: gpt2\nmatch:\n  architectures: [BadLM]\nblock:\n  attn:\n    lay_out: x\n")
     assert main(["validate", str(bad)]) == 2
-    printed = " ".join(capsys.readouterr().out.split())
+    printed = capsys.readouterr().err  # errors go to stderr, on one line
     assert f"{bad}:7" in printed and "block.attn.lay_out" in printed
 
 
