@@ -17,6 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .kind_checks import contract_problems
 from .kinds import (
     ActivationFunction,
     CrossAttentionKind,
@@ -24,7 +25,6 @@ from .kinds import (
     Norm,
     Position,
     ScoreBiasKind,
-    contract_problems,
 )
 
 ENTRY_POINT_GROUP = "bridge_core"

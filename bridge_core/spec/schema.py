@@ -205,7 +205,9 @@ class BlockSpec(StrictModel):
 class EmbedSpec(StrictModel):
     path: ModulePath = Field(description="The token embedding module (W_E is its weight).")
     norm: NormSpec | None = Field(
-        default=None, description="Norm applied to the embeddings before the first block (BLOOM); hooks ln_embed.*."
+        default=None,
+        description="Norm applied to the embeddings before the first block (BLOOM); hooks embed.ln.*, and "
+        "hook_embed is its output (as in HookedTransformer).",
     )
     project: ModulePath | None = Field(
         default=None, description="Projection from a narrower embedding to d_model, when present (OPT project_in)."

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bridge_core import Bridge, Registry, SpecError, hookimpl
+from bridge_core.kind_checks import contract_problems
 from bridge_core.kinds import (
     ActivationFunction,
     CrossAttentionKind,
@@ -17,7 +18,6 @@ from bridge_core.kinds import (
     Position,
     PositionKind,
     ScoreBiasKind,
-    contract_problems,
 )
 from bridge_core.plugin_host import PluginHost
 from bridge_core.registry import default_registry

@@ -121,7 +121,8 @@ def test_alibi_kind_equals_blooms_own_alibi_with_padding(alibi_plugin):
 
 def test_alibi_fits_the_score_bias_contract_and_refuses_params(alibi_plugin):
     from bridge_core import SpecError
-    from bridge_core.kinds import ScoreBiasKind, contract_problems
+    from bridge_core.kind_checks import contract_problems
+    from bridge_core.kinds import ScoreBiasKind
 
     (kind,) = alibi_plugin.bridge_core_score_bias_kinds()
     assert contract_problems(kind, ScoreBiasKind) == []
