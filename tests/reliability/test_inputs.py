@@ -202,12 +202,14 @@ def test_a_loss_on_a_single_token_is_an_input_error_not_nan(pair, hooks_when_rai
 @torch.no_grad()
 def test_a_loss_where_the_mask_leaves_no_adjacent_real_tokens_is_an_input_error(pair, hooks_when_raised):
     bridge, _ = pair
-    if bridge.is_encoder_decoder:
-        pytest.skip("the decoder mask of T5 is tested through decoder_attention_mask elsewhere")
-    toks = good(bridge)[:, :2]
-    mask = torch.tensor([[0, 1], [0, 1]])
+    two = good(bridge)[:, :2]
+    mask = torch.tensor([[0, 1], [0, 1]])  # left padding: each row's one real token has no next token
+    if bridge.is_encoder_decoder:  # the decoder's tokens and mask are the ones a loss is over
+        call = lambda: bridge(good(bridge), decoder_input_ids=two, decoder_attention_mask=mask, return_type="loss")  # noqa: E731
+    else:
+        call = lambda: bridge(two, attention_mask=mask, return_type="loss")  # noqa: E731
     with pytest.raises(InputError, match="two adjacent real tokens"):
-        bridge(toks, attention_mask=mask, return_type="loss")
+        call()
     assert hooks_when_raised[-1] == {}
 
 
