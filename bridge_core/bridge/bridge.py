@@ -204,7 +204,9 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
 
         `return_type`: "logits", "loss" (next-token cross-entropy), "both" or None.
         `stop_at_layer=k` returns the residual entering block k and runs no later block;
-        `start_at_layer=k` takes that residual (not tokens) and runs blocks k.. and the unembedding.
+        `start_at_layer=k` takes that residual (not tokens) and runs blocks k.. and the unembedding;
+        both together run `blocks[start:stop]` (negative indices count from the end) and return the
+        residual entering block `stop`. A loss needs at least 2 tokens (a 1-token loss is refused).
         """
         return self._forward(
             tokens, attention_mask, (), kwargs, return_type, loss_per_token, stop_at_layer, start_at_layer
@@ -225,14 +227,15 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
     ) -> Any:
         if return_type not in ("logits", "loss", "both", None):
             raise InputError(f"return_type must be 'logits', 'loss', 'both' or None, got {return_type!r}")
-        if start_at_layer is not None:
-            residual = tokens
-            if not isinstance(residual, torch.Tensor) or not residual.is_floating_point():
-                raise InputError("with start_at_layer, pass the residual stream [batch, pos, d_model], not tokens")
-            mask = None if attention_mask is None else attention_mask.to(residual.device)
+        start, stop = running.layer_range(self, start_at_layer, stop_at_layer)
+        if start is not None:
+            residual = running.check_residual(self, tokens)
+            mask = check_attention_mask(attention_mask, residual[..., 0])
+            mask = None if mask is None else mask.to(residual.device)
         else:
             tokens, mask = self._prepare(tokens, attention_mask)
-        if start_at_layer is not None and return_type in ("loss", "both"):
+        wants_loss = return_type in ("loss", "both") and stop is None
+        if start is not None and wants_loss:
             raise InputError("a loss needs tokens; it cannot be computed with start_at_layer")
         session = self._session(extra)
         # `use_cache` is left as the caller and the config say: `bridge(x)` is exactly `model(x)`, except
@@ -241,17 +244,26 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
             kwargs.setdefault("use_cache", False)
         if self.is_encoder_decoder:
             self._check_decoder_inputs(kwargs, stop_at_layer, start_at_layer)
+        if wants_loss:  # the loss is over the decoder's tokens on an encoder-decoder, as HF's `labels` are
+            loss_tokens, loss_mask = (
+                (kwargs["decoder_input_ids"], kwargs.get("decoder_attention_mask"))
+                if self.is_encoder_decoder
+                else (tokens, mask)
+            )
+            running.check_loss_inputs(loss_tokens, loss_mask)
         with ExitStack() as stack:
             if session is not None:
                 stack.enter_context(session)
-            if start_at_layer is not None:
-                logits = running.run_from_layer(self, residual, start_at_layer, mask)
-            elif stop_at_layer is not None:
-                running.stop_hook(self, stop_at_layer, stack)
+            if start is not None:
+                logits = running.run_from_layer(self, residual, start, stop, mask)
+                if stop is not None:
+                    return logits  # the residual entering block `stop`
+            elif stop is not None:
+                running.stop_hook(self, stop, stack)
                 try:
                     self.model(input_ids=tokens, attention_mask=mask, **kwargs)
-                except running._StopForward as stop:
-                    return stop.residual
+                except running._StopForward as stop_forward:
+                    return stop_forward.residual
                 raise RuntimeError("the forward did not reach the stop layer")  # a block was skipped
             else:
                 logits = self.model(input_ids=tokens, attention_mask=mask, **kwargs).logits
@@ -259,9 +271,7 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
             return logits
         if return_type is None:
             return None
-        if self.is_encoder_decoder:  # the loss is over the decoder's tokens, as HF's `labels` are
-            tokens, mask = kwargs["decoder_input_ids"], kwargs.get("decoder_attention_mask")
-        loss = running.lm_loss(logits, tokens, mask, loss_per_token)
+        loss = running.lm_loss(logits, loss_tokens, loss_mask, loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
     def generate(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import HookNameError, close_matches
+from ..errors import HookNameError, InputError, close_matches
 from .hook_points import Direction, HookEntry, HookFunction, HookPoint
 from .places import ModuleOutput
 
@@ -70,7 +70,16 @@ class HookMethods:
         self, entries: list[HookEntry], name: NameOrFilter, hook: HookFunction, direction: str, prepend: bool
     ) -> list[HookEntry]:
         if direction not in ("fwd", "bwd"):
-            raise ValueError(f"dir must be 'fwd' or 'bwd', got {direction!r}")
+            raise InputError(f"dir must be 'fwd' or 'bwd', got {direction!r}")
+        if not (isinstance(name, str) or callable(name)):
+            got = f"{type(name).__name__} {name!r}"
+            raise InputError(f"a hook is added by name (str) or by a filter function, got {got}")
+        if not callable(hook):
+            # refused here: a non-callable on the bridge would break every later call
+            raise InputError(
+                f"the hook for {name if isinstance(name, str) else 'a name filter'!r} must be a function "
+                f"fn(tensor, hook), got {type(hook).__name__} {hook!r}"
+            )
         new = [HookEntry(point, hook, direction) for point in self._select(name)]
         return new + entries if prepend else entries + new
 
@@ -92,7 +101,7 @@ class HookMethods:
         added with `add_hook` inside the block stay, as in TransformerLens)."""
         mine: list[HookEntry] = []
         for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
-            for name, fn in pairs:
+            for name, fn in _pairs(pairs, f"{direction}_hooks"):
                 mine = self._add(mine, name, fn, direction, False)
         self._entries = [*self._entries, *mine]
         try:
@@ -101,3 +110,17 @@ class HookMethods:
             if reset_hooks_end:
                 ids = {id(entry) for entry in mine}
                 self._entries = [entry for entry in self._entries if id(entry) not in ids]
+
+
+def _pairs(pairs: Any, what: str) -> list[tuple[Any, Any]]:
+    """`pairs` as a list of `(name, fn)` pairs, or an `InputError` showing the item that is not one."""
+    if isinstance(pairs, (str, bytes)) or (isinstance(pairs, tuple) and len(pairs) == 2 and callable(pairs[1])):
+        raise InputError(f"{what} must be a list of (name, fn) pairs, got a single {type(pairs).__name__} {pairs!r}")
+    try:
+        items = list(pairs)
+    except TypeError:
+        raise InputError(f"{what} must be a list of (name, fn) pairs, got {type(pairs).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InputError(f"{what}[{index}] must be a (name, fn) pair, got {item!r}")
+    return [(name, fn) for name, fn in items]

@@ -7,16 +7,23 @@ import torch
 
 from ..errors import InputError
 
+# Integer dtypes whose every value converts to int64 exactly; bool, float, complex, quantized and uint64 are refused.
+_ID_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32)
+
 
 def check_tokens(tokens: torch.Tensor, d_vocab: int, max_length: int | None, what: str = "tokens") -> torch.Tensor:
-    """Returns `tokens` as `[batch, seq]`; raises `InputError` saying what is wrong with them."""
+    """Returns `tokens` as int64 `[batch, seq]`; raises `InputError` saying what is wrong with them."""
     if not isinstance(tokens, torch.Tensor):
         raise InputError(
             f"{what} must be a torch.Tensor of token ids, got {type(tokens).__name__} "
             "(strings need a tokenizer: pass tokenizer= when building the bridge)"
         )
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise InputError(f"{what} must be integer token ids, got dtype {tokens.dtype}")
+    if tokens.dtype not in _ID_DTYPES:
+        raise InputError(
+            f"{what} must be integer token ids (int8/16/32/64, uint8/16/32), got dtype {tokens.dtype}"
+            + (" (uint64 ids do not all fit the int64 that embeddings take)" if tokens.dtype == torch.uint64 else "")
+        )
+    tokens = tokens.long()  # lossless for these dtypes; embeddings and gather take int64 (int8 ids would fail there)
     if tokens.dim() == 1:
         tokens = tokens.unsqueeze(0)
     if tokens.dim() != 2:

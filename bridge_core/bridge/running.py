@@ -1,13 +1,14 @@
 """Forward variants of the bridge: layer ranges, losses and generation.
 
 `stop_at_layer` stops the model's own forward at a block's input (an exception raised from a
-pre-hook, caught here); `start_at_layer` runs the remaining blocks alone through the spec's call
-conventions, then the final norm and unembedding; `generate` runs HF's own `generate` with the
-bridge's hooks attached for every step.
+pre-hook, caught here); `start_at_layer` runs blocks alone through the spec's call conventions up
+to `stop_at_layer` (HookedTransformer's `blocks[start:stop]`) or through the final norm and
+unembedding; `generate` runs HF's own `generate` with the bridge's hooks attached for every step.
 """
 
 from __future__ import annotations
 
+import operator
 from contextlib import ExitStack
 from typing import Any
 
@@ -25,12 +26,53 @@ class _StopForward(Exception):
         self.residual = residual
 
 
-def layer_index(bridge: Any, layer: int, what: str) -> int:
+def layer_index(bridge: Any, layer: Any, what: str) -> int:
+    """`layer` as a block index in [0, n_layers]; negative values count from the end, as in a slice."""
+    if isinstance(layer, bool) or (isinstance(layer, torch.Tensor) and layer.dtype == torch.bool):
+        raise InputError(f"{what} must be an integer block index, got the bool {layer!r}")
+    try:
+        layer = operator.index(layer)  # int, numpy integers, one-element integer tensors
+    except TypeError:
+        raise InputError(f"{what} must be an integer block index, got {type(layer).__name__} {layer!r}") from None
     n = bridge.cfg.n_layers
     index = layer + n if layer < 0 else layer
     if not 0 <= index <= n:
         raise InputError(f"{what}={layer} is outside [-{n}, {n}] for a model with {n} blocks")
     return index
+
+
+def layer_range(bridge: Any, start_at_layer: Any, stop_at_layer: Any) -> tuple[int | None, int | None]:
+    """Both arguments as block indices (None stays None); the slice `blocks[start:stop]` must not run backwards."""
+    start = None if start_at_layer is None else layer_index(bridge, start_at_layer, "start_at_layer")
+    stop = None if stop_at_layer is None else layer_index(bridge, stop_at_layer, "stop_at_layer")
+    if start is not None and stop is not None and stop < start:
+        raise InputError(
+            f"stop_at_layer={stop_at_layer} (block {stop}) comes before start_at_layer={start_at_layer} "
+            f"(block {start}): the blocks run are blocks[start:stop]"
+        )
+    return start, stop
+
+
+def check_residual(bridge: Any, residual: Any) -> torch.Tensor:
+    """The input of a call with `start_at_layer`: a floating residual `[batch, pos, d_model]`."""
+    d_model = bridge.cfg.d_model
+    if not isinstance(residual, torch.Tensor) or not residual.is_floating_point():
+        raise InputError("with start_at_layer, pass the residual stream [batch, pos, d_model], not tokens")
+    if residual.dim() != 3 or residual.shape[-1] != d_model:
+        shape = tuple(residual.shape)
+        raise InputError(f"start_at_layer needs a residual [batch, pos, d_model={d_model}], got {shape}")
+    return residual
+
+
+def check_loss_inputs(tokens: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """A next-token loss needs a token with a real next token; otherwise its mean is over nothing (nan)."""
+    if tokens.shape[1] < 2:
+        raise InputError(
+            f"a loss needs at least 2 tokens per sequence (it predicts each next token), got {tokens.shape[1]}; "
+            "return_type='logits' works on a single token"
+        )
+    if attention_mask is not None and not bool((attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()).any()):
+        raise InputError("a loss needs two adjacent real tokens in some row; attention_mask leaves none")
 
 
 def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
@@ -73,18 +115,14 @@ def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
 
 
 def run_from_layer(
-    bridge: Any, residual: torch.Tensor, start_at_layer: int, attention_mask: torch.Tensor | None
+    bridge: Any, residual: torch.Tensor, start: int, stop: int | None, attention_mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """Blocks `start_at_layer..` on `residual`, then the unembedding; returns logits."""
-    index = layer_index(bridge, start_at_layer, "start_at_layer")
-    if residual.dim() != 3 or residual.shape[-1] != bridge.cfg.d_model:
-        raise InputError(
-            f"start_at_layer needs a residual [batch, pos, d_model={bridge.cfg.d_model}], got {tuple(residual.shape)}"
-        )
+    """Blocks `start..stop-1` on `residual` (indices from `layer_range`): the residual entering block
+    `stop`, or with no stop, every later block and the unembedding (logits)."""
     x = residual
-    for layer in range(index, bridge.cfg.n_layers):
+    for layer in range(start, bridge.cfg.n_layers if stop is None else stop):
         x = bridge.components.block(layer, x, attention_mask)
-    return unembed(bridge, x)
+    return x if stop is not None else unembed(bridge, x)
 
 
 def lm_loss(

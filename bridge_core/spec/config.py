@@ -106,6 +106,21 @@ def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -
             spec_file,
             "config.n_kv_heads",
         )
+    # eps may be 0 (torch's and HF's norms accept it); a scale of 0 zeroes every score or embedding
+    ranges = (
+        ("attn_scale", "> 0 (scores are q.k / attn_scale)", lambda v: v > 0),
+        ("eps", ">= 0 (a norm's epsilon)", lambda v: v >= 0),
+        ("embed_scale", "non-zero (embeddings are multiplied by it)", lambda v: v != 0),
+    )
+    for name, allowed, check in ranges:
+        value = values.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and abs(value) < float("inf")):  # also refuses nan
+            raise spec_error(f"must evaluate to a finite number, got {value!r}", spec, spec_file, f"config.{name}")
+        if not check(value):
+            raise spec_error(f"must be {allowed}, got {value!r}", spec, spec_file, f"config.{name}")
     known = {f for f in BridgeConfig.__dataclass_fields__ if f != "extra"}
     extra = {k: v for k, v in values.items() if k not in known}
     base = {k: v for k, v in values.items() if k in known}

@@ -6,6 +6,8 @@ Called by the registry; `load_spec(path)` is the one-file entry point for tools 
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,13 +53,27 @@ def format_field(path: FieldPath) -> str:
     return out
 
 
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB: specs are a few KiB; this stops an endless file (a pipe that never ends)
+
+
 def read_raw_spec(path: str | Path) -> RawSpec:
-    """Parse one YAML spec file, keeping the line of every key."""
+    """Parse one YAML spec file (a regular file or a pipe, at most 1 MiB), keeping the line of every key."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                kind = "a character device" if stat.S_ISCHR(mode) else "not a regular file"
+                raise SpecError(f"{kind}, not a spec file (a spec is a YAML file of at most 1 MiB)", file=path)
+            data = handle.read(MAX_SPEC_BYTES + 1)  # bounded: /dev/zero or an endless pipe stops here
+    except IsADirectoryError:
+        raise SpecError("is a directory, not a spec file (give the path of a .yaml file)", file=path) from None
     except OSError as exc:
         raise SpecError(f"cannot read spec file ({exc.strerror or exc})", file=path) from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec file is larger than the 1 MiB limit ({MAX_SPEC_BYTES} bytes) for spec files", file=path)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"spec file is not UTF-8 text ({exc.reason})", file=path) from None
     return parse_raw_spec(text, str(path))
@@ -73,7 +89,8 @@ def parse_raw_spec(text: str, file: str) -> RawSpec:
         loader = _SAFE_LOADER(text)  # safe: plain data only, never Python objects
         try:
             node = loader.get_single_node()
-            data = loader.construct_document(node) if node is not None else None
+            duplicate = _duplicate_key(loader, node)
+            data = loader.construct_document(node) if node is not None and duplicate is None else None
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:
@@ -89,12 +106,58 @@ def parse_raw_spec(text: str, file: str) -> RawSpec:
         raise SpecError("invalid YAML: nested too deeply", file=file) from None
     except (ValueError, IndexError, KeyError, TypeError) as exc:  # SafeLoader's scalar constructors, e.g. `!!float x`
         raise SpecError(f"invalid YAML value ({type(exc).__name__}: {exc})", file=file) from None
+    if duplicate is not None:
+        field_path, first, again = duplicate
+        raise SpecError(
+            f"duplicate key '{field_path[-1]}': on line {first} and again on line {again} "
+            "(YAML would silently keep only the last; remove one)",
+            file=file,
+            line=again,
+            field=format_field(field_path),
+        )
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(f"a spec must be a YAML mapping of fields, this file is {kind}", file=file, line=1)
     lines: dict[FieldPath, tuple[str, int]] = {}
     _record_lines(node, (), file, lines, set(), [0])
     return RawSpec(file=file, data=data, lines=lines)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(loader: Any, root: yaml.Node | None) -> tuple[FieldPath, int, int] | None:
+    """The first key given twice in one mapping, at any depth: (field path, first line, second line).
+
+    Keys compare as the values the safe loader makes of them (`1` and `0x1` are one key). Keys brought in by
+    a `<<: *anchor` merge are not compared: overriding them is what a merge is for.
+    """
+    stack: list[tuple[yaml.Node, FieldPath]] = [(root, ())] if root is not None else []
+    seen: set[int] = set()  # an aliased node is checked once (and a recursive alias ends here)
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            try:
+                key = loader.construct_object(key_node)
+                hash(key)
+            except Exception:  # an invalid key is reported by the construction that follows
+                continue
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                return (*path, key_node.value), lines[key], line
+            lines[key] = line
+            stack.append((value_node, (*path, key_node.value)))
+    return None
 
 
 def _record_lines(

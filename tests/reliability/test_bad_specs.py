@@ -11,18 +11,22 @@ read through `BRIDGE_CORE_SPEC_PATH` by a fresh `Registry()`.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import adapter_specs
 from bridge_core import Bridge
 from bridge_core.errors import BindError, SpecError, UnknownKindError
 from bridge_core.plugin_host import PluginHost
 from bridge_core.registry import SPEC_PATH_VARIABLE, Registry
 from bridge_core.spec import load_spec
+from bridge_core.spec.loader import parse_raw_spec
 
 BAD_SPECS = Path(__file__).parent / "bad_specs"
 REGISTRIES = BAD_SPECS / "registries"
@@ -48,7 +52,7 @@ NEVER = "YAML tags that build Python objects are never allowed"
 SCHEMA = "`bridge-core schema` lists every field"
 CASES = [
     # ------------------------------------------------------------------ not a spec at all
-    Case("a_directory", "load", SpecError, None, None, "cannot read spec file (Is a directory)"),
+    Case("a_directory", "load", SpecError, None, None, "is a directory, not a spec file"),
     Case("a_list_not_a_mapping", "load", SpecError, None, 1, "must be a YAML mapping of fields, this file is a list"),
     Case("a_scalar_not_a_mapping", "load", SpecError, None, 1, "must be a YAML mapping of fields, this file is a str"),
     Case("empty_file", "load", SpecError, None, 1, "must be a YAML mapping of fields, this file is empty"),
@@ -64,6 +68,9 @@ CASES = [
     Case("yaml_unclosed_quote", "load", SpecError, None, 19, "invalid YAML"),
     Case("yaml_undefined_alias", "load", SpecError, None, 10, "found undefined alias"),
     Case("yaml_local_tag", "load", SpecError, None, 42, "could not determine a constructor for the tag '!include'"),
+    Case("yaml_duplicate_top_level_key", "load", SpecError, "hf_class", 8, "duplicate key 'hf_class': on line 7 and"),
+    Case("yaml_duplicate_config_key", "load", SpecError, "config.n_layers", 20, "on line 10 and again on line 20"),
+    Case("yaml_duplicate_key_in_flow_mapping", "load", SpecError, "block.attn.qkv.kind", 49, "duplicate key 'kind'"),
     Case("yaml_python_module", "load", SpecError, None, 7, NEVER),
     Case("yaml_python_name", "load", SpecError, None, 7, NEVER),
     Case("yaml_python_object_apply", "load", SpecError, None, 3, NEVER),
@@ -149,6 +156,13 @@ CASES = [
         65,
         "private names are not allowed",
     ),
+    # ------------------------------------------------------------------ normalized config values out of range
+    Case("config_attn_scale_zero", "bind", SpecError, "config.attn_scale", 19, "must be > 0"),
+    Case("config_attn_scale_not_a_number", "bind", SpecError, "config.attn_scale", 19, "finite number, got 'eight'"),
+    Case("config_eps_negative", "bind", SpecError, "config.eps", 17, "must be >= 0 (a norm's epsilon), got -1.0"),
+    Case("config_eps_nan", "bind", SpecError, "config.eps", 17, "must evaluate to a finite number, got nan"),
+    Case("config_embed_scale_zero", "bind", SpecError, "config.embed_scale", 20, "must be non-zero"),
+    Case("config_embed_scale_infinite", "bind", SpecError, "config.embed_scale", 20, "finite number, got inf"),
     # ------------------------------------------------------------------ module paths (BindError, nearest names)
     Case("path_embed_typo", "bind", BindError, "embed.path", None, "Did you mean: transformer.wte"),
     Case("path_blocks_wrong_name", "bind", BindError, "blocks", None, "Did you mean: transformer.h"),
@@ -322,3 +336,95 @@ def test_two_files_with_one_name_are_a_spec_error_naming_both(monkeypatch):
 
 def test_the_spec_path_variable_is_not_left_set():
     assert SPEC_PATH_VARIABLE not in os.environ or REGISTRIES.as_posix() not in os.environ[SPEC_PATH_VARIABLE]
+
+
+# --------------------------------------------------------------------------- files that are not spec files
+GOOD_SPEC = BAD_SPECS / "expr_zero_heads.yaml"  # loads (its defect shows only when the config is evaluated)
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_an_endless_device_is_refused_naming_the_file_and_the_size_limit(device, registry):
+    if not Path(device).exists():
+        pytest.skip(f"no {device} here")
+    for load in (load_spec, registry.add_spec):
+        with pytest.raises(SpecError) as info:
+            load(device)
+        assert info.value.file == device and "character device" in str(info.value) and "1 MiB" in str(info.value)
+
+
+def test_a_spec_file_over_1_mib_is_refused_naming_the_limit(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_bytes(GOOD_SPEC.read_bytes() + b"#" * (1 << 20))
+    with pytest.raises(SpecError, match=r"larger than the 1 MiB limit \(1048576 bytes\)") as info:
+        load_spec(big)
+    assert info.value.file == str(big)
+
+
+def test_a_spec_of_exactly_1_mib_loads(tmp_path):
+    text = GOOD_SPEC.read_bytes()
+    exact = tmp_path / "exact.yaml"
+    exact.write_bytes(text + b"#" * ((1 << 20) - len(text)))
+    assert exact.stat().st_size == 1 << 20
+    assert load_spec(exact).name == "bad_expr_zero_heads"
+
+
+def _feed(fifo: Path, chunk: bytes, repeat: int | None) -> threading.Thread:
+    """A writer thread on a named pipe: `chunk` `repeat` times, or until the reader closes (None)."""
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as pipe:
+            count = 0
+            while repeat is None or count < repeat:
+                pipe.write(chunk)
+                count += 1
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_an_endless_pipe_is_read_only_up_to_the_limit_and_refused(tmp_path):
+    fifo = tmp_path / "endless.yaml"
+    os.mkfifo(fifo)
+    writer = _feed(fifo, b"# more\n" * 1000, None)
+    with pytest.raises(SpecError, match="larger than the 1 MiB limit"):
+        load_spec(fifo)
+    writer.join(timeout=10)
+    assert not writer.is_alive(), "the reader closed the pipe after 1 MiB"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_spec_read_from_a_pipe_loads(tmp_path):
+    fifo = tmp_path / "piped.yaml"
+    os.mkfifo(fifo)
+    writer = _feed(fifo, GOOD_SPEC.read_bytes(), 1)
+    assert load_spec(fifo).name == "bad_expr_zero_heads"
+    writer.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- duplicate keys: what stays allowed
+def test_a_merge_key_may_be_overridden_and_equal_keys_in_different_mappings_are_fine():
+    text = GOOD_SPEC.read_text().replace(
+        "test_config:\n", "defaults: &defaults {n_layer: 3, n_head: 2}\ntest_config:\n  <<: *defaults\n", 1
+    )
+    raw = parse_raw_spec(text, "merge.yaml")
+    assert raw.data["test_config"]["n_layer"] == 2, "the explicit key overrides the merged one"
+    assert raw.data["test_config"]["n_head"] == 4
+
+
+def test_keys_equal_as_values_are_duplicates_too():
+    with pytest.raises(SpecError, match="duplicate key '0x1': on line 2 and again on line 3") as info:
+        parse_raw_spec("config:\n  1: a\n  0x1: b\n", "ints.yaml")
+    assert info.value.field == "config.0x1" and info.value.line == 3
+
+
+def test_a_duplicate_key_inside_a_list_item_is_found():
+    with pytest.raises(SpecError, match="duplicate key 'path'") as info:
+        parse_raw_spec("unembed:\n  path: [a, {path: x, path: y}]\n", "deep.yaml")
+    assert info.value.field == "unembed.path[1].path"
+
+
+def test_the_builtin_specs_have_no_duplicate_keys():
+    for path in sorted(Path(adapter_specs.__file__).parent.glob("*.yaml")):
+        parse_raw_spec(path.read_text(), str(path))

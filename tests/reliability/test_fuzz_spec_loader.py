@@ -199,7 +199,10 @@ def test_exponential_aliases_are_refused_quickly():
     _spec_error_quickly(text, seconds=3.0)
 
 
-def test_duplicate_keys_are_accepted_silently_the_last_one_wins():
-    """Recorded behaviour (PyYAML's): a key given twice is not an error; the later value is used."""
+def test_a_duplicate_key_is_a_spec_error_naming_both_lines():
+    """PyYAML alone keeps the later value silently; the loader refuses the file instead."""
     text = GPT2_TEXT.replace("hf_class: GPT2LMHeadModel", "hf_class: GPT2LMHeadModel\nhf_class: GPT2Model")
-    assert validate_spec(parse_raw_spec(text, FILE)).hf_class == "GPT2Model"
+    first = GPT2_TEXT.splitlines().index("hf_class: GPT2LMHeadModel") + 1
+    with pytest.raises(SpecError, match=f"on line {first} and again on line {first + 1}") as info:
+        parse_raw_spec(text, FILE)
+    assert info.value.field == "hf_class" and info.value.line == first + 1
