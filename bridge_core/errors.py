@@ -113,6 +113,35 @@ class HookShapeError(BridgeCoreError, ValueError):
     """A hook function returned a tensor of another shape than it was given."""
 
 
+class HookReturnError(BridgeCoreError, ValueError):
+    """A hook function returned something that cannot replace the tensor it was shown: says which hook
+    point, what it returned and what was expected. The subclasses say which property was wrong."""
+
+    def __init__(self, hook_name: str, got: str, expected: str, hint: str = "") -> None:
+        self.hook_name = hook_name
+        self.got = got
+        self.expected = expected
+        super().__init__(f"hook on '{hook_name}' returned {got}, expected {expected}{hint}")
+
+
+class HookReturnShapeError(HookReturnError, HookShapeError):
+    """A hook function returned a tensor of another shape than it was shown (a `HookShapeError`)."""
+
+
+class HookDtypeError(HookReturnError, TypeError):
+    """A hook function returned a tensor whose dtype cannot stand in for the point's (an integer, bool or
+    complex tensor at a floating point; floating dtypes are cast to the point's dtype)."""
+
+
+class HookDeviceError(HookReturnError):
+    """A hook function returned a tensor on another device than the point's, or a meta tensor (no data)."""
+
+
+class HookReturnTypeError(HookReturnError, HookShapeError, TypeError):
+    """A hook function returned something that is not a tensor (nor None). A `HookShapeError` too, as
+    such returns were reported before this class existed."""
+
+
 class InputError(BridgeCoreError, ValueError):
     """Bad call arguments (tokens, masks, dtypes), detected before any hook is attached."""
 

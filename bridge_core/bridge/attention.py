@@ -5,13 +5,18 @@ One function name, `bridge_core`, is registered once at import with `AttentionIn
 object of the model is switched to that name (restored in `finally`). The function then looks the
 calling module up: a module with an internal hook runs the eager computation below with its hooks;
 any other module is handed to the implementation the config had (sdpa, eager, ...), unchanged.
+Routes live in a context variable, so a thread (or task) only ever sees its own calls' routes; the
+config switch is shared by threads and counted, and a thread with no route gets the original.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -40,15 +45,25 @@ class AttentionRoute:
         return self.on_scores is not None or self.on_pattern is not None
 
 
-# id(attention module) -> its route; id(config) -> (implementation it had, how many switches hold it)
-_ROUTES: dict[int, AttentionRoute] = {}
+# This context's routes: id(attention module) -> (the bridge call's owner, its route).
+_ROUTES: ContextVar[Mapping[int, tuple[object, AttentionRoute]]] = ContextVar(
+    "bridge_core_routes", default=MappingProxyType({})
+)
+# id(config) -> [implementation it had, how many switches hold it now]. A record outlives its switch:
+# a thread that read the switched name just before the last switch ended still finds the original.
 _ORIGINALS: dict[int, list[Any]] = {}
+_SWITCH_LOCK = threading.Lock()
 
 
 def _original_name(module: nn.Module) -> str:
     config = getattr(module, "config", None)
     entry = _ORIGINALS.get(id(config)) if config is not None else None
     return entry[0] if entry is not None else "eager"
+
+
+def _route(module: nn.Module) -> AttentionRoute | None:
+    entry = _ROUTES.get().get(id(module))
+    return entry[1] if entry is not None else None
 
 
 def _original_function(module: nn.Module, name: str) -> Callable[..., Any]:
@@ -63,7 +78,7 @@ def _original_function(module: nn.Module, name: str) -> Callable[..., Any]:
 
 def bridge_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     """The registered attention function: eager with hooks for routed modules, else the original."""
-    route = _ROUTES.get(id(module))
+    route = _route(module)
     if route is not None:
         query, key = _rotated(route, query, key)
     if route is None or not route.needs_eager:
@@ -160,35 +175,47 @@ def _eager(
 
 
 @contextmanager
-def attention_routed(configs: list[Any], routes: list[AttentionRoute]) -> Iterator[None]:
-    """Switch `configs` to the bridge's implementation and install `routes` for the duration."""
-    switched = []
+def attention_routed(configs: list[Any], routes: list[AttentionRoute], owner: object) -> Iterator[None]:
+    """Install `routes` in this context (replacing any of `owner`'s: a nested call of the same bridge) and,
+    when there are routes, switch `configs` to the bridge's implementation, for the duration."""
+    mine = {key: entry for key, entry in _ROUTES.get().items() if entry[0] is not owner}
+    for route in routes:
+        if id(route.module) in mine:
+            raise RuntimeError(
+                f"attention module {type(route.module).__name__} is already routed by another bridge's call "
+                "in this thread (two bridges over one model, one called from a hook of the other)"
+            )
+        mine[id(route.module)] = (owner, route)
+    token = _ROUTES.set(mine)
+    switched: list[Any] = []
     try:
-        for config in configs:
-            entry = _ORIGINALS.get(id(config))
-            if entry is None:
-                _ORIGINALS[id(config)] = [hf.attention_implementation(config), 1]
-                hf.set_attention_implementation(config, IMPLEMENTATION_NAME)
-            else:  # already switched by an enclosing call: share it
-                entry[1] += 1
-            switched.append(config)
-        for route in routes:
-            if id(route.module) in _ROUTES:
-                raise RuntimeError(
-                    f"attention module {type(route.module).__name__} is already routed by another bridge call"
-                )
-            _ROUTES[id(route.module)] = route
+        if routes:
+            _switch(configs, switched)
         yield
     finally:
-        for route in routes:
-            if _ROUTES.get(id(route.module)) is route:
-                del _ROUTES[id(route.module)]
+        _unswitch(switched)
+        _ROUTES.reset(token)
+
+
+def _switch(configs: list[Any], switched: list[Any]) -> None:
+    with _SWITCH_LOCK:  # threads share config objects: count the switches holding each
+        for config in configs:
+            entry = _ORIGINALS.get(id(config))
+            if entry is None or entry[1] == 0:
+                _ORIGINALS[id(config)] = [hf.attention_implementation(config), 1]
+                hf.set_attention_implementation(config, IMPLEMENTATION_NAME)
+            else:  # already switched by an enclosing call or another thread: share it
+                entry[1] += 1
+            switched.append(config)
+
+
+def _unswitch(switched: list[Any]) -> None:
+    with _SWITCH_LOCK:
         for config in switched:
             entry = _ORIGINALS[id(config)]
             entry[1] -= 1
             if entry[1] == 0:
                 hf.set_attention_implementation(config, entry[0])
-                del _ORIGINALS[id(config)]
 
 
 hf.register_implementation(IMPLEMENTATION_NAME, bridge_attention, bridge_mask)

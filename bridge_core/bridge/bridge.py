@@ -151,7 +151,8 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
 
     # ------------------------------------------------------------------ running
     def _session(self, extra: Sequence[HookEntry] = ()) -> HookSession | None:
-        entries = [*self._entries, *extra]
+        # bridge-wide add_hook entries, then this thread's hooks() contexts, then this call's own
+        entries = [*self._entries, *self._local_entries(), *extra]
         if not entries:
             return None
         return HookSession(entries, self._configs, self._softmax_float32, self._reimplemented, self._plans)
@@ -349,7 +350,7 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
             points = self._select(names_filter)
         else:
             points = [self.hook_point(name) for name in names_filter]
-        entries = [HookEntry(p, save) for p in points]
+        entries = [HookEntry(p, save, reads_only=True) for p in points]
         if incl_bwd:
             entries += [HookEntry(p, functools.partial(save, suffix="_grad"), "bwd") for p in points]
         out = self._forward(tokens, attention_mask, entries, kwargs, **forward_options)

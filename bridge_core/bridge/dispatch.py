@@ -1,23 +1,26 @@
 """Running hook functions on a forward: PyTorch hooks attached for one call, removed after.
 
 `HookSession` groups the active entries by HF module, registers at most one forward pre-hook and
-one forward hook per module (plus attention routes), and removes all of it in `finally`. Edits
-are detected by return value or by the tensor's version counter (in-place edits), so a hook that
-changes nothing leaves the module's own tensors in place: identity hooks keep logits bit-identical.
+one forward hook per module (plus attention routes), and removes all of it in `finally`. Every hook
+acts only in the context (thread, task) whose call registered it (`_ACTIVE`). Edits are detected by
+return value, by the version counter (in-place edits) or, for inference tensors, by comparing bits
+with a copy; an unedited tensor stays HF's own, so identity hooks keep logits bit-identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import HookShapeError
+from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
-from .hook_points import HookEntry, HookPoint
+from .hook_points import HookEntry, HookPoint, checked_return, same_bits
 from .places import (
     AttentionValue,
     HeadResult,
@@ -32,39 +35,66 @@ from .places import (
 from .reimplement import ReimplementedLayer, ReimplementRun
 from .weights import materialize
 
+# The plans (and gates) whose hooks act in this context, innermost call last. PyTorch hooks live on
+# modules, which every thread shares; each checks this before doing anything.
+_ACTIVE: ContextVar[tuple[object, ...]] = ContextVar("bridge_core_active", default=())
+_PLANS_LOCK = threading.Lock()
+
+
+def gated(owner: object, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` as a module hook that does nothing outside the context where `owner` is active."""
+
+    def hook(*args: Any) -> Any:
+        return fn(*args) if owner in _ACTIVE.get() else None
+
+    return hook
+
+
+def activate(owner: object, stack: ExitStack, replaces: Callable[[object], bool] = lambda _: False) -> None:
+    """Make `owner` active in this context until `stack` closes (dropping active ones `replaces` accepts)."""
+    token = _ACTIVE.set((*(o for o in _ACTIVE.get() if not replaces(o)), owner))
+    stack.callback(_ACTIVE.reset, token)
+
 
 class _PointRun:
     """The fwd and bwd functions of one hook point, applied to one tensor."""
 
-    __slots__ = ("bwd", "fwd", "point")
+    __slots__ = ("bwd", "fwd", "point", "writes")
 
     def __init__(self, point: HookPoint) -> None:
         self.point = point
         self.fwd: list = []
         self.bwd: list = []
+        self.writes = False  # whether any fwd function may edit (the bridge's own cache functions only read)
 
     def apply(self, tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Run the forward functions; returns the (possibly new) tensor and whether it was edited."""
-        version = tensor._version
-        edited = False
+        given = tensor
+        # Inference tensors have no version counter: an in-place edit is seen by comparing with a copy.
+        counted = not tensor.is_inference()
+        version = tensor._version if counted else 0
+        before = tensor.clone() if not counted and self.writes else None
         for fn in self.fwd:
             result = fn(tensor, self.point)
             if result is not None and result is not tensor:
-                if not isinstance(result, torch.Tensor) or result.shape != tensor.shape:
-                    got = tuple(result.shape) if isinstance(result, torch.Tensor) else type(result).__name__
-                    raise HookShapeError(
-                        f"hook on '{self.point.name}' returned {got}, expected a tensor of shape {tuple(tensor.shape)}"
-                    )
-                tensor, edited = result, True
-                version = tensor._version
-        return tensor, edited or tensor._version != version
+                tensor = checked_return(self.point, result, tensor)
+        if tensor is not given:
+            return tensor, True
+        if counted:
+            return tensor, tensor._version != version
+        return tensor, before is not None and not same_bits(before, tensor)
 
     def attach_backward(self, tensor: torch.Tensor) -> None:
         if not tensor.requires_grad:
             return
         point = self.point
         for fn in self.bwd:
-            tensor.register_hook(lambda grad, fn=fn: fn(grad, point))
+
+            def on_grad(grad: torch.Tensor, fn=fn) -> torch.Tensor | None:
+                result = fn(grad, point)
+                return None if result is None or result is grad else checked_return(point, result, grad)
+
+            tensor.register_hook(on_grad)
 
 
 def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
@@ -198,6 +228,7 @@ class _Plan:
 
     def __init__(self, points: list[tuple[HookPoint, str]], softmax_float32: dict[int, bool], reimplemented) -> None:
         self.in_use = False
+        self.owner: object = None  # the bridge whose call uses it (see HookSession)
         self.runs: dict[int, _PointRun] = {}
         order: list[_PointRun] = []
         for point, _ in points:
@@ -238,13 +269,20 @@ class _Plan:
         for run in self.runs.values():
             run.fwd.clear()
             run.bwd.clear()
+            run.writes = False
         for entry in entries:
             run = self.runs[id(entry.point)]
             (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
+            run.writes = run.writes or (entry.direction == "fwd" and not entry.reads_only)
 
 
 class HookSession:
-    """The PyTorch hooks and attention routes for one bridge call."""
+    """The PyTorch hooks and attention routes for one bridge call.
+
+    Its hooks act only in the context that entered it, so calls on one bridge from several threads each
+    run their own functions; a bridge call made from inside a hook replaces the outer call's session of
+    the same bridge (`owner`) for its duration.
+    """
 
     def __init__(
         self,
@@ -253,12 +291,14 @@ class HookSession:
         softmax_float32: dict[int, bool],
         reimplemented: dict[int, ReimplementedLayer] | None = None,
         plans: dict[tuple, _Plan] | None = None,
+        owner: object | None = None,
     ):
         self.entries = entries
         self.configs = configs
         self.softmax_float32 = softmax_float32
         self.reimplemented = reimplemented or {}
         self.plans = plans if plans is not None else {}
+        self.owner = owner if owner is not None else self.plans
         self._plan: _Plan | None = None
         self._stack = ExitStack()
 
@@ -272,40 +312,51 @@ class HookSession:
 
     def _take_plan(self) -> _Plan:
         key = tuple((id(e.point), e.direction) for e in self.entries)
-        plan = self.plans.get(key)
-        if plan is None or plan.in_use:  # in use: a bridge call made from inside a hook of this one
-            plan = _Plan([(e.point, e.direction) for e in self.entries], self.softmax_float32, self.reimplemented)
+        with _PLANS_LOCK:  # a plan serves one call at a time, whichever thread makes it
+            plan = self.plans.get(key)
+            if plan is not None and not plan.in_use:
+                plan.in_use = True
+                plan.fill(self.entries)
+                return plan
+        # in use: another thread's call, or a bridge call made from inside a hook of this one
+        plan = _Plan([(e.point, e.direction) for e in self.entries], self.softmax_float32, self.reimplemented)
+        plan.owner = self.owner
+        plan.in_use = True
+        plan.fill(self.entries)
+        with _PLANS_LOCK:
             if key not in self.plans and len(self.plans) < 64:
                 self.plans[key] = plan
-        plan.fill(self.entries)
-        plan.in_use = True
         return plan
 
     def __enter__(self) -> HookSession:
         plan = self._plan = self._take_plan()
-        self._stack.callback(self._release)
+        stack = self._stack
+        stack.callback(self._release)
         try:
+            owner = self.owner
+            activate(plan, stack, replaces=lambda other: getattr(other, "owner", None) is owner)
             for run in plan.reimplement_runs.values():
                 module = run.layer.module
-                handle = module.register_forward_pre_hook(run.pre_hook, with_kwargs=True)
-                self._stack.callback(handle.remove)
+                handle = module.register_forward_pre_hook(gated(plan, run.pre_hook), with_kwargs=True)
+                stack.callback(handle.remove)
                 # first among the module's forward hooks: hook_attn_out must see the recomputed output
-                handle = module.register_forward_hook(run.post_hook, with_kwargs=True, prepend=True)
-                self._stack.callback(handle.remove)
+                handle = module.register_forward_hook(gated(plan, run.post_hook), with_kwargs=True, prepend=True)
+                stack.callback(handle.remove)
             for view in plan.recorders.values():
-                handle = view.source.register_forward_pre_hook(_shape_recorder(view.cell), with_kwargs=True)
-                self._stack.callback(handle.remove)
+                recorder = gated(plan, _shape_recorder(view.cell))
+                handle = view.source.register_forward_pre_hook(recorder, with_kwargs=True)
+                stack.callback(handle.remove)
             for hooks in plan.modules.values():
                 if hooks.inputs:
-                    handle = hooks.module.register_forward_pre_hook(hooks.pre_hook, with_kwargs=True)
-                    self._stack.callback(handle.remove)
+                    handle = hooks.module.register_forward_pre_hook(gated(plan, hooks.pre_hook), with_kwargs=True)
+                    stack.callback(handle.remove)
                 if hooks.outputs:
-                    handle = hooks.module.register_forward_hook(hooks.post_hook, with_kwargs=True)
-                    self._stack.callback(handle.remove)
-            if plan.routes:
-                self._stack.enter_context(attention_routed(self.configs, plan.routes))
+                    handle = hooks.module.register_forward_hook(gated(plan, hooks.post_hook), with_kwargs=True)
+                    stack.callback(handle.remove)
+            # Always entered: it also hides the routes of an outer call of this bridge in this context.
+            stack.enter_context(attention_routed(self.configs, plan.routes, owner))
         except BaseException:
-            self._stack.close()
+            stack.close()
             raise
         return self
 

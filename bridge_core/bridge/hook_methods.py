@@ -1,11 +1,16 @@
 """Hook registration on a bridge: hook names, `add_hook` / `reset_hooks` (permanent hooks too), and
 the `hooks()` context. A mixin of `Bridge`; what runs the hooks on a call is `dispatch.HookSession`.
+`add_hook` entries are bridge-wide (every thread's calls run them); a `hooks()` context's entries are
+the calling thread's (context's) only, kept in a context variable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import HookNameError, InputError, close_matches
@@ -13,6 +18,13 @@ from .hook_points import Direction, HookEntry, HookFunction, HookPoint
 from .places import ModuleOutput
 
 NameOrFilter = str | Callable[[str], bool]
+
+# id(bridge) -> the entries of the `hooks()` contexts open in this context (thread, task). An open
+# context holds its bridge, so an id here never names another bridge.
+_LOCAL: ContextVar[Mapping[int, tuple[HookEntry, ...]]] = ContextVar(
+    "bridge_core_local_hooks", default=MappingProxyType({})
+)
+_ENTRIES_LOCK = threading.Lock()  # add_hook / reset_hooks from several threads: no lost update
 
 
 class HookMethods:
@@ -62,9 +74,10 @@ class HookMethods:
         A permanent hook survives `reset_hooks()` unless it is called with `including_permanent=True`.
         """
         new = self._add([], name, hook, dir, prepend)
-        if is_permanent:
-            self._permanent.update(id(entry) for entry in new)
-        self._entries = new + self._entries if prepend else self._entries + new
+        with _ENTRIES_LOCK:
+            if is_permanent:
+                self._permanent.update(id(entry) for entry in new)
+            self._entries = new + self._entries if prepend else self._entries + new
 
     def _add(
         self, entries: list[HookEntry], name: NameOrFilter, hook: HookFunction, direction: str, prepend: bool
@@ -84,11 +97,23 @@ class HookMethods:
         return new + entries if prepend else entries + new
 
     def reset_hooks(self, including_permanent: bool = False) -> None:
-        """Remove every hook added with `add_hook` (and by any open `hooks()` context), keeping the
-        permanent ones unless `including_permanent` (TransformerLens's default)."""
-        if including_permanent:
-            self._permanent.clear()
-        self._entries = [entry for entry in self._entries if id(entry) in self._permanent]
+        """Remove every hook added with `add_hook` (and by the calling thread's open `hooks()` contexts),
+        keeping the permanent ones unless `including_permanent` (TransformerLens's default)."""
+        with _ENTRIES_LOCK:
+            if including_permanent:
+                self._permanent.clear()
+            self._entries = [entry for entry in self._entries if id(entry) in self._permanent]
+        self._set_local(())
+
+    def _local_entries(self) -> tuple[HookEntry, ...]:
+        """The entries of the `hooks()` contexts open in the calling thread (context)."""
+        return _LOCAL.get().get(id(self), ())
+
+    def _set_local(self, entries: tuple[HookEntry, ...]) -> None:
+        local = {**_LOCAL.get(), id(self): entries}
+        if not entries:
+            del local[id(self)]
+        _LOCAL.set(local)
 
     @contextmanager
     def hooks(
@@ -97,19 +122,23 @@ class HookMethods:
         bwd_hooks: Iterable[tuple[NameOrFilter, HookFunction]] = (),
         reset_hooks_end: bool = True,
     ) -> Iterator[Any]:
-        """Hooks attached for the body of a `with` block; at its end exactly those are removed (hooks
-        added with `add_hook` inside the block stay, as in TransformerLens)."""
+        """Hooks attached for the body of a `with` block, for calls made by this thread only; at its end
+        exactly those are removed (hooks added with `add_hook` inside the block stay, as in
+        TransformerLens). With `reset_hooks_end=False` they then stay bridge-wide, as `add_hook` ones."""
         mine: list[HookEntry] = []
         for direction, pairs in (("fwd", fwd_hooks), ("bwd", bwd_hooks)):
             for name, fn in _pairs(pairs, f"{direction}_hooks"):
                 mine = self._add(mine, name, fn, direction, False)
-        self._entries = [*self._entries, *mine]
+        self._set_local((*self._local_entries(), *mine))
         try:
             yield self
         finally:
-            if reset_hooks_end:
-                ids = {id(entry) for entry in mine}
-                self._entries = [entry for entry in self._entries if id(entry) not in ids]
+            ids = {id(entry) for entry in mine}
+            still = [entry for entry in self._local_entries() if id(entry) in ids]  # unless reset_hooks ran
+            self._set_local(tuple(entry for entry in self._local_entries() if id(entry) not in ids))
+            if not reset_hooks_end:
+                with _ENTRIES_LOCK:
+                    self._entries = [*self._entries, *still]
 
 
 def _pairs(pairs: Any, what: str) -> list[tuple[Any, Any]]:

@@ -2,6 +2,7 @@
 
 A `HookPoint` is the `hook` argument of every hook function (`fn(tensor, hook)`), as in
 TransformerLens: it has `.name`, `.layer()` and a `.ctx` dict that lives as long as the bridge.
+`checked_return` is the one rule for what a hook function may return, at every kind of point.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..errors import HookDeviceError, HookDtypeError, HookReturnShapeError, HookReturnTypeError
 from .places import Place
 
 HookFunction = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
@@ -47,3 +49,37 @@ class HookEntry:
     point: HookPoint
     fn: HookFunction
     direction: Direction = "fwd"
+    reads_only: bool = False  # the bridge's own cache functions: never edit, so no edit check is needed
+
+
+def checked_return(point: HookPoint, result: Any, tensor: torch.Tensor) -> torch.Tensor:
+    """`result` as a replacement for `tensor` at `point`, or a typed error naming the point.
+
+    The rule: a tensor of the same shape, on the same device (never meta); a floating tensor of another
+    floating dtype is cast to the point's dtype (what an in-place edit would store); any other dtype
+    (integer, bool, complex at a floating point) is refused rather than truncated or promoted.
+    """
+    name = point.name
+    if not isinstance(result, torch.Tensor):
+        raise HookReturnTypeError(name, type(result).__name__, f"a tensor of shape {tuple(tensor.shape)} or None")
+    if result.is_meta and not tensor.is_meta:
+        raise HookDeviceError(name, "a meta tensor (it holds no values)", f"a tensor on {tensor.device}")
+    if result.shape != tensor.shape:
+        raise HookReturnShapeError(name, f"shape {tuple(result.shape)}", f"a tensor of shape {tuple(tensor.shape)}")
+    if result.device != tensor.device:
+        raise HookDeviceError(
+            name, f"a tensor on {result.device}", f"one on {tensor.device}", f"; move it with .to('{tensor.device}')"
+        )
+    if result.dtype != tensor.dtype:
+        if not (result.is_floating_point() and tensor.is_floating_point()):
+            raise HookDtypeError(name, f"dtype {result.dtype}", f"{tensor.dtype} (or another floating dtype, cast)")
+        result = result.to(tensor.dtype)
+    return result
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN equals NaN, -0.0 differs from 0.0): whether an in-place edit changed anything."""
+    as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(a.element_size())
+    if as_int is None or a.dtype == torch.bool or a.is_complex():
+        return torch.equal(a, b)
+    return torch.equal(a.view(as_int), b.view(as_int))

@@ -8,6 +8,7 @@ edit is written back by copying into the same view of a fresh clone.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -61,12 +62,23 @@ class HeadsFirst(View):
 
 
 class TokenShape:
-    """The `[batch, pos]` of the current call of one block, recorded by a pre-hook on the block."""
+    """The `[batch, pos]` of the current call of one block, recorded by a pre-hook on the block.
 
-    __slots__ = ("shape",)
+    Kept per thread: threads calling one bridge at once run batches of their own shapes.
+    """
+
+    __slots__ = ("_local",)
 
     def __init__(self) -> None:
-        self.shape: tuple[int, ...] = ()
+        self._local = threading.local()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return getattr(self._local, "shape", ())
+
+    @shape.setter
+    def shape(self, value: tuple[int, ...]) -> None:
+        self._local.shape = value
 
 
 @dataclass(frozen=True, eq=False)

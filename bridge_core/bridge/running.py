@@ -18,6 +18,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..errors import InputError
+from .dispatch import activate, gated
 from .places import select_output
 
 
@@ -79,6 +80,8 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
     """Make the model's forward end at the input of block `stop_at_layer` (or after the last block)."""
     index = layer_index(bridge, stop_at_layer, "stop_at_layer")
     blocks = bridge.bound.blocks
+    gate = object()
+    activate(gate, stack)
     if index < len(blocks):
         kwarg = blocks[index].hidden_kwarg
 
@@ -86,14 +89,15 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
             raise _StopForward(kwargs[kwarg] if kwarg in kwargs else args[0])
 
         # first among the pre-hooks: block k does not start, so none of its hook points fire
-        handle = blocks[index].module.register_forward_pre_hook(stop_before, with_kwargs=True, prepend=True)
+        hook = gated(gate, stop_before)  # only this call stops: another thread's forward runs on
+        handle = blocks[index].module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
     else:
         output_index = blocks[-1].output_index
 
         def stop_after(module: nn.Module, args: tuple, output: Any) -> None:
             raise _StopForward(select_output(output, output_index))
 
-        handle = blocks[-1].module.register_forward_hook(stop_after)
+        handle = blocks[-1].module.register_forward_hook(gated(gate, stop_after))
     stack.callback(handle.remove)
 
 
