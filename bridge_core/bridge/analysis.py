@@ -145,7 +145,11 @@ def accumulated_resid(
             parts.append(cache[f"blocks.{index}.hook_resid_mid"])
             labels.append(f"{index}_mid")
     stack = _stack(parts, pos_slice)
-    if apply_ln:
+    if apply_ln and layer == n and bridge.bound.ln_final is not None:
+        # the logit lens: each residual through the final norm itself (weights included), as HookedTransformer 3.9
+        final = bridge.bound.ln_final.module
+        stack = torch.stack([final(part).to(part.dtype) for part in stack])
+    elif apply_ln:
         stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice)
     return (stack, labels) if return_labels else stack
 
@@ -289,3 +293,107 @@ def logit_attrs(
         directions = directions - wrong
     scaled = apply_ln_to_stack(cache, residual_stack, None, False, pos_slice, batch_slice, has_batch_dim)
     return (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
+
+
+def compute_head_results(cache: ActivationCache) -> None:
+    """Store `blocks.{l}.attn.hook_result` (each head's `z @ W_O`, no b_O) for every block, unless cached."""
+    bridge = _bridge(cache)
+    for layer in range(bridge.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_result"
+        if name not in cache.cache_dict:
+            cache.cache_dict[name] = head_results(cache, layer)
+
+
+def neuron_results(
+    cache: ActivationCache, layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None
+) -> torch.Tensor:
+    """Each neuron's write to the residual, `hook_post[..., n] * W_out[n]`: `[batch, pos, d_mlp, d_model]`."""
+    post = apply_slice(cache[f"blocks.{layer}.mlp.hook_post"], pos_slice, -2)
+    W_out = _bridge(cache).blocks[layer].mlp.W_out.detach().to(post.device, post.dtype)
+    post, W_out = apply_slice(post, neuron_slice, -1), apply_slice(W_out, neuron_slice, 0)
+    return post[..., None] * W_out
+
+
+def stack_neuron_results(
+    cache: ActivationCache,
+    layer: int,
+    pos_slice: PosSlice = None,
+    neuron_slice: PosSlice = None,
+    return_labels: bool = False,
+    incl_remainder: bool = False,
+    apply_ln: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+    """Every neuron's output in blocks 0..layer-1, `[layer * n_neurons (+1), batch, pos, d_model]`, labels `L{l}N{n}`.
+
+    `incl_remainder` appends the residual after block `layer - 1` minus all neurons as "remainder".
+    """
+    bridge = _bridge(cache)
+    layer = _final_layer(bridge, layer)
+    neurons = apply_slice(torch.arange(bridge.cfg.d_mlp), neuron_slice, 0).reshape(-1).tolist()
+    labels = [f"L{index}N{n}" for index in range(layer) for n in neurons]
+    parts = []
+    for index in range(layer):
+        result = neuron_results(cache, index, neuron_slice, pos_slice)
+        parts.append(result[..., None, :] if isinstance(neuron_slice, int) else result)
+    if parts:
+        stack = torch.cat(parts, dim=-2).movedim(-2, 0)
+    else:
+        like = apply_slice(cache["hook_embed"], pos_slice, -2)
+        stack = like.new_zeros((0, *like.shape))
+    if incl_remainder:
+        _additive_stream(bridge, "incl_remainder")
+        resid = apply_slice(cache[f"blocks.{layer - 1}.hook_resid_post"], pos_slice, -2)
+        stack = torch.cat([stack, (resid - stack.sum(0))[None]])
+        labels.append("remainder")
+    if apply_ln:
+        stack = apply_ln_to_stack(cache, stack, layer, False, pos_slice)
+    return (stack, labels) if return_labels else stack
+
+
+def accumulated_bias(bridge: Any, layer: int, mlp_input: bool, include_mlp_biases: bool) -> torch.Tensor:
+    """The biases written to the residual before block `layer` (b_O, and b_out if asked; + this b_O for its MLP)."""
+    total = torch.zeros(bridge.cfg.d_model)
+    for index in range(layer):
+        total = total + bridge.blocks[index].attn.b_O.detach().float().cpu()
+        if include_mlp_biases:
+            total = total + bridge.blocks[index].mlp.b_out.detach().float().cpu()
+    if mlp_input:
+        if layer >= bridge.cfg.n_layers:
+            raise AnalysisError("mlp_input: the final residual feeds no MLP")
+        total = total + bridge.blocks[layer].attn.b_O.detach().float().cpu()
+    return total
+
+
+def full_resid_decomposition(
+    cache: ActivationCache,
+    layer: int | None = None,
+    mlp_input: bool = False,
+    expand_neurons: bool = True,
+    apply_ln: bool = False,
+    pos_slice: PosSlice = None,
+    return_labels: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+    """The residual entering `layer` as every head, every neuron (or MLP layer), the embeddings and the summed
+    biases, in TransformerLens's order; on sequential blocks the components sum to the residual."""
+    bridge = _bridge(cache)
+    _additive_stream(bridge, "get_full_resid_decomposition")
+    layer = _final_layer(bridge, layer)
+    heads, labels = stack_head_results(cache, layer + (1 if mlp_input else 0), True, False, pos_slice)
+    parts = [heads]
+    if layer > 0:
+        if expand_neurons:
+            neurons, more = stack_neuron_results(cache, layer, pos_slice, None, True)
+        else:
+            neurons, more = decompose_resid(cache, layer, mlp_input, "mlp", False, pos_slice, False, True)
+        parts.append(neurons)
+        labels = [*labels, *more]
+    for name, label in _embed_names(bridge):
+        parts.append(_stack([cache[name]], pos_slice).expand(1, *heads.shape[1:]))
+        labels.append(label)
+    bias = accumulated_bias(bridge, layer, mlp_input, expand_neurons).to(heads.device, heads.dtype)
+    parts.append(bias.expand(1, *heads.shape[1:]))
+    labels.append("bias")
+    stack = torch.cat(parts)
+    if apply_ln:
+        stack = apply_ln_to_stack(cache, stack, layer, mlp_input, pos_slice)
+    return (stack, labels) if return_labels else stack

@@ -21,7 +21,7 @@ from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
 from ..transformers_internals import config_objects
-from . import analysis, loading, processing, running
+from . import analysis, hook_handles, loading, processing, running
 from .binding import bind
 from .bound import BoundModel
 from .cache import ActivationCache
@@ -32,13 +32,14 @@ from .hook_points import HookEntry, HookFunction, HookPoint
 from .inputs import check_attention_mask, check_tokens
 from .model_weights import ModelWeights
 from .reimplement import reimplemented_layers, with_attention_implementation
+from .tl_fields import CompatMethods
 from .tokens import TokenMethods
 from .weights import BlockWeights, check_bound_shapes
 
 __all__ = ["Bridge", "with_attention_implementation"]
 
 
-class Bridge(HookMethods, ModelWeights, TokenMethods):
+class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
     """TransformerLens-style hooks, caches and weight views over one HF model."""
 
     def __init__(
@@ -79,6 +80,8 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
         self._permanent: set[int] = set()  # ids of entries added with is_permanent=True
         self._plans: dict = {}  # hook layouts of recent calls, by the points they serve (dispatch._Plan)
+        hook_handles.attach(self)  # blocks[i].attn.hook_z and friends, as HookedTransformer's attributes
+        cfg.attach_model(self)  # cfg.device, cfg.dtype, cfg.normalization_type ... read this model
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -277,30 +280,47 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
 
     def generate(
         self,
-        tokens: Any,
+        input: Any = "",
         max_new_tokens: int = 10,
+        stop_at_eos: bool = True,
+        eos_token_id: int | list[int] | None = None,
         do_sample: bool = False,
-        temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        eos_token_id: int | None = None,
-        use_cache: bool = True,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        return_type: str = "input",
+        verbose: bool = True,
+        *,
         attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
     ) -> Any:
-        """Tokens `[batch, prompt + new]` as HF's `generate` returns them, hooks active on every step.
+        """HookedTransformer's `generate` on HF's own `generate`, hooks active on every step.
 
-        A string prompt (with a tokenizer) returns the decoded string.
+        Text in (a string or a list of strings, left-padded), text out without special tokens; token ids
+        in, `[batch, prompt + new]` ids out (`return_type` "str" / "tokens" chooses). Greedy unless
+        `do_sample` (HookedTransformer samples by default). `verbose` is accepted (there is no progress
+        bar); `freq_penalty` is refused: HF has no frequency penalty. `use_cache` is `use_past_kv_cache`.
         """
-        as_text = isinstance(tokens, str)
-        prompt, mask = self._prepare(tokens, attention_mask)
+        if return_type not in ("input", "str", "tokens"):
+            raise InputError(f"return_type must be 'input', 'str' or 'tokens', got {return_type!r}")
+        if freq_penalty:
+            raise InputError(
+                "freq_penalty is not supported: HF's generate has no frequency penalty (repetition_penalty differs)"
+            )
+        tokens, mask, kind = running.prompt_tokens(self, input, prepend_bos, padding_side, attention_mask)
+        prompt, mask = self._prepare(tokens, mask)
+        eos = running.stop_tokens(self, stop_at_eos, eos_token_id)
+        cache = use_past_kv_cache if use_cache is None else use_cache
         session = self._session()
         with ExitStack() as stack:
             if session is not None:
                 stack.enter_context(session)
-            out = running.generate(
-                self, prompt, mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id, use_cache
-            )
-        return self.tokenizer.decode(out[0]) if as_text and self.tokenizer is not None else out
+            out = running.generate(self, prompt, mask, max_new_tokens, do_sample, temperature, top_k, top_p, eos, cache)
+        return running.generated_output(self, out, kind, return_type)
 
     def run_with_hooks(
         self,
@@ -364,12 +384,16 @@ class Bridge(HookMethods, ModelWeights, TokenMethods):
     # ------------------------------------------------------------------ conveniences
     def processed_copy(
         self,
-        fold_ln: bool = True,
-        center_writing_weights: bool = True,
-        center_unembed: bool = True,
-        fold_value_biases: bool = True,
+        fold_ln: bool | None = None,
+        center_writing_weights: bool | None = None,
+        center_unembed: bool | None = None,
+        fold_value_biases: bool | None = None,
     ) -> Bridge:
-        """TransformerLens's processed weights, on a copy of the model (this one is never changed)."""
+        """TransformerLens's processed weights, on a copy of the model (this one is never changed).
+
+        A transform left at None is applied where it is exact on this model and skipped with a
+        `ProcessingSkipped` warning where not (as HookedTransformer does); True insists (ProcessingError).
+        """
         return processing.processed_copy(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
 
     def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:

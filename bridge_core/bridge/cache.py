@@ -7,6 +7,7 @@ decompositions, logit attribution) are methods here, implemented in `analysis.py
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,28 +24,38 @@ _ALIASES = {
     "query": "q",
     "value": "v",
     "mlp_pre": "pre",
+    "mlp_mid": "mid",
     "mlp_post": "post",
 }
 _LAYER_TYPE_ALIASES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
 _ATTN = {"q", "k", "v", "z", "rot_q", "rot_k", "result", "pattern", "attn_scores"}
-_MLP = {"pre", "pre_linear", "post"}
+_MLP = {"pre", "pre_linear", "mid", "post"}
+_NORM = {"scale", "normalized"}  # without a layer: the final norm's
+_GLUED = re.compile(r"([a-z]+)(\d+)([a-z]?.*)")  # "pattern3", "k6a"
 
 
-def act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
-    """TransformerLens's short names to full hook names: ("pattern", 0) -> blocks.0.attn.hook_pattern."""
-    if "." in name or (name.startswith("hook_") and layer is None):
+def act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
+    """TransformerLens's short names to full hook names: ("pattern", 0) -> blocks.0.attn.hook_pattern,
+    "scale" -> ln_final.hook_scale, ("scale", 0, "ln1") -> blocks.0.ln1.hook_scale, "resid_pre2"."""
+    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
         return name
+    glued = _GLUED.fullmatch(name)
+    if glued is not None:
+        name, layer, layer_type = glued.group(1), glued.group(2), glued.group(3) or None
     name = _ALIASES.get(name, name)
-    if layer_type is not None:
-        layer_type = _LAYER_TYPE_ALIASES.get(layer_type, layer_type)
-    elif name in _ATTN:
+    if name in _ATTN:
         layer_type = "attn"
     elif name in _MLP:
         layer_type = "mlp"
+    elif layer_type is not None:
+        layer_type = _LAYER_TYPE_ALIASES.get(layer_type, layer_type)
     out = "" if layer is None else f"blocks.{layer}."
     if layer_type:
         out += f"{layer_type}."
-    return out + (name if name.startswith("hook_") else f"hook_{name}")
+    out += name if name.startswith("hook_") else f"hook_{name}"
+    if name in _NORM and layer is None:
+        out = f"ln_final.{out}"
+    return out
 
 
 class ActivationCache(Mapping[str, torch.Tensor]):
@@ -57,8 +68,12 @@ class ActivationCache(Mapping[str, torch.Tensor]):
 
     def _key(self, key) -> str:
         if isinstance(key, tuple):
+            if len(key) > 1 and isinstance(key[1], int) and key[1] < 0 and self.bridge is not None:
+                key = (key[0], self.bridge.cfg.n_layers + key[1], *key[2:])  # cache["resid_post", -1]
             return act_name(*key)
-        return key
+        if key in self.cache_dict:
+            return key
+        return act_name(key)  # cache["embed"] -> hook_embed, cache["scale"] -> ln_final.hook_scale
 
     def __getitem__(self, key) -> torch.Tensor:
         name = self._key(key)
@@ -153,6 +168,43 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """Direct logit attribution of each component to `tokens` (minus `incorrect_tokens`)."""
         return analysis.logit_attrs(
             self, residual_stack, tokens, incorrect_tokens, pos_slice, batch_slice, has_batch_dim
+        )
+
+    def compute_head_results(self) -> None:
+        """Add each block's per-head outputs `blocks.{l}.attn.hook_result` `[batch, pos, n_heads, d_model]`
+        (`hook_z` times each head's W_O, no b_O), as TransformerLens does."""
+        analysis.compute_head_results(self)
+
+    def get_neuron_results(self, layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None) -> torch.Tensor:
+        """Each neuron's contribution to the residual in block `layer`: `[batch, pos, d_mlp, d_model]`."""
+        return analysis.neuron_results(self, layer, neuron_slice, pos_slice)
+
+    def stack_neuron_results(
+        self,
+        layer: int,
+        pos_slice: PosSlice = None,
+        neuron_slice: PosSlice = None,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+    ) -> Any:
+        """Every neuron's output in blocks 0..layer-1, `[layer * d_mlp (+1), batch, pos, d_model]` (`L{l}N{n}`)."""
+        return analysis.stack_neuron_results(
+            self, layer, pos_slice, neuron_slice, return_labels, incl_remainder, apply_ln
+        )
+
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: PosSlice = None,
+        return_labels: bool = False,
+    ) -> Any:
+        """The residual at `layer` as heads, neurons (or MLPs), embeddings and the summed biases; sums to it."""
+        return analysis.full_resid_decomposition(
+            self, layer, mlp_input, expand_neurons, apply_ln, pos_slice, return_labels
         )
 
     def __repr__(self) -> str:

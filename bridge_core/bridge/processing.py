@@ -7,6 +7,7 @@ views (architecture-neutral) and returns a new bridge over it; the user's model 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import torch
@@ -18,49 +19,87 @@ from .bound import BoundNorm
 from .weights import in_out
 
 
-def check_transforms(bridge: Any, fold_ln: bool, center_writing_weights: bool, center_unembed: bool) -> None:
-    """Raise `ProcessingError` for the first requested transform that is not exact on this model."""
-    bound = bridge.bound
-    post_norm = any(block.kind == "post_norm" for block in bound.blocks)
+class ProcessingSkipped(UserWarning):
+    """A transform left at its default was skipped because it is not exact on this model."""
+
+
+def _meta_check(bridge: Any) -> None:
     if any(p.device.type == "meta" for p in bridge.model.parameters()):
         raise ProcessingError("processed_copy", "the model has offloaded (meta) parameters; load it fully first")
-    if fold_ln:
-        if post_norm:
-            raise ProcessingError("fold_ln", "post-norm blocks normalize the residual itself; there is no consumer")
-        if bound.unembed_project is not None or bound.unembed_pre_scale is not None:
-            raise ProcessingError("fold_ln", "the final norm does not feed the unembedding directly")
-    if center_writing_weights:
-        norms = [bound.ln_final] + [n for b in bound.blocks for n in (b.ln1, b.ln2)]
-        if post_norm or any(n is None or not n.kind.centered for n in norms):
-            raise ProcessingError(
-                "center_writing_weights",
-                "only exact when every norm reading the residual subtracts its mean (LayerNorm); this model has "
-                + ("post-norm blocks" if post_norm else "non-centering norms (RMSNorm)"),
-            )
-        if any(b.ln1_post is not None or b.ln2_post is not None for b in bound.blocks):
-            raise ProcessingError("center_writing_weights", "sublayer outputs pass through a norm before the residual")
-        if bound.embed_project is not None:
-            raise ProcessingError(
-                "center_writing_weights", "the embedding is projected (project_in) before the residual"
-            )
-    if center_unembed and bridge.bound.final_softcap is not None:
-        raise ProcessingError("center_unembed", "a final logit softcap is not shift-invariant")
+
+
+def inexact_transforms(bridge: Any) -> dict[str, str]:
+    """Why each transform that is not exact on this model is not (transform name -> reason)."""
+    bound = bridge.bound
+    post_norm = any(block.kind == "post_norm" for block in bound.blocks)
+    reasons: dict[str, str] = {}
+    if post_norm:
+        reasons["fold_ln"] = "post-norm blocks normalize the residual itself; there is no consumer"
+    elif bound.unembed_project is not None or bound.unembed_pre_scale is not None:
+        reasons["fold_ln"] = "the final norm does not feed the unembedding directly"
+    norms = [bound.ln_final] + [n for b in bound.blocks for n in (b.ln1, b.ln2)]
+    if post_norm or any(n is None or not n.kind.centered for n in norms):
+        reasons["center_writing_weights"] = (
+            "only exact when every norm reading the residual subtracts its mean (LayerNorm); this model has "
+            + ("post-norm blocks" if post_norm else "non-centering norms (RMSNorm)")
+        )
+    elif any(b.ln1_post is not None or b.ln2_post is not None for b in bound.blocks):
+        reasons["center_writing_weights"] = "sublayer outputs pass through a norm before the residual"
+    elif bound.embed_project is not None:
+        reasons["center_writing_weights"] = "the embedding is projected (project_in) before the residual"
+    if bound.final_softcap is not None:
+        reasons["center_unembed"] = "a final logit softcap is not shift-invariant"
+    return reasons
+
+
+def check_transforms(bridge: Any, fold_ln: bool, center_writing_weights: bool, center_unembed: bool) -> None:
+    """Raise `ProcessingError` for the first requested transform that is not exact on this model."""
+    _meta_check(bridge)
+    reasons = inexact_transforms(bridge)
+    requested = {"fold_ln": fold_ln, "center_writing_weights": center_writing_weights, "center_unembed": center_unembed}
+    for name, wanted in requested.items():
+        if wanted and name in reasons:
+            raise ProcessingError(name, reasons[name])
+
+
+def resolve_transforms(bridge: Any, flags: dict[str, bool | None]) -> dict[str, bool]:
+    """Flags left at None become "where exact": True, or False with a `ProcessingSkipped` warning."""
+    reasons = inexact_transforms(bridge)
+    resolved = {}
+    for name, flag in flags.items():
+        if flag is None:
+            flag = name not in reasons
+            if not flag:
+                warnings.warn(f"processed_copy: skipping {name}: {reasons[name]}", ProcessingSkipped, stacklevel=3)
+        resolved[name] = flag
+    return resolved
 
 
 def processed_copy(
     bridge: Any,
-    fold_ln: bool = True,
-    center_writing_weights: bool = True,
-    center_unembed: bool = True,
-    fold_value_biases: bool = True,
+    fold_ln: bool | None = None,
+    center_writing_weights: bool | None = None,
+    center_unembed: bool | None = None,
+    fold_value_biases: bool | None = None,
 ) -> Any:
     """A new bridge over a processed deep copy of the model; log-probabilities are unchanged.
 
     fold_ln: each norm's weight (and bias) folded into the projections reading it, the norm left as pure
     normalization; center_writing_weights: everything writing to the residual made mean-zero (LayerNorm
     only); center_unembed: W_U mean-zero over the vocabulary; fold_value_biases: b_V folded into b_O.
+    None (the default): applied where exact, else skipped with a `ProcessingSkipped` warning;
+    True: applied, or a `ProcessingError` when not exact.
     """
-    check_transforms(bridge, fold_ln, center_writing_weights, center_unembed)
+    flags = resolve_transforms(
+        bridge,
+        {
+            "fold_ln": fold_ln,
+            "center_writing_weights": center_writing_weights,
+            "center_unembed": center_unembed,
+            "fold_value_biases": True if fold_value_biases is None else fold_value_biases,
+        },
+    )
+    check_transforms(bridge, flags["fold_ln"], flags["center_writing_weights"], flags["center_unembed"])
     from .bridge import Bridge
 
     model = copy.deepcopy(bridge.model)
@@ -68,20 +107,15 @@ def processed_copy(
     out.spec_file = bridge.spec_file
     _untie(out)
     with torch.no_grad():
-        if fold_ln:
+        if flags["fold_ln"]:
             _fold_ln(out)
-        if center_writing_weights:
+        if flags["center_writing_weights"]:
             _center_writing_weights(out)
-        if center_unembed:
+        if flags["center_unembed"]:
             _center_unembed(out)
-        if fold_value_biases:
+        if flags["fold_value_biases"]:
             _fold_value_biases(out)
-    out.processing = {
-        "fold_ln": fold_ln,
-        "center_writing_weights": center_writing_weights,
-        "center_unembed": center_unembed,
-        "fold_value_biases": fold_value_biases,
-    }
+    out.processing = flags
     return out
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
 from ..errors import InputError
+from . import tokens as tk
 from .dispatch import activate, gated
 from .places import select_output
 
@@ -142,6 +143,41 @@ def lm_loss(
     return losses if per_token else losses.mean()
 
 
+def prompt_tokens(
+    bridge: Any, input: Any, prepend_bos: bool | None, padding_side: str | None, attention_mask: Any
+) -> tuple[Any, Any, str]:
+    """Tokens, mask and the kind of input ("str" or "tokens") for `generate`, as HookedTransformer reads them:
+    a list of strings is left-padded (each row's real tokens end where generation starts)."""
+    if isinstance(input, str):
+        return bridge.to_tokens(input, prepend_bos, padding_side), attention_mask, "str"
+    if isinstance(input, list) and input and all(isinstance(x, str) for x in input):
+        rows = [bridge.to_tokens(text, prepend_bos, move_to_device=False)[0] for text in input]
+        width = max(len(row) for row in rows)
+        pad = tk.pad_id(tk.require_tokenizer(bridge))
+        tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            tokens[i, width - len(row) :] = row
+            mask[i, width - len(row) :] = 1
+        return tokens, mask, "str"
+    if isinstance(input, torch.Tensor) and input.is_floating_point():
+        raise InputError("generate from embeddings (return_type='embeds') is not supported: pass token ids or text")
+    return input, attention_mask, "tokens"
+
+
+def stop_tokens(bridge: Any, stop_at_eos: bool, eos_token_id: int | list[int] | None) -> int | list[int] | None:
+    """The tokens that end a sequence: none unless `stop_at_eos`; else the given ones, the tokenizer's EOS,
+    or the checkpoint's generation config's."""
+    if not stop_at_eos:
+        return None
+    if eos_token_id is not None:
+        return eos_token_id
+    tokenizer_eos = getattr(bridge.tokenizer, "eos_token_id", None)
+    if tokenizer_eos is not None:
+        return tokenizer_eos
+    return getattr(bridge.model.generation_config, "eos_token_id", None)
+
+
 def generate(
     bridge: Any,
     tokens: torch.Tensor,
@@ -151,10 +187,14 @@ def generate(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
-    eos_token_id: int | None,
+    eos_token_id: int | list[int] | None,
     use_cache: bool,
 ) -> torch.Tensor:
-    """HF's own `generate`, so decoding is exactly the model's; hooks fire on every step."""
+    """HF's own `generate`, so decoding is exactly the model's; hooks fire on every step.
+
+    `eos_token_id` None: no sequence stops early. Finished rows are padded with the (first) stop token,
+    as HookedTransformer does.
+    """
     if max_new_tokens < 0:
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     limit = bridge.cfg.n_ctx if bridge.position_kind.limits_length else None
@@ -162,6 +202,8 @@ def generate(
         raise InputError(
             f"{tokens.shape[1]} prompt tokens + {max_new_tokens} new ones exceed this model's {limit} positions"
         )
+    if max_new_tokens == 0:  # HookedTransformer returns the input; HF refuses
+        return tokens
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,
@@ -172,10 +214,10 @@ def generate(
         kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
     else:  # greedy: neutralize sampling settings a checkpoint's generation_config may carry
         kwargs.update(temperature=None, top_k=None, top_p=None)
-    eos = eos_token_id if eos_token_id is not None else getattr(bridge.model.generation_config, "eos_token_id", None)
-    kwargs["eos_token_id"] = eos
+    kwargs["eos_token_id"] = eos_token_id
+    first_eos = eos_token_id[0] if isinstance(eos_token_id, list) and eos_token_id else eos_token_id
     pad = getattr(bridge.model.generation_config, "pad_token_id", None)
-    kwargs["pad_token_id"] = pad if pad is not None else (eos if isinstance(eos, int) else 0)
+    kwargs["pad_token_id"] = first_eos if isinstance(first_eos, int) else (pad if pad is not None else 0)
     if attention_mask is None:
         attention_mask = torch.ones_like(tokens)
     if use_cache and bridge.is_encoder_decoder:
@@ -183,3 +225,13 @@ def generate(
         # when the two differ; caches that grow as layers write to them work for any depths.
         kwargs["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
     return bridge.model.generate(input_ids=tokens, attention_mask=attention_mask, **kwargs)
+
+
+def generated_output(bridge: Any, out: torch.Tensor, input_kind: str, return_type: str) -> Any:
+    """`generate`'s result as HookedTransformer returns it: text without special tokens, or token ids."""
+    if return_type == "input":
+        return_type = input_kind
+    if return_type == "tokens":
+        return out
+    texts = [bridge.tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in out]
+    return texts[0] if len(texts) == 1 else texts

@@ -13,7 +13,7 @@ import torch
 from ..errors import TokenizerError
 
 
-def _tokenizer(bridge: Any) -> Any:
+def require_tokenizer(bridge: Any) -> Any:
     if bridge.tokenizer is None:
         raise TokenizerError(
             "this bridge has no tokenizer: pass one to Bridge.from_hf(model, tokenizer=...) or set bridge.tokenizer"
@@ -26,10 +26,10 @@ def default_prepend_bos(bridge: Any) -> bool:
     declared = bridge.bound.default_prepend_bos
     if declared is not None:
         return bool(declared)
-    return getattr(_tokenizer(bridge), "bos_token_id", None) is not None
+    return getattr(require_tokenizer(bridge), "bos_token_id", None) is not None
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(tokenizer, name, None)
         if value is not None:
@@ -48,7 +48,7 @@ def to_tokens(
     """Token ids `[batch, pos]` (batch 1 for a string). Special tokens are never added by the tokenizer
     itself: BOS is prepended (once) when `prepend_bos`; a batch is padded on `padding_side` (the tokenizer's
     default), and sequences are cut to the model's context when `truncate`."""
-    tokenizer = _tokenizer(bridge)
+    tokenizer = require_tokenizer(bridge)
     prepend_bos = default_prepend_bos(bridge) if prepend_bos is None else prepend_bos
     if prepend_bos and tokenizer.bos_token_id is None:
         raise TokenizerError("prepend_bos=True but the tokenizer has no BOS token")
@@ -62,7 +62,7 @@ def to_tokens(
     if side not in ("left", "right"):
         raise TokenizerError(f"padding_side must be 'left' or 'right', got {side!r}")
     width = max(len(row) for row in rows)
-    pad = [_pad_id(tokenizer)]
+    pad = [pad_id(tokenizer)]
     rows = [row + pad * (width - len(row)) if side == "right" else pad * (width - len(row)) + row for row in rows]
     tokens = torch.tensor(rows, dtype=torch.long)
     return tokens.to(bridge._device()) if move_to_device else tokens
@@ -70,7 +70,7 @@ def to_tokens(
 
 def to_string(bridge: Any, tokens: torch.Tensor | list[int] | int) -> str | list[str]:
     """Decode `[pos]` ids to a string, or `[batch, pos]` ids to a list of strings (special tokens kept)."""
-    tokenizer = _tokenizer(bridge)
+    tokenizer = require_tokenizer(bridge)
     tokens = torch.as_tensor(tokens)
     if tokens.dim() == 0:
         tokens = tokens[None]
@@ -85,7 +85,7 @@ def to_str_tokens(
     bridge: Any, input: str | list[str] | torch.Tensor | list[int], prepend_bos: bool | None = None
 ) -> list[str] | list[list[str]]:
     """Each token of `input` decoded on its own: a list of strings (a list of lists for a batch of texts)."""
-    tokenizer = _tokenizer(bridge)
+    tokenizer = require_tokenizer(bridge)
     if isinstance(input, list) and input and all(isinstance(x, str) for x in input):
         return [to_str_tokens(bridge, text, prepend_bos) for text in input]
     if isinstance(input, str):

@@ -9,6 +9,8 @@ parameter through `materialize`, which loads it from the offload map or raises a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,6 +18,20 @@ from ..errors import BindError, OffloadedWeightError
 from ..spec.config import BridgeConfig
 from .bound import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
 from .factored import FactoredMatrix
+from .hook_handles import hook_attribute
+
+
+class HookAttributes:
+    """`hook_*` attributes of a weight view are the hook points of its component (`blocks[0].attn.hook_z`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        owner = self.__dict__.get("_hook_prefix")  # (bridge, "blocks.0.attn"), set by hook_handles.attach
+        if owner is not None and name.startswith("hook_"):
+            return hook_attribute(owner[0], owner[1], name)
+        prop = getattr(type(self), name, None)
+        if isinstance(prop, property):  # a property raised AttributeError: show its own message
+            prop.fget(self)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
 
 def _offload_maps(module: nn.Module) -> list:
@@ -90,7 +106,7 @@ def check_shape(tensor: torch.Tensor | None, expected: tuple[int, ...], spec_fie
         )
 
 
-class AttentionWeights:
+class AttentionWeights(HookAttributes):
     """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`."""
 
     def __init__(self, bound: BoundAttention, cfg: BridgeConfig, anchors: tuple[nn.Module, ...] = ()) -> None:
@@ -181,7 +197,7 @@ class AttentionWeights:
         return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
 
-class MLPWeights:
+class MLPWeights(HookAttributes):
     """`W_in W_gate [d_model, d_mlp]`, `W_out [d_mlp, d_model]` and their biases."""
 
     def __init__(self, bound: BoundMLP, anchors: tuple[nn.Module, ...] = ()) -> None:
@@ -224,7 +240,7 @@ class MLPWeights:
         return self._bias(self.bound.w_out, self.W_out.shape[1])
 
 
-class NormWeights:
+class NormWeights(HookAttributes):
     """`w` and `b` of a norm, as stored (a `(1 + w)` offset is a property of the kind, not folded in)."""
 
     def __init__(self, bound: BoundNorm, anchors: tuple[nn.Module, ...] = ()) -> None:
@@ -245,7 +261,7 @@ class NormWeights:
         return self._real(self.bound.kind.bias(self.bound.module), "bias")
 
 
-class BlockWeights:
+class BlockWeights(HookAttributes):
     """`bridge.blocks[i]`: `.attn`, `.mlp`, `.ln1`, `.ln2` weight views and the HF block module."""
 
     def __init__(self, bound: BoundBlock, cfg: BridgeConfig) -> None:

@@ -5,6 +5,7 @@ Called by the bridge at bind time. Field names follow HookedTransformer (`n_laye
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +40,61 @@ class BridgeConfig:
         extra = self.__dict__.get("extra", {})
         if name in extra:
             return extra[name]
+        prop = getattr(type(self), name, None)
+        if isinstance(prop, property):  # a model-dependent field raised AttributeError: show its message
+            prop.fget(self)
         raise AttributeError(f"'BridgeConfig' has no field '{name}'")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out = {k: v for k, v in self.__dict__.items() if k != "extra" and not k.startswith("_")}
         out.update(self.extra)
         return out
+
+    # HookedTransformerConfig fields that depend on the model the config describes. The bridge attaches
+    # itself (a weak reference: a config copied or outliving its bridge holds no model) and answers them.
+    def attach_model(self, source: Any) -> None:
+        """Let `source` (the bridge) answer the model-dependent fields below."""
+        self.__dict__["_source"] = weakref.ref(source)
+
+    def _from_model(self, name: str) -> Any:
+        ref = self.__dict__.get("_source")
+        source = ref() if ref is not None else None
+        if source is None:
+            raise AttributeError(f"'{name}' depends on the model; this config is not attached to a bridge")
+        return source.config_field(name)
+
+    @property
+    def device(self) -> Any:
+        """The device of the embedding (torch.device)."""
+        return self._from_model("device")
+
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the embedding weight."""
+        return self._from_model("dtype")
+
+    @property
+    def normalization_type(self) -> str | None:
+        """'LN' / 'RMS' (or 'LNPre' / 'RMSPre' once folded), None without norms, as HookedTransformer."""
+        return self._from_model("normalization_type")
+
+    @property
+    def positional_embedding_type(self) -> str | None:
+        """'standard' for a learned table, else the position kind's name ('rotary', ...)."""
+        return self._from_model("positional_embedding_type")
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        return self._from_model("default_prepend_bos")
+
+    @property
+    def n_key_value_heads(self) -> int | None:
+        """HookedTransformer's name for n_kv_heads: None when every query head has its own key head."""
+        return None if self.n_kv_heads == self.n_heads else self.n_kv_heads
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
 
 
 _INT_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_kv_heads", "n_ctx")

@@ -10,7 +10,7 @@ KEY_LINES = {
     "activation_patching": "best patch: blocks.0.hook_resid_pre at 'alice' recovers 100%",
     "logit_lens": "logit lens: the final residual predicts 'rome', as the model does",
     "head_ablation": "most important head: L0H",
-    "steering_generation": "steered:   <bos> bob lives in paris .",
+    "steering_generation": "steered:   bob lives in paris .",
 }
 
 

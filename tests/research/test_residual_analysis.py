@@ -60,9 +60,8 @@ def test_logit_lens_of_the_last_layer_gives_hf_logits_layernorm():
     out, seen = _reference_gpt2(reference, x)
     stack, labels = cache.accumulated_resid(apply_ln=True, return_labels=True)
     assert labels == ["0_pre", "1_pre", "final_post"]
-    ln = reference.transformer.ln_f
-    logits = (stack[-1] * ln.weight + ln.bias) @ reference.lm_head.weight.T
-    torch.testing.assert_close(logits, out.logits, atol=1e-4, rtol=0)
+    # at the final layer the lens runs ln_f itself, weights included (HookedTransformer 3.9)
+    torch.testing.assert_close(stack[-1] @ reference.lm_head.weight.T, out.logits, atol=1e-4, rtol=0)
     # the lens at block 1 normalizes with block 1's ln1 statistics: LayerNorm without affine of its input
     lens = cache.accumulated_resid(layer=1, apply_ln=True)
     torch.testing.assert_close(lens[-1], F.layer_norm(out.hidden_states[1], (64,), eps=1e-5), atol=1e-5, rtol=0)
@@ -79,9 +78,12 @@ def test_logit_lens_of_the_last_layer_gives_hf_logits_rmsnorm_offset():
     x = tokens()
     _, cache = bridge.run_with_cache(x)
     out = reference(x)
-    final = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[-1]  # [batch, d_model], not centered (RMSNorm)
+    final = cache.accumulated_resid(apply_ln=True, pos_slice=-1)[-1]  # [batch, d_model]: the final norm's output
+    torch.testing.assert_close(final @ reference.lm_head.weight.T, out.logits[:, -1], atol=1e-4, rtol=0)
+    # apply_ln_to_stack only divides by the cached scale (not centered: RMSNorm); Gemma's (1 + w) by hand
+    scaled = cache.apply_ln_to_stack(cache["resid_post", -1][None, :, -1], pos_slice=-1)[0]
     norm = reference.model.norm
-    logits = (final * (1 + norm.weight)) @ reference.lm_head.weight.T  # Gemma's (1 + w), applied by hand
+    logits = (scaled * (1 + norm.weight)) @ reference.lm_head.weight.T
     torch.testing.assert_close(logits, out.logits[:, -1], atol=1e-4, rtol=0)
 
 
@@ -144,7 +146,7 @@ def test_apply_ln_to_stack_without_a_batch_dim():
     x = tokens(batch=1)
     _, cache = bridge.run_with_cache(x, remove_batch_dim=True)
     assert not cache.has_batch_dim
-    stack = cache.accumulated_resid(apply_ln=True)
+    stack = cache.apply_ln_to_stack(cache.accumulated_resid())
     out = reference(x, output_hidden_states=True)
     ln = reference.transformer.ln_f
     torch.testing.assert_close(
