@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,13 +97,19 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .plugin_host import PluginWarning
     from .registry import default_registry
 
     registry = default_registry()
+    with warnings.catch_warnings():  # claim conflicts are listed below, as their plugins' failures
+        warnings.simplefilter("ignore", PluginWarning)
+        registry.claims()
     rows = []
     for name in registry.names():
         entry = registry.entry(name)
-        spec = registry.get(name)
+        spec = registry.usable(name)  # a plugin's spec that does not validate is listed as its failure
+        if spec is None:
+            continue
         rows.append(
             {
                 "name": name,

@@ -235,6 +235,10 @@ class Norm(Protocol):
         :param bias: The module's bias, or None.
         :param dtype: dtype of the module's own output.
         :returns: What the module would have returned.
+
+        The bridge returns the module's own output plus `output(edited) - output(unedited)`, so an
+        edit that changes no value is exact whatever this computes; follow the module's order of
+        casts (see `NormKind`) so that real edits, such as ablations, round as the module does.
         """
 
     def weight(self, module: nn.Module) -> torch.Tensor | None:
@@ -295,12 +299,14 @@ class Position(Protocol):
 @dataclass(frozen=True)
 class NormKind:
     """The built-in `Norm`: `prepared` is `x` minus its mean when `centered` (LayerNorm), `x` itself
-    otherwise (RMSNorm); `scale = sqrt(mean(prepared^2) + eps)`."""
+    otherwise (RMSNorm); `scale = sqrt(mean(prepared^2) + eps)`. `output` follows the HF module's
+    order of operations, so a rebuilt output rounds where the module's does."""
 
     name: str
     centered: bool
     weight_offset: float = 0.0
-    upcast: bool = False  # compute in float32 and cast back (RMSNorm families)
+    upcast: bool = False  # compute in float32 and cast back (F.layer_norm in half precision, RMSNorm families)
+    cast_first: bool = False  # cast to the output dtype before the weight multiplies (Llama, T5), not after (Gemma)
     eps_attributes: tuple[str, ...] = ("eps", "variance_epsilon", "epsilon")
 
     def eps(self, module: nn.Module) -> float:
@@ -324,12 +330,12 @@ class NormKind:
     def output(
         self, normalized: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, dtype: torch.dtype
     ) -> torch.Tensor:
-        out = normalized
+        out = normalized.to(dtype) if self.cast_first else normalized
         if weight is not None:
-            w = weight.float() if self.upcast else weight
+            w = weight.float() if self.upcast and not self.cast_first else weight
             out = out * (w + self.weight_offset) if self.weight_offset else out * w
         if bias is not None:
-            out = out + bias
+            out = out + (bias.float() if self.upcast and not self.cast_first else bias)
         return out.to(dtype)
 
     def weight(self, module: nn.Module) -> torch.Tensor | None:

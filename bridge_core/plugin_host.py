@@ -3,12 +3,14 @@
 pluggy's own `load_setuptools_entrypoints` stops at the first entry point that fails to import;
 here each is loaded inside its own `try`, registered as `distribution:name`, and a failure is
 recorded (`PluginHost.failures`) for `bridge-core list` while the others load. Used by the registry;
-kinds are collected once, checked against their contracts (`bridge_core.kinds`).
+kinds are collected once, checked against their contracts (`bridge_core.kinds`), built-ins first: a
+third-party kind reusing a taken name is that plugin's failure, never the built-in's.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,20 @@ from .kinds import (
 )
 
 ENTRY_POINT_GROUP = "bridge_core"
+BUILTIN_DISTRIBUTION = "bridge-core"
+# Called while one spec is built: a plugin that raises is skipped for that build (recorded, warned)
+# unless it shipped the spec, whose build then fails with a PluginError naming it.
+SPEC_BUILD_HOOKS = ("bridge_core_adapt_config", "bridge_core_prepare_model")
 hookimpl = pluggy.HookimplMarker("bridge_core")
+
+
+class PluginWarning(UserWarning):
+    """A plugin was skipped or lost a conflict; the build goes on without it (see `bridge-core list`)."""
+
+
+def is_builtin(plugin_name: str) -> bool:
+    """Whether a registered plugin name (`distribution:entry`) is one of bridge-core's own."""
+    return plugin_name.partition(":")[0] == BUILTIN_DISTRIBUTION
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager("bridge_core")
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
+        self.spec_owners: dict[str, str] = {}  # spec name -> distribution that shipped it (set by the registry)
         self._kinds: Kinds | None = None
         if load_entry_points:
             self.load_entry_points()
@@ -74,8 +90,14 @@ class PluginHost:
                 plugin = ep.load()
                 self.pm.register(plugin, name=name)
             except Exception as exc:  # a broken plugin must not take the others down
-                self.failures.append(PluginFailure(dist, ep.name, f"{type(exc).__name__}: {exc}"))
+                self.record(dist, ep.name, f"{type(exc).__name__}: {exc}")
         self._kinds = None
+
+    def record(self, distribution: str, name: str, error: str) -> None:
+        """Record a plugin's failure once (`bridge-core list` shows it)."""
+        failure = PluginFailure(distribution, name, error)
+        if failure not in self.failures:
+            self.failures.append(failure)
 
     def register(self, plugin: object, name: str) -> None:
         """Register an in-process plugin (tests, notebooks) as if it came from an entry point."""
@@ -94,8 +116,11 @@ class PluginHost:
         a failure is still attributed to one plugin. A plugin that raises is a `PluginError` naming
         its distribution; with `isolate=True` it is recorded in `failures` instead and the other
         plugins' results are returned (where one broken plugin must not take the built-ins down:
-        kinds and spec directories).
+        kinds and spec directories). In `SPEC_BUILD_HOOKS`, a plugin that did not ship `spec` is
+        isolated too, with a `PluginWarning`: someone else's hook cannot stop a build.
         """
+        spec_name = getattr(kwargs.get("spec"), "name", None) if hook_name in SPEC_BUILD_HOOKS else None
+        owner = self.spec_owners.get(spec_name, BUILTIN_DISTRIBUTION) if spec_name is not None else None
         caller = getattr(self.pm.hook, hook_name)
         first_only = bool(caller.spec is not None and caller.spec.opts.get("firstresult"))
         # get_hookimpls() lists implementations in reverse call order, wrappers last.
@@ -107,8 +132,16 @@ class PluginHost:
                 result = self.pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
             except Exception as exc:
                 dist, _, name = impl.plugin_name.partition(":")
-                if isolate:
-                    self.failures.append(PluginFailure(dist, name or dist, f"{hook_name}: {type(exc).__name__}: {exc}"))
+                skip = spec_name is not None and dist != owner
+                if isolate or skip:
+                    self.record(dist, name or dist, f"{hook_name}: {type(exc).__name__}: {exc}")
+                    if skip:
+                        warnings.warn(
+                            f"plugin '{impl.plugin_name}' raised in {hook_name} while building spec '{spec_name}' "
+                            f"and was skipped: {type(exc).__name__}: {exc}",
+                            PluginWarning,
+                            stacklevel=3,
+                        )
                     continue
                 raise PluginError(f"{type(exc).__name__}: {exc}", distribution=dist, hook=hook_name) from exc
             if first_only:  # pluggy's firstresult: the first non-None answer ends the call
@@ -142,29 +175,30 @@ class PluginHost:
     ) -> dict[str, Any]:
         """The kinds every plugin returned from `hook_name`, each checked against `contract` once.
 
-        A kind that does not fit is recorded as its plugin's failure and left out, so it cannot
-        break a forward later; the plugin's other kinds and the other plugins still load.
+        A kind that does not fit, or whose name is taken, is recorded as its plugin's failure and
+        left out, so it cannot break a forward later; the plugin's other kinds and the other plugins
+        still load. Built-ins are collected first, then plugins in pluggy's order: the first keeps a name.
         """
         found: dict[str, Any] = {}
-        for plugin, result in self.results(hook_name, isolate=True):
+        results = sorted(self.results(hook_name, isolate=True), key=lambda pair: not is_builtin(pair[0]))
+        for plugin, result in results:
             dist, _, entry = plugin.partition(":")
             try:
                 pairs = list(result.items() if isinstance(result, Mapping) else ((k.name, k) for k in result))
             except Exception as exc:  # not a list of kinds (or a kind without a name)
-                self.failures.append(PluginFailure(dist, entry or dist, f"{hook_name}: {type(exc).__name__}: {exc}"))
+                self.record(dist, entry or dist, f"{hook_name}: {type(exc).__name__}: {exc}")
                 continue
             for name, kind in pairs:
                 problems = contract_problems(kind, contract)
                 if problems:
-                    error = f"{hook_name}: {what} kind '{name}': {'; '.join(problems)}"
-                    self.failures.append(PluginFailure(dist, entry or dist, error))
+                    self.record(dist, entry or dist, f"{hook_name}: {what} kind '{name}': {'; '.join(problems)}")
                     continue
                 if name in found:
-                    raise PluginError(
-                        f"{what} kind '{name}' is registered by both '{origins[(what, name)]}' and '{plugin}'",
-                        distribution=dist,
-                        hook=hook_name,
-                    )
+                    taken = f"{what} kind '{name}' is registered by both '{origins[(what, name)]}' and '{plugin}'"
+                    if is_builtin(plugin):  # two built-ins: bridge-core's own bug
+                        raise PluginError(taken, distribution=dist, hook=hook_name)
+                    self.record(dist, entry or dist, f"{hook_name}: {taken}; '{plugin}''s is ignored (rename it)")
+                    continue
                 found[name] = kind
                 origins[(what, name)] = plugin
         return found

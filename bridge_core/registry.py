@@ -2,19 +2,22 @@
 
 Sources, in the order they are read: plugins' spec directories (the built-in `adapter_specs/` come
 this way, through the package's own entry point), `BRIDGE_CORE_SPEC_PATH` directories, and
-`registry.add_spec(path)`. Every spec remembers where it came from (`bridge-core list`).
+`registry.add_spec(path)`. Every spec remembers where it came from (`bridge-core list`). A third-party
+plugin's broken or conflicting spec is recorded as that plugin's failure and left out; it never takes
+the others down, and it takes a built-in's model only with `override: true` (docs/tutorials/write-a-plugin.md).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import SpecError, SpecNotFoundError, close_matches
-from .plugin_host import PluginHost
+from .errors import BridgeCoreError, SpecError, SpecNotFoundError, close_matches
+from .plugin_host import PluginHost, PluginWarning, is_builtin
 from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
 from .spec.schema import Spec
@@ -41,8 +44,9 @@ class Registry:
         self._entries: dict[str, SpecEntry] = {}
         self._specs: dict[str, Spec] = {}
         self._claims: dict[tuple[str, str], str] | None = None
-        for plugin_name, dirs in self.plugins.results("bridge_core_spec_dirs", isolate=True):
-            origin = "builtin" if plugin_name.startswith("bridge-core:") else plugin_name.split(":", 1)[0]
+        found = self.plugins.results("bridge_core_spec_dirs", isolate=True)
+        for plugin_name, dirs in sorted(found, key=lambda pair: not is_builtin(pair[0])):  # built-ins first
+            origin = "builtin" if is_builtin(plugin_name) else plugin_name.split(":", 1)[0]
             for directory in dirs:
                 self._add_directory(Path(directory), origin)
         if use_spec_path:
@@ -52,15 +56,29 @@ class Registry:
     # ----------------------------------------------------------------- adding
     def _add_directory(self, directory: Path, origin: str) -> None:
         if not directory.is_dir():
-            raise SpecError(f"spec directory does not exist (from {origin})", file=directory)
+            self._fail(origin, SpecError(f"spec directory does not exist (from {origin})", file=directory))
+            return
         for path in sorted(directory.glob("*.yaml")):
-            self._add_raw(read_raw_spec(path), origin)
+            try:
+                self._add_raw(read_raw_spec(path), origin)
+            except BridgeCoreError as exc:
+                self._fail(origin, exc, path.name)
+
+    def _fail(self, origin: str, error: BridgeCoreError, item: str = "spec_dirs") -> None:
+        """A third-party plugin's spec problem is its failure (the item is left out); anyone else's is raised."""
+        if not _third_party(origin):
+            raise error
+        self.plugins.record(origin, item, f"{type(error).__name__}: {error}")
 
     def _add_raw(self, raw: RawSpec, origin: str) -> SpecEntry:
         name = raw.name
         if not isinstance(name, str) or not name:
             raise raw.error("'name' must be a non-empty string", ("name",))
         existing = self._entries.get(name)
+        # a plugin replaces a name it does not own only with `override: true`, and never a name shipped
+        # by another plugin (that would depend on the order plugins load in)
+        if existing is not None and _third_party(origin) and _third_party(existing.origin):
+            raise raw.error(f"a spec named '{name}' is already registered by plugin '{existing.origin}'", ("name",))
         if existing is not None and not raw.data.get("override", False):
             raise raw.error(
                 f"a spec named '{name}' is already registered from {existing.raw.file} ({existing.origin}); "
@@ -69,6 +87,10 @@ class Registry:
             )
         entry = SpecEntry(name=name, raw=raw, origin=origin)
         self._entries[name] = entry
+        if _third_party(origin):
+            self.plugins.spec_owners[name] = origin
+        else:
+            self.plugins.spec_owners.pop(name, None)
         self._specs.clear()
         self._claims = None
         return entry
@@ -116,17 +138,60 @@ class Registry:
             self._specs[name] = spec
         return self._specs[name]
 
+    def usable(self, name: str) -> Spec | None:
+        """The validated spec `name`, or None (recorded as its plugin's failure) when a third-party
+        plugin's spec does not validate; other specs raise as `get` does."""
+        try:
+            return self.get(name)
+        except BridgeCoreError as exc:
+            entry = self.entry(name)
+            self._fail(entry.origin, exc, Path(entry.raw.file).name)
+            return None
+
     # ----------------------------------------------------------------- lookup
+    def _plugin_loses(self, name: str, other: str, key: tuple[str, str]) -> str | None:
+        """Which of two specs claiming `key` loses, when a third-party plugin's spec is one of them:
+        the plugin's wins only with `override: true` against a spec without it. None: neither is a plugin's."""
+        mine, theirs = self._entries[name], self._entries[other]
+        if not (_third_party(mine.origin) or _third_party(theirs.origin)):
+            return None
+        if _third_party(mine.origin) and self.get(name).override and not self.get(other).override:
+            return other  # an explicit override: no warning
+        if _third_party(theirs.origin) and self.get(other).override and not self.get(name).override:
+            return name
+        # no override (or both): the spec that is not a plugin's wins, else the one registered first
+        loser, winner = (name, other) if _third_party(mine.origin) else (other, name)
+        loser_entry = self._entries[loser]
+        message = (
+            f"spec '{loser}' ({loser_entry.origin}) claims {key[0]} '{key[1]}', which spec '{winner}' "
+            f"({self._entries[winner].origin}) keeps; a plugin's spec takes a claim only with `override: true`"
+        )
+        warnings.warn(message, PluginWarning, stacklevel=4)
+        if _third_party(loser_entry.origin):
+            self.plugins.record(loser_entry.origin, Path(loser_entry.raw.file).name, f"match: {message}")
+        return loser
+
+    def claims(self) -> dict[tuple[str, str], str]:
+        """Which spec holds each claim, `("architectures" or "model_type", value) -> spec name`, after
+        conflicts are settled (a plugin's spec that loses one is recorded as its failure)."""
+        return dict(self._index_claims())
+
     def _index_claims(self) -> dict[tuple[str, str], str]:
         if self._claims is None:
             claims: dict[tuple[str, str], str] = {}
-            for name in self.names():
-                spec = self.get(name)
+            for name in list(self._entries):  # registration order: built-ins first
+                spec = self.usable(name)
+                if spec is None:
+                    continue
                 keys = [("architectures", a) for a in spec.match.architectures]
                 keys += [("model_type", m) for m in spec.match.model_type]
                 for key in keys:
                     other = claims.get(key)
                     if other is not None and other != name:
+                        loser = self._plugin_loses(name, other, key)
+                        if loser is not None:
+                            claims[key] = other if loser == name else name
+                            continue
                         mine, theirs = spec.override, self.get(other).override
                         if mine == theirs:
                             raise SpecError(
@@ -153,11 +218,13 @@ class Registry:
         if model_type and ("model_type", model_type) in claims:
             return self.get(claims[("model_type", model_type)])
         known_types = sorted({v for k, v in claims if k == "model_type"})
+        failed = sorted({f.distribution for f in self.plugins.failures})
+        also = f" Plugins that failed (`bridge-core list`): {', '.join(failed)}." if failed else ""
         raise SpecNotFoundError(
             f"No registered spec matches this model: tried architectures {architectures or '[]'} and "
             f"model_type {model_type!r}. Specs claim model types: {', '.join(known_types) or 'none'}. "
             f"Write a spec (`bridge-core scaffold`) and add it with `registry.add_spec(path)` or "
-            f"{SPEC_PATH_VARIABLE}."
+            f"{SPEC_PATH_VARIABLE}.{also}"
         )
 
     def resolve_for_model(self, model: Any) -> Spec:
@@ -183,6 +250,11 @@ class Registry:
             found = getattr(kinds, table)
             if name not in found:
                 raise unknown_kind(spec, raw.file, found, name, what, field, ", ".join(kinds_plugins(kinds)) or "none")
+
+
+def _third_party(origin: str) -> bool:
+    """Whether a spec came from a third-party plugin's spec directory (not built-in, the spec path or add_spec)."""
+    return origin not in ("builtin", "add_spec") and not origin.startswith("path:")
 
 
 @cache

@@ -1,4 +1,8 @@
-"""Built-in norm kinds: `layernorm`, `rmsnorm`, and Gemma's `rmsnorm_offset` (`(1 + w)`)."""
+"""Built-in norm kinds: `layernorm`, `rmsnorm`, and Gemma's `rmsnorm_offset` (`(1 + w)`).
+
+Each computes as its HF module does in half precision: float32 throughout, cast last (F.layer_norm,
+Gemma), or cast before the weight multiplies (LlamaRMSNorm; T5LayerNorm with a half-precision weight).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from bridge_core.plugin_host import hookimpl
 @hookimpl
 def bridge_core_norm_kinds() -> list[NormKind]:
     return [
-        NormKind("layernorm", centered=True),
-        NormKind("rmsnorm", centered=False, upcast=True),
+        NormKind("layernorm", centered=True, upcast=True),
+        NormKind("rmsnorm", centered=False, upcast=True, cast_first=True),
         NormKind("rmsnorm_offset", centered=False, weight_offset=1.0, upcast=True),
     ]

@@ -187,7 +187,8 @@ class _ModuleHooks:
         kind = place.kind
         view = place.view
         prepared = kind.prepare(self._input(args, kwargs))
-        scale = kind.scale(prepared, kind.eps(self.module))
+        eps = kind.eps(self.module)
+        scale = kind.scale(prepared, eps)
         edited = False
         if "scale" in runs:
             new_scale = _run_viewed(runs["scale"], scale, view)
@@ -201,7 +202,13 @@ class _ModuleHooks:
         if not edited:
             return None
         weight, bias = materialize(self.module, "weight"), materialize(self.module, "bias")
-        return kind.output(normalized, weight, bias, output.dtype)
+        # HF's output plus what the edit changed (the kind's arithmetic on edited minus unedited
+        # values, recomputed since hooks may edit in place): an edit that changes no value gives
+        # HF's output bit for bit, whatever its kernel does (fused LayerNorm, rsqrt), in any dtype.
+        rebuilt = kind.output(normalized, weight, bias, output.dtype)
+        unedited = kind.output(prepared / kind.scale(prepared, eps), weight, bias, output.dtype)
+        work = torch.promote_types(output.dtype, torch.float32)
+        return (output.to(work) + (rebuilt.to(work) - unedited.to(work))).to(output.dtype)
 
     def _head_result(self, place: HeadResult, run: _PointRun, args, kwargs) -> torch.Tensor | None:
         z = self._input(args, kwargs).unflatten(-1, (place.n_heads, place.d_head))

@@ -31,7 +31,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "dead_pos_hook": ("hook_fire_counts", {"shapes", "cache_completeness", "embed", "pos_embed"}, "pos_embed"),
     "unembed_is_embedding": ("unembed", {"shapes", "layer_ranges"}, "unembed.path"),
     "neox_qkv_order": ("qkv_recompute", {"attention_paths_agree"}, "block.attn.qkv"),
-    "gemma_norm_offset": ("norms", {"identity_hooks"}, "ln1.kind"),
+    "gemma_norm_offset": ("norms", set(), "ln1.kind"),  # identity edits are exact under any kind
     "neox_parallel_as_sequential": ("residual_stream", {"delta_once"}, "block.kind"),
     "gemma_no_embed_scale": ("embed", set(), "config.embed_scale"),
     "neox_rotary_dim": ("attention_paths_agree", set(), "config.rotary_dim"),
@@ -152,6 +152,16 @@ def _fault_norm_recompute(monkeypatch, ctx):
     monkeypatch.setattr(NormKind, "scale", lambda self, prepared, eps: original(self, prepared, eps * 10))
 
 
+def _fault_norm_rebuild(monkeypatch, ctx):
+    original = dispatch._ModuleHooks._norm
+
+    def off_by_one_percent(self, *args):
+        rebuilt = original(self, *args)
+        return None if rebuilt is None else rebuilt * 1.01
+
+    monkeypatch.setattr(dispatch._ModuleHooks, "_norm", off_by_one_percent)
+
+
 def _fault_generation_off_by_one(monkeypatch, ctx):
     from bridge_core.bridge import running
 
@@ -188,7 +198,8 @@ INJECTED = {
     "inexact_write_back": (_fault_inexact_write_back, {"identity_module_hooks"}),
     "heads_not_a_view": (_fault_heads_not_a_view, {"head_ablation"}),
     "padding_mask_ignored": (_fault_mask_ignored, {"padding"}),
-    "norm_recompute_wrong": (_fault_norm_recompute, {"identity_hooks"}),
+    "norm_recompute_wrong": (_fault_norm_recompute, {"norms"}),  # identity edits stay exact: hook_scale shows it
+    "norm_rebuild_wrong": (_fault_norm_rebuild, {"identity_hooks"}),
     "component_call_drops_mask": (_fault_component_mask_dropped, {"block_alone", "attention_alone"}),
     "rel_pos_bias_edit_lost": (_fault_bias_edit_lost, {"rel_pos_bias_edit"}),
     "generation_off_by_one": (_fault_generation_off_by_one, {"generation"}),

@@ -1,5 +1,7 @@
-"""Plugin isolation (docs/architecture.md): a third-party entry point that fails to import, and one whose hook raises,
-are reported with their distribution while the other plugins and the built-ins keep working.
+"""Plugin isolation (docs/architecture.md): a third-party entry point that fails to import, one whose hook raises,
+and one that conflicts with the built-ins (a taken kind or spec name, a bad spec file, a missing spec directory,
+a claim on a built-in's class) are reported with their distribution while the other plugins and the built-ins
+keep working.
 
 The plugins are a real distribution: a `*.dist-info` directory with an `entry_points.txt` in group
 `bridge_core`, put on sys.path for the test only.
@@ -7,17 +9,20 @@ The plugins are a real distribution: a `*.dist-info` directory with an `entry_po
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
 import torch
 
 from bridge_core import Bridge
-from bridge_core.errors import PluginError
-from bridge_core.plugin_host import PluginHost
-from bridge_core.registry import Registry
+from bridge_core.cli import main
+from bridge_core.errors import PluginError, SpecError
+from bridge_core.plugin_host import PluginHost, PluginWarning
+from bridge_core.registry import Registry, default_registry
 
 DIST = "reliability-bad-plugins"
+pytestmark = pytest.mark.filterwarnings("ignore::bridge_core.plugin_host.PluginWarning")  # asserted where they matter
 
 
 @pytest.fixture
@@ -102,3 +107,173 @@ def test_with_the_raising_plugin_unregistered_the_builtins_and_the_good_plugin_w
     bridge = Bridge.from_spec("gpt2", registry=Registry(plugins=host, use_spec_path=False))
     with torch.no_grad():
         assert bridge(torch.tensor([[1, 2, 3]])).shape[-1] == bridge.cfg.d_vocab
+
+
+# --------------------------------------------------------------------------- conflicting and broken plugins
+CONFLICTS = "reliability-conflicting-plugins"
+BAD_SPEC = "name: broken_plugin_spec\nmatch: [this is not a mapping\n"
+UNKNOWN_KIND = (
+    "name: plugin_unknown_kind\nextends: gpt2\nmatch:\n  architectures: [UnknownKindLM]\n"
+    "ln_final: {path: transformer.ln_f, kind: no_such_norm_anywhere}\n"
+)
+HOOKS_RAISE = """
+from bridge_core.plugin_host import hookimpl
+
+
+@hookimpl
+def bridge_core_adapt_config(spec, hf_config):
+    raise RuntimeError("adapt_config exploded")
+
+
+@hookimpl
+def bridge_core_prepare_model(spec, model):
+    raise RuntimeError("prepare_model exploded")
+"""
+
+
+def write_distribution(root, dist: str, modules: dict[str, str]) -> None:
+    """A `*.dist-info` with one `bridge_core` entry point per module, each module's source beside it."""
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[bridge_core]\n" + "".join(f"{m} = {m}\n" for m in modules))
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(source)
+
+
+def spec_dirs_module(*dirs) -> str:
+    listed = ", ".join(repr(str(d)) for d in dirs)
+    head = "from bridge_core.plugin_host import hookimpl\n\n\n@hookimpl\n"
+    return f"{head}def bridge_core_spec_dirs():\n    return [{listed}]\n"
+
+
+@pytest.fixture
+def conflicting_distribution(tmp_path, monkeypatch):
+    """One third-party distribution doing everything the issue lists, plus one good kind and one good spec."""
+    suffix = tmp_path.name.replace("-", "_")
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a_gpt2_again.yaml").write_text("name: gpt2\nextends: llama\n")  # a taken name, no override
+    (specs / "broken.yaml").write_text(BAD_SPEC)
+    (specs / "claims_gpt2.yaml").write_text(
+        "name: plugin_gpt2_claim\nextends: gpt2\nmatch:\n  architectures: [GPT2LMHeadModel]\n"
+    )
+    (specs / "claims_llama.yaml").write_text(
+        "name: plugin_llama_override\nextends: llama\noverride: true\nmatch:\n  architectures: [LlamaForCausalLM]\n"
+    )
+    (specs / "own.yaml").write_text("name: plugin_own\nextends: gpt2\nmatch:\n  architectures: [PluginOwnLM]\n")
+    (specs / "unknown_kind.yaml").write_text(UNKNOWN_KIND)
+    modules = {
+        f"rel_dup_kind_{suffix}": (
+            "from bridge_core.kinds import NormKind\nfrom bridge_core.plugin_host import hookimpl\n\n\n"
+            "@hookimpl\ndef bridge_core_norm_kinds():\n"
+            '    return [NormKind("layernorm", centered=False), NormKind("conflict_ok_norm", centered=False)]\n'
+        ),
+        f"rel_specs_{suffix}": spec_dirs_module(specs, tmp_path / "no_such_directory"),
+        f"rel_hooks_raise_{suffix}": HOOKS_RAISE,
+    }
+    write_distribution(tmp_path, CONFLICTS, modules)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("BRIDGE_CORE_SPEC_PATH", raising=False)
+    yield modules
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def conflict_failures(host: PluginHost) -> list[str]:
+    return [f"{f.name}: {f.error}" for f in host.failures if f.distribution == CONFLICTS]
+
+
+def quiet_registry() -> Registry:
+    with pytest.warns(PluginWarning):  # the claim conflict warns once, when claims are first indexed
+        registry = Registry(plugins=PluginHost(), use_spec_path=False)
+        registry.claims()
+    return registry
+
+
+def test_a_plugin_reusing_a_builtin_kind_name_is_its_own_failure_and_its_other_kinds_load(conflicting_distribution):
+    host = PluginHost()
+    kinds = host.kinds
+    assert kinds.origins[("norm", "layernorm")] == "bridge-core:norms" and kinds.norms["layernorm"].centered
+    assert "conflict_ok_norm" in kinds.norms
+    failure = next(f for f in host.failures if "layernorm" in f.error)
+    assert failure.distribution == CONFLICTS and failure.name.startswith("rel_dup_kind_")
+    assert not any(f.distribution == "bridge-core" for f in host.failures)
+
+
+def test_a_plugins_taken_spec_name_bad_spec_file_and_missing_directory_are_its_failures(conflicting_distribution):
+    registry = quiet_registry()
+    failures = conflict_failures(registry.plugins)
+    assert any(f.startswith("a_gpt2_again.yaml") and "'gpt2' is already registered" in f for f in failures)
+    assert any(f.startswith("broken.yaml") for f in failures)
+    assert any(f.startswith("spec_dirs") and "no_such_directory" in f for f in failures)
+    assert registry.origin("gpt2") == "builtin", "the built-in keeps its name"
+    assert {"plugin_own", "plugin_llama_override"} <= set(registry.names()), "the plugin's good specs load"
+    with torch.no_grad():
+        bridge = Bridge.from_spec("gpt2", registry=registry)
+        assert bridge(torch.tensor([[1, 2, 3]])).shape[-1] == bridge.cfg.d_vocab
+
+
+def test_a_plugin_spec_claiming_a_builtin_class_without_override_warns_and_the_builtin_keeps_it(
+    conflicting_distribution,
+):
+    registry = Registry(plugins=PluginHost(), use_spec_path=False)
+    gpt2 = Bridge.from_spec("gpt2", registry=registry).model
+    with pytest.warns(PluginWarning, match="plugin_gpt2_claim.*GPT2LMHeadModel.*override: true"):
+        assert registry.resolve_for_model(gpt2).name == "gpt2"
+    assert Bridge.from_hf(gpt2, registry=registry).spec.name == "gpt2"
+    assert any(f.startswith("claims_gpt2.yaml: match:") for f in conflict_failures(registry.plugins))
+    assert registry.resolve_for_model(Bridge.from_spec("opt", registry=registry).model).name == "opt"
+
+
+def test_a_plugin_spec_with_override_true_takes_the_builtins_class(conflicting_distribution):
+    registry = quiet_registry()
+    llama = Bridge.from_spec("llama", registry=registry).model
+    assert registry.resolve_for_model(llama).name == "plugin_llama_override"
+    assert not any(f.startswith("claims_llama.yaml") for f in conflict_failures(registry.plugins))
+
+
+def test_a_plugin_spec_that_does_not_validate_is_its_failure_and_other_models_resolve(conflicting_distribution):
+    registry = quiet_registry()
+    assert any(
+        f.startswith("unknown_kind.yaml") and "no_such_norm_anywhere" in f for f in conflict_failures(registry.plugins)
+    )
+    assert registry.resolve_for_model(Bridge.from_spec("qwen2", registry=registry).model).name == "qwen2"
+    with pytest.raises(SpecError, match="no_such_norm_anywhere"):  # asked for by name, it still says why
+        registry.get("plugin_unknown_kind")
+
+
+def test_a_plugin_whose_build_hooks_raise_is_skipped_with_a_warning_for_other_specs(conflicting_distribution):
+    registry = quiet_registry()
+    with pytest.warns(PluginWarning, match="prepare_model exploded"):
+        model = Bridge.from_spec("llama", registry=registry).model
+    with pytest.warns(PluginWarning, match="adapt_config exploded"):
+        bridge = Bridge.from_hf(model, spec="llama", registry=registry)
+    with torch.no_grad():
+        assert bridge(torch.tensor([[1, 2, 3]])).shape[-1] == bridge.cfg.d_vocab
+    hooks = {f.error.split(":")[0] for f in registry.plugins.failures if f.distribution == CONFLICTS}
+    assert {"bridge_core_adapt_config", "bridge_core_prepare_model"} <= hooks
+
+
+def test_a_raising_build_hook_fails_the_build_of_its_own_plugins_spec_naming_the_distribution(
+    conflicting_distribution,
+):
+    registry = quiet_registry()
+    with pytest.raises(PluginError, match="prepare_model exploded") as info:
+        Bridge.from_spec("plugin_own", registry=registry)
+    assert info.value.distribution == CONFLICTS and info.value.hook == "bridge_core_prepare_model"
+
+
+def test_bridge_core_list_shows_each_broken_plugin_with_its_error(conflicting_distribution, capsys):
+    default_registry.cache_clear()
+    try:
+        assert main(["list", "--json"]) == 0
+    finally:
+        default_registry.cache_clear()
+    listing = json.loads(capsys.readouterr().out)
+    names = {row["name"] for row in listing["specs"]}
+    assert {"gpt2", "llama", "plugin_own"} <= names and "plugin_unknown_kind" not in names
+    mine = [f"{f['name']}: {f['error']}" for f in listing["failed_plugins"] if f["distribution"] == CONFLICTS]
+    for item in ("a_gpt2_again.yaml", "broken.yaml", "spec_dirs", "claims_gpt2.yaml", "unknown_kind.yaml"):
+        assert any(line.startswith(item) for line in mine), item
+    assert any("layernorm" in line for line in mine)
