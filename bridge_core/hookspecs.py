@@ -3,8 +3,9 @@
 A plugin is a module or object with functions marked `@bridge_core.hookimpl` and named like the
 stubs below, found through the `bridge_core` entry-point group (built-ins register the same way).
 The plugin host (`bridge_core.plugin_host`) calls every hook on every plugin through pluggy and
-collects the results (none is `firstresult`), so plugins add to each other; a name registered twice
-is a `PluginError` naming both plugins. What each kind must compute is a Protocol in `bridge_core.kinds`.
+collects the results (none is `firstresult`), so plugins add to each other; a name a plugin registers
+that is already taken is that plugin's recorded failure (built-ins are collected first). What each
+kind must compute is a Protocol in `bridge_core.kinds`.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def bridge_core_adapt_config(spec: Spec, hf_config: Any) -> dict[str, Any] | Non
     :param hf_config: The model's HF config. Must not be modified.
     :returns: A mapping of field names to values, merged into `bridge.cfg.extra`, or None to add nothing.
 
-    Called at bind time, once per bridge. A plugin that raises is a `PluginError` naming its
-    distribution.
+    Called at bind time, once per bridge. A plugin that raises is skipped with a `PluginWarning` while
+    another plugin's spec is built; for its own spec the build fails with a `PluginError` naming it.
     """
 
 
@@ -128,5 +129,6 @@ def bridge_core_prepare_model(spec: Spec, model: nn.Module) -> None:
 
     Called after `Bridge.from_pretrained` / `Bridge.from_spec` (and conformance) load a model,
     before binding; never for a user's own model passed to `Bridge.from_hf`, which is never
-    modified. A plugin that raises is a `PluginError` naming its distribution.
+    modified. A plugin that raises is skipped with a `PluginWarning` while another plugin's spec is
+    built; for its own spec the build fails with a `PluginError` naming it.
     """
