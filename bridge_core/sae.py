@@ -5,7 +5,7 @@ under SAELens's names (`blocks.1.hook_resid_pre.hook_sae_acts_post`). Built on t
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -15,13 +15,13 @@ import torch
 
 from .bridge.bridge import Bridge
 from .bridge.cache import ActivationCache
+from .bridge.hook_points import HookPoint
 from .errors import BridgeCoreError, HookNameError, HookShapeError, close_matches
 
 SAE_EXTRA = 'pip install "bridge-core[sae]"  (or: pip install "sae-lens>=6,<7")'
 # Hook points the SAE fires itself inside encode/decode, and the two the splice fires (as SAELens's wrapper does).
 SAE_INNER_POINTS = ("hook_sae_input", "hook_sae_acts_pre", "hook_sae_acts_post", "hook_sae_recons")
 SAE_SPLICE_POINTS = ("hook_sae_error", "hook_sae_output")
-_LAYER = re.compile(r"(?:^|\.)(\d+)\.")
 
 NameOrFilter = str | Callable[[str], bool]
 HookPair = tuple[NameOrFilter, Callable]
@@ -53,12 +53,7 @@ class SAEHookPoint:
 
     name: str
     ctx: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def layer(self) -> int:
-        match = _LAYER.search(self.name)
-        if match is None:
-            raise ValueError(f"hook point '{self.name}' is not inside a block")
-        return int(match.group(1))
+    layer = HookPoint.layer  # the block index in the name, as on the bridge's own points
 
 
 @dataclass(eq=False)
@@ -75,6 +70,10 @@ class _Attached:
     @property
     def is_transcoder(self) -> bool:
         return self.hook_in != self.hook_out
+
+
+def _capture(attached: _Attached, tensor: torch.Tensor, hook: Any) -> None:
+    attached.captured = tensor  # a transcoder's input, read when its output point is reached
 
 
 @dataclass(frozen=True)
@@ -340,7 +339,7 @@ class SAEBridge:
             splices: list[HookPair] = []
             for attached in self._attached.values():
                 if attached.is_transcoder:
-                    splices.append((attached.hook_in, self._capture(attached)))
+                    splices.append((attached.hook_in, functools.partial(_capture, attached)))
                 splices.append((attached.hook_out, self._splice(attached)))
                 for local in SAE_INNER_POINTS:
                     module = getattr(attached.sae, local)
@@ -375,12 +374,6 @@ class SAEBridge:
             return self._fire(point, output)
 
         return on_output
-
-    def _capture(self, attached: _Attached) -> Callable:
-        def capture(tensor: torch.Tensor, hook: Any) -> None:
-            attached.captured = tensor
-
-        return capture
 
     def _splice(self, attached: _Attached) -> Callable:
         def splice(tensor: torch.Tensor, hook: Any) -> torch.Tensor:

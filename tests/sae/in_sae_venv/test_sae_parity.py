@@ -159,3 +159,41 @@ def test_an_sae_spliced_at_another_layer_differs_from_the_reference(pair):
         ours = bridge.run_with_saes(TOKENS, saes=[early])
         theirs = tl.run_with_saes(TOKENS, saes=[right])
     assert not torch.allclose(ours, theirs, atol=1e-3)
+
+
+def test_hook_z_sae_with_heads_flattened_equals_hooked_sae_transformer(pair):
+    bridge, tl = pair
+    the_sae = sae("blocks.0.attn.hook_z", d_in=32)  # n_heads * d_head
+    the_sae.turn_on_forward_pass_hook_z_reshaping()
+    with torch.no_grad():
+        logits, cache = bridge.run_with_cache_with_saes(TOKENS, saes=[the_sae])
+        tl_logits, tl_cache = tl.run_with_cache_with_saes(TOKENS, saes=[the_sae])
+    for local in INNER:
+        assert_same(cache[f"blocks.0.attn.hook_z.{local}"], tl_cache[f"blocks.0.attn.hook_z.{local}"])
+    assert_same(logits, tl_logits)
+
+
+def test_gradients_at_sae_points_equal_hooked_sae_transformers(pair):
+    bridge, tl = pair
+    the_sae = sae("blocks.1.hook_resid_pre")
+    name = "blocks.1.hook_resid_pre.hook_sae_acts_post"
+    loss, cache = bridge.run_with_cache_with_saes(
+        TOKENS, saes=[the_sae], names_filter=[name], incl_bwd=True, return_type="loss"
+    )
+    tl_loss, tl_cache = tl.run_with_cache_with_saes(
+        TOKENS, saes=[the_sae], names_filter=[name], incl_bwd=True, return_type="loss"
+    )
+    assert_same(loss, tl_loss)
+    assert_same(cache[name + "_grad"], tl_cache[name + "_grad"])
+    assert cache[name + "_grad"].abs().sum() > 0
+
+
+def test_the_bridge_point_shows_the_value_entering_the_sae(pair):
+    bridge, _ = pair
+    the_sae = sae("blocks.1.hook_resid_pre")
+    with torch.no_grad():
+        _, plain = bridge.bridge.run_with_cache(TOKENS)
+        _, cache = bridge.run_with_cache_with_saes(TOKENS, saes=[the_sae])
+    assert_same(cache["blocks.1.hook_resid_pre"], plain["blocks.1.hook_resid_pre"])
+    assert_same(cache["blocks.1.hook_resid_pre"], cache["blocks.1.hook_resid_pre.hook_sae_input"])
+    assert not torch.allclose(cache["blocks.1.hook_resid_post"], plain["blocks.1.hook_resid_post"], atol=1e-3)
