@@ -230,13 +230,15 @@ def attention_panels(bridge, cache: Any, inputs: Inputs) -> dict[str, list]:
 
 
 def plot_attention(bridge, cache: Any, inputs: Inputs, directory: str | Path) -> list[str]:
-    """One PNG per layer in `directory` (every head of every attention of that layer); the paths written."""
-    from .plots import file_name, plot_layer
+    """One PNG per layer in `directory` (every head of every attention of that layer), and beside it the
+    circuitsvis-compatible `.json` and an offline `.html` page of the same patterns; the PNG paths."""
+    from .plots import file_name, plot_layer, write_layer_page
 
     written = []
     arch = bridge.cfg.architecture
     for label, panels in attention_panels(bridge, cache, inputs).items():
         title = f"{arch} layer {label}: attention patterns (rows: query, columns: key)"
+        write_layer_page(panels, directory, file_name(label).removesuffix(".png"), title)  # .json + .html beside
         written.append(str(plot_layer(panels, Path(directory) / file_name(label), title)))
     return written
 
