@@ -229,6 +229,16 @@ def _expression_fields(data: Data) -> Iterator[tuple[tuple[str, ...], Any]]:
             yield (*stack, "params", key), value
 
 
+def _parse(value: Any) -> ast.Expression | None:
+    """A spec expression's syntax tree (None for literals and for text that is not an expression)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return ast.parse(value, mode="eval")
+    except SyntaxError:
+        return None
+
+
 def _perturbed(value: Any) -> list[tuple[str, Any]]:
     """(description, new value) for a literal, or for each numeric operand of an expression."""
     if isinstance(value, bool):
@@ -238,11 +248,8 @@ def _perturbed(value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, float):
         new = value * 1.5 if value else 1.0
         return [(f"{value} -> {new}", new)]
-    if not isinstance(value, str):
-        return []
-    try:
-        tree = ast.parse(value, mode="eval")
-    except SyntaxError:
+    tree = _parse(value)
+    if tree is None:
         return []
     out = []
     constants = [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and type(n.value) in (int, float)]
@@ -257,11 +264,8 @@ def _perturbed(value: Any) -> list[tuple[str, Any]]:
 
 def _branches(value: Any) -> list[tuple[str, Any]]:
     """The expression with one conditional forced to its `if` or its `else` side."""
-    if not isinstance(value, str):
-        return []
-    try:
-        tree = ast.parse(value, mode="eval")
-    except SyntaxError:
+    tree = _parse(value)
+    if tree is None:
         return []
     out = []
     count = sum(isinstance(n, ast.IfExp) for n in ast.walk(tree))
