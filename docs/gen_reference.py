@@ -4,7 +4,9 @@
   and one forward of its tiny model, with symbolic shapes;
 - `reference/weights.md`: the weight views, per architecture, with symbolic shapes;
 - `reference/spec-fields.md`: every spec field with its type, default and description, from
-  `Spec.model_json_schema()`.
+  `Spec.model_json_schema()`;
+- `reference/checks.md`: every conformance check with its statement, tolerance (and why it suffices) and
+  when it skips, from the catalogue and the `raise Skip(...)` statements in each check's source.
 
 OUT_DIR defaults to `docs/`; `tests/firstrun` regenerates into a temporary directory and compares, so the
 committed pages cannot drift from the code.
@@ -231,12 +233,86 @@ def spec_fields_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------- checks
+EXACT_WHY = (
+    "no arithmetic of the bridge's own stands between the two sides (the same kernels on the same tensors), "
+    "so any difference at all is a fault"
+)
+FLOAT_WHY = (
+    "the bridge recomputes in float32 what HF computed in another order, which rounds differently by a few "
+    "units in the 7th digit of the largest value; a wrong spec field moves values far more on the perturbed "
+    "test models (random norm weights and biases): the broken specs in tests/conformance move them by 1e-4 to 20"
+)
+
+
+def _skips(function) -> list[str]:
+    """The reasons of every `raise Skip("...")` in a check's own source (f-string parts kept as `…`)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Raise)
+            and isinstance(node.exc, ast.Call)
+            and getattr(node.exc.func, "id", "") == "Skip"
+        ):
+            arg = node.exc.args[0] if node.exc.args else None
+            if isinstance(arg, ast.Constant):
+                found.append(str(arg.value))
+            elif isinstance(arg, ast.JoinedStr):
+                found.append("".join(v.value if isinstance(v, ast.Constant) else "…" for v in arg.values))
+    return found
+
+
+def _tolerance(item) -> str:
+    if item.tolerance is None:
+        return "a count or a yes/no (no tolerance)"
+    if item.tolerance == 0:
+        return "exact (0)"
+    relative = f" + {item.rtol:g}·max\\|reference\\|" if item.rtol else ""
+    return f"{item.tolerance:g}{relative}"
+
+
+def checks_page() -> str:
+    from bridge_core.conformance import catalogue
+
+    lines = [
+        HEADER,
+        "# Conformance checks",
+        "",
+        "Every check `bridge-core conform` runs, in running order, on every tiny test model of a spec (its "
+        "`test_config`, each of its `variants`, and an eager load). A comparison passes when "
+        "`max|actual - reference| <= tolerance + rtol * max|reference|`. Besides the skips listed, every check "
+        "that needs the bridge skips when the spec did not bind (the `bind` check fails instead), and checks "
+        "that cannot feed an encoder-decoder model say so. A failure names the spec field most likely wrong.",
+        "",
+    ]
+    for item in catalogue():
+        why = item.why or (EXACT_WHY if item.tolerance == 0 else FLOAT_WHY if item.tolerance else "")
+        lines += [f"## `{item.name}`", "", f"*family:* {item.family} · *figure:* {item.figure}", ""]
+        lines += [" ".join(item.statement.split()).rstrip(".") + ".", ""]
+        lines += [f"- **tolerance:** {_tolerance(item)}" + (f" — {why}" if why else "")]
+        skips = _skips(item.function)
+        if not item.encoder_decoder:
+            skips.append("encoder-decoder models (it feeds decoder-only inputs)")
+        lines += [
+            "- **skips when:** "
+            + ("; ".join(dict.fromkeys(skips)) if skips else "never (beyond a spec that did not bind)")
+        ]
+        lines += [""]
+    return "\n".join(lines)
+
+
 def generate(out_dir: str | Path) -> list[Path]:
-    """Write the three pages under `out_dir/reference/`; the paths written."""
+    """Write the four pages under `out_dir/reference/`; the paths written."""
     names = [name for name in default_registry().names() if default_registry().origin(name) == "builtin"]
     target = Path(out_dir) / "reference"
     target.mkdir(parents=True, exist_ok=True)
     pages = {"hooks.md": hooks_page(names), "weights.md": weights_page(names), "spec-fields.md": spec_fields_page()}
+    pages["checks.md"] = checks_page()
     written = []
     for file, text in pages.items():
         (target / file).write_text(text, encoding="utf-8")

@@ -73,11 +73,14 @@ def _causal_lm_for(config_class: type) -> str | None:
     return modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config_class, "model_type", ""))
 
 
-def random_model(spec: Spec, seed: int = 0, tiny: bool = True, **config_overrides: Any) -> nn.Module:
-    """A random model built offline, in eval mode: from the spec's `test_config` when `tiny`, else
-    from the HF config class's defaults (full size); `config_overrides` apply on top of either."""
+def random_model(
+    spec: Spec, seed: int = 0, tiny: bool = True, variant: str | None = None, **config_overrides: Any
+) -> nn.Module:
+    """A random model built offline, in eval mode: from the spec's `test_config` when `tiny` (with the
+    delta of `variant`, one of the spec's `variants`), else from the HF config class's defaults (full
+    size); `config_overrides` apply on top of either."""
     cls = model_class(spec)
-    base = spec.test_config if tiny else {}
+    base = {**spec.test_config, **variant_delta(spec, variant)} if tiny else {}
     try:
         config = cls.config_class(**{**base, **config_overrides})
     except (TypeError, ValueError) as exc:
@@ -92,6 +95,16 @@ def random_model(spec: Spec, seed: int = 0, tiny: bool = True, **config_override
             message = f"cannot build a {cls.__name__} from this config: {type(exc).__name__}: {exc}"
             raise spec_error(message, spec, None, _culprit(exc, base) if tiny else "hf_class") from None
     return model.eval()
+
+
+def variant_delta(spec: Spec, variant: str | None) -> dict[str, Any]:
+    """The `test_config` changes of one of the spec's variants (`{}` for None, the base test model)."""
+    if variant is None:
+        return {}
+    if variant not in spec.variants:
+        known = ", ".join(spec.variants) or "none"
+        raise spec_error(f"the spec has no variant '{variant}' (it declares: {known})", spec, None, "variants")
+    return dict(spec.variants[variant])
 
 
 def _culprit(exc: Exception, test_config: dict[str, Any]) -> str:

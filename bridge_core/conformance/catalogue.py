@@ -36,12 +36,19 @@ class Check:
     needs_bridge: bool = True
     final: bool = False
     encoder_decoder: bool = True  # whether the check knows how to feed an encoder-decoder model
+    rtol: float = 0.0  # the tolerance of a comparison is tolerance + rtol * max|reference|
+    why: str = ""  # why the tolerance suffices (the generated reference states it)
 
 
 _CATALOGUE: dict[str, Check] = {}
 
+DEFAULT_RTOL = 1e-6
+"""Relative part of a nonzero tolerance: float32 carries ~7 digits, so a reimplementation that rounds
+differently from HF's kernels differs by a few 1e-7 of the largest value compared."""
+
 FAMILIES = (
     "binding",
+    "config",
     "parity",
     "hooks",
     "attention",
@@ -71,14 +78,21 @@ def check(
     needs_bridge: bool = True,
     final: bool = False,
     encoder_decoder: bool = True,
+    rtol: float | None = None,
+    why: str = "",
 ) -> Callable[[CheckFunction], CheckFunction]:
-    """Register a check under `name`. `final` checks run after all others (e.g. model left as found)."""
+    """Register a check under `name`. `final` checks run after all others (e.g. model left as found).
+
+    A comparison passes when max|actual - reference| <= tolerance + rtol * max|reference|; `rtol` defaults to
+    `DEFAULT_RTOL` for checks with a nonzero tolerance (float32 rounding grows with the values) and 0 otherwise.
+    """
+    relative = (DEFAULT_RTOL if tolerance else 0.0) if rtol is None else rtol
 
     def register(function: CheckFunction) -> CheckFunction:
         if name in _CATALOGUE and _CATALOGUE[name].function is not function:
             raise ValueError(f"conformance check '{name}' is already registered")
         _CATALOGUE[name] = Check(
-            name, statement, family, tolerance, figure, function, needs_bridge, final, encoder_decoder
+            name, statement, family, tolerance, figure, function, needs_bridge, final, encoder_decoder, relative, why
         )
         return function
 
@@ -111,6 +125,7 @@ class Meter:
     """Collects one check's comparisons: the largest figure seen and the first failure."""
 
     tolerance: float | None
+    rtol: float = 0.0
     figure: float | None = None
     failures: list[Failure] = field(default_factory=list)
     compared: int = 0
@@ -140,15 +155,17 @@ class Meter:
         expected: torch.Tensor,
         field: str | None = None,
         tolerance: float | None = None,
+        sides: tuple[str, str] = ("the bridge", "HF"),
     ) -> float:
-        """Max abs difference of two tensors of the same shape; above tolerance (or a shape
-        mismatch) records a failure naming `what` and the spec `field` most likely wrong."""
+        """Max abs difference of two tensors of the same shape; above tolerance + rtol·max|expected| (or a
+        shape mismatch) records a failure naming `what` and the spec `field` most likely wrong. `sides`
+        names what `actual` and `expected` are (two bridge paths are not "HF")."""
         tol = self.tolerance if tolerance is None else tolerance
         actual, expected = actual.detach(), expected.detach()
         if tuple(actual.shape) != tuple(expected.shape):
             self._record(math.inf)
             self.fail(
-                f"{what}: the bridge gives shape {tuple(actual.shape)} where HF computed {tuple(expected.shape)}",
+                f"{what}: {sides[0]} gives shape {tuple(actual.shape)} where {sides[1]} gives {tuple(expected.shape)}",
                 field,
             )
             return math.inf
@@ -156,8 +173,11 @@ class Meter:
         if math.isnan(diff):
             diff = math.inf
         self._record(diff)
+        if tol is not None and tol > 0 and self.rtol and expected.numel():
+            reference = expected.double().abs().max().item()
+            tol = tol + self.rtol * reference if math.isfinite(reference) else tol
         if tol is not None and not diff <= tol:
-            self.fail(f"{what}: max abs diff {diff:.3g} exceeds {tol:g}", field)
+            self.fail(f"{what}: max abs diff {diff:.3g} exceeds {tol:.3g}", field)
         return diff
 
     def require(self, condition: bool, message: str, field: str | None = None) -> None:

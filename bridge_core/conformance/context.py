@@ -65,7 +65,8 @@ class CheckContext:
     """
 
     batch = 2
-    decoder_seq = 6  # differs from the encoder's length, so a swapped axis cannot go unnoticed
+    max_seq = 16  # long enough that relative distances reach past small T5 bucket settings
+    decoder_seq = 13  # differs from the encoder's length, so a swapped axis cannot go unnoticed
 
     def __init__(
         self,
@@ -79,6 +80,8 @@ class CheckContext:
         error: BaseException | None = None,
         seed: int = 0,
         model_source: str = "",
+        variant: str | None = None,
+        registry: Any = None,
     ) -> None:
         self.spec = spec
         self.spec_file = spec_file
@@ -90,6 +93,8 @@ class CheckContext:
         self.error = error
         self.seed = seed
         self.model_source = model_source
+        self.registry = registry  # the Registry the spec came from (plugin kinds)
+        self.variant = variant  # which of the spec's tiny test models this is (None: the base one)
 
     @property
     def bound(self) -> BoundModel:
@@ -131,7 +136,7 @@ class CheckContext:
     def seq(self) -> int:
         config = self.copy.config
         n_ctx = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 8
-        return min(8, int(n_ctx))
+        return min(self.max_seq, int(n_ctx))
 
     @cached_property
     def tokens(self) -> torch.Tensor:
@@ -237,13 +242,15 @@ class CheckContext:
         )
 
     def hf_logits(self, tokens: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """The copy's logits in the implementation it was loaded with (`tokens` default: the test tokens)."""
+        """The copy's logits in the implementation it was loaded with (`tokens` default: the test tokens),
+        called as `bridge(tokens)` calls the model: `use_cache` as the config says (T5's eager decoder
+        differs by 1e-6 between its cached and uncached paths)."""
         tokens = self.tokens if tokens is None else tokens
         extra = dict(self.inputs)
         if "decoder_input_ids" in extra:
             extra["decoder_input_ids"] = extra["decoder_input_ids"][: tokens.shape[0]]
         with torch.no_grad():
-            return self.copy(input_ids=tokens, use_cache=False, **{**extra, **kwargs}).logits
+            return self.copy(input_ids=tokens, **{**extra, **kwargs}).logits
 
     @cached_property
     def reference(self) -> Recording:

@@ -4,14 +4,17 @@
 literals, config attribute names, arithmetic, comparisons, `and/or/not`, `x if c else y`,
 subscripts of config mappings and lists (`layer_types[0]`), and the functions `min`, `max`, `int`,
 `round` and `get(mapping, key, default)` are allowed. There is no `eval`, no attribute access, no
-call of anything else.
+call of anything else. `recording_branches()` notes which side of each `x if c else y` an evaluation
+took (the conformance `variant_coverage` check), without changing any result.
 """
 
 from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from ..errors import BridgeCoreError
@@ -63,6 +66,32 @@ class ExpressionError(BridgeCoreError, ValueError):
         self.expression = expression
         self.reason = reason
         super().__init__(f"cannot evaluate '{expression}': {reason}")
+
+
+BranchKey = tuple[str, int, int]
+"""(expression, line, column) of one `x if c else y` node inside an expression."""
+
+_BRANCHES: ContextVar[dict[BranchKey, set[bool]] | None] = ContextVar("bridge_core_branches", default=None)
+
+
+@contextmanager
+def recording_branches() -> Iterator[dict[BranchKey, set[bool]]]:
+    """Within the block, every conditional evaluated adds the side it took (True: `x`, False: `y`)."""
+    taken: dict[BranchKey, set[bool]] = {}
+    token = _BRANCHES.set(taken)
+    try:
+        yield taken
+    finally:
+        _BRANCHES.reset(token)
+
+
+def conditionals(expression: str) -> list[BranchKey]:
+    """The `x if c else y` nodes of an expression (none for a string that is not a valid expression)."""
+    try:
+        tree = _parse(expression)
+    except ExpressionError:
+        return []
+    return [(expression, n.lineno, n.col_offset) for n in ast.walk(tree) if isinstance(n, ast.IfExp)]
 
 
 def evaluate(expression: str, lookup: Callable[[str], Any] | Mapping[str, Any]) -> Any:
@@ -217,7 +246,11 @@ class _Evaluator:
             raise self.fail(f"no item {key!r} ({type(exc).__name__})") from None
 
     def visit_IfExp(self, node: ast.IfExp) -> Any:
-        return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
+        chosen = bool(self.visit(node.test))
+        taken = _BRANCHES.get()
+        if taken is not None:
+            taken.setdefault((self.expression, node.lineno, node.col_offset), set()).add(chosen)
+        return self.visit(node.body) if chosen else self.visit(node.orelse)
 
     def visit_Call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS:

@@ -6,6 +6,7 @@ generated spec reference and of the JSON Schema that editors use (`bridge-core s
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -18,6 +19,7 @@ ConfigValue = str | int | float | bool | None
 
 REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
 BLOCK_KINDS = ("sequential", "parallel", "post_norm")
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
 class StrictModel(BaseModel):
@@ -322,6 +324,12 @@ class Spec(StrictModel):
     test_config: dict[str, Any] = Field(
         default_factory=dict, description="HF config overrides that build a tiny random model offline."
     )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Further tiny test models, each a delta on `test_config` (`{post_norm: {do_layer_norm_before: "
+        "false}}`): conformance runs every check on each (reported as `spec[variant]`), and its `variant_coverage` "
+        "check fails when a conditional expression of the spec took only one branch over all of them.",
+    )
     embed: EmbedSpec = Field(description="The token embedding (of the decoder, in encoder-decoder models).")
     pos_embed: PosEmbedSpec | None = Field(default=None, description="How positions enter; absent means none.")
     blocks: ModulePath = Field(description="The ModuleList of blocks.")
@@ -352,6 +360,16 @@ class Spec(StrictModel):
         missing = [f for f in REQUIRED_CONFIG_FIELDS if f not in value]
         if missing:
             raise ValueError(f"missing normalized field(s): {', '.join(missing)}")
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variants_are_deltas(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, delta in value.items():
+            if not _VARIANT_NAME.fullmatch(name):
+                raise ValueError(f"variant name '{name}' must be a word (letters, digits, '_', '-')")
+            if not delta:
+                raise ValueError(f"variant '{name}' changes nothing (give HF config keys and values)")
         return value
 
     @field_validator("match")

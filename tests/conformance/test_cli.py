@@ -23,7 +23,7 @@ def _conform(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_subprocess_json_exits_1_on_a_broken_spec_and_names_the_check(broken_dir):
-    done = _conform("gpt2", str(broken_dir / "wrong_eps.yaml"), "--json")
+    done = _conform("gpt2", str(broken_dir / "wrong_eps.yaml"), "--json", "--variant", "base")
     assert done.returncode == 1, done.stderr
     data = json.loads(done.stdout)
     assert data["ok"] is False
@@ -31,8 +31,8 @@ def test_subprocess_json_exits_1_on_a_broken_spec_and_names_the_check(broken_dir
     assert gpt2["ok"] is True and gpt2["architecture"] == "gpt2"
     assert [c["name"] for c in gpt2["checks"]] == [c.name for c in catalogue()]
     failed = [c for c in broken["checks"] if c["status"] == "fail"]
-    assert [c["name"] for c in failed] == ["norms"]
-    assert failed[0]["field"] == "config.eps"
+    assert [c["name"] for c in failed] == ["config_fields", "norms"]
+    assert [c["field"] for c in failed] == ["config.eps", "config.eps"]
 
 
 def test_json_for_builtin_spec_exits_0(capsys):
@@ -49,10 +49,17 @@ def test_matrix_lists_every_check_and_failure_details(capsys, broken_dir):
     assert "FAIL broken_relu_activation" in out and "config.act_fn" in out
 
 
-def test_quiet_prints_only_the_summary(capsys):
-    assert main(["conform", "gpt2", "-q", "--check", "bind"]) == 0
+def test_quiet_prints_only_the_summary_with_skips_counted(capsys):
+    assert main(["conform", "gpt2", "-q", "--check", "bind", "--check", "rel_pos_bias"]) == 0
     out = capsys.readouterr().out
-    assert "all passed" in out and "┃" not in out
+    assert "1 spec(s), 3 test model(s), 2 checks each: 3 passed, 3 skipped, 0 failed" in out and "┃" not in out
+
+
+def test_each_variant_is_a_column(capsys):
+    assert main(["conform", "opt", "--check", "bind"]) == 0
+    out = capsys.readouterr().out
+    for label in ("opt[post_norm]", "opt[project]", "opt[opt_350m]", "opt[eager]"):
+        assert label in out
 
 
 def test_model_path_runs_on_a_saved_checkpoint(capsys, tmp_path: Path):
@@ -67,7 +74,12 @@ def test_model_path_runs_on_a_saved_checkpoint(capsys, tmp_path: Path):
 def test_all_covers_every_registered_spec(capsys):
     main(["conform", "--all", "--json", "--check", "bind"])
     data = json.loads(capsys.readouterr().out)
-    assert [r["architecture"] for r in data["reports"]] == default_registry().names()
+    names = [r["architecture"] for r in data["reports"]]
+    assert [n for n in names if "[" not in n] == default_registry().names()
+    registry = default_registry()
+    assert sum(len(registry.get(n).variants) for n in registry.names()) > 0
+    for name in registry.names():
+        assert all(f"{name}[{v}]" in names for v in registry.get(name).variants)
 
 
 def test_nothing_to_check_is_a_usage_error():

@@ -9,7 +9,11 @@ import shutil
 from bridge_core.conformance import catalogue
 
 N_CHECKS = len(catalogue())
-N_SKIPPED = 2  # gpt2 has no relative position bias: rel_pos_bias, rel_pos_bias_edit
+GPT2_MODELS = 3  # test_config, the `unscaled` variant, and the eager load
+# gpt2 has no relative position bias (rel_pos_bias, rel_pos_bias_edit skip on every test model), and
+# variant_coverage runs on the base model only
+N_SKIPPED = 2 * GPT2_MODELS + (GPT2_MODELS - 1)
+N_TESTS = N_CHECKS * GPT2_MODELS
 
 
 def test_one_line_gives_one_passing_test_per_check(pytester):
@@ -21,7 +25,7 @@ def test_one_line_gives_one_passing_test_per_check(pytester):
         """
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+    result.assert_outcomes(passed=N_TESTS - N_SKIPPED, skipped=N_SKIPPED)
 
 
 def test_failure_names_check_and_field(pytester, broken_dir):
@@ -34,8 +38,8 @@ def test_failure_names_check_and_field(pytester, broken_dir):
         """
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=1)
-    result.stdout.fnmatch_lines(["*test_my_arch?mlp?*"])
+    result.assert_outcomes(passed=4, failed=2)  # on test_config and on the eager load
+    result.stdout.fnmatch_lines(["*test_my_arch?base-mlp?*"])
     result.stdout.fnmatch_lines(["*conformance check 'mlp' failed for spec 'broken_relu_activation'*"])
     assert "Most likely wrong: spec field 'config.act_fn'" in result.stdout.str()
 
@@ -50,7 +54,7 @@ def test_fixture_with_module_specs(pytester):
         """
     )
     result = pytester.runpytest("-q", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+    result.assert_outcomes(passed=N_TESTS - N_SKIPPED, skipped=N_SKIPPED)
 
 
 def test_fixture_with_ini_specs_and_ids(pytester):
@@ -62,8 +66,9 @@ def test_fixture_with_ini_specs_and_ids(pytester):
         """
     )
     result = pytester.runpytest("-v", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=N_CHECKS - N_SKIPPED, skipped=N_SKIPPED)
+    result.assert_outcomes(passed=N_TESTS - N_SKIPPED, skipped=N_SKIPPED)
     result.stdout.fnmatch_lines(["*test_conforms?gpt2-qkv_recompute? PASSED*"])
+    result.stdout.fnmatch_lines(["*test_conforms?gpt2?unscaled?-qkv_recompute? PASSED*"])
 
 
 def test_fixture_without_specs_is_a_usage_error(pytester):

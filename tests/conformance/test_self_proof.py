@@ -20,28 +20,52 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "fused_order_interleaved": ("qkv_recompute", {"attention_semantics", "attention_paths_agree"}, "block.attn.qkv"),
     "double_heads": (
         "qkv_recompute",
-        {"shapes", "attention_semantics", "attn_output", "attention_paths_agree"},
+        {"shapes", "attention_semantics", "attn_output", "attention_paths_agree", "config_fields"},
         "config.n_heads",
     ),
     "ln2_path_is_ln1": ("bind", set(), "block.ln2"),  # the core refuses two norm roles on one module
     "pos_offset": ("pos_embed", {"shapes"}, "pos_embed.offset"),
-    "relu_activation": ("mlp", set(), "act_fn"),
-    "wrong_eps": ("norms", set(), "config.eps"),
+    "relu_activation": ("mlp", {"activation_grid"}, "act_fn"),
+    "wrong_eps": ("norms", {"config_fields"}, "config.eps"),
     "embed_scale": ("embed", set(), "config.embed_scale"),
     "dead_pos_hook": ("hook_fire_counts", {"shapes", "cache_completeness", "embed", "pos_embed"}, "pos_embed"),
-    "unembed_is_embedding": ("unembed", {"shapes", "layer_ranges"}, "unembed.path"),
+    "unembed_is_embedding": ("unembed", {"shapes", "layer_ranges", "config_fields", "norm_roles"}, "unembed.path"),
     "neox_qkv_order": ("qkv_recompute", {"attention_paths_agree"}, "block.attn.qkv"),
     "gemma_norm_offset": ("norms", set(), "ln1.kind"),  # identity edits are exact under any kind
-    "neox_parallel_as_sequential": ("residual_stream", {"delta_once"}, "block.kind"),
+    "neox_parallel_as_sequential": ("residual_stream", {"delta_once", "norm_roles"}, "block.kind"),
     "gemma_no_embed_scale": ("embed", set(), "config.embed_scale"),
-    "neox_rotary_dim": ("attention_paths_agree", set(), "config.rotary_dim"),
+    "neox_rotary_dim": ("attention_paths_agree", {"config_fields"}, "config.rotary_dim"),
     "t5_decoder_bidirectional": ("rel_pos_bias", {"block_alone", "attention_alone"}, "score_bias.params"),
     "opt_pos_offset": ("pos_embed", set(), "pos_embed.offset"),
+    # mistakes a spec author makes that pass `validate`, shown on the test model itself (issue 14)
+    "neox_ln_swap": ("norm_roles", set(), "block.ln1.path"),
+    "t5_encoder_ln_swap": ("norm_roles", set(), "encoder.block.ln1.path"),
+    "t5_cross_norm_is_mlp_norm": ("norm_roles", set(), "block.cross_attn.ln.path"),
+    "gemma2_no_ln2_post": ("residual_stream", set(), "ln2_post"),
+    "gemma_exact_gelu": ("activation_grid", {"mlp"}, "act_fn"),
+    "gemma2_softcaps_swapped": ("config_fields", set(), "config.attn_softcap"),
+}
+
+# spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)
+BROKEN_ON_A_VARIANT: dict[str, tuple[str, str, set[str], str]] = {
+    "neox_always_parallel": ("sequential", "norm_roles", set(), "block.kind"),
+    "t5_tied_prescale": ("untied", "unembed", {"norm_roles"}, "unembed.pre_scale"),
 }
 
 
 def test_every_broken_spec_file_has_an_expectation(broken_dir):
-    assert sorted(p.stem for p in broken_dir.glob("*.yaml")) == sorted(BROKEN)
+    assert sorted(p.stem for p in broken_dir.glob("*.yaml")) == sorted([*BROKEN, *BROKEN_ON_A_VARIANT])
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_ON_A_VARIANT))
+def test_mistake_on_one_branch_is_caught_on_the_variant_that_takes_it(case, broken_dir):
+    variant, catches, also, field = BROKEN_ON_A_VARIANT[case]
+    report = run(broken_dir / f"{case}.yaml", variant=variant)
+    failed = {r.name for r in report.failed()}
+    print(f"{case}[{variant}]: caught by {catches} (also failing: {sorted(failed - {catches}) or 'none'})")
+    assert report.architecture.endswith(f"[{variant}]")
+    assert failed == {catches, *also}, f"unexpected set of failing checks:\n{report}"
+    assert field in (report[catches].field or ""), report[catches].explain()
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -237,6 +261,8 @@ def test_every_check_is_shown_able_to_fail():
     caught = {catches for catches, _, _ in BROKEN.values()}
     caught |= {name for _, also, _ in BROKEN.values() for name in also}
     caught |= {name for _, names in INJECTED.values() for name in names} | {"model_left_as_found"}
+    caught |= {catches for _, catches, _, _ in BROKEN_ON_A_VARIANT.values()}
+    caught |= {"variant_coverage"}  # test_variants: gpt2 without its variant fails it
     assert caught == {c.name for c in catalogue()}
 
 

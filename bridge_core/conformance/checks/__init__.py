@@ -5,16 +5,32 @@ Every check runs on decoder-only and encoder-decoder models alike (`CheckContext
 here with `@check(...)` functions: one catalogue, one runner.
 """
 
-from . import alone, attention, components, embedding, hygiene, interventions, research, score_bias, structure
+from . import (
+    alone,
+    attention,
+    components,
+    config_fields,
+    coverage,
+    embedding,
+    hygiene,
+    interventions,
+    research,
+    roles,
+    score_bias,
+    structure,
+)
 
 __all__ = [
     "alone",
     "attention",
     "components",
+    "config_fields",
+    "coverage",
     "embedding",
     "hygiene",
     "interventions",
     "research",
+    "roles",
     "score_bias",
     "structure",
 ]

@@ -109,7 +109,8 @@ def attention_paths_agree(ctx: CheckContext, m: Meter) -> None:
     for name in sorted(set(ctx.cache) & set(cache), key=list(ctx.cache).index):
         rotary = name.endswith(("hook_rot_q", "hook_rot_k"))
         field = "config.rotary_dim / pos_embed.kind" if rotary else "block.attn (reimplement path)"
-        m.compare(f"{name}: reimplement path vs interface path", cache[name], ctx.cache[name], field)
+        paths = ("the reimplement path", "the interface path")
+        m.compare(f"{name}: reimplement path vs interface path", cache[name], ctx.cache[name], field, sides=paths)
     m.compare("reimplement-path logits vs HF logits", logits, ctx.plain_logits, "block.attn (reimplement path)")
     layer = ctx.layers[-1].prefix
 
@@ -126,4 +127,5 @@ def attention_paths_agree(ctx: CheckContext, m: Meter) -> None:
         ctx.bridge_hooked(hooks, bridge=other, use_cache=False),
         edited,
         "block.attn (reimplement)",
+        sides=("the reimplement path", "the interface path"),
     )

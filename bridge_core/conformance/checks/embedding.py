@@ -25,6 +25,10 @@ def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tenso
     learned = bound.pos_embed is not None and bound.position_kind.has_table
     token_part = residual0 - ctx.hf_out(bound.pos_embed) if learned else residual0
     scaled = token_part if bound.embed_norm is None else ctx.hf_in(bound.embed_norm.module)
+    if bound.embed_project is not None:  # hook_embed is the narrow embedding HF feeds project_in (OPT-350m)
+        narrow = ctx.hf_in(bound.embed_project)
+        parts = [("hook_embed", bridge.W_E, ctx.tokens, narrow, narrow)]
+        return [*parts, ("hook_project_in", None, ctx.tokens, token_part, token_part)]
     return [("hook_embed", bridge.W_E, ctx.tokens, scaled, token_part)]
 
 
@@ -38,6 +42,11 @@ def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tenso
 def embed(ctx: CheckContext, m: Meter) -> None:
     cfg = ctx.bridge.cfg
     for name, w_e, tokens, scaled, token_part in _token_parts(ctx):
+        if w_e is None:  # a projection of the embedding: only its hook is compared
+            m.compare(
+                f"{name} vs HF's residual at block 0 (minus positions)", ctx.cache[name], token_part, "embed.project"
+            )
+            continue
         m.compare(
             f"{name}: W_E[tokens] * cfg.embed_scale vs HF's token embedding",
             w_e[tokens] * cfg.embed_scale,
@@ -63,9 +72,10 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
     if bridge.bound.pos_embed is None or not bridge.bound.position_kind.has_table:
         raise Skip("this spec has no learned position table (positions enter inside attention, or not at all)")
     residual0 = ctx.hf_in(bridge.bound.blocks[0].module)
-    pos_part = residual0 - ctx.reference.outputs[ctx.embedding_name]
     if bridge.bound.embed_project is not None:
         pos_part = residual0 - ctx.hf_out(bridge.bound.embed_project)
+    else:
+        pos_part = residual0 - ctx.reference.outputs[ctx.embedding_name]
     seq = ctx.tokens.shape[1]
     w_pos = bridge.W_pos
     m.require(

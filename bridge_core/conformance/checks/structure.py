@@ -92,6 +92,8 @@ def shapes(ctx: CheckContext, m: Meter) -> None:
         expected = expected_shape(name, cfg, batch, seq, encoder_seq)
         if expected is None:
             continue
+        if name == "hook_embed" and ctx.bound.embed_project is not None:  # before project_in (OPT-350m)
+            expected = (*expected[:-1], _width(ctx.bound.embed_project, "in"))
         got = tuple(tensor.shape)
         # hook_pos_embed may be batch-broadcast ([1, seq, d_model]): HF computes one row per position.
         broadcast = name == "hook_pos_embed" and got == (1, *expected[1:])
@@ -105,9 +107,13 @@ def shapes(ctx: CheckContext, m: Meter) -> None:
 def _weight_shapes(ctx: CheckContext, m: Meter) -> int:
     bridge, cfg = ctx.bridge, ctx.bridge.cfg
     h, d, dm, dmlp = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
+    bound = ctx.bound
+    # with project_in / project_out the embedding and the unembedding are narrower than the residual (OPT-350m)
+    d_embed = dm if bound.embed_project is None else _width(bound.embed_project, "in")
+    d_unembed = dm if bound.unembed_project is None else _width(bound.unembed_project, "out")
     expected: dict[str, tuple[tuple[int, ...], str]] = {
-        "W_E": ((cfg.d_vocab, dm), "config.d_vocab"),
-        "W_U": ((dm, cfg.d_vocab), "unembed.path"),
+        "W_E": ((cfg.d_vocab, d_embed), "config.d_vocab / embed.project"),
+        "W_U": ((d_unembed, cfg.d_vocab), "unembed.path / unembed.project"),
         "b_U": ((cfg.d_vocab,), "unembed.path"),
     }
     if bridge.position_kind.has_table and cfg.n_ctx is not None:
@@ -143,6 +149,11 @@ def _weight_shapes(ctx: CheckContext, m: Meter) -> int:
     return bad
 
 
+def _width(module, side: str) -> int:
+    """A projection's input or output width, from HF's own attributes (Linear `in_features`/`out_features`)."""
+    return int(getattr(module, f"{side}_features"))
+
+
 def _resolve(bridge, dotted: str) -> torch.Tensor:
     if "." not in dotted:
         return getattr(bridge, dotted)
@@ -166,7 +177,9 @@ def cache_completeness(ctx: CheckContext, m: Meter) -> None:
     extra = [n for n in cache if n not in names]
     m.require(not missing, f"run_with_cache() lacks {len(missing)} hook point(s), e.g. {missing[:3]}")
     m.require(not extra, f"run_with_cache() holds names hook_names() does not list: {extra[:3]}")
-    m.compare("run_with_cache logits vs HF logits", logits, ctx.plain_logits, "unembed.path")
+    # hooks on every point route attention through the bridge: a wrong logit here with forward_parity intact
+    # is the hooked attention path (its mask, scale, softcap), not the unembedding
+    m.compare("run_with_cache logits vs HF logits", logits, ctx.plain_logits, "block.attn (hooked path: mask / scale)")
     seen: dict[str, torch.Tensor] = {}
 
     def keep(tensor: torch.Tensor, hook) -> None:

@@ -1,0 +1,129 @@
+"""Config-field checks: every normalized config field a hook, a view or a processing step reads (and the
+bound settings evaluated beside them) compared with what HF itself does, never with the spec.
+
+HF's side comes from its own forward: the shapes and keyword arguments of each captured attention call
+(`scaling`, `softcap`, `sliding_window`), each norm module's own eps, the rotary module's frequencies,
+and the logits of a forward whose unembedding output was scaled up (the final softcap).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..catalogue import Meter, check
+from ..context import CheckContext
+
+_RTOL = 1e-6
+
+
+def _same(m: Meter, what: str, ours: Any, hf: Any, field: str) -> None:
+    """A numbers-or-None comparison: equal up to a relative 1e-6, or both absent."""
+    if ours is None or hf is None:
+        m.require(ours is None and hf is None, f"{what}: the spec gives {ours!r} where HF uses {hf!r}", field)
+        return
+    close = math.isclose(float(ours), float(hf), rel_tol=_RTOL, abs_tol=1e-12)
+    m.require(close, f"{what}: the spec gives {float(ours):.6g} where HF uses {float(hf):.6g}", field)
+
+
+def _effective_scaling(ctx: CheckContext, attention, call) -> float | None:
+    """The factor HF multiplies q·k by: the call's `scaling` (eager's default d_head**-0.5), times what HF
+    multiplied q by before the call when the spec says q is pre-scaled (OPT)."""
+    scaling = call.kwargs.get("scaling")
+    scaling = call.query.shape[-1] ** -0.5 if scaling is None else float(scaling)
+    if not attention.bound.q_prescaled:
+        return scaling
+    if attention.bound.fused or ctx.bridge.position_kind.rotates_qk:
+        return None  # the raw query cannot be told apart from the pre-scale here
+    raw = ctx.hf_out(attention.bound.qkv["q"])
+    return scaling * float(call.query.abs().sum() / raw.abs().sum())
+
+
+@check(
+    "config_fields",
+    statement="normalized config fields and the settings bound beside them equal what HF does: n_heads, n_kv_heads "
+    "and d_head the shapes HF hands attention; attn_scale the scaling HF applies; attn_softcap / window the "
+    "softcap and sliding window HF passes each layer; eps each norm module's eps; rotary_dim the rotary "
+    "module's frequencies; d_mlp, d_model, d_vocab HF's tensors; final_softcap HF's logits on large inputs",
+    family="config",
+    tolerance=1e-5,
+)
+def config_fields(ctx: CheckContext, m: Meter) -> None:
+    cfg, bound = ctx.bridge.cfg, ctx.bound
+    extra = cfg.extra
+    for attention in ctx.attentions:
+        call = ctx.attention_call(attention)
+        if call is None:
+            continue
+        p = attention.prefix
+        _same(m, f"{p}: n_heads", cfg.n_heads, call.query.shape[1], "config.n_heads")
+        _same(m, f"{p}: n_kv_heads", cfg.n_kv_heads, call.key.shape[1], "config.n_kv_heads")
+        _same(m, f"{p}: d_head", cfg.d_head, call.query.shape[-1], "config.d_head")
+        scaling = _effective_scaling(ctx, attention, call)
+        if scaling is not None:
+            _same(
+                m, f"{p}: attn_scale (scores are q·k / attn_scale)", cfg.attn_scale, 1.0 / scaling, "config.attn_scale"
+            )
+        hf_softcap = call.kwargs.get("softcap")
+        _same(
+            m,
+            f"{p}: the attention softcap bound",
+            attention.bound.softcap,
+            hf_softcap,
+            f"{attention.bound.field}.softcap",
+        )
+        if "attn_softcap" in extra and not attention.cross:
+            _same(m, f"{p}: config attn_softcap", extra["attn_softcap"], hf_softcap, "config.attn_softcap")
+        if not attention.cross and attention.layer.stack == "decoder":
+            window = call.kwargs.get("sliding_window")
+            _same(m, f"{p}: sliding window", ctx.window(attention), window, "call.window")
+            if window is not None and "sliding_window" in extra:
+                _same(m, f"{p}: config sliding_window", extra["sliding_window"], window, "config.sliding_window")
+    for layer in ctx.layers:
+        for norm in layer.block.norms():
+            module_eps = norm.kind.eps(norm.module)
+            if cfg.eps is not None and module_eps is not None:
+                _same(m, f"{layer.prefix}.{norm.name}: eps", cfg.eps, module_eps, "config.eps")
+        _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, ctx.hf_out(layer.block.mlp.w_in).shape[-1], "config.d_mlp")
+        _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
+    _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
+    inv_freq = getattr(bound.pos_embed, "inv_freq", None)
+    if isinstance(inv_freq, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
+        rotary = extra.get("rotary_dim", cfg.d_head)
+        _same(
+            m, "rotary_dim (twice the rotary module's frequencies)", rotary, 2 * inv_freq.shape[-1], "config.rotary_dim"
+        )
+    _final_softcap(ctx, m)
+
+
+def _final_softcap(ctx: CheckContext, m: Meter) -> None:
+    """Scale the unembedding's output up 50-fold in a forward of the copy: HF's logits then show its softcap
+    (c·tanh(x/c) saturates at ±c), which the bound softcap and the config field must reproduce."""
+    bound = ctx.bound
+    name = ctx.name_of(bound.unembed)
+    edited = ctx.reference_run(edits=[(name, "post", lambda module, args, out: out * 50.0)], capture=False)
+    raw = edited.outputs[name] * 50.0
+
+    def capped(cap: float | None) -> torch.Tensor:
+        return raw if cap is None else torch.tanh(raw / cap) * cap
+
+    hf = edited.logits
+    scale = 1e-5 * max(1.0, float(hf.abs().max()))
+    m.compare(
+        "logits of a 50-fold unembedding output vs the bound final softcap",
+        capped(bound.final_softcap),
+        hf,
+        "unembed.softcap",
+        tolerance=scale,
+    )
+    if "final_softcap" in ctx.bridge.cfg.extra:
+        field_cap = ctx.bridge.cfg.extra["final_softcap"]
+        m.compare(
+            "logits of a 50-fold unembedding output vs config final_softcap",
+            capped(field_cap),
+            hf,
+            "config.final_softcap",
+            tolerance=scale,
+        )

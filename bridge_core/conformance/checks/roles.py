@@ -1,0 +1,155 @@
+"""Role checks: each norm's output is what HF feeds the sublayer of its role (roles only from the bound
+model), and the activation the spec names is HF's own activation on a wide grid of inputs."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ...bridge.bound import BoundNorm
+from ..catalogue import Meter, Skip, check
+from ..context import CheckContext, Layer
+
+_FEEDS = {
+    "attn": "HF's input to the attention's query projection",
+    "cross_attn": "HF's input to the cross attention's query projection",
+    "mlp": "HF's input to the MLP's in-projection",
+    "attn_out": "HF's mid residual minus the block input (the attention contribution)",
+    "mlp_out": "HF's block output minus the residual before the MLP (the MLP contribution)",
+    "resid_mid": "HF's input to the MLP's in-projection (post-norm block)",
+    "resid_post": "HF's block output (post-norm block)",
+}
+
+
+def _fed(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Tensor | None:
+    """What HF did with the output of the module that plays `norm`'s role (None: nothing to compare)."""
+    block = layer.block
+    if norm.feeds == "attn":
+        return ctx.hf_in(block.attn.projection("q"))
+    if norm.feeds == "cross_attn" and block.cross is not None:
+        return ctx.hf_in(block.cross.attn.projection("q"))
+    if norm.feeds == "mlp" or (norm.feeds == "resid_mid" and not _has_mlp_norm(layer)):
+        return ctx.hf_in(block.mlp.w_in)
+    if norm.feeds == "attn_out" and block.resid_mid is not None and block.cross is None:
+        return ctx.hf_at(block.resid_mid) - ctx.hf_in(block.module)
+    if norm.feeds == "mlp_out" and block.resid_mid is not None and block.cross is None:
+        return ctx.hf_at(block.resid_post) - ctx.hf_at(block.resid_mid)
+    if norm.feeds == "resid_post":  # post-norm: the block's output is the normalized residual
+        return ctx.hf_out(block.module)
+    return None
+
+
+def _residual_into(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Tensor | None:
+    """The residual a pre-norm of this role normalizes, from HF's own tensors at the bound spots: the block
+    input before attention; before the MLP, the block input plus the attention (and cross-attention)
+    contributions, or the block input alone in a parallel block."""
+    block = layer.block
+    if norm.feeds == "attn":
+        return ctx.hf_in(block.module)
+    if norm.feeds not in ("cross_attn", "mlp") or block.kind == "post_norm":
+        return None
+    before = ctx.hf_in(block.module)
+    if block.kind == "parallel":
+        return before
+    before = before + ctx.hf_at(block.attn_out)
+    if norm.feeds == "mlp" and block.cross is not None:
+        before = before + ctx.hf_at(block.cross.out)
+    return before
+
+
+def _has_mlp_norm(layer: Layer) -> bool:
+    return any(n.feeds == "mlp" for n in layer.block.norms())
+
+
+@check(
+    "norm_roles",
+    statement="each norm's output is what HF feeds the sublayer of its role: ln1 the attention's query projection, "
+    "ln2 the MLP's in-projection, the cross-attention norm the cross attention, post norms the residual update, "
+    "the final norm the unembedding (encoder: the cross attention's keys); each pre-norm's input is the residual "
+    "of its place in a block of the declared kind (parallel: the block input before the MLP too)",
+    family="norms",
+    tolerance=1e-5,
+)
+def norm_roles(ctx: CheckContext, m: Meter) -> None:
+    seen = 0
+    for layer in ctx.layers:
+        for norm in layer.block.norms():
+            expected = _fed(ctx, layer, norm)
+            if expected is None:
+                continue
+            seen += 1
+            what = f"{layer.prefix}.{norm.name} output ({norm.path}) vs {_FEEDS[norm.feeds]}"
+            m.compare(what, ctx.hf_out(norm.module).expand_as(expected), expected, f"{norm.field}.path")
+            residual = _residual_into(ctx, layer, norm)
+            if residual is not None:
+                what = f"{layer.prefix}.{norm.name} input vs the {layer.block.kind} block's residual before it"
+                m.compare(what, ctx.hf_in(norm.module), residual, f"{layer.block.field}.kind")
+    bound = ctx.bound
+    for stack in bound.stacks():
+        norm = stack.ln_final
+        if norm is None:
+            continue
+        out = ctx.hf_out(norm.module)
+        if stack.name == "encoder":
+            cross = next((b.cross for b in bound.blocks if b.cross is not None), None)
+            if cross is None:
+                continue
+            expected, what = ctx.hf_in(cross.attn.projection("k")), "HF's input to the cross attention's keys"
+        elif bound.unembed_project is not None:
+            expected, what = ctx.hf_in(bound.unembed_project), "HF's input to the unembedding's projection"
+        else:
+            expected, what = ctx.hf_in(bound.unembed), "HF's input to the unembedding"
+            out = out * (bound.unembed_pre_scale or 1.0)
+        seen += 1
+        m.compare(f"{norm.name} output ({norm.path}) vs {what}", out, expected, f"{norm.field}.path / unembed")
+    if not seen:
+        raise Skip("this spec declares no norm whose role feeds a sublayer")
+
+
+# The attribute names transformers' MLPs keep their activation under (GPT-2 `act`, Llama `act_fn`, OPT's
+# decoder layer `activation_fn`); searched on the MLP module, then on the block.
+_ACT_ATTRIBUTES = ("act", "act_fn", "activation_fn", "activation", "hidden_act_fn")
+
+
+def hf_activation(*modules: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """HF's own activation object or function held by the first of `modules` that holds one."""
+    for module in modules:
+        for name in _ACT_ATTRIBUTES:
+            found = getattr(module, name, None)
+            if isinstance(found, nn.Module) or (inspect.isfunction(found) or inspect.isbuiltin(found)):
+                return found
+    return None
+
+
+GRID = torch.linspace(-8.0, 8.0, 3201, dtype=torch.float64)
+
+
+@check(
+    "activation_grid",
+    statement="the activation the spec names equals HF's own activation module of each MLP on a grid from -8 to 8 "
+    "(where the tiny model's pre-activations are too small to tell gelu from its tanh approximation)",
+    family="mlp",
+    tolerance=1e-6,
+)
+def activation_grid(ctx: CheckContext, m: Meter) -> None:
+    grid = GRID.to(torch.float32)
+    seen = 0
+    for layer in ctx.layers:
+        mlp = layer.block.mlp
+        own = hf_activation(mlp.module, layer.block.module)
+        if own is None:
+            continue
+        seen += 1
+        with torch.no_grad():
+            expected = own(grid.clone())
+        m.compare(
+            f"{layer.prefix}.mlp: {mlp.act_name} vs HF's {type(own).__name__} on [-8, 8]",
+            mlp.act(grid),
+            expected,
+            mlp.act_field,
+        )
+    if not seen:
+        raise Skip("no MLP holds an activation module or function under a known attribute name")
