@@ -40,6 +40,19 @@ def register(sub: Any) -> None:
     conform.add_argument("--seed", type=int, default=0, help="seed of the tiny models and the random inputs")
     conform.add_argument("--json", action="store_true", help="print the reports as JSON to stdout")
     conform.add_argument("-q", "--quiet", action="store_true", help="no progress or matrix: failures and a summary")
+    conform.add_argument(
+        "--mutate",
+        action="store_true",
+        help="mutation testing: run deliberately wrong copies of each spec (swapped paths, flipped kinds, dropped "
+        "fields, perturbed operands, forced branches) and report the check that kills each, or that it survived",
+    )
+    conform.add_argument(
+        "--min-kill-rate",
+        type=float,
+        default=0.95,
+        metavar="RATE",
+        help="with --mutate: exit 1 when a spec's kill rate is below RATE (default 0.95)",
+    )
     conform.set_defaults(func=cmd_conform, usage_error=conform.error)
 
 
@@ -92,6 +105,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
     from .runner import run
 
     targets = _targets(args)
+    if args.mutate:
+        return cmd_mutate([t for t in targets if t is not None], args)
     if args.model:
         args.model = str(require_checkpoint(args.model))  # one line for a path that does not exist
     checks = catalogue(args.checks)
@@ -155,3 +170,25 @@ def matrix(reports: list[Report]) -> Table:
             cells.append(f"[{_STYLE[found[0].status]}]{escape(found[0].short())}[/]" if found else "")
         table.add_row(escape(name), escape(first.family), escape(first.figure_label), *cells)
     return table
+
+
+def cmd_mutate(targets: list[str], args: argparse.Namespace) -> int:
+    """`conform --mutate`: one line per mutant (killed by which check, or SURVIVED) and a kill rate per
+    spec; exit 1 when a spec's kill rate is below `--min-kill-rate`. A survivor is either a gap in the
+    checks or an equivalent mutant (a mistake that changes nothing this model computes)."""
+    from .mutation import MutantResult, mutate
+
+    err = Console(stderr=True, highlight=False)
+
+    def show(result: MutantResult) -> None:
+        if not (args.json or args.quiet) or not result.killed:
+            verdict = f"killed by {result.killed_by}" if result.killed else "SURVIVED"
+            err.print(escape(f"{verdict:>40}  {result.mutant.name}"), soft_wrap=True)
+
+    reports = [mutate(target, progress=show) for target in targets]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    for report in reports:
+        killed = len(report.results) - len(report.survivors)
+        err.print(escape(f"{report.spec}: {killed}/{len(report.results)} mutants killed ({report.kill_rate:.0%})"))
+    return 0 if all(r.kill_rate >= args.min_kill_rate for r in reports) else 1

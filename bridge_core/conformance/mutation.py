@@ -325,15 +325,17 @@ def merged_data(spec: str | Path, registry: Registry | None = None) -> RawSpec:
 
 
 def first_failure(spec: Spec, registry: Registry) -> tuple[str | None, str]:
-    """The first check of the catalogue that fails on `spec` (stopping there), and its message."""
+    """The first check that fails on any of the spec's test models (base, variants, eager), stopping
+    there: (`check[variant]`, its message), or (None, "") when every check passes on every model."""
     from .catalogue import catalogue
-    from .runner import build_context, run_check
+    from .runner import build_context, run_check, variants_of
 
-    ctx = build_context(spec, registry=registry)
-    for item in catalogue():
-        result = run_check(item, ctx)
-        if result.status == "fail":
-            return item.name, result.message
+    for variant in variants_of(spec):
+        ctx = build_context(spec, registry=registry, variant=variant)
+        for item in catalogue():
+            result = run_check(item, ctx)
+            if result.status == "fail":
+                return (item.name if variant is None else f"{item.name}[{variant}]"), result.message
     return None, ""
 
 
