@@ -120,3 +120,21 @@ def config_objects(model: nn.Module) -> list[PreTrainedConfig]:
     for module in model.modules():
         add(getattr(module, "config", None))
     return list(found.values())
+
+
+# ------------------------------------------------------------------ tensor parallelism (`tp_plan`)
+
+
+def tensor_parallel_plan(model: nn.Module) -> tuple[dict[str, str], Any] | None:
+    """`(plan, group)` of a model loaded with `tp_plan`: module-path patterns (`*` for a layer number)
+    to style names ("colwise", "rowwise", ...), and the process group of its "tp" mesh dimension; None
+    for a model that is not tensor-parallel (or runs on a single rank)."""
+    # `_tp_plan` and `_device_mesh` are what `from_pretrained(tp_plan=...)` records on the model (5.24).
+    plan = getattr(model, "_tp_plan", None)
+    mesh = getattr(model, "_device_mesh", None)
+    if not plan or mesh is None:
+        return None
+    tp_mesh = mesh["tp"] if "tp" in (mesh.mesh_dim_names or ()) else mesh
+    if tp_mesh.size() == 1:
+        return None
+    return dict(plan), tp_mesh.get_group()
