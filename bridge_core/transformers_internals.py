@@ -3,7 +3,8 @@
 What it holds: reading, switching and restoring the attention implementation a config object holds;
 looking up the attention and mask functions transformers registered under a name; registering a
 function under a name with `AttentionInterface` / `AttentionMaskInterface`; and finding every config
-object a model holds (`config_objects`).
+object a model holds (`config_objects`); the tensor-parallel plan and process group a model loaded with
+`tp_plan` records (`tensor_parallel_plan`).
 
 Who calls it: `bridge.attention` (eager attention on demand), `bridge.bridge` and
 `bridge.processing` (config objects), `conformance.capture` (the capturing reference forward) and
@@ -12,7 +13,8 @@ private transformers attribute; tests/core/test_transformers_internals.py enforc
 
 Written for transformers 5.x as `pyproject.toml` declares it (`transformers>=5.20,<6`, decision 0002),
 read against the 5.24 source. The private attributes used here are `PreTrainedConfig`'s
-`_attn_implementation_internal`; everything else is public API. When a transformers release moves one
+`_attn_implementation_internal` and `PreTrainedModel`'s `_tp_plan` and `_device_mesh`; everything else is
+public API. When a transformers release moves one
 of them, this module is the only one to change, and the test above names what went missing.
 """
 
