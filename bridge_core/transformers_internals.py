@@ -3,7 +3,8 @@
 What it holds: reading, switching and restoring the attention implementation a config object holds;
 looking up the attention and mask functions transformers registered under a name; registering a
 function under a name with `AttentionInterface` / `AttentionMaskInterface`; and finding every config
-object a model holds (`config_objects`).
+object a model holds (`config_objects`); the tensor-parallel plan and process group a model loaded with
+`tp_plan` records (`tensor_parallel_plan`).
 
 Who calls it: `bridge.attention` (eager attention on demand), `bridge.bridge` and
 `bridge.processing` (config objects), `conformance.capture` (the capturing reference forward) and
@@ -12,7 +13,8 @@ private transformers attribute; tests/core/test_transformers_internals.py enforc
 
 Written for transformers 5.x as `pyproject.toml` declares it (`transformers>=5.20,<6`, decision 0002),
 read against the 5.24 source. The private attributes used here are `PreTrainedConfig`'s
-`_attn_implementation_internal`; everything else is public API. When a transformers release moves one
+`_attn_implementation_internal` and `PreTrainedModel`'s `_tp_plan` and `_device_mesh`; everything else is
+public API. When a transformers release moves one
 of them, this module is the only one to change, and the test above names what went missing.
 """
 
@@ -120,3 +122,21 @@ def config_objects(model: nn.Module) -> list[PreTrainedConfig]:
     for module in model.modules():
         add(getattr(module, "config", None))
     return list(found.values())
+
+
+# ------------------------------------------------------------------ tensor parallelism (`tp_plan`)
+
+
+def tensor_parallel_plan(model: nn.Module) -> tuple[dict[str, str], Any] | None:
+    """`(plan, group)` of a model loaded with `tp_plan`: module-path patterns (`*` for a layer number)
+    to style names ("colwise", "rowwise", ...), and the process group of its "tp" mesh dimension; None
+    for a model that is not tensor-parallel (or runs on a single rank)."""
+    # `_tp_plan` and `_device_mesh` are what `from_pretrained(tp_plan=...)` records on the model (5.24).
+    plan = getattr(model, "_tp_plan", None)
+    mesh = getattr(model, "_device_mesh", None)
+    if not plan or mesh is None:
+        return None
+    tp_mesh = mesh["tp"] if "tp" in (mesh.mesh_dim_names or ()) else mesh
+    if tp_mesh.size() == 1:
+        return None
+    return dict(plan), tp_mesh.get_group()

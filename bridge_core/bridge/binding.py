@@ -30,6 +30,7 @@ from .bound import (
 from .layout import lay_out_points
 from .places import qkv_views
 from .spec_walker import Missing, SpecWalker, resolve_path
+from .tensor_parallel import shard_points
 
 __all__ = ["bind", "collect_problems", "resolve_path"]
 
@@ -372,7 +373,7 @@ def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_fil
         bound = binder.model_()
     except Missing:  # pragma: no cover - strict mode raises the problem itself
         raise SpecError("the spec could not be bound") from None
-    bound.points = lay_out_points(bound, cfg, kinds)
+    bound.points = shard_points(model, lay_out_points(bound, cfg, kinds))  # tensor-parallel gathers
     return bound
 
 

@@ -33,6 +33,7 @@ from .places import (
     select_output,
 )
 from .reimplement import ReimplementedLayer, ReimplementRun
+from .tensor_parallel import Sharded, local_parameter
 from .weights import materialize
 
 # The plans (and gates) whose hooks act in this context, innermost call last. PyTorch hooks live on
@@ -99,6 +100,9 @@ class _PointRun:
 
 def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
     """Apply a point's hooks to `view(base)`; returns a replacement for `base`, or None if unchanged."""
+    if isinstance(view, Sharded):  # tensor parallel: hooks see the whole tensor, this rank keeps its slice
+        replacement = _run_viewed(run, view.gather(base), view.inner)
+        return None if replacement is None else view.local(replacement)
     shown = view(base) if view is not None else base
     replaces = getattr(view, "replaces_base", False)
     if run.bwd or replaces:
@@ -211,18 +215,21 @@ class _ModuleHooks:
         return (output.to(work) + (rebuilt.to(work) - unedited.to(work))).to(output.dtype)
 
     def _head_result(self, place: HeadResult, run: _PointRun, args, kwargs) -> torch.Tensor | None:
-        z = self._input(args, kwargs).unflatten(-1, (place.n_heads, place.d_head))
-        weight = materialize(self.module, "weight")  # offloaded models keep it on the meta device
+        # -1 heads: a tensor-parallel rank holds only its own (its z, its rows of W_O)
+        z = self._input(args, kwargs).unflatten(-1, (-1, place.d_head))
+        weight = local_parameter(self.module, "weight", materialize)  # offloaded: on meta, read from the map
         # W_O as [h, d_head, d_model] (a view of the real parameter).
         w_o = weight if place.layout == "conv1d" else weight.t()
-        w_o = w_o.unflatten(0, (place.n_heads, place.d_head))
+        w_o = w_o.unflatten(0, (-1, place.d_head))
         result = torch.einsum("...hd,hdm->...hm", z, w_o)
+        if isinstance(place.view, Sharded):
+            result = place.view.gather(result)
         result, edited = run.apply(result)
         run.attach_backward(result)
         if not edited and not run.bwd:
             return None
         out = result.sum(-2)
-        bias = materialize(self.module, "bias")
+        bias = local_parameter(self.module, "bias", materialize)  # replicated under tensor parallelism
         return out + bias if bias is not None else out
 
 
@@ -252,7 +259,7 @@ class _Plan:
                     route = routes[id(place.module)] = AttentionRoute(
                         place.module, softmax_float32.get(id(place.module), False)
                     )
-                setattr(route, f"on_{place.which}", _attention_hook(run))
+                setattr(route, f"on_{place.which}", _attention_hook(run, place.view))
                 continue
             hooks = self.modules.get(id(place.module))
             if hooks is None:
@@ -384,8 +391,11 @@ def _shape_recorder(cell: TokenShape):
     return record
 
 
-def _attention_hook(run: _PointRun):
+def _attention_hook(run: _PointRun, view: Sharded | None = None):
     def hook(tensor: torch.Tensor) -> torch.Tensor:
+        if view is not None:  # tensor parallel: this rank's heads; hooks see them all
+            replacement = _run_viewed(run, tensor, view)
+            return tensor if replacement is None else replacement
         if run.bwd:  # a tensor of our own that the rest of attention uses, so its gradient can be hooked
             tensor = tensor.clone()
         new, _ = run.apply(tensor)

@@ -172,6 +172,7 @@ class HeadResult(Place):
     n_heads: int = 0
     d_head: int = 0
     layout: Literal["conv1d", "linear"] = "linear"
+    view: View | None = None  # a tensor-parallel model's gather across ranks (bridge/tensor_parallel.py)
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,3 +181,4 @@ class AttentionValue(Place):
     attention function) and `hook_attn_scores` / `hook_pattern` (the bridge's eager attention)."""
 
     which: Literal["scores", "pattern", "rot_q", "rot_k"] = "scores"
+    view: View | None = None  # a tensor-parallel model's gather across ranks (bridge/tensor_parallel.py)

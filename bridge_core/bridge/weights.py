@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..errors import BindError, OffloadedWeightError
 from ..spec.config import BridgeConfig
@@ -45,8 +46,12 @@ def materialize(module: nn.Module, name: str, anchors: tuple[nn.Module, ...] = (
 
     The map is looked for on the module itself, then on any ancestor of it inside `anchors` (its
     block). The value read from disk or CPU is a copy: editing it does not write back. Never meta.
+    A tensor-parallel parameter (DTensor) is gathered whole, also as a copy.
     """
     tensor = getattr(module, name, None)
+    if isinstance(tensor, DTensor):
+        # tensor parallel: a gathered copy of the whole DTensor (a collective every rank must make)
+        return tensor.full_tensor()
     if tensor is None or tensor.device.type != "meta":
         return tensor
     candidates = [(module, name)]
