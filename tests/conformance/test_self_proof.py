@@ -44,6 +44,9 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "gemma2_no_ln2_post": ("residual_stream", set(), "ln2_post"),
     "gemma_exact_gelu": ("activation_grid", {"mlp"}, "act_fn"),
     "gemma2_softcaps_swapped": ("config_fields", set(), "config.attn_softcap"),
+    # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
+    "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
+    "gpt2_no_eps": ("config_fields", set(), "config.eps"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

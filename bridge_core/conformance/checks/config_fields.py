@@ -45,8 +45,9 @@ def _effective_scaling(ctx: CheckContext, attention, call) -> float | None:
     "config_fields",
     statement="normalized config fields and the settings bound beside them equal what HF does: n_heads, n_kv_heads "
     "and d_head the shapes HF hands attention; attn_scale the scaling HF applies; attn_softcap / window the "
-    "softcap and sliding window HF passes each layer; eps each norm module's eps; rotary_dim the rotary "
-    "module's frequencies; d_mlp, d_model, d_vocab HF's tensors; final_softcap HF's logits on large inputs",
+    "softcap and sliding window HF passes each layer; eps each norm module's eps; n_ctx the usable rows of a "
+    "learned position table; rotary_dim the rotary module's frequencies;"
+    " d_mlp, d_model, d_vocab HF's tensors; final_softcap HF's logits on large inputs",
     family="config",
     tolerance=1e-5,
 )
@@ -84,11 +85,15 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
     for layer in ctx.layers:
         for norm in layer.block.norms():
             module_eps = norm.kind.eps(norm.module)
-            if cfg.eps is not None and module_eps is not None:
+            if module_eps is not None:  # an absent cfg.eps is wrong too: TransformerLens code reads cfg.eps
                 _same(m, f"{layer.prefix}.{norm.name}: eps", cfg.eps, module_eps, "config.eps")
         _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, ctx.hf_out(layer.block.mlp.w_in).shape[-1], "config.d_mlp")
         _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
     _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
+    if bound.pos_embed is not None and bound.position_kind.has_table:
+        # learned positions: n_ctx is the table's usable rows (inputs beyond them are refused, not indexed)
+        rows = int(bound.pos_embed.weight.shape[0]) - bound.pos_offset
+        _same(m, "n_ctx (the position table's usable rows)", cfg.n_ctx, rows, "config.n_ctx")
     inv_freq = getattr(bound.pos_embed, "inv_freq", None)
     if isinstance(inv_freq, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
         rotary = extra.get("rotary_dim", cfg.d_head)
