@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from .bridge.running import unembed
 from .errors import InputError
 
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -34,16 +35,20 @@ def _layers(bridge: Any, layers: Sequence[int] | None) -> list[int]:
 
 def _run_chunks(
     bridge: Any,
-    tokens: torch.Tensor,
+    inputs: torch.Tensor,
     variants: list[tuple[str, Any]],
     patch: Callable[[torch.Tensor, str, list[int], list[Any]], torch.Tensor],
     metric: Metric,
     batch_size: int,
-) -> torch.Tensor:
-    """Run `variants` (hook name, argument) `batch_size` at a time on copies of `tokens`; one metric value each.
+    start_at_layer: int | None = None,
+    logit_positions: slice | None = None,
+) -> list[torch.Tensor]:
+    """Run `variants` (hook name, argument) `batch_size` at a time on copies of `inputs` (tokens, or the
+    residual entering block `start_at_layer`); one metric value each.
 
     `patch(tensor, name, rows, args)` returns the point's activation with the listed rows' interventions."""
-    b = tokens.shape[0]
+    b = inputs.shape[0]
+    repeat = (1,) * (inputs.dim() - 1)
     results: list[torch.Tensor] = []
     for start in range(0, len(variants), batch_size):
         chunk = variants[start : start + batch_size]
@@ -58,10 +63,17 @@ def _run_chunks(
             return patch(tensor, hook.name, rows, args)
 
         with torch.no_grad():
-            logits = bridge.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=[(n, hook) for n in by_name])
+            out = bridge.run_with_hooks(
+                inputs.repeat(len(chunk), *repeat),
+                fwd_hooks=[(n, hook) for n in by_name],
+                start_at_layer=start_at_layer,
+                stop_at_layer=None if logit_positions is None else bridge.cfg.n_layers,
+            )
+            # the unembedding (often the largest matmul) only where the metric reads logits
+            logits = out if logit_positions is None else unembed(bridge, out[:, logit_positions])
         # the metric sees each variant's logits alone, exactly as it would after a forward of its own
         results += [torch.as_tensor(metric(part)).reshape(()) for part in logits.split(b)]
-    return torch.stack(results)
+    return results
 
 
 def patch_sweep(
@@ -73,6 +85,7 @@ def patch_sweep(
     layers: Sequence[int] | None = None,
     positions: Sequence[int] | None = None,
     batch_size: int = 32,
+    logit_positions: slice | None = None,
 ) -> torch.Tensor:
     """Patch clean activations into the corrupted run, one variant per (layer, position) or (layer, head).
 
@@ -80,6 +93,10 @@ def patch_sweep(
     `kind="head"`: `blocks.{l}.attn.hook_z` of one head at every position -> `[len(layers), n_heads]`.
     Each entry is `metric(logits)` of the corrupted run with that one patch, where `logits` has the
     corrupted batch's shape; `batch_size` variants share one forward (memory grows with it).
+    `logit_positions=slice(-1, None)` unembeds only those positions (the metric then sees
+    `[batch, 1, d_vocab]`; `logits[:, -1]` reads the same values): the fastest choice for a
+    last-token metric. Decoder-only models; each layer's variants resume from the corrupted
+    residual entering that layer, since earlier blocks are unaffected by the patch.
     """
     if kind not in PATCH_POINTS:
         raise InputError(f"kind must be one of {sorted(PATCH_POINTS)}, got {kind!r}")
@@ -97,8 +114,12 @@ def patch_sweep(
             raise InputError(f"positions {slots} are outside a sequence of {seq} tokens")
     else:
         slots = list(range(bridge.cfg.n_heads))
+    starts = [f"blocks.{layer}.hook_resid_pre" for layer in chosen]
     with torch.no_grad():
         _, cache = bridge.run_with_cache(clean, names_filter=names)
+        # blocks before the patched one compute what the corrupted run computes: each layer's variants
+        # resume from the corrupted residual entering it (about half the block work on average)
+        _, resume = bridge.run_with_cache(corrupted, names_filter=starts)
     b = clean.shape[0]
 
     def patch(tensor: torch.Tensor, name: str, rows: list[int], args: list[int]) -> torch.Tensor:
@@ -114,9 +135,11 @@ def patch_sweep(
             out[row, :, slot] = source[prompt, :, slot].to(out.dtype)
         return out
 
-    variants = [(name, slot) for name in names for slot in slots]
-    values = _run_chunks(bridge, corrupted, variants, patch, metric, batch_size)
-    return values.reshape(len(names), len(slots))
+    values = []
+    for layer, name, start in zip(chosen, names, starts, strict=True):
+        variants = [(name, slot) for slot in slots]
+        values += _run_chunks(bridge, resume[start], variants, patch, metric, batch_size, layer, logit_positions)
+    return torch.stack(values).reshape(len(names), len(slots))
 
 
 def steering_sweep(
@@ -127,8 +150,11 @@ def steering_sweep(
     scales: Sequence[float],
     metric: Metric,
     batch_size: int = 32,
+    logit_positions: slice | None = None,
 ) -> torch.Tensor:
-    """`metric(logits)` with `scale * vector` added to `hook_name`'s activation, for each scale -> `[len(scales)]`."""
+    """`metric(logits)` with `scale * vector` added to `hook_name`'s activation, for each scale -> `[len(scales)]`.
+
+    `logit_positions` as in `patch_sweep`."""
     prompt = _as_tokens(tokens, "tokens")
     bridge.hook_point(hook_name)  # a typed error naming the point before any forward runs
     if batch_size < 1:
@@ -143,4 +169,4 @@ def steering_sweep(
         return tensor + factors.view(shape) * vector.to(tensor.device, tensor.dtype)
 
     variants = [(hook_name, float(scale)) for scale in scales]
-    return _run_chunks(bridge, prompt, variants, patch, metric, batch_size)
+    return torch.stack(_run_chunks(bridge, prompt, variants, patch, metric, batch_size, None, logit_positions))

@@ -57,8 +57,8 @@ def _reference_loop(model, corrupted, modules, clean_inputs, edit_for) -> torch.
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("batch_size", [1, 5, 100])
-def test_resid_pre_sweep_equals_one_forward_per_layer_and_position(batch_size):
+@pytest.mark.parametrize("batch_size,logit_positions", [(1, None), (5, None), (100, None), (4, slice(-1, None))])
+def test_resid_pre_sweep_equals_one_forward_per_layer_and_position(batch_size, logit_positions):
     bridge, reference = bridge_and_reference(SHAPE)
     clean, corrupted = _tokens(0), _tokens(1)
     blocks = list(reference.transformer.h)
@@ -75,7 +75,9 @@ def test_resid_pre_sweep_equals_one_forward_per_layer_and_position(batch_size):
         return [at(p) for p in range(SEQ)]
 
     expected = _reference_loop(reference, corrupted, blocks, _reference_inputs(reference, clean, blocks), edits)
-    got = patch_sweep(bridge, clean, corrupted, _metric, kind="resid_pre", batch_size=batch_size)
+    got = patch_sweep(
+        bridge, clean, corrupted, _metric, kind="resid_pre", batch_size=batch_size, logit_positions=logit_positions
+    )
     assert got.shape == (3, SEQ)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert expected.std() > 1e-3  # the patches change the metric: a sweep that patched nothing would fail
@@ -119,6 +121,8 @@ def test_steering_sweep_equals_one_forward_per_scale():
         handle.remove()
     got = steering_sweep(bridge, tokens, "blocks.1.hook_resid_pre", vector, scales, _metric, batch_size=2)
     torch.testing.assert_close(got, torch.stack(expected), atol=1e-5, rtol=1e-5)
+    last_only = steering_sweep(bridge, tokens, "blocks.1.hook_resid_pre", vector, scales, _metric, 3, slice(-1, None))
+    torch.testing.assert_close(last_only, torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
 def test_sweeps_refuse_bad_arguments_with_typed_errors():
