@@ -121,7 +121,7 @@ def scaling_lines(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         med, ratio = row["median_ms"], row["ratio"]
-        if row["axis"] == "hooks":
+        if row["axis"] in ("hooks", "stop_at_layer"):
             continue
         lines.append(
             f"| {row['axis']} | {row['value']} | {med.get('hf', 0):.1f} | {ratio.get('forward', 0):.3f}× | "
@@ -134,6 +134,22 @@ def scaling_lines(rows: list[dict]) -> list[str]:
             for name, ms in row["median_ms"].items():
                 if name != "hf":
                     lines.append(f"| {name.split('_')[1]} | {ms:.1f} | {row['ratio'][name]:.3f}× |")
+    for row in rows:
+        if row["axis"] == "stop_at_layer":
+            lines += stop_at_lines(row)
+    return lines
+
+
+def stop_at_lines(row: dict) -> list[str]:
+    """`stop_at_layer=k` against the full bridge forward: the cost should be about k / n of it."""
+    med = row["median_ms"]
+    full = med.get("forward", 0)
+    lines = ["", f"stop_at_layer=k ({row['shape']}; HF forward {med.get('hf', 0):.1f} ms, bridge {full:.1f} ms):", ""]
+    lines += ["| k (blocks run) | BC ms | share of the full bridge forward | k / 12 |", "|---|---|---|---|"]
+    for name, ms in med.items():
+        if name.startswith("stop_"):
+            k = int(name.split("_")[1])
+            lines.append(f"| {k} | {ms:.1f} | {ms / full:.3f} | {k / 12:.3f} |" if full else f"| {k} | {ms:.1f} | | |")
     return lines
 
 

@@ -207,7 +207,21 @@ def run_scaling(threads: int, repeats: int, log) -> list[dict]:
     ops = {f"cache_{n}": {"workload": "cache_n", "kwargs": {"n_hooks": n}} for n in (1, 10, 40, 115)}
     rows.append(_scale_point("hooks", "1/10/40/115", hooks_shape, ops, threads, repeats))
     log("scaling hooks")
+    rows.append(stop_at_scaling(threads, repeats))
+    log("scaling stop_at_layer")
     return rows
+
+
+STOP_AT = (0, 1, 3, 6, 9, 12)
+
+
+def stop_at_scaling(threads: int, repeats: int) -> dict:
+    """`bridge(tokens, stop_at_layer=k)` on 12 layers: its cost should grow with k, the blocks it runs."""
+    base = dict(family="gpt2", d_model=256, heads=8, kv_heads=8, vocab=workloads.VOCAB, batch=1)
+    shape = ModelShape(layers=12, seq=128, **base)
+    ops = {f"stop_{k}": {"workload": "stop_at", "kwargs": {"stop_at": k}} for k in STOP_AT}
+    ops["forward"] = {"workload": "forward"}
+    return _scale_point("stop_at_layer", "/".join(map(str, STOP_AT)), shape, ops, threads, repeats)
 
 
 def _scale_point(axis, value, shape, ops, threads, repeats) -> dict:
@@ -267,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--scaling-only", action="store_true", help="only the scaling tables, to results/scaling.md")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument(
+        "--stop-at-only", action="store_true", help="only the stop_at_layer table, to results/stop_at.md"
+    )
     args = parser.parse_args(argv)
     if args.threads is None:
         busy = os.getloadavg()[0] > (os.cpu_count() or 2) - 0.5
@@ -280,6 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     def log(text: str) -> None:
         print(text, flush=True)
 
+    if args.stop_at_only:
+        lines = report.stop_at_lines(stop_at_scaling(args.threads, repeats))
+        (out / "stop_at.md").write_text(
+            "\n".join([f"# bridge-core stop_at_layer (threads {args.threads})", *lines]) + "\n"
+        )
+        log("\n".join(lines))
+        return 0
     if args.scaling_only:
         rows = run_scaling(args.threads, repeats, log)
         header = [

@@ -118,7 +118,9 @@ def _resid_post(name: str) -> bool:
     return name.endswith("hook_resid_post")
 
 
-def bridge_core_op(workload: str, model, shape: ModelShape, n_hooks: int | None = None) -> Op:
+def bridge_core_op(
+    workload: str, model, shape: ModelShape, n_hooks: int | None = None, stop_at: int | None = None
+) -> Op:
     from bridge_core import Bridge
 
     if workload == "build":
@@ -137,6 +139,8 @@ def bridge_core_op(workload: str, model, shape: ModelShape, n_hooks: int | None 
     if workload == "cache_n":  # scaling: the first n_hooks points in firing order
         names = [n for n in bridge.hook_names() if _not_result(n)][:n_hooks]
         return None, lambda: bridge.run_with_cache(toks, names_filter=names)
+    if workload == "stop_at":  # scaling: the residual entering block `stop_at`; later blocks never run
+        return None, lambda: bridge(toks, stop_at_layer=stop_at)
     if workload == "pattern_hook":
         hooks = [(f"blocks.{mid}.attn.hook_pattern", lambda t, hook: None)]
         return None, lambda: bridge.run_with_hooks(toks, fwd_hooks=hooks)

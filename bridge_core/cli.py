@@ -221,9 +221,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_conform(sub: Any) -> None:
+    # Declared here as a pass-through: importing bridge_core.conformance imports torch and the checks,
+    # which `bridge-core --help` must not pay for. The real parser is built when `conform` runs.
+    conform = sub.add_parser(
+        "conform",
+        help="run the conformance checks on specs (tiny offline models, or --model PATH)",
+        add_help=False,
+        prefix_chars="\0",  # every argument, `--help` included, goes to the real parser
+    )
+    conform.add_argument("rest", nargs=argparse.REMAINDER, help="the arguments of `bridge-core conform --help`")
+    conform.set_defaults(func=_cmd_conform)
+
+
+def _cmd_conform(args: argparse.Namespace) -> int:
     from .conformance.cli import register
 
-    register(sub)
+    parser = argparse.ArgumentParser(prog="bridge-core")
+    register(parser.add_subparsers(dest="command", required=True))
+    real = parser.parse_args(["conform", *args.rest])
+    return real.func(real)
 
 
 def _register_inspect(sub: Any) -> None:

@@ -11,14 +11,16 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .errors import BridgeCoreError, TokenizerError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so `bridge-core --help` stays light
+    import torch
 
 ATTENTION_VIEWS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 GQA_VIEWS = ("W_K_raw", "W_V_raw")  # [n_kv_heads, ...]: only worth showing when n_kv_heads != n_heads
@@ -78,6 +80,8 @@ def decoder_start_token(bridge) -> int:
 def make_inputs(bridge, prompt: str | None = None, seq: int = 8, seed: int = 0, decoder_len: int = 4) -> Inputs:
     """The prompt's tokens (needs a tokenizer), or `seq` random token ids. An encoder-decoder's decoder gets
     its start token, followed by `decoder_len - 1` random tokens when there is no prompt."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     if prompt is not None:
         if bridge.tokenizer is None:
@@ -109,6 +113,8 @@ def token_labels(bridge, ids: torch.Tensor) -> list[str]:
 # ---------------------------------------------------------------------------------------------- tables
 def run_and_count(bridge, inputs: Inputs) -> tuple[torch.Tensor, Any, list[dict[str, Any]]]:
     """One forward with the full cache and a counter on every hook point: logits, cache, hook rows."""
+    import torch
+
     fires: dict[str, int] = {}
 
     def count(tensor: torch.Tensor, hook) -> None:
