@@ -52,7 +52,7 @@ def test_matrix_lists_every_check_and_failure_details(capsys, broken_dir):
 def test_quiet_prints_only_the_summary_with_skips_counted(capsys):
     assert main(["conform", "gpt2", "-q", "--check", "bind", "--check", "rel_pos_bias"]) == 0
     out = capsys.readouterr().out
-    assert "1 spec(s), 3 test model(s), 2 checks each: 3 passed, 3 skipped, 0 failed" in out and "┃" not in out
+    assert "1 spec(s), 4 test model(s), 2 checks each: 4 passed, 4 skipped, 0 failed" in out and "┃" not in out
 
 
 def test_each_variant_is_a_column(capsys):

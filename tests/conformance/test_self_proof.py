@@ -24,7 +24,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
         "config.n_heads",
     ),
     "ln2_path_is_ln1": ("bind", set(), "block.ln2"),  # the core refuses two norm roles on one module
-    "pos_offset": ("pos_embed", {"shapes"}, "pos_embed.offset"),
+    "pos_offset": ("pos_embed", {"shapes", "config_fields"}, "pos_embed.offset"),
     "relu_activation": ("mlp", {"activation_grid"}, "act_fn"),
     "wrong_eps": ("norms", {"config_fields"}, "config.eps"),
     "embed_scale": ("embed", set(), "config.embed_scale"),
@@ -36,7 +36,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "gemma_no_embed_scale": ("embed", set(), "config.embed_scale"),
     "neox_rotary_dim": ("attention_paths_agree", {"config_fields"}, "config.rotary_dim"),
     "t5_decoder_bidirectional": ("rel_pos_bias", {"block_alone", "attention_alone"}, "score_bias.params"),
-    "opt_pos_offset": ("pos_embed", set(), "pos_embed.offset"),
+    "opt_pos_offset": ("pos_embed", {"config_fields"}, "pos_embed.offset"),
     # mistakes a spec author makes that pass `validate`, shown on the test model itself (issue 14)
     "neox_ln_swap": ("norm_roles", set(), "block.ln1.path"),
     "t5_encoder_ln_swap": ("norm_roles", set(), "encoder.block.ln1.path"),

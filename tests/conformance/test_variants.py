@@ -25,7 +25,8 @@ def test_recording_branches_notes_each_side_without_changing_results():
 
 def test_an_empty_or_badly_named_variant_is_refused():
     raw = default_registry().entry("gpt2").raw
-    assert validate_spec(raw).variants == {"unscaled": {"scale_attn_weights": False}}
+    expected = {"unscaled": {"scale_attn_weights": False}, "default_inner": {"n_inner": None}}
+    assert validate_spec(raw).variants == expected
     for variants in ({"nothing": {}}, {"bad name!": {"n_layer": 1}}):
         with pytest.raises(SpecError, match="variant"):
             validate_spec(RawSpec(raw.file, {**raw.data, "variants": variants}, raw.lines))

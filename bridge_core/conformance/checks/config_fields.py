@@ -90,9 +90,10 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
         _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, ctx.hf_out(layer.block.mlp.w_in).shape[-1], "config.d_mlp")
         _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
     _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
-    if bound.pos_embed is not None and bound.position_kind.has_table:
+    table = getattr(bound.pos_embed, "weight", None)
+    if isinstance(table, torch.Tensor) and bound.position_kind.has_table:
         # learned positions: n_ctx is the table's usable rows (inputs beyond them are refused, not indexed)
-        rows = int(bound.pos_embed.weight.shape[0]) - bound.pos_offset
+        rows = int(table.shape[0]) - bound.pos_offset
         _same(m, "n_ctx (the position table's usable rows)", cfg.n_ctx, rows, "config.n_ctx")
     inv_freq = getattr(bound.pos_embed, "inv_freq", None)
     if isinstance(inv_freq, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
