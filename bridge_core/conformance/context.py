@@ -222,6 +222,7 @@ class CheckContext:
             modules += [spot.module for spot in spots if spot is not None]
         for attention in self.attentions:
             modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
+            modules += [n.module for n in (attention.bound.q_norm, attention.bound.k_norm) if n is not None]
         return list(dict.fromkeys(self.name_of(m) for m in modules if m is not None))
 
     # ------------------------------------------------------------------ references (the copy)

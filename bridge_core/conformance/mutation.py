@@ -26,6 +26,9 @@ Data = dict[str, Any]
 # Kinds a mistaken author could have written instead of the right one, by extension point.
 _NORM_KINDS = ("layernorm", "rmsnorm", "rmsnorm_offset")
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
+# Names of one function (GELU's tanh approximation, written two ways): trading one for the other is no
+# mistake, only float rounding (~1e-7), so such a mutant is not generated.
+_SAME_FUNCTION = ({"gelu_new", "gelu_pytorch_tanh"},)
 _MASK_FORMATS = ("2d", "4d_additive", "4d_bool", "none")
 _POSITIONS = ("learned", "rotary", "none")
 
@@ -185,7 +188,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
             yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd"), "setting")
         act = _get(block, ("mlp", "act_fn"))
         if act is not None:
-            yield from flip((*at, "mlp", "act_fn"), _ACTIVATIONS)
+            yield from flip((*at, "mlp", "act_fn"), [a for a in _ACTIVATIONS if not _same_function({a}, {act})])
     for path in norms:
         if isinstance(_get(data, path), dict):
             yield from flip((*path, "kind"), _NORM_KINDS)
@@ -205,6 +208,8 @@ def _drops(data: Data) -> Iterator[Mutant]:
     paths = [(*at, *rest) for at in _blocks(data) for rest in _BLOCK_OPTIONAL] + list(_SPEC_OPTIONAL)
     paths += [("config", key) for key in data.get("config", {}) if key not in _REQUIRED_CONFIG]
     for path in paths:
+        if path[-1] == "output_index" and _get(data, path) == 0:
+            continue  # null selects element 0 as well: the same spec
         if _get(data, path) is not None and path[-1] in (_get(data, path[:-1]) or {}):
             dotted = ".".join(path)
             yield Mutant(f"drop {dotted}", "drop", dotted, f"left out {dotted}", _with(data, path, None, drop=True))
@@ -339,6 +344,24 @@ def first_failure(spec: Spec, registry: Registry) -> tuple[str | None, str]:
     return None, ""
 
 
+def _same_function(named: set[str], acts: set[str]) -> bool:
+    """Whether two sets of activation names denote one function (equal, or aliases of each other)."""
+    return named == acts or any(named | acts <= group for group in _SAME_FUNCTION)
+
+
+def _activations(spec: Spec) -> set[str]:
+    """The activation names the spec's `config.act_fn` gives on each of its test models."""
+    from ..bridge import loading
+    from ..spec.config import normalize_config
+    from .runner import variants_of
+
+    names = set()
+    for variant in variants_of(spec):
+        kwargs = {"attn_implementation": "eager"} if variant not in (None, *spec.variants) else {"variant": variant}
+        names.add(str(normalize_config(spec, loading.random_model(spec, tiny=True, **kwargs).config).act_fn))
+    return names
+
+
 def mutate(
     spec: str | Path,
     *,
@@ -351,7 +374,8 @@ def mutate(
     raw = merged_data(spec, registry)
     report = MutationReport(raw.name)
     start = time.perf_counter()
-    original = validate_spec(raw).model_dump()
+    spec_ = validate_spec(raw)
+    original, acts = spec_.model_dump(), _activations(spec_)
     for mutant in mutants(raw.data, operators):
         began = time.perf_counter()
         try:
@@ -361,6 +385,13 @@ def mutate(
         else:
             if candidate.model_dump() == original:
                 continue  # e.g. a dropped field that held its default: the same spec, not a mistake
+            named = candidate.config.get("act_fn") if mutant.operator == "kind" else None
+            if (
+                mutant.field == "config.act_fn"
+                and isinstance(named, str)
+                and _same_function({named.strip("'\"")}, acts)
+            ):
+                continue  # the activation every test model already uses, named literally: not a mistake
             killed_by, message = first_failure(candidate, registry)
             result = MutantResult(mutant, killed_by, message)
         result.seconds = time.perf_counter() - began

@@ -10,13 +10,22 @@ from ..context import CheckContext
 @check(
     "norms",
     statement="each norm recomputed from HF's input with its kind, cfg.eps and the .w/.b views equals HF's norm "
-    "output, and hook_scale / hook_normalized equal that recomputation (post-norms and final norms included)",
+    "output, and hook_scale / hook_normalized equal that recomputation (post-norms, final norms, q/k norms and "
+    "an embedding norm included)",
     family="norms",
     tolerance=1e-5,
 )
 def norms(ctx: CheckContext, m: Meter) -> None:
     cfg = ctx.bridge.cfg
     found = [role for layer in ctx.layers for role in layer.norm_roles()] + ctx.final_norms()
+    heads_first: set[str] = set()  # q/k norms that HF applies to [b, h, s, d]: hooks show [b, s, h, d]
+    for attention in ctx.attentions:  # per-head q/k norms, and a norm of the embeddings
+        qk = [attention.bound.q_norm, attention.bound.k_norm]
+        found += [(f"{attention.prefix}.{n.name}", n.field, n) for n in qk if n is not None]
+        if attention.bound.qk_norm_heads_first:
+            heads_first.update(f"{attention.prefix}.{n.name}" for n in qk if n is not None)
+    if ctx.bound.embed_norm is not None:
+        found.append((ctx.bound.embed_norm.name, ctx.bound.embed_norm.field, ctx.bound.embed_norm))
     if not found:
         raise Skip("this spec declares no norms")
     for name, spec_field, norm in found:
@@ -33,6 +42,8 @@ def norms(ctx: CheckContext, m: Meter) -> None:
         field = "config.eps" if cfg.eps is not None and abs(eps - module_eps) > 0 else f"{spec_field}.kind"
         m.compare(f"{name}: norm recomputed with cfg.eps={eps:g} vs HF norm output", out, ctx.hf_out(module), field)
         if f"{name}.hook_scale" in ctx.cache:
+            if name in heads_first:
+                scale, normalized = scale.transpose(-3, -2), normalized.transpose(-3, -2)
             m.compare(f"{name}.hook_scale vs recomputed scale", ctx.cache[f"{name}.hook_scale"], scale, field)
             m.compare(f"{name}.hook_normalized vs recomputed", ctx.cache[f"{name}.hook_normalized"], normalized, field)
 

@@ -75,13 +75,13 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
             hf_softcap,
             f"{attention.bound.field}.softcap",
         )
-        if "attn_softcap" in extra and not attention.cross:
-            _same(m, f"{p}: config attn_softcap", extra["attn_softcap"], hf_softcap, "config.attn_softcap")
+        if not attention.cross and ("attn_softcap" in extra or hf_softcap is not None):
+            _same(m, f"{p}: config attn_softcap", extra.get("attn_softcap"), hf_softcap, "config.attn_softcap")
         if not attention.cross and attention.layer.stack == "decoder":
             window = call.kwargs.get("sliding_window")
             _same(m, f"{p}: sliding window", ctx.window(attention), window, "call.window")
-            if window is not None and "sliding_window" in extra:
-                _same(m, f"{p}: config sliding_window", extra["sliding_window"], window, "config.sliding_window")
+            if window is not None:  # TransformerLens code reads the window from cfg
+                _same(m, f"{p}: config sliding_window", extra.get("sliding_window"), window, "config.sliding_window")
     for layer in ctx.layers:
         for norm in layer.block.norms():
             module_eps = norm.kind.eps(norm.module)
@@ -94,7 +94,12 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
     if isinstance(table, torch.Tensor) and bound.position_kind.has_table:
         # learned positions: n_ctx is the table's usable rows (inputs beyond them are refused, not indexed)
         rows = int(table.shape[0]) - bound.pos_offset
-        _same(m, "n_ctx (the position table's usable rows)", cfg.n_ctx, rows, "config.n_ctx")
+    elif bound.position_kind.rotates_qk and isinstance(getattr(bound.pos_embed, "original_max_seq_len", None), int):
+        rows = bound.pos_embed.original_max_seq_len  # the rotary module's own context length
+    else:
+        rows = None
+    if rows is not None:
+        _same(m, "n_ctx (the position table's rows, or the rotary module's context)", cfg.n_ctx, rows, "config.n_ctx")
     inv_freq = getattr(bound.pos_embed, "inv_freq", None)
     if isinstance(inv_freq, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
         rotary = extra.get("rotary_dim", cfg.d_head)
@@ -124,8 +129,8 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
         "unembed.softcap",
         tolerance=scale,
     )
-    if "final_softcap" in ctx.bridge.cfg.extra:
-        field_cap = ctx.bridge.cfg.extra["final_softcap"]
+    if "final_softcap" in ctx.bridge.cfg.extra or bound.final_softcap is not None:
+        field_cap = ctx.bridge.cfg.extra.get("final_softcap")
         m.compare(
             "logits of a 50-fold unembedding output vs config final_softcap",
             capped(field_cap),
