@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from _bpe import train_bpe
+from transformers import PreTrainedTokenizerFast
 
 from bridge_core.bridge import tokens as tk
 from bridge_core.bridge.bridge import Bridge
@@ -23,21 +23,7 @@ SENTENCES = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(raw `tokenizers` object, AutoTokenizer loaded back from disk, bridge over a GPT-2 of that vocab size)."""
-    raw = Tokenizer(models.BPE(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(SENTENCES, trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
-    path = tmp_path_factory.mktemp("tokenizer")
-    wrapped.save_pretrained(path)
-    loaded = AutoTokenizer.from_pretrained(path)
+    raw, loaded = train_bpe(SENTENCES, tmp_path_factory.mktemp("tokenizer"), vocab_size=300)
     spec = default_registry().get("gpt2")
     model = random_model(spec, vocab_size=len(loaded), n_positions=12)
     return raw, loaded, Bridge.from_hf(model, "gpt2", tokenizer=loaded)

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _bpe import train_bpe
 from reference import hooked_transformer as ref
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from bridge_core import Bridge
@@ -32,20 +30,7 @@ SENTENCES = [
 
 def train_tokenizer(path: Path) -> Any:
     """A byte-level BPE tokenizer (pad, bos, eos, unk specials) trained on SENTENCES, saved and loaded back."""
-    raw = Tokenizer(models.BPE(unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=360,
-        special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(SENTENCES, trainer)
-    wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
-    )
-    wrapped.save_pretrained(path)
-    return AutoTokenizer.from_pretrained(path)
+    return train_bpe(SENTENCES, path, vocab_size=360)[1]
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:
