@@ -28,6 +28,7 @@ from .bound import (
     Spot,
 )
 from .layout import lay_out_points
+from .moe_binding import bind_moe
 from .places import qkv_views
 from .spec_walker import Missing, SpecWalker, resolve_path
 from .tensor_parallel import shard_points
@@ -86,11 +87,16 @@ class _Binder(SpecWalker):
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
         )
 
-    def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str) -> BoundMLP:
+    def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:
         m = b.mlp
         module, path = self.resolve(block, m.path, f"{field}.mlp.path", prefix)
         inner = f"{path}." if module is not block else prefix
-        gated = self.choice(f"{field}.mlp.kind", m.kind, ("plain", "gated")) == "gated"
+        kind = self.choice(f"{field}.mlp.kind", m.kind, ("plain", "gated", "moe"), layer)
+        if kind == "moe":
+            return bind_moe(self, module, path, m, field)
+        if m.in_ is None or m.out is None:
+            raise spec_error(f"the MLP kind is '{kind}' here but names no 'in'/'out'", self.spec, None, f"{field}.mlp")
+        gated = kind == "gated"
         w_in = self.attempt(self.resolve, module, m.in_, f"{field}.mlp.in", inner)
         w_gate = None
         if gated:
@@ -143,7 +149,7 @@ class _Binder(SpecWalker):
         ln1_post = self.attempt(self.norm, module, b.ln1_post, f"{field}.ln1_post", prefix, "ln1_post", "attn_out")
         ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, "ln2_post", "mlp_out")
         attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix)
-        mlp = self.attempt(self.mlp, module, b, field, prefix)
+        mlp = self.attempt(self.mlp, module, b, field, prefix, index)
         cross = self.attempt(self.cross, module, b, field, prefix) if cross_spec is not None else None
         at = {
             role: self.attempt(self.resolve, module, getattr(b, role), f"{field}.{role}", prefix)

@@ -93,18 +93,55 @@ class BoundAttention:
 
 
 @dataclass(frozen=True)
-class BoundMLP:
+class BoundSharedExpert:
+    """A MoE layer's shared expert: a gated MLP run on every token, optionally scaled by sigmoid(gate(x))."""
+
     module: nn.Module
     path: str
     w_in: nn.Module
     w_gate: nn.Module | None
     w_out: nn.Module
+    gate: nn.Module | None  # Linear d -> 1 (Qwen2-MoE shared_expert_gate)
+    gate_path: str | None
+
+
+@dataclass(frozen=True)
+class BoundMoE:
+    """A sparse mixture of experts: router, experts (fused 3-D parameters or modules) and routing settings."""
+
+    router: nn.Module
+    router_path: str
+    router_output: tuple[str, ...]  # what each element of the router's output is: logits, weights, indices
+    experts: nn.Module
+    experts_path: str
+    storage: str  # fused | modules
+    gate_up: str  # fused parameter names
+    down: str
+    gate_first: bool
+    expert_modules: tuple[tuple[nn.Module, nn.Module, nn.Module], ...]  # modules storage: (in, gate, out) each
+    n_experts: int
+    top_k: int
+    softmax_first: bool  # softmax over all experts, then top-k (else top-k logits, then softmax)
+    norm_topk_prob: bool
+    shared: BoundSharedExpert | None = None
+
+
+@dataclass(frozen=True)
+class BoundMLP:
+    """An MLP: dense (`w_in`, `w_gate`, `w_out`) or, where `moe` is set, a mixture of experts (no w_*)."""
+
+    module: nn.Module
+    path: str
+    w_in: nn.Module | None
+    w_gate: nn.Module | None
+    w_out: nn.Module | None
     layout: str
     act_name: str
     act: ActivationFunction
     act_field: str  # the spec field that chose it: block.mlp.act_fn, or config.act_fn
     flat_tokens: bool = False  # runs on [batch * pos, d] (OPT)
     input: Spot | None = None  # where the MLP's (normalized) input is seen
+    moe: BoundMoE | None = None  # a mixture of experts (this layer's MLP kind is `moe`)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig
 from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, Spot
 from .hook_points import HookPoint
+from .moe import moe_points
 from .places import (
     AttentionValue,
     BatchBroadcast,
@@ -141,12 +142,16 @@ class _Layout:
         if not post_norm and block.ln2 is not None:
             self.norm(block.ln2, f"{p}.{block.ln2.name}", flat)
         mlp = block.mlp
-        if mlp.w_gate is not None:
+        if mlp.moe is not None:  # a mixture of experts (bridge/moe.py): router, experts, shared expert
+            for name, place in moe_points(p, mlp, FlatTokens(TokenShape(), mlp.module)):
+                self.add(name, place)
+        elif mlp.w_gate is not None:
             self.output(f"{p}.mlp.hook_pre", mlp.w_gate, f"{mlp.path}.gate", view=flat)
             self.output(f"{p}.mlp.hook_pre_linear", mlp.w_in, f"{mlp.path}.in", view=flat)
         else:
             self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
-        self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
+        if mlp.moe is None:
+            self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
         self.norm(block.ln2_post, f"{p}.ln2_post")
         self.spot(f"{p}.hook_mlp_out", block.mlp_out, view=flat if block.ln2_post is None else None)
         self.spot(f"{p}.hook_resid_post", block.resid_post)

@@ -128,9 +128,9 @@ class SpecWalker:
             at = "" if layer is None else f", layer {layer}"
             raise spec_error(f"{exc.reason} (expression '{value}'{at})", self.spec, self.spec_file, field) from None
 
-    def choice(self, field: str, value: str, allowed: tuple[str, ...]) -> str:
-        """A literal from `allowed`, or an expression over the HF config giving one."""
-        result = value if value in allowed else self.value(field, value)
+    def choice(self, field: str, value: str, allowed: tuple[str, ...], layer: int | None = None) -> str:
+        """A literal from `allowed`, or an expression over the HF config (and `layer`) giving one."""
+        result = value if value in allowed else self.value(field, value, layer)
         if result not in allowed:
             raise spec_error(f"evaluates to {result!r}; expected one of {', '.join(allowed)}", self.spec, None, field)
         return result

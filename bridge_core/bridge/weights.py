@@ -274,7 +274,12 @@ class BlockWeights(HookAttributes):
         self.module = bound.module
         anchors = (bound.module,)  # where offload maps of its parameters may hang (accelerate)
         self.attn = AttentionWeights(bound.attn, cfg, anchors)
-        self.mlp = MLPWeights(bound.mlp, anchors)
+        if bound.mlp.moe is not None:  # a mixture of experts: router and per-expert views (moe_weights.py)
+            from .moe_weights import MoEWeights
+
+            self.mlp = MoEWeights(bound.mlp, anchors)
+        else:
+            self.mlp = MLPWeights(bound.mlp, anchors)
         self.ln1 = NormWeights(bound.ln1, anchors) if bound.ln1 else None
         mlp_norm = NormWeights(bound.ln2, anchors) if bound.ln2 else None
         # Decoder blocks with cross attention follow HookedEncoderDecoder: ln2 before cross attention,

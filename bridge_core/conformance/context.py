@@ -215,6 +215,8 @@ class CheckContext:
             modules.append(bound.encoder.embed)
         for block in bound.all_blocks():
             modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out, block.mlp.input.module]
+            if block.mlp.moe is not None:  # the router's logits and the experts' output (checks/moe.py)
+                modules += [block.mlp.moe.router, block.mlp.moe.experts]
             modules += [norm.module for norm in block.norms()]
             spots = [block.attn_out, block.mlp_out, block.resid_mid, block.resid_post]
             if block.cross is not None:

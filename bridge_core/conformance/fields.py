@@ -25,6 +25,8 @@ _FIELDS: list[tuple[str, str]] = [
     (r"\.cross_attn\.hook_[qkv]$", "block.cross_attn.attn.qkv"),
     (r"\.hook_cross_attn_out$", "block.cross_attn.attn.path"),
     (r"hook_rel_pos_bias$", "score_bias"),
+    (r"\.mlp\.(experts\.\d+\.hook_|hook_expert_|hook_router_|hook_routing_)", "block.mlp.moe"),
+    (r"\.mlp\.(shared_expert\.|hook_shared_expert_gate)", "block.mlp.moe.shared_expert"),
     (r"\.mlp\.hook_pre(_linear)?$", "block.mlp.in / block.mlp.gate"),
     (r"\.mlp\.hook_post$", "block.mlp.out"),
     (r"\.hook_mlp_out$", "block.mlp.path"),
@@ -69,6 +71,8 @@ def expected_shape(
             "hook_result": (batch, seq, h, dm),
         }
         return table.get(suffix)
+    if ".mlp.experts." in name or ".mlp.shared_expert." in name:
+        return None  # a mixture of experts: checked by moe_hooks (tokens per expert vary)
     if ".mlp." in name:
         return (batch, seq, cfg.d_mlp) if suffix in ("hook_pre", "hook_pre_linear", "hook_post") else None
     if suffix == "hook_scale":
@@ -124,8 +128,19 @@ def standard_names(ctx) -> list[str]:
         names += ["hook_embed", *(["hook_pos_embed"] if table else [])]
     for layer in ctx.layers:
         b = layer.block
-        names += _block_names(
+        block_names = _block_names(
             layer.prefix, b.kind, b.mlp.w_gate is not None, b.cross is not None, rotary and layer.stack == "decoder"
         )
+        names += block_names if b.mlp.moe is None else moe_block_names(layer.prefix, b.mlp.moe, block_names)
     names += [f"{prefix}.{which}" for prefix, _, _ in ctx.final_norms() for which in ("hook_scale", "hook_normalized")]
     return [*names, "hook_unembed"]
+
+
+def moe_block_names(p: str, moe, block_names: list[str]) -> list[str]:
+    """A block's names with HookedTransformer's MoE names for its MLP (`mlp.hook_expert_weights`,
+    `mlp.hook_expert_indices`, `mlp.experts.{e}.hook_gate / hook_pre / hook_post`)."""
+    dense = {f"{p}.mlp.hook_pre", f"{p}.mlp.hook_pre_linear", f"{p}.mlp.hook_post"}
+    names = [n for n in block_names if n not in dense]
+    at = names.index(f"{p}.hook_mlp_out")
+    experts = [f"{p}.mlp.experts.{e}.hook_{w}" for e in range(moe.n_experts) for w in ("gate", "pre", "post")]
+    return [*names[:at], f"{p}.mlp.hook_expert_weights", f"{p}.mlp.hook_expert_indices", *experts, *names[at:]]

@@ -113,21 +113,72 @@ class AttentionSpec(StrictModel):
     )
 
 
+class MoESpec(StrictModel):
+    """A sparse mixture-of-experts MLP (Mixtral, Qwen2-MoE, OLMoE): a router, experts, and an optional shared
+    expert; paths relative to the MLP module. Used in layers whose MLP kind evaluates to `moe`."""
+
+    router: ModulePath = Field(
+        default="gate", description="The router module; element `router_logits_index` of its output is the logits."
+    )
+    router_output: list[Literal["logits", "weights", "indices"]] = Field(
+        default_factory=lambda: ["logits", "weights", "indices"],
+        description="What each element of the router's output tuple is (Mixtral: logits, top-k weights, indices).",
+    )
+    experts: ModulePath = Field(
+        default="experts",
+        description="The experts module, called as `experts(hidden [tokens, d], top_k_index, top_k_weights)`.",
+    )
+    storage: Literal["fused", "modules"] = Field(
+        default="fused",
+        description="`fused`: 3-D parameters `[n_experts, 2*d_mlp, d]` (gate|up) and `[n_experts, d, d_mlp]` "
+        "(transformers 5); `modules`: a ModuleList of expert MLPs named by `expert_in/gate/out`.",
+    )
+    gate_up: str = Field(default="gate_up_proj", description="Fused storage: the gate|up parameter of the experts.")
+    down: str = Field(default="down_proj", description="Fused storage: the down parameter of the experts.")
+    gate_first: bool = Field(
+        default=True, description="Fused storage: the gate half comes first along dim 1 of `gate_up` (else up)."
+    )
+    expert_in: ModulePath = Field(default="up_proj", description="Modules storage: each expert's up projection.")
+    expert_gate: ModulePath = Field(default="gate_proj", description="Modules storage: each expert's gate projection.")
+    expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")
+    n_experts: ConfigValue = Field(description="Number of routed experts (`num_local_experts`).")
+    top_k: ConfigValue = Field(description="Experts per token (`num_experts_per_tok`).")
+    scoring: Literal["softmax_then_topk", "topk_then_softmax"] = Field(
+        default="softmax_then_topk",
+        description="How the router turns logits into the top-k weights: softmax over all experts then top-k "
+        "(Mixtral, Qwen2-MoE, OLMoE), or top-k logits then softmax over those.",
+    )
+    norm_topk_prob: ConfigValue = Field(
+        default=True, description="The top-k weights are renormalized to sum to 1 (expression over the HF config)."
+    )
+    shared_expert: ModulePath | None = Field(
+        default=None,
+        description="A shared expert run on every token (Qwen2-MoE `shared_expert`, DeepSeek `shared_experts`), "
+        "an MLP whose projections are the MLP spec's `in`/`gate`/`out`.",
+    )
+    shared_expert_gate: ModulePath | None = Field(
+        default=None, description="Linear d->1 whose sigmoid scales the shared expert's output (Qwen2-MoE)."
+    )
+
+
 class MLPSpec(StrictModel):
     """The MLP of a block."""
 
     path: ModulePath = Field(description="The MLP module, relative to the block (`.`: the block itself, OPT).")
     kind: str = Field(
         default="plain",
-        description="`plain` or `gated` (act(gate(x)) * in(x)), or an expression over the HF config giving one "
-        "(`\"'gated' if is_gated_act else 'plain'\"`).",
+        description="`plain` or `gated` (act(gate(x)) * in(x)) or `moe` (see `moe`), or an expression over the HF "
+        "config and `layer` giving one (`\"'gated' if is_gated_act else 'plain'\"`, "
+        "`\"'moe' if layer >= first_k_dense_replace else 'gated'\"`).",
     )
     layout: Literal["conv1d", "linear"] = Field(
         description="Weight storage of the projections: `conv1d` = [in, out], `linear` = [out, in]."
     )
-    in_: ModulePath = Field(alias="in", description="Input projection (the `up` projection when gated).")
+    in_: ModulePath | None = Field(
+        default=None, alias="in", description="Input projection (the `up` projection when gated); not for `moe`."
+    )
     gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
-    out: ModulePath = Field(description="Output projection.")
+    out: ModulePath | None = Field(default=None, description="Output projection (required unless `moe`).")
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )
@@ -135,6 +186,7 @@ class MLPSpec(StrictModel):
         default=False,
         description="The MLP runs on [batch*pos, d] (OPT flattens before fc1); hooks still show [batch, pos, ...].",
     )
+    moe: MoESpec | None = Field(default=None, description="The mixture of experts, in layers of kind `moe`.")
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
@@ -142,6 +194,10 @@ class MLPSpec(StrictModel):
             raise ValueError("'gate' is required for kind 'gated'")
         if self.kind == "plain" and self.gate is not None:
             raise ValueError("'gate' is not allowed for kind 'plain'")
+        if self.kind in ("plain", "gated") and (self.in_ is None or self.out is None):
+            raise ValueError(f"kind '{self.kind}' needs 'in' and 'out'")
+        if self.kind == "moe" and self.moe is None:
+            raise ValueError("kind 'moe' needs 'moe' (the router and experts)")
         return self
 
 

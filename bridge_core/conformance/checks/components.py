@@ -136,8 +136,12 @@ def _residual_update(ctx: CheckContext, m: Meter, block, block_in, mlp_out) -> N
     tolerance=1e-5,
 )
 def mlp(ctx: CheckContext, m: Meter) -> None:
+    if all(layer.block.mlp.moe is not None for layer in ctx.layers):
+        raise Skip("every MLP is a mixture of experts (moe_routing, moe_experts)")
     for layer in ctx.layers:
         p, block, weights = f"{layer.prefix}.mlp", layer.block, layer.weights.mlp
+        if block.mlp.moe is not None:  # a mixture of experts: the moe_* checks (checks/moe.py)
+            continue
         act, act_field = block.mlp.act, block.mlp.act_field
         x = ctx.hf_at(block.mlp.input)
         pre = x @ weights.W_in + weights.b_in

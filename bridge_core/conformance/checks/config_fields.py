@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ...bridge.moe import expert_weights
 from ..catalogue import Meter, check
 from ..context import CheckContext
 
@@ -87,7 +88,9 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
             module_eps = norm.kind.eps(norm.module)
             if module_eps is not None:  # an absent cfg.eps is wrong too: TransformerLens code reads cfg.eps
                 _same(m, f"{layer.prefix}.{norm.name}: eps", cfg.eps, module_eps, "config.eps")
-        _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, ctx.hf_out(layer.block.mlp.w_in).shape[-1], "config.d_mlp")
+        moe = layer.block.mlp.moe  # a mixture of experts: d_mlp is each expert's width (HookedTransformer's)
+        width = ctx.hf_out(layer.block.mlp.w_in).shape[-1] if moe is None else expert_weights(moe, 0)[1].shape[0]
+        _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, width, "config.d_mlp")
         _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
     _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
     table = getattr(bound.pos_embed, "weight", None)

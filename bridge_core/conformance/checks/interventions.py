@@ -132,6 +132,9 @@ def head_ablation(ctx: CheckContext, m: Meter) -> None:
             m.compare(label, logits, expected, "block.attn.o / config.n_heads")
 
 
+MOE_TOKEN_POINTS = ("hook_router_logits", "hook_expert_weights", "hook_expert_indices", "hook_routing_weights")
+
+
 def _real_positions(ctx: CheckContext, tensor: torch.Tensor, name: str, keep: torch.Tensor) -> torch.Tensor:
     """Entries of sequence 1 at its real positions (`keep`: bool [seq] over the padded tokens): queries
     and keys of patterns; for encoder-decoder models only encoder positions (and cross-attention keys)."""
@@ -181,9 +184,14 @@ def padding(ctx: CheckContext, m: Meter) -> None:
         for name, value in cache.items():
             if name in ("hook_pos_embed",) and value.shape[0] == 1:
                 continue  # broadcast over the batch: no per-sequence row to compare
+            if ".mlp.experts." in name:
+                continue  # the tokens each expert sees depend on the whole batch
+            single_value = single_cache[name]
+            if name.endswith(MOE_TOKEN_POINTS):  # MoE routing points are [batch * pos, ...], as in HookedTransformer
+                value, single_value = value.unflatten(0, tuple(mask.shape)), single_value.unflatten(0, (1, -1))
             m.compare(
                 f"{side}-padded {name} at real positions vs unpadded run",
                 _real_positions(ctx, value, name, keep),
-                single_cache[name][0],
+                single_value[0],
                 "block.attn.implementation (mask)",
             )

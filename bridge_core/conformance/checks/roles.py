@@ -32,7 +32,7 @@ def _fed(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Tensor | Non
     if norm.feeds == "cross_attn" and block.cross is not None:
         return ctx.hf_in(block.cross.attn.projection("q"))
     if norm.feeds == "mlp" or (norm.feeds == "resid_mid" and not _has_mlp_norm(layer)):
-        return ctx.hf_in(block.mlp.w_in)
+        return ctx.hf_in(block.mlp.w_in if block.mlp.moe is None else block.mlp.module)
     if norm.feeds == "attn_out" and block.resid_mid is not None and block.cross is None:
         return ctx.hf_at(block.resid_mid) - ctx.hf_in(block.module)
     if norm.feeds == "mlp_out" and block.resid_mid is not None and block.cross is None:

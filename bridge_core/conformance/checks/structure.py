@@ -127,11 +127,15 @@ def _weight_shapes(ctx: CheckContext, m: Meter) -> int:
                 expected[f"{p}.{attn}.{n}"] = ((h, d), "config.n_heads / config.d_head")
             expected[f"{p}.{attn}.W_O"] = ((h, d, dm), "config.n_heads / config.d_head")
             expected[f"{p}.{attn}.b_O"] = ((dm,), "block.attn.o")
-        expected[f"{p}.mlp.W_in"] = ((dm, dmlp), "config.d_mlp")
-        expected[f"{p}.mlp.W_out"] = ((dmlp, dm), "config.d_mlp")
-        expected[f"{p}.mlp.b_in"] = ((dmlp,), "config.d_mlp")
-        expected[f"{p}.mlp.b_out"] = ((dm,), "block.mlp.out")
-        if block.mlp.W_gate is not None:
+        moe = layer.block.mlp.moe
+        if moe is not None:  # the router; each expert's views are checked by moe_weights
+            expected[f"{p}.mlp.W_gate"] = ((dm, moe.n_experts), "block.mlp.moe.n_experts")
+        else:
+            expected[f"{p}.mlp.W_in"] = ((dm, dmlp), "config.d_mlp")
+            expected[f"{p}.mlp.W_out"] = ((dmlp, dm), "config.d_mlp")
+            expected[f"{p}.mlp.b_in"] = ((dmlp,), "config.d_mlp")
+            expected[f"{p}.mlp.b_out"] = ((dm,), "block.mlp.out")
+        if moe is None and block.mlp.W_gate is not None:
             expected[f"{p}.mlp.W_gate"] = ((dm, dmlp), "config.d_mlp")
         for norm in ("ln1", "ln2", "ln3"):
             weights = getattr(block, norm, None)

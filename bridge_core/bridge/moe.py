@@ -1,0 +1,174 @@
+"""Mixture-of-experts hook points computed on demand (docs/decisions/0014-mixture-of-experts.md).
+
+transformers 5 stores a layer's experts as fused 3-D parameters and runs them in one module call, so
+there is no per-expert module to hook. With no expert hook attached the experts module runs as HF
+wrote it. When `blocks.L.mlp.experts.{e}.hook_gate / hook_pre / hook_post` are attached, a forward
+hook on the experts module recomputes every expert from the call's own inputs (hidden states, the
+selected experts and their weights, as the router handed them over), running the hooks, and the
+recomputed output replaces HF's only when a hook edited something.
+
+`hook_expert_weights` (HookedTransformer's softmax over all experts) is computed from the router's
+logits; an edit there re-routes: top-k and renormalization are redone by the spec's routing settings
+and replace the router's weights and indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .bound import BoundMoE
+from .places import Place, select_output
+
+EXPERT_POINTS = ("gate", "pre", "post")  # experts.{e}.hook_gate / hook_pre / hook_post, in forward order
+
+
+@dataclass(frozen=True, eq=False)
+class ExpertValue(Place):
+    """`experts.{e}.hook_{which}` `[tokens routed to e, d_mlp]`, recomputed from the experts module's inputs."""
+
+    moe: BoundMoE | None = None
+    expert: int = 0
+    which: Literal["gate", "pre", "post"] = "pre"
+    act: Callable[[torch.Tensor], torch.Tensor] | None = None  # the experts' activation function
+
+
+@dataclass(frozen=True, eq=False)
+class RouterProbs(Place):
+    """`hook_expert_weights` `[tokens, n_experts]`: the softmax of the router logits (HookedTransformer's)."""
+
+    moe: BoundMoE | None = None
+
+
+def routing(moe: BoundMoE, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities over all experts, top-k weights, top-k indices) from router logits, by the spec."""
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    weights, indices = route_from_probs(moe, probs)
+    return probs, weights, indices
+
+
+def route_from_probs(moe: BoundMoE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k weights and indices from probabilities over all experts."""
+    top, indices = torch.topk(probs, moe.top_k, dim=-1)
+    if moe.norm_topk_prob or not moe.softmax_first:  # a softmax over the top-k logits is renormalized top-k probs
+        top = top / top.sum(dim=-1, keepdim=True)
+    return top, indices
+
+
+def expert_weights(moe: BoundMoE, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expert `e`'s (gate, in/up, out/down) weights in Linear layout `[d_mlp, d]`, `[d_mlp, d]`, `[d, d_mlp]`:
+    views of the fused parameters (or the expert modules' own weights)."""
+    if moe.storage == "modules":
+        w_in, w_gate, w_out = moe.expert_modules[e]
+        return w_gate.weight, w_in.weight, w_out.weight
+    gate_up = getattr(moe.experts, moe.gate_up)[e]
+    first, second = gate_up.chunk(2, dim=0)
+    gate, up = (first, second) if moe.gate_first else (second, first)
+    return gate, up, getattr(moe.experts, moe.down)[e]
+
+
+def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    names = ("hidden_states", "top_k_index", "top_k_weights")
+    values = list(args[:3])
+    values += [kwargs[n] for n in names[len(values) :]]
+    return values[0], values[1], values[2]
+
+
+def run_experts(
+    moe: BoundMoE,
+    runs: dict[tuple[int, str], Any],
+    act: Callable[[torch.Tensor], torch.Tensor],
+    args: tuple,
+    kwargs: dict,
+    output: torch.Tensor,
+) -> torch.Tensor | None:
+    """Recompute the experts from their call's inputs, running each expert point's hooks; the new output,
+    or None when no hook edited anything (HF's output then stands)."""
+    hidden, indices, weights = _experts_inputs(args, kwargs)
+    result = torch.zeros_like(hidden)
+    edited = False
+    # [n_experts, top_k, tokens]: rows in the order HF (and HookedTransformer) take tokens for each expert
+    mask = torch.nn.functional.one_hot(indices, num_classes=moe.n_experts).permute(2, 1, 0)
+    for e in range(moe.n_experts):
+        slot, token = torch.where(mask[e])
+        x = hidden[token]
+        w_gate, w_in, w_out = expert_weights(moe, e)
+        values: dict[str, torch.Tensor] = {}
+
+        def point(which: str, tensor: torch.Tensor, e: int = e) -> torch.Tensor:
+            nonlocal edited
+            run = runs.get((e, which))
+            if run is None:
+                return tensor
+            new, changed = run.apply(tensor.clone() if run.bwd else tensor)
+            run.attach_backward(new)
+            edited = edited or changed or bool(run.bwd)
+            return new
+
+        values["gate"] = point("gate", nn.functional.linear(x, w_gate))
+        values["pre"] = point("pre", nn.functional.linear(x, w_in))
+        post = point("post", act(values["gate"]) * values["pre"])
+        out = nn.functional.linear(post, w_out) * weights[token, slot, None]
+        result.index_add_(0, token, out.to(result.dtype))
+    return result.to(output.dtype) if edited else None
+
+
+def run_router_probs(moe: BoundMoE, run: Any, output: Any) -> Any | None:
+    """Show the softmax of the router's logits; an edit re-routes (new top-k weights and indices replace the
+    router's). The router's new output, or None when unedited."""
+    roles = moe.router_output
+    logits = select_output(output, roles.index("logits"))
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    new, edited = run.apply(probs.clone() if run.bwd else probs)
+    run.attach_backward(new)
+    if not edited:
+        return None
+    if "weights" not in roles or "indices" not in roles:
+        raise NotImplementedError(
+            f"editing hook_expert_weights needs a router returning its top-k weights and indices; "
+            f"{moe.router_path} returns {', '.join(roles)}"
+        )
+    top, indices = route_from_probs(moe, new)
+    items = list(output)
+    old = items[roles.index("weights")]
+    items[roles.index("weights")] = top.to(old.dtype)
+    items[roles.index("indices")] = indices
+    return tuple(items)
+
+
+def moe_points(p: str, mlp: Any, shared_view: Any = None) -> list[tuple[str, Place]]:
+    """(name, place) of a MoE MLP's hook points under prefix `p` (`blocks.3`), in the order the forward
+    reaches them. `mlp` is a `BoundMLP` whose `moe` is set; `shared_view` shows the shared expert's
+    flattened tokens as `[batch, pos, ...]`."""
+    from .places import ModuleInput, ModuleOutput
+
+    moe: BoundMoE = mlp.moe
+    points: list[tuple[str, Place]] = []
+    shared = moe.shared
+    if shared is not None:
+        at = f"{mlp.path}.shared_expert"
+        sp = f"{p}.mlp.shared_expert"
+        if shared.w_gate is not None:
+            points.append((f"{sp}.hook_pre", ModuleOutput(shared.w_gate, f"{at}.gate", view=shared_view)))
+            points.append((f"{sp}.hook_pre_linear", ModuleOutput(shared.w_in, f"{at}.in", view=shared_view)))
+        else:
+            points.append((f"{sp}.hook_pre", ModuleOutput(shared.w_in, f"{at}.in", view=shared_view)))
+        points.append((f"{sp}.hook_post", ModuleInput(shared.w_out, f"{at}.out", kwarg="input", view=shared_view)))
+    logits_at = moe.router_output.index("logits")
+    points.append((f"{p}.mlp.hook_router_logits", ModuleOutput(moe.router, moe.router_path, index=logits_at)))
+    points.append((f"{p}.mlp.hook_expert_weights", RouterProbs(moe.router, moe.router_path, moe=moe)))
+    experts = moe.experts_path
+    points.append((f"{p}.mlp.hook_expert_indices", ModuleInput(moe.experts, experts, arg=1, kwarg="top_k_index")))
+    points.append((f"{p}.mlp.hook_routing_weights", ModuleInput(moe.experts, experts, arg=2, kwarg="top_k_weights")))
+    for e in range(moe.n_experts):
+        for which in EXPERT_POINTS:
+            place = ExpertValue(moe.experts, experts, moe=moe, expert=e, which=which, act=mlp.act)
+            points.append((f"{p}.mlp.experts.{e}.hook_{which}", place))
+    if shared is not None and shared.gate is not None:
+        place = ModuleOutput(shared.gate, shared.gate_path, view=shared_view)
+        points.append((f"{p}.mlp.hook_shared_expert_gate", place))
+    return points

@@ -1,0 +1,147 @@
+"""Binding a mixture-of-experts MLP (`block.mlp.moe`): the part of the one spec walk that reads MoE fields.
+
+Called by `binding._Binder.mlp` for a layer whose MLP kind evaluates to `moe`; produces a `BoundMLP`
+with no dense projections and a `BoundMoE` (bound.py) holding the router, the experts and the
+routing settings, each evaluated once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from ..errors import BindError
+from ..spec.config import spec_error
+from ..spec.kind_fields import kinds_plugins, unknown_kind
+from ..spec.schema import MLPSpec
+from .bound import BoundMLP, BoundMoE, BoundSharedExpert, Spot
+from .spec_walker import Missing
+
+if TYPE_CHECKING:
+    from .spec_walker import SpecWalker
+
+
+def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field: str) -> BoundMLP:
+    """The bound MoE MLP at `module` (`path`), from the spec's `mlp.moe` (and `in/gate/out` for a shared expert)."""
+    at = f"{field}.mlp.moe"
+    e = m.moe
+    if e is None:
+        raise spec_error("the MLP kind is 'moe' here but the spec has no 'moe'", walker.spec, None, f"{field}.mlp")
+    inner = f"{path}."
+    router = walker.attempt(walker.resolve, module, e.router, f"{at}.router", inner)
+    experts = walker.attempt(walker.resolve, module, e.experts, f"{at}.experts", inner)
+    n_experts = walker.attempt(walker.value, f"{at}.n_experts", e.n_experts)
+    top_k = walker.attempt(walker.value, f"{at}.top_k", e.top_k)
+    norm_topk = walker.attempt(walker.value, f"{at}.norm_topk_prob", e.norm_topk_prob)
+    shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
+    act_name = m.act_fn or (walker.cfg.act_fn if walker.cfg else None)
+    act_field = f"{field}.mlp.act_fn" if m.act_fn else "config.act_fn"
+    act = walker._kinds.get(act_field) if m.act_fn else walker.kinds.activations.get(act_name)
+    if act is None and not m.act_fn:
+        plugins = ", ".join(kinds_plugins(walker.kinds)) or "none"
+        walker.fail(
+            unknown_kind(
+                walker.spec, walker.spec_file, walker.kinds.activations, str(act_name), "activation", act_field, plugins
+            )
+        )
+    if router is None or experts is None or act is None or None in (n_experts, top_k, norm_topk):
+        raise Missing
+    if e.shared_expert and shared is None:
+        raise Missing
+    for name, value in (("n_experts", n_experts), ("top_k", top_k)):
+        if not isinstance(value, int) or value < 1:
+            walker.fail(
+                spec_error(f"evaluates to {value!r}; expected an integer >= 1", walker.spec, None, f"{at}.{name}")
+            )
+            raise Missing
+    if top_k > n_experts:
+        walker.fail(spec_error(f"top_k {top_k} exceeds n_experts {n_experts}", walker.spec, None, f"{at}.top_k"))
+        raise Missing
+    expert_modules = _experts(walker, experts, e, at, n_experts)
+    return BoundMLP(
+        module=module,
+        path=path,
+        w_in=None,
+        w_gate=None,
+        w_out=None,
+        layout="linear",
+        act_name=str(act_name),
+        act=act,
+        act_field=act_field,
+        input=Spot(module, path, "input"),
+        moe=BoundMoE(
+            router=router[0],
+            router_path=router[1],
+            router_output=tuple(e.router_output),
+            experts=experts[0],
+            experts_path=experts[1],
+            storage=e.storage,
+            gate_up=e.gate_up,
+            down=e.down,
+            gate_first=e.gate_first,
+            expert_modules=expert_modules,
+            n_experts=n_experts,
+            top_k=top_k,
+            softmax_first=e.scoring == "softmax_then_topk",
+            norm_topk_prob=bool(norm_topk),
+            shared=shared,
+        ),
+    )
+
+
+def _experts(walker: SpecWalker, experts: tuple[nn.Module, str], e, at: str, n_experts: int):
+    module, path = experts
+    if e.storage == "fused":
+        for name in (e.gate_up, e.down):
+            weight = getattr(module, name, None)
+            if not isinstance(weight, nn.Parameter) or weight.dim() != 3 or weight.shape[0] != n_experts:
+                found = "absent" if weight is None else f"shaped {tuple(getattr(weight, 'shape', ()))}"
+                walker.fail(
+                    BindError(
+                        f"the experts module has no 3-D parameter '{name}' [n_experts={n_experts}, ...] ({found})",
+                        spec_path=f"{at}.gate_up" if name == e.gate_up else f"{at}.down",
+                        module_path=f"{path}.{name}",
+                    )
+                )
+                raise Missing
+        return ()
+    if not isinstance(module, nn.ModuleList) or len(module) != n_experts:
+        walker.fail(
+            BindError(
+                f"storage 'modules' needs a ModuleList of {n_experts} experts at '{path}'",
+                spec_path=f"{at}.storage",
+                module_path=path,
+            )
+        )
+        raise Missing
+    found = []
+    for i, expert in enumerate(module):
+        inner = f"{path}.{i}."
+        parts = [walker.resolve(expert, p, f"{at}.expert_{n}", inner)[0] for n, p in _EXPERT_PARTS(e)]
+        found.append(tuple(parts))
+    return tuple(found)
+
+
+def _EXPERT_PARTS(e):
+    return (("in", e.expert_in), ("gate", e.expert_gate), ("out", e.expert_out))
+
+
+def _shared(walker: SpecWalker, module: nn.Module, m: MLPSpec, field: str, inner: str) -> BoundSharedExpert:
+    e = m.moe
+    at = f"{field}.mlp.moe"
+    shared, shared_path = walker.resolve(module, e.shared_expert, f"{at}.shared_expert", inner)
+    if m.in_ is None or m.out is None:
+        raise spec_error("a shared expert needs the MLP's 'in' and 'out' (its projections)", walker.spec, None, at)
+    sub = f"{shared_path}."
+    w_in = walker.resolve(shared, m.in_, f"{field}.mlp.in", sub)[0]
+    w_gate = walker.resolve(shared, m.gate, f"{field}.mlp.gate", sub)[0] if m.gate is not None else None
+    w_out = walker.resolve(shared, m.out, f"{field}.mlp.out", sub)[0]
+    gate = (
+        walker.resolve(module, e.shared_expert_gate, f"{at}.shared_expert_gate", inner)
+        if e.shared_expert_gate
+        else None
+    )
+    return BoundSharedExpert(
+        shared, shared_path, w_in, w_gate, w_out, gate[0] if gate else None, gate[1] if gate else None
+    )
