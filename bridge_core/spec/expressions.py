@@ -42,6 +42,8 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
     ast.GtE: operator.ge,
     ast.Is: operator.is_,
     ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b,  # `layer in mlp_only_layers` (per-layer MLP kinds)
+    ast.NotIn: lambda a, b: a not in b,
 }
 
 

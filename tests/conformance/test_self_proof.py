@@ -47,6 +47,12 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
+    # mixture of experts: routing settings and the fused gate|up order (identity edits of
+    # hook_expert_weights re-route by the spec's settings, so they fail too)
+    "mixtral_top_k": ("moe_routing", {"identity_hooks"}, "block.mlp.moe.top_k"),
+    "mixtral_no_renorm": ("moe_routing", {"identity_hooks"}, "norm_topk_prob"),
+    "mixtral_gate_up_swapped": ("moe_experts", {"identity_hooks", "moe_recompute_path"}, "block.mlp.moe.gate_first"),
+    "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)
