@@ -189,6 +189,12 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         act = _get(block, ("mlp", "act_fn"))
         if act is not None:
             yield from flip((*at, "mlp", "act_fn"), [a for a in _ACTIVATIONS if not _same_function({a}, {act})])
+        moe = (*at, "mlp", "moe")
+        if isinstance(_get(data, moe), dict):  # a mixture of experts: routing settings and the fused half order
+            if _get(data, (*moe, "norm_topk_prob")) is not True:  # renormalized, both scorings are one function
+                yield from flip((*moe, "scoring"), ("softmax_then_topk", "topk_then_softmax"), "setting")
+            yield from flip((*moe, "gate_first"), (True, False), "setting")
+            yield from flip((*moe, "norm_topk_prob"), (True, False), "setting")
     for path in norms:
         if isinstance(_get(data, path), dict):
             yield from flip((*path, "kind"), _NORM_KINDS)
