@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint, checked_return, same_bits
-from .moe import ExpertValue, RouterProbs, run_experts, run_router_probs
+from .moe import MoEPlace, moe_output
 from .places import (
     AttentionValue,
     HeadResult,
@@ -162,7 +162,7 @@ class _ModuleHooks:
         if self.gate is not None and self.gate.original_running:
             return None
         changed = False
-        norms_done = experts_done = False
+        norms_done = False
         for place, run in self.outputs:
             if isinstance(place, NormValue):
                 # scale and normalized are one computation; it runs before any other point on
@@ -183,14 +183,8 @@ class _ModuleHooks:
                 new = self._head_result(place, run, args, kwargs)
                 if new is not None:
                     output, changed = _replace(output, None, new.to(select_output(output, None).dtype)), True
-            elif isinstance(place, RouterProbs):
-                new = run_router_probs(place.moe, run, output)
-                if new is not None:
-                    output, changed = new, True
-            elif isinstance(place, ExpertValue) and not experts_done:  # every expert recomputed at once
-                experts_done = True
-                runs = {(p.expert, p.which): r for p, r in self.outputs if isinstance(p, ExpertValue)}
-                new = run_experts(place.moe, runs, place.act, args, kwargs, output)
+            elif isinstance(place, MoEPlace):  # router probabilities; experts recomputed (moe.py)
+                new = moe_output(place, run, self.outputs, args, kwargs, output)
                 if new is not None:
                     output, changed = new, True
         return output if changed else None

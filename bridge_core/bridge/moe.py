@@ -27,8 +27,12 @@ from .places import Place, select_output
 EXPERT_POINTS = ("gate", "pre", "post")  # experts.{e}.hook_gate / hook_pre / hook_post, in forward order
 
 
+class MoEPlace(Place):
+    """A point the session hands to `moe_output` (on the router or the experts module)."""
+
+
 @dataclass(frozen=True, eq=False)
-class ExpertValue(Place):
+class ExpertValue(MoEPlace):
     """`experts.{e}.hook_{which}` `[tokens routed to e, d_mlp]`, recomputed from the experts module's inputs."""
 
     moe: BoundMoE | None = None
@@ -38,7 +42,7 @@ class ExpertValue(Place):
 
 
 @dataclass(frozen=True, eq=False)
-class RouterProbs(Place):
+class RouterProbs(MoEPlace):
     """`hook_expert_weights` `[tokens, n_experts]`: the softmax of the router logits (HookedTransformer's)."""
 
     moe: BoundMoE | None = None
@@ -138,6 +142,18 @@ def run_router_probs(moe: BoundMoE, run: Any, output: Any) -> Any | None:
     items[roles.index("weights")] = top.to(old.dtype)
     items[roles.index("indices")] = indices
     return tuple(items)
+
+
+def moe_output(place: MoEPlace, run: Any, outputs: list, args: tuple, kwargs: dict, output: Any) -> Any | None:
+    """The module's new output for a MoE point (None: unchanged), called by the session's forward hook for each
+    point on the module; the experts are recomputed once, at the first expert point, for all of them."""
+    if isinstance(place, RouterProbs):
+        return run_router_probs(place.moe, run, output)
+    experts = [(p, r) for p, r in outputs if isinstance(p, ExpertValue)]
+    if not isinstance(place, ExpertValue) or experts[0][0] is not place:
+        return None
+    runs = {(p.expert, p.which): r for p, r in experts}
+    return run_experts(place.moe, runs, place.act, args, kwargs, output)
 
 
 def moe_points(p: str, mlp: Any, shared_view: Any = None) -> list[tuple[str, Place]]:
