@@ -40,6 +40,8 @@ _TINY = {
     "num_hidden_layers": 2, "n_layer": 2, "num_layers": 2, "hidden_size": 64, "n_embd": 64,
     "num_attention_heads": 4, "n_head": 4, "num_key_value_heads": 2, "intermediate_size": 96,
     "ffn_dim": 96, "vocab_size": 101, "max_position_embeddings": 64, "n_positions": 64, "head_dim": 16,
+    "num_local_experts": 4, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 96,
+    "shared_expert_intermediate_size": 96,
 }  # fmt: skip
 
 
@@ -133,6 +135,7 @@ def scaffold(model: nn.Module, config: Any) -> Draft:
     draft.fields["blocks"] = blocks_path
     block = blocks[0]
     draft.fields["block"] = _scaffold_block(block, draft)
+    _scaffold_moe(block, config, draft)
 
     rotary = [n for n, m in model.named_modules() if "rotary" in n.lower() and not list(m.children())]
     tables = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m is not embed]
@@ -224,6 +227,39 @@ def _scaffold_block(block: nn.Module, draft: Draft) -> dict[str, Any]:
     spec_mlp["out"] = down[0] if down else "FILL_ME"
     out["mlp"] = spec_mlp
     return out
+
+
+def _scaffold_moe(block: nn.Module, config: Any, draft: Draft) -> None:
+    """Block 0's MLP as a mixture of experts, when it has a router (`gate`) and an `experts` module holding
+    fused 3-D `gate_up_proj` / `down_proj` (transformers 5); a shared expert's projections become in/gate/out."""
+    spec_mlp = draft.fields["block"]["mlp"]
+    mlp = block if spec_mlp["path"] == "." else block.get_submodule(spec_mlp["path"])
+    experts, router = getattr(mlp, "experts", None), getattr(mlp, "gate", None)
+    weights = [getattr(experts, n, None) for n in ("gate_up_proj", "down_proj")]
+    if router is None or not all(isinstance(w, torch.Tensor) and w.dim() == 3 for w in weights):
+        return
+    draft.notes = [n for n in draft.notes if not n.startswith("block.mlp:")]
+    n_experts = next((n for n in ("num_local_experts", "num_experts", "n_routed_experts") if hasattr(config, n)), None)
+    moe: dict[str, Any] = {"router": "gate", "experts": "experts", "n_experts": n_experts or "FILL_ME"}
+    moe["top_k"] = "num_experts_per_tok" if hasattr(config, "num_experts_per_tok") else "FILL_ME"
+    moe["norm_topk_prob"] = "norm_topk_prob" if hasattr(config, "norm_topk_prob") else True
+    out = {"path": spec_mlp["path"], "kind": "moe", "layout": "linear"}
+    shared = next(((n, getattr(mlp, n)) for n in ("shared_expert", "shared_experts") if hasattr(mlp, n)), None)
+    if shared is not None:
+        moe["shared_expert"] = shared[0]
+        if isinstance(getattr(mlp, "shared_expert_gate", None), nn.Linear):
+            moe["shared_expert_gate"] = "shared_expert_gate"
+        for key, names in (("in", _UP), ("gate", _GATE), ("out", _DOWN)):
+            found = _child(shared[1], names)
+            if found:
+                out[key] = found[0]
+    draft.fields["block"]["mlp"] = {**out, "moe": moe}
+    if hasattr(config, "moe_intermediate_size"):  # d_mlp is each expert's width, as in HookedTransformer
+        draft.fields["config"]["d_mlp"] = "moe_intermediate_size"
+    draft.notes.append(
+        "block.mlp: a mixture of experts (block 0); check the router's scoring and norm_topk_prob, and make "
+        "kind an expression over `layer` if some layers are dense (mlp_only_layers, first_k_dense_replace)"
+    )
 
 
 def to_yaml(draft: Draft) -> str:

@@ -58,7 +58,7 @@ def test_validate_accepts_every_built_in_spec(capsys):
     assert capsys.readouterr().out.count("binds to a tiny") == 6
 
 
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma", "gpt2", "opt"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "qwen2", "gemma", "gpt2", "opt", "mixtral", "qwen2_moe"])
 def test_scaffold_draft_binds_and_matches_the_model(model_type, tmp_path):
     model, config = meta_model(model_type=model_type)
     path = tmp_path / f"{model_type}.yaml"
