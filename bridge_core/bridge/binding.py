@@ -85,6 +85,7 @@ class _Binder(SpecWalker):
             q_norm=q_norm,
             k_norm=k_norm,
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
+            qk_norm_flat=a.qk_norm_layout == "flat",
         )
 
     def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:

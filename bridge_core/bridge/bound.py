@@ -82,6 +82,7 @@ class BoundAttention:
     q_norm: BoundNorm | None = None
     k_norm: BoundNorm | None = None
     qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]
+    qk_norm_flat: bool = False  # q/k norms receive the whole projection [b, s, h*d] (OLMoE)
 
     @property
     def fused(self) -> bool:

@@ -50,6 +50,7 @@ class ReimplementedLayer:
     residual_position: int | None = None  # where the residual sits among positional arguments
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     submodules: set[int] = field(default_factory=set)
+    norm_flat: bool = False  # q/k norms over the whole projection [b, s, h*d] (OLMoE)
 
 
 class ReimplementRun:
@@ -118,7 +119,12 @@ class ReimplementRun:
             parts = {n: layer.views[n](fused) for n in "qkv"}
         else:
             parts = {n: layer.views[n](layer.projections[n](hidden)) for n in "qkv"}
+        for n, norm in (("q", layer.q_norm), ("k", layer.k_norm)) if layer.norm_flat else ():
+            if norm is not None:  # normalized over all heads at once, before the split
+                parts[n] = norm(parts[n].flatten(-2)).unflatten(-1, parts[n].shape[-2:])
         q, k, v = (parts[n].transpose(1, 2) for n in "qkv")  # [b, s, h, d] -> [b, h, s, d]
+        if layer.norm_flat:
+            return q, k, v
         if layer.q_norm is not None:
             q = layer.q_norm(q) if layer.norm_heads_first else layer.q_norm(q.transpose(1, 2)).transpose(1, 2)
         if layer.k_norm is not None:
@@ -167,6 +173,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             q_norm=attn.q_norm.module if attn.q_norm else None,
             k_norm=attn.k_norm.module if attn.k_norm else None,
             norm_heads_first=attn.qk_norm_heads_first,
+            norm_flat=attn.qk_norm_flat,
             position=position,
             rotary_dim=rotary_dim,
             scaling=1.0 / cfg.attn_scale,

@@ -106,10 +106,11 @@ class AttentionSpec(StrictModel):
     )
     q_norm: NormSpec | None = Field(default=None, description="Norm applied to queries per head (Gemma 3).")
     k_norm: NormSpec | None = Field(default=None, description="Norm applied to keys per head (Gemma 3).")
-    qk_norm_layout: Literal["bhsd", "bshd"] = Field(
+    qk_norm_layout: Literal["bhsd", "bshd", "flat"] = Field(
         default="bhsd",
         description="Layout of the tensor the q/k norms receive: `bhsd` = [batch, heads, pos, d_head] "
-        "(Gemma 3 normalizes after the transpose), `bshd` = [batch, pos, heads, d_head].",
+        "(Gemma 3 normalizes after the transpose), `bshd` = [batch, pos, heads, d_head], `flat` = the whole "
+        "projection [batch, pos, heads * d_head] (OLMoE normalizes before splitting heads).",
     )
 
 

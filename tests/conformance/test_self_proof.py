@@ -53,6 +53,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "mixtral_no_renorm": ("moe_routing", {"identity_hooks"}, "norm_topk_prob"),
     "mixtral_gate_up_swapped": ("moe_experts", {"identity_hooks", "moe_recompute_path"}, "block.mlp.moe.gate_first"),
     "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
+    # OLMoE's q/k norms span all heads (qk_norm_layout: flat): per head, the reimplement path cannot apply them
+    "olmoe_qk_norm_per_head": ("attention_paths_agree", set(), ""),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

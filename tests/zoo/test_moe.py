@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, MixtralForCausalLM
+import yaml
+from transformers import AutoConfig, MixtralForCausalLM, OlmoeForCausalLM
 
 from bridge_core import Bridge
 from bridge_core.conformance.runner import run_variants
@@ -30,7 +31,7 @@ def _tokens(batch: int = 2, seq: int = 7, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 101, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("spec", ["mixtral", str(SPECS / "qwen2_moe.yaml")])
+@pytest.mark.parametrize("spec", ["mixtral", str(SPECS / "qwen2_moe.yaml"), str(SPECS / "olmoe.yaml")])
 def test_every_variant_conforms(spec):
     reports = run_variants(spec)
     failed = [f"{r.architecture}: {x.name}" for r in reports for x in r.failed()]
@@ -65,12 +66,47 @@ def _hooked_mixtral(model: MixtralForCausalLM):
     return reference.build_loaded(cfg, lambda tl_cfg: convert_mixtral_weights(model, tl_cfg))
 
 
+def _olmoe(seed: int = 0) -> OlmoeForCausalLM:
+    test_config = yaml.safe_load((SPECS / "olmoe.yaml").read_text())["test_config"]
+    torch.manual_seed(seed)
+    return OlmoeForCausalLM(AutoConfig.for_model("olmoe", **test_config)).eval()
+
+
+def _hooked_olmoe(model: OlmoeForCausalLM):
+    from transformer_lens.pretrained.weight_conversions.olmoe import convert_olmoe_weights
+
+    c = model.config
+    cfg = {
+        "d_model": c.hidden_size,
+        "d_head": c.hidden_size // c.num_attention_heads,
+        "n_heads": c.num_attention_heads,
+        "d_mlp": c.intermediate_size,
+        "n_layers": c.num_hidden_layers,
+        "n_ctx": c.max_position_embeddings,
+        "eps": c.rms_norm_eps,
+        "d_vocab": c.vocab_size,
+        "act_fn": c.hidden_act,
+        "num_experts": c.num_experts,
+        "experts_per_token": c.num_experts_per_tok,
+        "norm_topk_prob": c.norm_topk_prob,
+        "n_key_value_heads": c.num_key_value_heads,
+        "rotary_base": c.rope_parameters["rope_theta"],
+        "rotary_dim": c.hidden_size // c.num_attention_heads,
+        "gated_mlp": True,
+        "normalization_type": "RMS",
+        "original_architecture": "OlmoeForCausalLM",
+    }
+    return reference.build_loaded(cfg, lambda tl_cfg: convert_olmoe_weights(model, tl_cfg))
+
+
 @pytest.mark.skipif(not reference.available(), reason=reference.unavailable_reason())
-def test_mixtral_moe_hooks_equal_hooked_transformer():
-    model = _mixtral()
+@pytest.mark.parametrize("family", ["mixtral", "olmoe"])
+def test_moe_hooks_equal_hooked_transformer(family):
+    model = _mixtral() if family == "mixtral" else _olmoe()
     tokens = _tokens()
-    expected = reference.run_reference(_hooked_mixtral(model), tokens)
-    bridge = Bridge.from_hf(model)
+    hooked = _hooked_mixtral(model) if family == "mixtral" else _hooked_olmoe(model)
+    expected = reference.run_reference(hooked, tokens)
+    bridge = Bridge.from_hf(model, spec=None if family == "mixtral" else str(SPECS / "olmoe.yaml"))
     _, cache = bridge.run_with_cache(tokens)
     moe_names = [n for n in expected if ".mlp." in n or n.endswith("hook_mlp_out")]
     assert any(".experts.3.hook_post" in n for n in moe_names) and "blocks.1.mlp.hook_expert_indices" in moe_names
