@@ -165,6 +165,13 @@ def weight_views(bridge) -> list[dict[str, Any]]:
                     add(f"{stack}.{i}.{part}.{attr}", attn, attr, f"bridge.{stack}[{i}].{part}.{attr}")
             for attr in MLP_VIEWS:
                 add(f"{stack}.{i}.mlp.{attr}", block.mlp, attr, f"bridge.{stack}[{i}].mlp.{attr}")
+            # a mixture of experts: each expert's views, and the shared expert's (bridge/moe_weights.py)
+            parts = [(f"experts.{e}", f"experts[{e}]", x) for e, x in enumerate(getattr(block.mlp, "experts", ()))]
+            shared = getattr(block.mlp, "shared_expert", None)
+            parts += [("shared_expert", "shared_expert", shared)] if shared is not None else []
+            for name, access, owner in parts:
+                for attr in ("W_in", "W_gate", "W_out"):
+                    add(f"{stack}.{i}.mlp.{name}.{attr}", owner, attr, f"bridge.{stack}[{i}].mlp.{access}.{attr}")
             for norm in NORMS:
                 owner = getattr(block, norm, None)
                 if owner is not None:

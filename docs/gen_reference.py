@@ -75,6 +75,24 @@ def dimension_names(bridge, encoder_side: bool) -> dict[int, str]:
     return names
 
 
+def moe_shape(bridge, name: str, shape: list[int] | None) -> str | None:
+    """MoE points and views, whose sizes (experts, top-k, routed tokens) are not config fields: routing points
+    are `[batch*pos, ...]` as in HookedTransformer, an expert's points `[routed, d_mlp]` (tokens routed to it)."""
+    moe = next((b.mlp.moe for b in bridge.bound.blocks if b.mlp.moe is not None), None)
+    if moe is None or shape is None or ".mlp." not in name:
+        return None
+    cfg = bridge.cfg
+    if name.endswith(("hook_router_logits", "hook_expert_weights")):
+        return "[batch*pos, n_experts]"
+    if name.endswith(("hook_expert_indices", "hook_routing_weights")):
+        return "[batch*pos, top_k]"
+    if ".mlp.experts." in name and ".hook_" in name:
+        return f"[routed, {'d_mlp' if shape[-1] == cfg.d_mlp else shape[-1]}]"
+    if name.endswith(".mlp.W_gate") and len(shape) == 2 and shape[-1] == moe.n_experts:
+        return "[d_model, n_experts]"
+    return None
+
+
 def symbolic(shape: list[int] | None, names: dict[int, str]) -> str:
     if shape is None:
         return "—"
@@ -131,7 +149,8 @@ def hooks_page(names: list[str]) -> str:
         symbolic_rows = []
         for row in rows:
             names_for = dimension_names(bridge, _encoder_side(bridge, row["name"]))
-            symbolic_rows.append({**row, "shape": symbolic(row["shape"], names_for)})
+            shape = moe_shape(bridge, row["name"], row["shape"]) or symbolic(row["shape"], names_for)
+            symbolic_rows.append({**row, "shape": shape})
         registry = bridge.registry
         lines += [
             "",
@@ -168,7 +187,8 @@ def weights_page(names: list[str]) -> str:
         rows = []
         for row in weight_views(bridge):
             names_for = dimension_names(bridge, encoder_side=True)
-            rows.append({**row, "shape": symbolic(row["shape"], names_for)})
+            shape = moe_shape(bridge, row["name"], row["shape"]) or symbolic(row["shape"], names_for)
+            rows.append({**row, "shape": shape})
         lines += ["", f"## {name}", "", "| view | access | shape |", "|---|---|---|"]
         for row in group_by_layer(rows):
             access = row["access"]
