@@ -59,7 +59,11 @@ class _Binder(SpecWalker):
         latent = None
         if a.qkv.kind == "latent":
             latent = self.attempt(self.latent, module, a, field, inner)
-            qkv = {"q": None, "kv": None} if latent is None else {"q": (latent.q_a or latent.q, ""), "kv": (latent.kv_a, "")}
+            qkv = (
+                {"q": None, "kv": None}
+                if latent is None
+                else {"q": (latent.q_a if latent.q_a is not None else latent.q, ""), "kv": (latent.kv_a, "")}
+            )
         elif a.qkv.kind == "fused":
             qkv = {"qkv": self.attempt(self.resolve, module, a.qkv.path, f"{field}.qkv.path", inner)}
         else:
@@ -106,8 +110,11 @@ class _Binder(SpecWalker):
             q = None
         else:
             if spec.q is None:
-                self.fail(spec_error("the model has no query latent and the spec names no plain 'q'", self.spec,
-                                     None, f"{at}.q_a"))
+                self.fail(
+                    spec_error(
+                        "the model has no query latent and the spec names no plain 'q'", self.spec, None, f"{at}.q_a"
+                    )
+                )
                 raise Missing
             q, q_b, q_a_norm = self.attempt(self.resolve, module, spec.q, f"{at}.q", inner), None, None
         kv_a = self.attempt(self.resolve, module, spec.kv_a, f"{at}.kv_a", inner)
@@ -115,9 +122,19 @@ class _Binder(SpecWalker):
         kv_a_norm = self.attempt(self.norm, module, spec.kv_a_norm, f"{at}.kv_a_norm", inner, "kv_a_norm", "kv_b")
         missing = [n for n in LATENT_CONFIG_FIELDS if cfg is not None and not isinstance(cfg.extra.get(n), int)]
         if missing:
-            self.fail(spec_error(f"latent attention needs the normalized integer field(s) {', '.join(missing)}",
-                                 self.spec, None, "config"))
-        if None in (kv_a, kv_b, kv_a_norm) or (q_a is not None and None in (q_b, q_a_norm)) or (q_a is None and q is None):
+            self.fail(
+                spec_error(
+                    f"latent attention needs the normalized integer field(s) {', '.join(missing)}",
+                    self.spec,
+                    None,
+                    "config",
+                )
+            )
+        if (
+            None in (kv_a, kv_b, kv_a_norm)
+            or (q_a is not None and None in (q_b, q_a_norm))
+            or (q_a is None and q is None)
+        ):
             raise Missing
         if cfg is None or missing:
             raise Missing

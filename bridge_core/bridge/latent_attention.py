@@ -222,7 +222,7 @@ class LatentWeightViews:
     def _no_linear(self, name: str) -> None:
         """Raise for a HookedTransformer weight that latent attention has no linear form of."""
         latent = self.bound.latent
-        if latent is None or (name == "W_Q" and latent.q_a is None):
+        if latent is None or (name in ("W_Q", "b_Q") and latent.q_a is None):
             return
         factored = {"W_Q": "W_Q_a, W_Q_b", "W_K": "W_KV_a, W_K_b, W_K_rope", "W_V": "W_KV_a, W_V_b"}
         key = name.removesuffix("_raw").replace("b_", "W_")

@@ -68,6 +68,13 @@ def expected_shape(
             "hook_pattern": (batch, h, seq, keys),
             "hook_result": (batch, seq, h, dm),
         }
+        extra = cfg.extra
+        if "kv_lora_rank" in extra:  # latent attention: k is the per-head part, v and z d_head_v wide
+            rope, dv = extra.get("rotary_dim", 0), extra.get("d_head_v", d)
+            table.update(hook_k=(batch, keys, kv, d - rope), hook_v=(batch, keys, kv, dv), hook_z=(batch, seq, h, dv))
+            table.update(hook_k_rope=(batch, seq, rope), hook_kv_latent=(batch, seq, extra["kv_lora_rank"]))
+            if extra.get("q_lora_rank") is not None:
+                table["hook_q_latent"] = (batch, seq, extra["q_lora_rank"])
         return table.get(suffix)
     if ".mlp." in name:
         return (batch, seq, cfg.d_mlp) if suffix in ("hook_pre", "hook_pre_linear", "hook_post") else None

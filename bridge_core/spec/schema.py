@@ -93,8 +93,9 @@ class QKVSpec(StrictModel):
             if any(lora) and not all(lora):
                 raise ValueError("qkv kind 'latent' takes all of q_a, q_a_norm, q_b or none of them")
             if self.q is None and not all(lora):
-                raise ValueError("qkv kind 'latent' needs q_a, q_a_norm and q_b, or q (or both, for configs without "
-                                 "a query latent)")
+                raise ValueError(
+                    "qkv kind 'latent' needs q_a, q_a_norm and q_b, or q (or both, for configs without a query latent)"
+                )
             if self.path is not None or self.k is not None or self.v is not None:
                 raise ValueError("qkv kind 'latent' takes no 'path', 'k' or 'v'")
             return self
