@@ -17,6 +17,7 @@ _FIELDS: list[tuple[str, str]] = [
     (r"^(de|en)coder_final_ln\.", "ln_final / encoder.ln_final"),
     (r"(^|\.)ln3\.", "block.ln2"),
     (r"\.attn\.hook_[qkv]$", "block.attn.qkv"),
+    (r"\.attn\.hook_(q_latent|kv_latent|k_rope)$", "block.attn.qkv (kind: latent)"),
     (r"\.attn\.hook_(attn_scores|pattern)$", "block.attn.path / block.attn.implementation"),
     (r"\.attn\.hook_(z|result)$", "block.attn.o"),
     (r"\.hook_attn_out$", "block.attn.path / block.attn.output_index"),

@@ -47,6 +47,10 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
+    # latent attention (MLA): widths the projections cannot hold, a latent norm's kind, the two latent norms swapped
+    "mla_rope_nope_swapped": ("bind", set(), "config.rotary_dim"),
+    "mla_kv_norm_layernorm": ("qkv_recompute", set(), "kv_a_norm"),
+    "mla_latent_norms_swapped": ("shapes", {"qkv_recompute", "variant_coverage"}, "block.attn.qkv (kind: latent)"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)
