@@ -213,3 +213,51 @@ def test_hook_k_and_v_show_only_the_current_positions_during_cached_generation()
 def test_minicpm3_at_unit_multipliers_conforms_on_every_test_model():
     reports = run_variants(MINICPM3)
     assert len(reports) == 3 and all(report.ok for report in reports), "\n".join(map(str, reports))
+
+
+def _with_qkv(**changes):
+    from bridge_core.registry import default_registry
+
+    raw = default_registry().entry("deepseek_v2").raw
+    data = copy.deepcopy(raw.data)
+    qkv = data["block"]["attn"]["qkv"]
+    for key, value in changes.items():
+        if value is None:
+            qkv.pop(key)
+        else:
+            qkv[key] = value
+    return raw, data
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kv_a_norm": None}, "needs kv_a_norm"),
+        ({"q_a_norm": None}, "all of q_a, q_a_norm, q_b or none"),
+        ({"k": "k_proj"}, "takes no 'path', 'k' or 'v'"),
+        ({"q_a": None, "q_a_norm": None, "q_b": None, "q": None}, "or q"),
+    ],
+)
+def test_a_malformed_latent_qkv_is_refused_with_what_is_missing(changes, message):
+    from bridge_core.errors import SpecError
+    from bridge_core.spec.loader import RawSpec, validate_spec
+
+    raw, data = _with_qkv(**changes)
+    with pytest.raises(SpecError, match=message):
+        validate_spec(RawSpec(raw.file, data, raw.lines))
+
+
+def test_latent_fields_on_another_kind_and_missing_widths_are_refused():
+    from bridge_core.errors import SpecError
+    from bridge_core.registry import default_registry
+    from bridge_core.spec.loader import RawSpec, validate_spec
+
+    llama = default_registry().entry("llama").raw
+    data = copy.deepcopy(llama.data)
+    data["block"]["attn"]["qkv"]["kv_b"] = "kv_b_proj"
+    with pytest.raises(SpecError, match="kind: latent"):
+        validate_spec(RawSpec(llama.file, data, llama.lines))
+    raw, data = _with_qkv()
+    del data["config"]["d_head_v"]
+    with pytest.raises(SpecError, match="d_head_v"):
+        Bridge.from_spec(validate_spec(RawSpec(raw.file, data, raw.lines)))
