@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so `bridge-core --help`
 
 ATTENTION_VIEWS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 GQA_VIEWS = ("W_K_raw", "W_V_raw")  # [n_kv_heads, ...]: only worth showing when n_kv_heads != n_heads
+LATENT_VIEWS = ("W_Q_a", "b_Q_a", "W_Q_b", "W_KV_a", "b_KV_a", "W_K_rope", "b_K_rope", "W_K_b", "W_V_b")
 MLP_VIEWS = ("W_in", "W_gate", "W_out", "b_in", "b_gate", "b_out")
 NORMS = ("ln1", "ln2", "ln3")
 MODEL_VIEWS = ("W_E", "W_pos", "W_U", "b_U")
@@ -161,7 +162,8 @@ def weight_views(bridge) -> list[dict[str, Any]]:
                 attn = getattr(block, part, None)
                 if attn is None:
                     continue
-                for attr in ATTENTION_VIEWS + (GQA_VIEWS if gqa else ()):
+                latent = LATENT_VIEWS if attn.bound.latent is not None else ()  # MLA's factored views
+                for attr in ATTENTION_VIEWS + (GQA_VIEWS if gqa else ()) + latent:
                     add(f"{stack}.{i}.{part}.{attr}", attn, attr, f"bridge.{stack}[{i}].{part}.{attr}")
             for attr in MLP_VIEWS:
                 add(f"{stack}.{i}.mlp.{attr}", block.mlp, attr, f"bridge.{stack}[{i}].mlp.{attr}")

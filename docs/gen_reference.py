@@ -40,6 +40,15 @@ WEIGHT_MEANING = {
     "b_O": "output projection bias (zeros when the model has none)",
     "W_K_raw": "keys as stored, `n_kv_heads` heads (a view; grouped-query models only)",
     "W_V_raw": "values as stored, `n_kv_heads` heads (a view; grouped-query models only)",
+    "W_Q_a": "latent attention: query down-projection to the query latent (`q_a_proj`)",
+    "b_Q_a": "latent attention: its bias (absent when the model has none)",
+    "W_Q_b": "latent attention: query up-projection per head, from the normalized query latent",
+    "W_KV_a": "latent attention: down-projection to the kv latent (the first `kv_lora_rank` outputs of `kv_a`)",
+    "b_KV_a": "latent attention: its bias (absent when the model has none)",
+    "W_K_rope": "latent attention: the rotary key part, one for all heads (the last `rotary_dim` outputs of `kv_a`)",
+    "b_K_rope": "latent attention: its bias (absent when the model has none)",
+    "W_K_b": "latent attention: per-head non-rotary keys from the normalized kv latent",
+    "W_V_b": "latent attention: per-head values from the normalized kv latent",
     "W_in": "MLP input projection (the `up` projection when gated)",
     "W_gate": "MLP gate projection (gated MLPs only)",
     "W_out": "MLP output projection",
@@ -69,6 +78,11 @@ def dimension_names(bridge, encoder_side: bool) -> dict[int, str]:
         ("n_heads", cfg.n_heads), ("n_kv_heads", cfg.n_kv_heads), ("d_head", cfg.d_head), ("d_model", cfg.d_model),
         ("d_mlp", cfg.d_mlp), ("d_vocab", cfg.d_vocab), ("n_ctx", cfg.n_ctx),
     ]  # fmt: skip
+    extra = cfg.extra
+    if "kv_lora_rank" in extra:  # latent attention's widths
+        rope = extra.get("rotary_dim")
+        pairs += [("d_head_v", extra.get("d_head_v")), ("d_rope", rope), ("d_nope", cfg.d_head - (rope or 0))]
+        pairs += [("kv_lora_rank", extra.get("kv_lora_rank")), ("q_lora_rank", extra.get("q_lora_rank"))]
     for name, size in pairs:
         if size is not None and size != 1:
             names.setdefault(size, name)

@@ -61,6 +61,35 @@ class BoundNorm:
 
 
 @dataclass(frozen=True)
+class BoundLatent:
+    """The factored projections of multi-head latent attention (MLA; bridge/latent_attention.py).
+
+    Queries: `q_b(q_a_norm(q_a(x)))`, or the plain `q` when the model has no query latent (`q_a` is
+    None). Keys and values: `kv_a(x)` is `[kv latent (kv_rank) | shared rotary key (d_rope)]`; the
+    normalized latent goes through `kv_b` to `[k_nope (d_nope) | v (d_head_v)]` per head; a head's key
+    is `[k_nope | rotary key]`, the rotary part shared by every head.
+    """
+
+    q: nn.Module | None
+    q_a: nn.Module | None
+    q_a_norm: BoundNorm | None
+    q_b: nn.Module | None
+    kv_a: nn.Module
+    kv_a_norm: BoundNorm
+    kv_b: nn.Module
+    q_rank: int | None  # None: no query latent
+    kv_rank: int
+    d_nope: int  # per-head key/query width without rotary
+    d_rope: int  # the rotary width, shared by every head's key
+    d_head_v: int
+
+    @property
+    def query(self) -> nn.Module:
+        """The module whose output is the queries, all heads: q_b, or the plain q."""
+        return self.q_b if self.q_b is not None else self.q
+
+
+@dataclass(frozen=True)
 class BoundAttention:
     """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
 
@@ -83,6 +112,12 @@ class BoundAttention:
     k_norm: BoundNorm | None = None
     qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]
     qk_norm_flat: bool = False  # q/k norms receive the whole projection [b, s, h*d] (OLMoE)
+    latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
+
+    @property
+    def d_head_v(self) -> int | None:
+        """Per-head width of values and z when it differs from d_head (latent attention), else None."""
+        return self.latent.d_head_v if self.latent is not None else None
 
     @property
     def fused(self) -> bool:
@@ -90,6 +125,8 @@ class BoundAttention:
 
     def projection(self, name: str) -> nn.Module:
         """The module whose output holds `name` (q, k or v): the fused projection or its own."""
+        if self.latent is not None:  # the modules reading the attention's input: q_a (or q), kv_a
+            return self.qkv["q" if name == "q" else "kv"]
         return self.qkv["qkv"] if self.fused else self.qkv[name]
 
 

@@ -14,6 +14,7 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig
 from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, Spot
 from .hook_points import HookPoint
+from .latent_attention import latent_points
 from .moe import moe_points
 from .places import (
     AttentionValue,
@@ -105,8 +106,11 @@ class _Layout:
         )
 
     def attention(self, p: str, attn: BoundAttention, rotary: bool) -> None:
-        h, d = self.cfg.n_heads, self.cfg.d_head
-        for n in "qkv":
+        h, d = self.cfg.n_heads, attn.d_head_v or self.cfg.d_head  # z and result: the value width
+        if attn.latent is not None:
+            for name, place in latent_points(p, attn):
+                self.add(name, place)
+        for n in "qkv" if attn.latent is None else "":
             self.output(f"{p}.hook_{n}", attn.projection(n), f"{attn.path}.{n}", view=attn.views[n])
         norm_view = HeadsFirst() if attn.qk_norm_heads_first else None
         self.norm(attn.q_norm, f"{p}.q_norm", norm_view)

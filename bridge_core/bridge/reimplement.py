@@ -165,6 +165,11 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
     out: dict[int, ReimplementedLayer] = {}
     for block in chosen:
         attn = block.attn
+        if attn.latent is not None:
+            raise NotImplementedError(
+                "latent attention (qkv kind: latent) is not on the reimplement path: its keys are built from a "
+                "shared rotary part and a per-head latent expansion; DeepSeek and MiniCPM3 call AttentionInterface"
+            )
         out[id(attn.module)] = ReimplementedLayer(
             module=attn.module,
             projections=dict(attn.qkv),

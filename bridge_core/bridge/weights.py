@@ -20,6 +20,7 @@ from ..spec.config import BridgeConfig
 from .bound import BoundAttention, BoundBlock, BoundMLP, BoundModel, BoundNorm
 from .factored import FactoredMatrix
 from .hook_handles import hook_attribute
+from .latent_attention import LatentWeightViews, check_latent_shapes
 
 
 class HookAttributes:
@@ -111,8 +112,12 @@ def check_shape(tensor: torch.Tensor | None, expected: tuple[int, ...], spec_fie
         )
 
 
-class AttentionWeights(HookAttributes):
-    """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`."""
+class AttentionWeights(LatentWeightViews, HookAttributes):
+    """`W_Q W_K W_V [n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, biases `[n_heads, d_head]`.
+
+    Latent attention (MLA) has its factored views instead of W_K / W_V (latent_attention.py), and
+    `W_O [n_heads, d_head_v, d_model]`.
+    """
 
     def __init__(self, bound: BoundAttention, cfg: BridgeConfig, anchors: tuple[nn.Module, ...] = ()) -> None:
         self.bound = bound
@@ -123,11 +128,14 @@ class AttentionWeights(HookAttributes):
         return self.bound.projection(name)
 
     def _raw_weight(self, name: str) -> torch.Tensor:
+        self._no_linear(f"W_{name.upper()}")
         io = in_out(self._projection(name), self.bound.layout, self._anchors)
         return self.bound.views[name](io).permute(1, 0, 2)
 
     def raw_bias(self, name: str) -> torch.Tensor | None:
         """The `name` (q, k or v) bias as stored: `[n_kv_heads, d_head]` for k and v (a view), or None."""
+        if self.bound.latent is not None and (name != "q" or self.bound.latent.q_a is not None):
+            return None  # HF's up-projections q_b and kv_b have no bias; kv_a's is b_KV_a / b_K_rope
         bias = materialize(self._projection(name), "bias", self._anchors)
         return None if bias is None else self.bound.views[name](bias)
 
@@ -163,23 +171,26 @@ class AttentionWeights(HookAttributes):
 
     @property
     def b_Q(self) -> torch.Tensor:
+        self._no_linear("b_Q")
         bias = self.raw_bias("q")
         return self._zeros(self._cfg.n_heads) if bias is None else bias
 
     @property
     def b_K(self) -> torch.Tensor:
+        self._no_linear("b_K")
         bias = self.raw_bias("k")
         return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
 
     @property
     def b_V(self) -> torch.Tensor:
+        self._no_linear("b_V")
         bias = self.raw_bias("v")
         return self._zeros(self._cfg.n_heads) if bias is None else self._expand(bias)
 
     @property
     def W_O(self) -> torch.Tensor:
         return in_out(self.bound.o, self.bound.layout, self._anchors).unflatten(
-            0, (self._cfg.n_heads, self._cfg.d_head)
+            0, (self._cfg.n_heads, self.bound.d_head_v or self._cfg.d_head)
         )
 
     @property
@@ -299,6 +310,9 @@ def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
     check_shape(bound.embed.weight, (cfg.d_vocab, width), "config.d_vocab / config.d_model", "embed", "the embedding")
     for block in bound.all_blocks():
         for attn in [block.attn, *([block.cross.attn] if block.cross else [])]:
+            if attn.latent is not None:
+                check_latent_shapes(attn, cfg, f"block {block.index}")
+                continue
             for name, module in attn.qkv.items():
                 check_layout(module, attn.layout, "block.attn.layout", f"{attn.path}.{name}")
                 width = (h + 2 * kv) * d if name == "qkv" else (h if name == "q" else kv) * d

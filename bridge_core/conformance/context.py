@@ -225,6 +225,10 @@ class CheckContext:
         for attention in self.attentions:
             modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
             modules += [n.module for n in (attention.bound.q_norm, attention.bound.k_norm) if n is not None]
+            latent = attention.bound.latent
+            if latent is not None:  # latent attention: its factored projections and latent norms
+                modules += [latent.query, latent.kv_a, latent.kv_b, latent.kv_a_norm.module]
+                modules += [latent.q_a_norm.module] if latent.q_a_norm is not None else []
         return list(dict.fromkeys(self.name_of(m) for m in modules if m is not None))
 
     # ------------------------------------------------------------------ references (the copy)

@@ -17,6 +17,7 @@ _FIELDS: list[tuple[str, str]] = [
     (r"^(de|en)coder_final_ln\.", "ln_final / encoder.ln_final"),
     (r"(^|\.)ln3\.", "block.ln2"),
     (r"\.attn\.hook_[qkv]$", "block.attn.qkv"),
+    (r"\.attn\.hook_(q_latent|kv_latent|k_rope)$", "block.attn.qkv (kind: latent)"),
     (r"\.attn\.hook_(attn_scores|pattern)$", "block.attn.path / block.attn.implementation"),
     (r"\.attn\.hook_(z|result)$", "block.attn.o"),
     (r"\.hook_attn_out$", "block.attn.path / block.attn.output_index"),
@@ -70,6 +71,13 @@ def expected_shape(
             "hook_pattern": (batch, h, seq, keys),
             "hook_result": (batch, seq, h, dm),
         }
+        extra = cfg.extra
+        if "kv_lora_rank" in extra:  # latent attention: k is the per-head part, v and z d_head_v wide
+            rope, dv = extra.get("rotary_dim", 0), extra.get("d_head_v", d)
+            table.update(hook_k=(batch, keys, kv, d - rope), hook_v=(batch, keys, kv, dv), hook_z=(batch, seq, h, dv))
+            table.update(hook_k_rope=(batch, seq, rope), hook_kv_latent=(batch, seq, extra["kv_lora_rank"]))
+            if extra.get("q_lora_rank") is not None:
+                table["hook_q_latent"] = (batch, seq, extra["q_lora_rank"])
         return table.get(suffix)
     if ".mlp.experts." in name or ".mlp.shared_expert." in name:
         return None  # a mixture of experts: checked by moe_hooks (tokens per expert vary)

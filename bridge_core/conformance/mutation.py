@@ -133,6 +133,11 @@ def _swaps(data: Data) -> Iterator[Mutant]:
             [((role, "path"), "norm") for role in ("ln1", "ln2", "ln1_post", "ln2_post") if _get(b, (role,))]
             + ([(("cross_attn", "ln", "path"), "norm")] if _get(b, ("cross_attn", "ln")) else []),
         ]
+        if _get(b, ("attn", "qkv", "kind")) == "latent":  # latent attention: its projections, its two latent norms
+            latent = ("q", "q_a", "q_b", "kv_a", "kv_b")
+            groups.append([(("attn", "qkv", n), "path") for n in latent if _get(b, ("attn", "qkv", n)) is not None])
+            groups.append([(("attn", "qkv", n, "path"), "norm") for n in ("q_a_norm", "kv_a_norm")
+                           if _get(b, ("attn", "qkv", n))])  # fmt: skip
         if _get(b, ("attn", "q_norm")) and _get(b, ("attn", "k_norm")):
             groups.append([(("attn", "q_norm", "path"), "norm"), (("attn", "k_norm", "path"), "norm")])
         for group in groups:
@@ -172,6 +177,8 @@ def _kinds(data: Data) -> Iterator[Mutant]:
             ("attn", "q_norm"),
             ("attn", "k_norm"),
             ("cross_attn", "ln"),
+            ("attn", "qkv", "q_a_norm"),
+            ("attn", "qkv", "kv_a_norm"),
         ):
             norms.append((*at, *((role,) if isinstance(role, str) else role)))
         block = _get(data, at)

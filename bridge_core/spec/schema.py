@@ -44,19 +44,63 @@ class NormSpec(StrictModel):
 class QKVSpec(StrictModel):
     """How queries, keys and values are projected."""
 
-    kind: Literal["fused", "separate"] = Field(description="One fused projection, or q/k/v modules.")
+    kind: Literal["fused", "separate", "latent"] = Field(
+        description="One fused projection, q/k/v modules, or multi-head latent attention (`latent`, DeepSeek V2/V3, "
+        "MiniCPM3: queries through a low-rank latent, keys and values expanded from one compressed latent)."
+    )
     path: ModulePath | None = Field(default=None, description="The fused projection (kind: fused).")
     order: Literal["qkv", "per_head_interleaved"] = Field(
         default="qkv",
         description="Fused layout: `qkv` = [q | k | v] along the output; `per_head_interleaved` = "
         "[h0: q k v | h1: q k v | ...] (GPT-NeoX).",
     )
-    q: ModulePath | None = Field(default=None, description="Query projection (kind: separate).")
+    q: ModulePath | None = Field(
+        default=None,
+        description="Query projection (kind: separate; kind: latent: the plain q_proj of configs without a query "
+        "latent, used when q_a is absent from the model).",
+    )
     k: ModulePath | None = Field(default=None, description="Key projection (kind: separate).")
     v: ModulePath | None = Field(default=None, description="Value projection (kind: separate).")
+    q_a: ModulePath | None = Field(
+        default=None, description="Query down-projection to the query latent (kind: latent; DeepSeek q_a_proj)."
+    )
+    q_a_norm: NormSpec | None = Field(
+        default=None, description="Norm of the query latent (kind: latent; DeepSeek q_a_layernorm)."
+    )
+    q_b: ModulePath | None = Field(
+        default=None, description="Query up-projection from the latent to the heads (kind: latent; q_b_proj)."
+    )
+    kv_a: ModulePath | None = Field(
+        default=None,
+        description="Down-projection to [kv latent | shared rotary key] (kind: latent; kv_a_proj_with_mqa).",
+    )
+    kv_a_norm: NormSpec | None = Field(
+        default=None, description="Norm of the kv latent (kind: latent; kv_a_layernorm)."
+    )
+    kv_b: ModulePath | None = Field(
+        default=None,
+        description="Up-projection of the kv latent to [k_nope | v] per head (kind: latent; kv_b_proj).",
+    )
 
     @model_validator(mode="after")
     def _paths_match_kind(self) -> QKVSpec:
+        latent_parts = ("q_a", "q_a_norm", "q_b", "kv_a", "kv_a_norm", "kv_b")
+        if self.kind == "latent":
+            missing = [n for n in ("kv_a", "kv_a_norm", "kv_b") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"qkv kind 'latent' needs {', '.join(missing)}")
+            lora = [getattr(self, n) is not None for n in ("q_a", "q_a_norm", "q_b")]
+            if any(lora) and not all(lora):
+                raise ValueError("qkv kind 'latent' takes all of q_a, q_a_norm, q_b or none of them")
+            if self.q is None and not all(lora):
+                raise ValueError(
+                    "qkv kind 'latent' needs q_a, q_a_norm and q_b, or q (or both, for configs without a query latent)"
+                )
+            if self.path is not None or self.k is not None or self.v is not None:
+                raise ValueError("qkv kind 'latent' takes no 'path', 'k' or 'v'")
+            return self
+        if any(getattr(self, n) is not None for n in latent_parts):
+            raise ValueError(f"qkv kind '{self.kind}' takes none of {', '.join(latent_parts)} (kind: latent does)")
         if self.kind == "fused":
             if self.path is None:
                 raise ValueError("qkv kind 'fused' needs 'path' (the fused projection module)")

@@ -89,6 +89,7 @@ SURVIVORS: dict[str, dict[str, str]] = {
     "gemma2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "gemma3": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "mixtral": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "deepseek_v2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "t5": {
         "block.attn.softmax_dtype: input -> float32": SOFTMAX,
         "encoder.block.attn.softmax_dtype: input -> float32": SOFTMAX,

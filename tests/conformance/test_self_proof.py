@@ -55,6 +55,10 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
     # OLMoE's q/k norms span all heads (qk_norm_layout: flat): per head, the reimplement path cannot apply them
     "olmoe_qk_norm_per_head": ("attention_paths_agree", set(), ""),
+    # latent attention (MLA): widths the projections cannot hold, a latent norm's kind, the two latent norms swapped
+    "mla_rope_nope_swapped": ("bind", set(), "config.rotary_dim"),
+    "mla_kv_norm_layernorm": ("qkv_recompute", set(), "kv_a_norm"),
+    "mla_latent_norms_swapped": ("shapes", {"qkv_recompute", "variant_coverage"}, "block.attn.qkv (kind: latent)"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -89,7 +89,7 @@ CASES = [
     Case("type_output_index_is_a_word", "load", SpecError, "block.attn.output_index", 53, "valid integer"),
     Case("type_override_not_a_bool", "load", SpecError, "override", 7, "valid boolean"),
     Case("type_qkv_fused_without_path", "load", SpecError, "block.attn.qkv", 49, "'fused' needs 'path'"),
-    Case("type_qkv_kind_not_a_choice", "load", SpecError, "block.attn.qkv.kind", 49, "'fused' or 'separate'"),
+    Case("type_qkv_kind_not_a_choice", "load", SpecError, "block.attn.qkv.kind", 49, "'fused', 'separate' or 'latent'"),
     Case("type_qkv_separate_missing_k", "load", SpecError, "block.attn.qkv", 49, "'separate' needs k"),
     Case("type_softmax_dtype_not_a_choice", "load", SpecError, "block.attn.softmax_dtype", 52, "'input' or 'float32'"),
     Case("type_test_config_is_a_list", "load", SpecError, "test_config", 23, "valid dictionary"),

@@ -10,6 +10,7 @@ import torch
 from ..capture import AttentionCall
 from ..catalogue import Meter, Skip, check
 from ..context import Attention, CheckContext
+from .latent import latent_qkv
 
 HEADS = "config.n_heads / config.d_head"
 
@@ -178,7 +179,9 @@ def _pre_position(
     "qkv_recompute",
     statement="q, k and v recomputed from W_Q/b_Q, W_K/b_K, W_V/b_V on HF's attention input, and hook_q/k/v, equal "
     "HF's (projection outputs, or the interface's q/k/v, q divided by attn_scale where HF prescales it); "
-    "hook_rot_q/k equal the rotated q/k HF passed its attention interface",
+    "hook_rot_q/k equal the rotated q/k HF passed its attention interface; latent attention: hook_q, hook_k (k_nope), "
+    "hook_v, hook_k_rope and the latents, and the same recomputed from W_Q_a/W_Q_b, W_KV_a/W_K_b/W_V_b, W_K_rope "
+    "and the latent norms, equal HF's (rope parts where rotary is the identity, at position 0)",
     family="attention",
     tolerance=1e-5,
 )
@@ -192,7 +195,9 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
         if attention.cross and encoder_out is None:
             encoder_out = ctx.hf_out(ctx.bridge.bound.encoder.ln_final.module)
         field = "block.cross_attn.attn.qkv" if attention.cross else "block.attn.qkv (path / order) / block.attn.layout"
-        for n in "qkv":
+        if attention.bound.latent is not None:
+            latent_qkv(ctx, m, attention, call)
+        for n in "qkv" if attention.bound.latent is None else "":
             hook = ctx.cache[f"{p}.hook_{n}"]
             expected, positions, interface = _pre_position(ctx, attention, n, call)
             # HF hands the interface q·(1/attn_scale) where it prescales q (OPT); hook_q is the projection.

@@ -108,12 +108,13 @@ def delta_once(ctx: CheckContext, m: Meter) -> None:
 )
 def head_ablation(ctx: CheckContext, m: Meter) -> None:
     cfg = ctx.bridge.cfg
-    head, d = cfg.n_heads - 1, cfg.d_head
+    head = cfg.n_heads - 1
     ends = {id(layer) for layer in _ends(ctx)}
     for attention in [a for a in ctx.attentions if id(a.layer) in ends]:
         o_proj = ctx.name_of(attention.bound.o)
+        d = attention.bound.d_head_v or cfg.d_head  # the output projection reads value-width heads
 
-        def zero_slice(module, args, kwargs):
+        def zero_slice(module, args, kwargs, d=d):
             x = (args[0] if args else kwargs["input"]).clone()
             x[..., head * d : (head + 1) * d] = 0  # HF's o-proj input is head-major: [b, s, h * d_head]
             return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})

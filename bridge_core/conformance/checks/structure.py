@@ -10,6 +10,7 @@ import torch
 from ..catalogue import Meter, check
 from ..context import CheckContext
 from ..fields import expected_shape, field_for_hook, standard_names
+from .latent import latent_weight_shapes
 
 
 @check(
@@ -121,6 +122,9 @@ def _weight_shapes(ctx: CheckContext, m: Meter) -> int:
     for layer in ctx.layers:
         block, p = layer.weights, layer.prefix
         for attn in ("attn", "cross_attn") if block.cross_attn is not None else ("attn",):
+            if getattr(block, attn).bound.latent is not None:
+                expected.update(latent_weight_shapes(f"{p}.{attn}", getattr(block, attn).bound.latent, cfg))
+                continue
             for n in ("W_Q", "W_K", "W_V"):
                 expected[f"{p}.{attn}.{n}"] = ((h, dm, d), "config.n_heads / config.d_head")
             for n in ("b_Q", "b_K", "b_V"):
