@@ -47,6 +47,26 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
+    # reimplement-path formats (issue 16): MPT's True = masked boolean mask declared additive reads as
+    # "attend to the masked keys"; BLOOM's ALiBi layout handed to MPT's [heads, 1, k] attention
+    "mpt_bool_mask_as_additive": (
+        "attention_paths_agree",
+        {
+            "cache_completeness",
+            "norms",
+            "residual_stream",
+            "mlp",
+            "unembed",
+            "identity_hooks",
+            "delta_once",
+            "padding",
+            "block_alone",
+            "attention_alone",
+            "layer_ranges",
+        },
+        "block.attn",
+    ),
+    "mpt_alibi_wrong_layout": ("block_alone", {"attention_alone", "layer_ranges"}, ""),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)
