@@ -25,11 +25,11 @@ from . import analysis, hook_handles, loading, processing, running
 from .binding import bind
 from .bound import BoundModel
 from .cache import ActivationCache
-from .hook_values import HookValueGuard
 from .components import ComponentCaller
 from .dispatch import HookSession
 from .hook_methods import HookMethods, NameOrFilter
 from .hook_points import HookEntry, HookFunction, HookPoint
+from .hook_values import HookValueGuard
 from .inputs import check_attention_mask, check_tokens
 from .model_weights import ModelWeights
 from .reimplement import reimplemented_layers, with_attention_implementation

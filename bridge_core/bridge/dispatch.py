@@ -20,8 +20,8 @@ from torch import nn
 
 from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
-from .hook_values import HookValueGuard
 from .hook_points import HookEntry, HookPoint, checked_return, same_bits
+from .hook_values import HookValueGuard
 from .places import (
     AttentionValue,
     HeadResult,

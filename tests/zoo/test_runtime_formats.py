@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bridge_core.plugins.alibi import alibi_bias, alibi_layout
 from transformers import AutoConfig, FalconForCausalLM, MptForCausalLM
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor as bloom_alibi
 from transformers.models.mpt.modeling_mpt import MptMLP, build_mpt_alibi_tensor
@@ -20,7 +21,6 @@ from bridge_core import Bridge
 from bridge_core.bridge.hook_values import HookValueChanged
 from bridge_core.conformance.runner import run_variants
 from bridge_core.errors import SpecError
-from bridge_core.plugins.alibi import alibi_bias, alibi_layout
 from bridge_core.spec.loader import load_spec
 
 SPECS = Path(__file__).parent / "specs"
@@ -72,7 +72,7 @@ def test_every_variant_passes_the_catalogue(spec_file):
 
 
 def test_mpt_hook_values_are_hf_values():
-    model, spec = _model(MPT, MptForCausalLM)
+    model, _ = _model(MPT, MptForCausalLM)
     reference = copy.deepcopy(model)
     bridge = Bridge.from_hf(model, spec=MPT)
     tokens = _tokens()
@@ -106,7 +106,7 @@ def test_mpt_hook_values_are_hf_values():
 
 
 def test_falcon_hook_values_are_hf_values():
-    model, spec = _model(FALCON, FalconForCausalLM)
+    model, _ = _model(FALCON, FalconForCausalLM)
     model.config._attn_implementation = "eager"  # FalconAttention returns its pattern only on its eager path
     reference = copy.deepcopy(model)
     bridge = Bridge.from_hf(model, spec=FALCON)
@@ -260,5 +260,5 @@ def test_position_bias_kwarg_without_a_score_bias_is_a_located_error(tmp_path):
         Bridge.from_hf(model, spec=broken)
     assert caught.value.field == "call.position_bias_kwarg"
     assert caught.value.line == next(
-        i for i, l in enumerate(broken.read_text().splitlines(), 1) if "position_bias_kwarg" in l
+        i for i, line in enumerate(broken.read_text().splitlines(), 1) if "position_bias_kwarg" in line
     )
