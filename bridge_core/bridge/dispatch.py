@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint, checked_return, same_bits
-from .hook_values import HookValueGuard
+from .hook_values import HookValueGuard, Watch
 from .places import (
     AttentionValue,
     HeadResult,
@@ -69,7 +69,7 @@ class _PointRun:
         self.bwd: list = []
         self.writes = False  # whether any fwd function may edit (the bridge's own cache functions only read)
         self.clone = False  # HF changes this point's tensor in place later: hooks get a copy (hook_values.py)
-        self.watched: list | None = None  # (run, tensor, version) of this forward, checked when it is over
+        self.watched: Watch | None = None  # this forward's hooked tensors, checked when it is over
 
     def apply(self, tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Run the forward functions; returns the (possibly new) tensor and whether it was edited."""
@@ -86,7 +86,7 @@ class _PointRun:
             return (tensor.clone() if self.clone else tensor), True
         edited = tensor._version != version if counted else before is not None and not same_bits(before, tensor)
         if counted and not edited and not self.clone and self.watched is not None:
-            self.watched.append((self, tensor, tensor._version))
+            self.watched.add(self, tensor, version)
         return (tensor.clone() if self.clone and edited else tensor), edited
 
     def attach_backward(self, tensor: torch.Tensor) -> None:
@@ -247,7 +247,7 @@ class _Plan:
     def __init__(self, points: list[tuple[HookPoint, str]], softmax_float32: dict[int, bool], reimplemented) -> None:
         self.in_use = False
         self.owner: object = None  # the bridge whose call uses it (see HookSession)
-        self.watched: list = []  # hooked tensors and their versions, this forward (hook_values.py)
+        self.watched = Watch()  # hooked tensors and their versions, this forward (hook_values.py)
         self.runs: dict[int, _PointRun] = {}
         order: list[_PointRun] = []
         for point, _ in points:
@@ -340,7 +340,7 @@ class HookSession:
             if plan is not None and not plan.in_use:
                 plan.in_use = True
                 plan.fill(self.entries)
-                return self._cloning(plan)
+                return plan
         # in use: another thread's call, or a bridge call made from inside a hook of this one
         plan = _Plan([(e.point, e.direction) for e in self.entries], self.softmax_float32, self.reimplemented)
         plan.owner = self.owner
@@ -349,16 +349,12 @@ class HookSession:
         with _PLANS_LOCK:
             if key not in self.plans and len(self.plans) < 64:
                 self.plans[key] = plan
-        return self._cloning(plan)
-
-    def _cloning(self, plan: _Plan) -> _Plan:
-        learned = self.guard.clone_points if self.guard is not None else ()
-        for run in plan.runs.values():
-            run.clone = run.point.name in learned
         return plan
 
     def __enter__(self) -> HookSession:
         plan = self._plan = self._take_plan()
+        if self.guard is not None:
+            self.guard.mark(list(plan.runs.values()), plan.watched)
         stack = self._stack
         stack.callback(self._release)
         try:

@@ -25,6 +25,33 @@ class HookValueChanged(UserWarning):
     """HF changed a hooked tensor in place after the hook; the hook's stored reference shows the later value."""
 
 
+class Watch:
+    """One forward's hooked tensors with their versions after the hook functions ran.
+
+    Held strongly: a cached alias (`tensor.detach()`) shares the version counter but not the Python
+    object, so a weak reference would die with HF's tensor. A point fires at most once per forward,
+    so once more than twice `size` entries are held (a long `generate`), all but the last `size`
+    belong to forwards already over: they are checked then and dropped, bounding what stays alive.
+    """
+
+    __slots__ = ("entries", "guard", "size")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Any, torch.Tensor, int]] = []
+        self.guard: HookValueGuard | None = None
+        self.size = 64
+
+    def add(self, run: Any, tensor: torch.Tensor, version: int) -> None:
+        self.entries.append((run, tensor, version))
+        if len(self.entries) > 2 * self.size:
+            done, self.entries = self.entries[: -self.size], self.entries[-self.size :]
+            if self.guard is not None:
+                self.guard.learn(done)
+
+    def clear(self) -> None:
+        self.entries = []
+
+
 class HookValueGuard:
     """Per bridge: the hook points whose tensor HF changes in place after the hook, learned from forwards."""
 
@@ -32,12 +59,26 @@ class HookValueGuard:
         self.clone_points: set[str] = set()
         self.learned = 0  # bumped whenever a forward finds a new point (run_with_cache re-runs then)
 
-    def check(self, watched: list[tuple[Any, torch.Tensor, int]]) -> None:
+    def mark(self, runs: list[Any], watch: Watch) -> None:
+        """Before a forward: the point runs of learned points copy their tensor for the hook functions."""
+        for run in runs:
+            run.clone = run.point.name in self.clone_points
+        watch.guard, watch.size = self, max(64, len(runs))
+
+    def check(self, watch: Watch) -> None:
         """After a forward: learn every watched point whose tensor changed since its hook functions ran."""
-        found = {run.point.name: run for run, tensor, version in watched if tensor._version != version}
-        new = {name: run for name, run in found.items() if name not in self.clone_points}
+        self.learn(watch.entries)
+        watch.clear()
+
+    def learn(self, entries: list[tuple[Any, torch.Tensor, int]]) -> None:
+        new = {}
+        for run, tensor, version in entries:
+            if tensor._version != version and run.point.name not in self.clone_points:
+                new[run.point.name] = run
         if not new:
             return
+        for run in new.values():
+            run.clone = True  # for the rest of this session too (the next steps of a generate)
         self.clone_points |= set(new)
         self.learned += 1
         users = sorted(name for name, run in new.items() if run.writes)

@@ -262,3 +262,24 @@ def test_position_bias_kwarg_without_a_score_bias_is_a_located_error(tmp_path):
     assert caught.value.line == next(
         i for i, line in enumerate(broken.read_text().splitlines(), 1) if "position_bias_kwarg" in line
     )
+
+
+def test_learned_points_are_copied_under_inference_mode_too():
+    """Inference tensors have no version counter; a point learned earlier is still copied."""
+    model = _in_place_model()
+    tokens = _tokens()
+    want = _down_proj_outputs(copy.deepcopy(model), tokens)
+    bridge = Bridge.from_hf(model, spec=MPT)
+    bridge.run_with_cache(tokens, names_filter="blocks.0.hook_mlp_out")
+    with torch.inference_mode():
+        _, cache = bridge.run_with_cache(tokens, names_filter="blocks.0.hook_mlp_out")
+    torch.testing.assert_close(cache["mlp_out", 0], want[0])
+
+
+def test_an_extra_kwarg_another_call_field_fills_is_a_located_error(tmp_path):
+    broken = tmp_path / "falcon_extra_mask.yaml"
+    broken.write_text(FALCON.read_text().replace("    alibi: null", "    alibi: null\n    attention_mask: null"))
+    model, _ = _model(FALCON, FalconForCausalLM)
+    with pytest.raises(SpecError) as caught:
+        Bridge.from_hf(model, spec=broken)
+    assert caught.value.field == "call.extra_kwargs.attention_mask"
