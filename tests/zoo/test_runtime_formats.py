@@ -135,6 +135,12 @@ def test_falcon_hook_values_are_hf_values():
         torch.testing.assert_close(cache["resid_post", i], seen[f"resid{i}"])
         resid = cache["resid_pre", i] + cache["attn_out", i] + cache["mlp_out", i]  # the parallel block, by hand
         torch.testing.assert_close(resid, cache["resid_post", i])
+    # the bridge learned the spot from that cache: a user hook that keeps its tensor keeps the hook-time value
+    kept = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HookValueChanged)
+        bridge.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", lambda t, h: kept.append(t))])
+    torch.testing.assert_close(kept[0], seen["mlp_out1"])
 
 
 def test_pattern_ablation_on_the_reimplement_path_equals_a_hand_edited_copy():
