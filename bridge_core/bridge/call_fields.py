@@ -26,6 +26,16 @@ def call_conflicts(spec: Spec, spec_file: str | None) -> list[SpecError]:
                 "call.position_bias_kwarg",
             )
         )
+    if c.rotary_args and not c.position_embeddings_kwarg:
+        problems.append(
+            spec_error(
+                "call.rotary_args is given but nothing calls the rotary module (no call.position_embeddings_kwarg), "
+                "so it would be silently ignored",
+                spec,
+                spec_file,
+                "call.rotary_args",
+            )
+        )
     filled = {c.mask_kwarg, c.attention_mask_kwarg, c.position_embeddings_kwarg, c.position_ids_kwarg}
     filled |= {c.position_bias_kwarg, spec.block.hidden_states_kwarg}
     for key in c.extra_kwargs:

@@ -289,3 +289,13 @@ def test_an_extra_kwarg_another_call_field_fills_is_a_located_error(tmp_path):
     with pytest.raises(SpecError) as caught:
         Bridge.from_hf(model, spec=broken)
     assert caught.value.field == "call.extra_kwargs.attention_mask"
+
+
+def test_rotary_args_without_a_rotary_keyword_is_a_located_error(tmp_path):
+    broken = tmp_path / "falcon_rotary_args.yaml"
+    text = FALCON.read_text().replace("  position_embeddings_kwarg: position_embeddings\n", "")
+    broken.write_text(text.replace("  extra_kwargs:", "  rotary_args: {layer_type: \"'full'\"}\n  extra_kwargs:"))
+    model, _ = _model(FALCON, FalconForCausalLM)
+    with pytest.raises(SpecError) as caught:
+        Bridge.from_hf(model, spec=broken)
+    assert caught.value.field == "call.rotary_args"
