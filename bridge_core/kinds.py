@@ -82,6 +82,22 @@ class MaskBuilder(Protocol):
         """
 
 
+class MaskReader(Protocol):
+    """`MaskFormat.to_additive`: a mask the model hands its attention, read as an additive mask."""
+
+    def __call__(self, mask: torch.Tensor, dtype: torch.dtype, /) -> torch.Tensor:
+        """`mask` as scores add it: 0 where attended, dtype-min (or a finite bias) elsewhere.
+
+        :param mask: The mask the attention module received (`call.mask_kwarg`), in this format.
+        :param dtype: The scores' dtype.
+        :returns: A tensor broadcastable to `[b, h, q, k]`.
+
+        Called positionally by the reimplement attention path on every recomputed forward, so that
+        the recomputed pattern masks exactly what the module masks (a boolean mask may mean
+        "attend" or "masked": the format says which).
+        """
+
+
 class ScoreBiasCompute(Protocol):
     """`ScoreBiasKind.compute`: an additive attention-score bias shared by the layers of one stack."""
 
@@ -143,6 +159,21 @@ class BiasFormat(Protocol):
         :returns: What the block's `call.position_bias_kwarg` takes.
 
         Called by the bridge when it calls a block or an attention module alone.
+        """
+
+
+class BiasLayoutFormat(Protocol):
+    """`ScoreBiasKind.params_format`: like `BiasFormat`, for kinds whose layout is a spec param."""
+
+    def __call__(self, bias: torch.Tensor, params: Mapping[str, Any], /) -> torch.Tensor:
+        """`bias` in the layout `params` names (the general ALiBi kind: `params.layout`).
+
+        :param bias: `ScoreBiasCompute`'s result expanded to the batch, `[b, h, q or 1, k]`.
+        :param params: The spec's evaluated `score_bias.params`.
+        :returns: What the block's `call.position_bias_kwarg` takes.
+
+        Called positionally by the bridge when it calls a block or an attention module alone;
+        used instead of `module_format` when both are given.
         """
 
 
@@ -370,6 +401,7 @@ class ScoreBiasKind:
     compute: ScoreBiasCompute
     hook_view: BiasView | None = None
     module_format: BiasFormat | None = None
+    params_format: BiasLayoutFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -382,10 +414,13 @@ class CrossAttentionKind:
 
 @dataclass(frozen=True)
 class MaskFormat:
-    """A mask format (`call.mask_format`): what `build` returns is passed as the module's mask."""
+    """A mask format (`call.mask_format`): what `build` returns is passed as the module's mask;
+    `to_additive` (None: guess from the dtype, bool meaning True = attend) reads the mask the model
+    passes its attention, for the reimplement path."""
 
     name: str
     build: MaskBuilder
+    to_additive: MaskReader | None = None
 
 
 def additive_mask(

@@ -1,4 +1,9 @@
-"""Built-in mask formats for calling a module on its own: `2d`, `4d_additive`, `4d_bool`, `none`."""
+"""Built-in mask formats: `2d`, `4d_additive`, `4d_bool` (True = attend), `4d_bool_masked`
+(True = masked, MPT), `none`.
+
+`build` makes the mask a module takes when the core calls it alone; `to_additive` reads the mask
+the model itself passes, for the reimplement path (a boolean mask is ambiguous without the format).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,26 @@ def _four_d_bool(padding_mask, batch, q_len, k_len, causal, dtype, device, windo
     return additive_mask(padding_mask, batch, q_len, k_len, causal, dtype, device, window) == 0
 
 
+def _four_d_bool_masked(padding_mask, batch, q_len, k_len, causal, dtype, device, window=None):
+    return additive_mask(padding_mask, batch, q_len, k_len, causal, dtype, device, window) != 0
+
+
+def _where(masked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    zero = torch.zeros((), dtype=dtype, device=masked.device)
+    return torch.where(masked, torch.finfo(dtype).min, zero)
+
+
+def _read_attend(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean True = attend; a float mask is additive already (transformers picks the mask's dtype
+    by the configured implementation, so a model may hand over either)."""
+    return _where(~mask, dtype) if mask.dtype == torch.bool else mask
+
+
+def _read_masked(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean True = masked (MPT's `masked_fill(mask, min)`); a float mask is additive already."""
+    return _where(mask, dtype) if mask.dtype == torch.bool else mask
+
+
 def _none(*args, **kwargs):
     return None
 
@@ -30,7 +55,8 @@ def _none(*args, **kwargs):
 def bridge_core_mask_formats() -> list[MaskFormat]:
     return [
         MaskFormat("2d", _two_d),
-        MaskFormat("4d_additive", _four_d_additive),
-        MaskFormat("4d_bool", _four_d_bool),
+        MaskFormat("4d_additive", _four_d_additive, _read_attend),
+        MaskFormat("4d_bool", _four_d_bool, _read_attend),
+        MaskFormat("4d_bool_masked", _four_d_bool_masked, _read_masked),
         MaskFormat("none", _none),
     ]

@@ -1,4 +1,5 @@
-"""Built-in score-bias kind `t5_buckets`: T5's learned relative-position buckets.
+"""Built-in score-bias kinds `t5_buckets` (T5's learned relative-position buckets) and `alibi_bias`
+(ALiBi in any layout, `alibi.py`).
 
 The bucketing is written here from the T5 paper's description (exact buckets for small distances,
 log-spaced up to `max_distance`), independently of transformers' code, so conformance can compare
@@ -17,6 +18,8 @@ from torch import nn
 from bridge_core.errors import SpecError
 from bridge_core.kinds import ScoreBiasKind
 from bridge_core.plugin_host import hookimpl
+
+from .alibi import alibi_bias, alibi_layout
 
 
 def relative_buckets(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
@@ -74,4 +77,7 @@ def _table_as_bias(values: torch.Tensor) -> torch.Tensor:
 
 @hookimpl
 def bridge_core_score_bias_kinds() -> list[ScoreBiasKind]:
-    return [ScoreBiasKind("t5_buckets", compute=t5_bias, hook_view=_table_as_bias)]
+    return [
+        ScoreBiasKind("t5_buckets", compute=t5_bias, hook_view=_table_as_bias),
+        ScoreBiasKind("alibi_bias", compute=alibi_bias, params_format=alibi_layout),
+    ]

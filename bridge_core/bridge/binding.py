@@ -28,6 +28,7 @@ from .bound import (
     BoundStack,
     Spot,
 )
+from .call_fields import call_conflicts
 from .latent_attention import LATENT_CONFIG_FIELDS, latent_views
 from .layout import lay_out_points
 from .moe_binding import bind_moe
@@ -364,6 +365,12 @@ class _Binder(SpecWalker):
             {k: self.attempt(self.value, f"call.rotary_args.{k}", v, layer) for k, v in c.rotary_args.items()}
             for layer in range(n)
         )
+        for problem in call_conflicts(self.spec, self.spec_file):
+            self.fail(problem)
+        extra = tuple(
+            {k: self.attempt(self.value, f"call.extra_kwargs.{k}", v, layer) for k, v in c.extra_kwargs.items()}
+            for layer in range(n)
+        )
         return BoundCall(
             mask_format=self.kind("call.mask_format"),
             mask_kwarg=c.mask_kwarg,
@@ -373,6 +380,7 @@ class _Binder(SpecWalker):
             position_bias_kwarg=c.position_bias_kwarg,
             windows=windows,
             rotary_args=rotary,
+            extra_kwargs=extra,
         )
 
     def stack(self, name: str, embed_path: ModulePath, blocks: ModulePath, b: BlockSpec, ln_final, bias, n_layers):

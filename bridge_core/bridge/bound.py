@@ -255,6 +255,7 @@ class BoundCall:
     position_bias_kwarg: str | None
     windows: tuple[int | None, ...]  # per decoder layer
     rotary_args: tuple[Mapping[str, Any], ...]  # per decoder layer
+    extra_kwargs: tuple[Mapping[str, Any], ...] = ()  # per decoder layer (call.extra_kwargs)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from .components import ComponentCaller
 from .dispatch import HookSession
 from .hook_methods import HookMethods, NameOrFilter
 from .hook_points import HookEntry, HookFunction, HookPoint
+from .hook_values import HookValueGuard
 from .inputs import check_attention_mask, check_tokens
 from .model_weights import ModelWeights
 from .reimplement import reimplemented_layers, with_attention_implementation
@@ -80,6 +81,7 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         self._entries: list[HookEntry] = []  # add_hook, and hooks() contexts while open
         self._permanent: set[int] = set()  # ids of entries added with is_permanent=True
         self._plans: dict = {}  # hook layouts of recent calls, by the points they serve (dispatch._Plan)
+        self._hook_values = HookValueGuard()  # points HF changes in place after the hook (hook_values.py)
         hook_handles.attach(self)  # blocks[i].attn.hook_z and friends, as HookedTransformer's attributes
         cfg.attach_model(self)  # cfg.device, cfg.dtype, cfg.normalization_type ... read this model
 
@@ -158,7 +160,9 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         entries = [*self._entries, *self._local_entries(), *extra]
         if not entries:
             return None
-        return HookSession(entries, self._configs, self._softmax_float32, self._reimplemented, self._plans)
+        return HookSession(
+            entries, self._configs, self._softmax_float32, self._reimplemented, self._plans, guard=self._hook_values
+        )
 
     def _prepare(self, tokens: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(tokens, str) or (isinstance(tokens, list) and tokens and isinstance(tokens[0], str)):
@@ -373,7 +377,11 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         entries = [HookEntry(p, save, reads_only=True) for p in points]
         if incl_bwd:
             entries += [HookEntry(p, functools.partial(save, suffix="_grad"), "bwd") for p in points]
-        out = self._forward(tokens, attention_mask, entries, kwargs, **forward_options)
+        learned = self._hook_values.learned
+        out = self._forward(tokens, attention_mask, entries, dict(kwargs), **forward_options)
+        if self._hook_values.learned != learned:  # HF changed a cached tensor later: again, with copies there
+            cache.clear()
+            out = self._forward(tokens, attention_mask, entries, kwargs, **forward_options)
         if incl_bwd:
             if not isinstance(out, torch.Tensor) or out.dim() != 0:
                 raise InputError("incl_bwd=True needs a scalar output to differentiate: pass return_type='loss'")

@@ -59,6 +59,8 @@ class ComponentCaller:
         bias = self.bound.stack_of(stack).score_bias
         if call.position_bias_kwarg and bias is not None:
             out[call.position_bias_kwarg] = self.score_bias(bias, seq, padding, hidden)
+        if not encoder and call.extra_kwargs:
+            out.update(call.extra_kwargs[layer])
         return out
 
     def score_bias(
@@ -79,6 +81,8 @@ class ComponentCaller:
         )
         if values.shape[0] == 1:
             values = values.expand(hidden.shape[0], *values.shape[1:])
+        if kind.params_format is not None:
+            return kind.params_format(values, bias.params)
         return kind.module_format(values) if kind.module_format is not None else values
 
     def _block(self, layer: int, stack: str) -> BoundBlock:

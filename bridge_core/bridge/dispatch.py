@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint, checked_return, same_bits
+from .hook_values import HookValueGuard, Watch
 from .moe import MoEPlace, moe_output
 from .places import (
     AttentionValue,
@@ -61,17 +62,19 @@ def activate(owner: object, stack: ExitStack, replaces: Callable[[object], bool]
 class _PointRun:
     """The fwd and bwd functions of one hook point, applied to one tensor."""
 
-    __slots__ = ("bwd", "fwd", "point", "writes")
+    __slots__ = ("bwd", "clone", "fwd", "point", "watched", "writes")
 
     def __init__(self, point: HookPoint) -> None:
         self.point = point
         self.fwd: list = []
         self.bwd: list = []
         self.writes = False  # whether any fwd function may edit (the bridge's own cache functions only read)
+        self.clone = False  # HF changes this point's tensor in place later: hooks get a copy (hook_values.py)
+        self.watched: Watch | None = None  # this forward's hooked tensors, checked when it is over
 
     def apply(self, tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Run the forward functions; returns the (possibly new) tensor and whether it was edited."""
-        given = tensor
+        given = tensor = tensor.clone() if self.clone else tensor
         # Inference tensors have no version counter: an in-place edit is seen by comparing with a copy.
         counted = not tensor.is_inference()
         version = tensor._version if counted else 0
@@ -81,10 +84,11 @@ class _PointRun:
             if result is not None and result is not tensor:
                 tensor = checked_return(self.point, result, tensor)
         if tensor is not given:
-            return tensor, True
-        if counted:
-            return tensor, tensor._version != version
-        return tensor, before is not None and not same_bits(before, tensor)
+            return (tensor.clone() if self.clone else tensor), True
+        edited = tensor._version != version if counted else before is not None and not same_bits(before, tensor)
+        if counted and not edited and not self.clone and self.watched is not None:
+            self.watched.add(self, tensor, version)
+        return (tensor.clone() if self.clone and edited else tensor), edited
 
     def attach_backward(self, tensor: torch.Tensor) -> None:
         if not tensor.requires_grad:
@@ -248,11 +252,13 @@ class _Plan:
     def __init__(self, points: list[tuple[HookPoint, str]], softmax_float32: dict[int, bool], reimplemented) -> None:
         self.in_use = False
         self.owner: object = None  # the bridge whose call uses it (see HookSession)
+        self.watched = Watch()  # hooked tensors and their versions, this forward (hook_values.py)
         self.runs: dict[int, _PointRun] = {}
         order: list[_PointRun] = []
         for point, _ in points:
             if id(point) not in self.runs:
                 run = self.runs[id(point)] = _PointRun(point)
+                run.watched = self.watched
                 order.append(run)
         self.modules: dict[int, _ModuleHooks] = {}
         routes: dict[int, AttentionRoute] = {}
@@ -289,6 +295,7 @@ class _Plan:
             run.fwd.clear()
             run.bwd.clear()
             run.writes = False
+        self.watched.clear()
         for entry in entries:
             run = self.runs[id(entry.point)]
             (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
@@ -311,6 +318,7 @@ class HookSession:
         reimplemented: dict[int, ReimplementedLayer] | None = None,
         plans: dict[tuple, _Plan] | None = None,
         owner: object | None = None,
+        guard: HookValueGuard | None = None,
     ):
         self.entries = entries
         self.configs = configs
@@ -320,6 +328,7 @@ class HookSession:
         self.owner = owner if owner is not None else self.plans
         self._plan: _Plan | None = None
         self._stack = ExitStack()
+        self.guard = guard
 
     @property
     def recomputes_attention(self) -> bool:
@@ -349,6 +358,8 @@ class HookSession:
 
     def __enter__(self) -> HookSession:
         plan = self._plan = self._take_plan()
+        if self.guard is not None:
+            self.guard.mark(list(plan.runs.values()), plan.watched)
         stack = self._stack
         stack.callback(self._release)
         try:
@@ -381,6 +392,8 @@ class HookSession:
 
     def _release(self) -> None:
         if self._plan is not None:
+            if self.guard is not None:
+                self.guard.check(self._plan.watched)
             self._plan.fill(())  # drop the user's functions: a kept plan must not keep their closures alive
             self._plan.in_use = False
 

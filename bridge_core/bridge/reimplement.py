@@ -49,6 +49,7 @@ class ReimplementedLayer:
     residual_kwarg: str | None = None
     residual_position: int | None = None  # where the residual sits among positional arguments
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
+    read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
     submodules: set[int] = field(default_factory=set)
     norm_flat: bool = False  # q/k norms over the whole projection [b, s, h*d] (OLMoE)
 
@@ -73,6 +74,8 @@ class ReimplementRun:
             )
         hidden = kwargs[layer.hidden_kwarg] if layer.hidden_kwarg in kwargs else args[0]
         mask = kwargs.get(layer.mask_kwarg)
+        if mask is not None and layer.read_mask is not None:  # the declared format says what a bool means
+            mask = layer.read_mask(mask, hidden.dtype)
         query, key, value = self._project(hidden)
         if layer.position is not None and layer.position.rotate is not None:
             cos, sin = kwargs[layer.position_embeddings_kwarg]
@@ -191,6 +194,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             residual_kwarg=attn.residual_kwarg,
             residual_position=_position_of(attn.module, attn.residual_kwarg),
             score_bias=score_bias,
+            read_mask=bound.call.mask_format.to_additive,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
         )
     return out

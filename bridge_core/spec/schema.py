@@ -371,6 +371,11 @@ class CallSpec(StrictModel):
         default_factory=dict,
         description="Extra keyword arguments for the rotary module per layer (Gemma 3: layer_type).",
     )
+    extra_kwargs: dict[str, ConfigValue] = Field(
+        default_factory=dict,
+        description="Further keyword arguments a block and its attention module require when called alone, "
+        "each a literal or an expression per layer (Falcon: `alibi: null`).",
+    )
 
 
 class ScoreBiasSpec(StrictModel):

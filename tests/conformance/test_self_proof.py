@@ -59,6 +59,26 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "mla_rope_nope_swapped": ("bind", set(), "config.rotary_dim"),
     "mla_kv_norm_layernorm": ("qkv_recompute", set(), "kv_a_norm"),
     "mla_latent_norms_swapped": ("shapes", {"qkv_recompute", "variant_coverage"}, "block.attn.qkv (kind: latent)"),
+    # reimplement-path formats (issue 16): MPT's True = masked boolean mask declared additive reads as
+    # "attend to the masked keys"; BLOOM's ALiBi layout handed to MPT's [heads, 1, k] attention
+    "mpt_bool_mask_as_additive": (
+        "attention_paths_agree",
+        {
+            "cache_completeness",
+            "norms",
+            "residual_stream",
+            "mlp",
+            "unembed",
+            "identity_hooks",
+            "delta_once",
+            "padding",
+            "block_alone",
+            "attention_alone",
+            "layer_ranges",
+        },
+        "block.attn",
+    ),
+    "mpt_alibi_wrong_layout": ("block_alone", {"attention_alone", "layer_ranges"}, ""),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)
