@@ -280,6 +280,8 @@ def logit_attrs(
 
     With `incorrect_tokens`, with `W_U[:, tokens] - W_U[:, incorrect_tokens]` (a logit difference).
     `residual_stack [..., batch, d_model]`: slice positions first (`pos_slice`); b_U is not included.
+    Times `cfg.logit_scale` where HF scales the logits (W_U is the raw weight), so the attributions add up
+    to the logits the model returns (before a final softcap).
     """
     bridge = _bridge(cache)
     directions = residual_directions(bridge, tokens)
@@ -292,7 +294,10 @@ def logit_attrs(
             )
         directions = directions - wrong
     scaled = apply_ln_to_stack(cache, residual_stack, None, False, pos_slice, batch_slice, has_batch_dim)
-    return (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
+    attrs = (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
+    # the logits HF returns are the unembedding's output times the logit scale (Cohere, Granite): so are these
+    scale = bridge.bound.logit_scale
+    return attrs if scale is None else attrs * scale
 
 
 def compute_head_results(cache: ActivationCache) -> None:

@@ -73,7 +73,7 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
                 f"{p}.hook_resid_mid vs HF block input + attention output",
                 ctx.cache[f"{p}.hook_resid_mid"],
                 mid,
-                "block.ln2.path / block.kind",
+                "block.ln2.path / block.kind / config.residual_multiplier",
             )
         elif block.kind != "parallel":
             m.fail(f"{p}.hook_resid_mid is missing on a {block.kind} block", "block.kind")
