@@ -19,7 +19,7 @@ def _call(ctx: CheckContext, attention: Attention, recording=None) -> AttentionC
     if call is None:
         raise Skip(
             "HF never called the attention interface for this model (a model outside AttentionInterface "
-            "needs `attention: reimplement`), so there is nothing captured to compare with"
+            "needs `block.attn.implementation: reimplement`), so there is nothing captured to compare with"
         )
     return call
 
