@@ -221,7 +221,7 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
 @check(
     "attn_output",
     statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O, Σ_h hook_result + b_O and "
-    "hook_attn_out (hook_cross_attn_out) equal the attention module's output",
+    "hook_attn_out (hook_cross_attn_out) equal the attention module's output (hook_attn_out × cfg.residual_multiplier)",
     family="attention",
     tolerance=1e-5,
 )

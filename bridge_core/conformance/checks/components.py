@@ -51,7 +51,8 @@ def norms(ctx: CheckContext, m: Meter) -> None:
 @check(
     "residual_stream",
     statement="hook_resid_pre / resid_post equal HF's block input / output, hook_resid_mid equals block input + "
-    "HF attention output (+ cross attention for hook_resid_mid_cross), hook_mlp_out equals HF's MLP output; "
+    "HF attention output (+ cross attention for hook_resid_mid_cross), hook_mlp_out equals HF's MLP output (outputs "
+    "× cfg.residual_multiplier); "
     "post-norm blocks: hook_resid_post = HF's ln1 output + MLP output, hook_normalized_resid_post = block output",
     family="residual",
     tolerance=1e-5,
