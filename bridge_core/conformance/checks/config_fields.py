@@ -120,6 +120,19 @@ def _ratio(value: torch.Tensor, base: torch.Tensor) -> float | None:
     return None if norm < 1e-12 else float(value @ base) / norm
 
 
+def _proportional_factor(value: torch.Tensor, base: torch.Tensor) -> float | None:
+    """The factor when `value` is `base` times a non-zero number (to 1e-4 of its size); else None: then the
+    spots do not hold the update and its summand (a structural mistake the residual checks blame)."""
+    factor = _ratio(value, base)
+    if factor is None:
+        return None
+    value, base = value.double().reshape(-1), base.double().reshape(-1)
+    size = float(value.norm())
+    if size <= 1e-6 * float(base.norm()) or float((value - factor * base).norm()) > 1e-4 * size:
+        return None
+    return factor
+
+
 def _residual_multiplier(ctx: CheckContext, m: Meter) -> None:
     """HF's residual updates over the sublayer outputs they add (read at the bound spots, unscaled): the factor
     is config.residual_multiplier (Granite multiplies each sublayer output before the add; others by 1)."""
@@ -137,7 +150,7 @@ def _residual_multiplier(ctx: CheckContext, m: Meter) -> None:
         else:  # parallel: one update of both outputs
             updates = [("attention + MLP", block_out - block_in, raw_attn + raw_mlp)]
         for what, update, raw in updates:
-            factor = _ratio(update, raw)
+            factor = _proportional_factor(update, raw.reshape(update.shape))
             if factor is not None:
                 label = f"{layer.prefix}: residual_multiplier (HF's residual update over the {what} output)"
                 _same(m, label, multiplier, factor, "config.residual_multiplier")
