@@ -324,3 +324,17 @@ def test_cohere_logit_scale_is_a_multiply_after_lm_head():
         handle.remove()
     assert torch.equal(logits, outputs["lm_head"] * cfg.logit_scale)
     assert not torch.allclose(logits, outputs["lm_head"])
+
+
+def test_per_head_and_per_neuron_decomposition_adds_up(setup):
+    """Heads and neurons are the projections' own outputs; their contributions (× residual_multiplier), with
+    the embedding and the biases, sum to HF's final-norm input."""
+    bridge, reference, tokens = setup
+    hf = _hf_record(reference, tokens)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens, names_filter=lambda n: _BOUNDARY(n) or n.endswith("attn.hook_z"))
+    parts, labels = cache.get_full_resid_decomposition(expand_neurons=True, return_labels=True)
+    assert labels[0] == "L0H0" and labels[-2:] == ["embed", "bias"]
+    torch.testing.assert_close(parts.sum(0), hf["norm_in"], rtol=0, atol=1e-4)
+    heads = cache.stack_head_results(layer=1)  # block 0's heads
+    torch.testing.assert_close(heads.sum(0), cache["blocks.0.hook_attn_out"], rtol=0, atol=1e-5)
