@@ -338,3 +338,19 @@ def test_per_head_and_per_neuron_decomposition_adds_up(setup):
     torch.testing.assert_close(parts.sum(0), hf["norm_in"], rtol=0, atol=1e-4)
     heads = cache.stack_head_results(layer=1)  # block 0's heads
     torch.testing.assert_close(heads.sum(0), cache["blocks.0.hook_attn_out"], rtol=0, atol=1e-5)
+
+
+def test_a_zero_multiplier_and_a_forward_scale_beside_an_embedding_norm_are_refused():
+    from bridge_core.errors import SpecError
+    from bridge_core.spec.schema import EmbedSpec, NormSpec
+
+    spec = load_spec(SPEC)
+    config = transformers.AutoConfig.for_model("granite", **{**CONFIG, "residual_multiplier": 0.0})
+    with pytest.raises(SpecError, match="non-zero") as error:
+        normalize_config(spec, config)
+    assert error.value.field == "config.residual_multiplier"
+    norm = NormSpec(path="model.layers.0.input_layernorm", kind="rmsnorm")
+    embed = EmbedSpec(path="model.embed_tokens", norm=norm, scale_at="forward")
+    with pytest.raises(SpecError, match="embedding norm") as error:
+        Bridge.from_hf(_granite(), spec.model_copy(update={"embed": embed}))
+    assert error.value.field == "embed.scale_at"
