@@ -5,6 +5,8 @@
 - `reference/weights.md`: the weight views, per architecture, with symbolic shapes;
 - `reference/spec-fields.md`: every spec field with its type, default and description, from
   `Spec.model_json_schema()`;
+- `reference/spec-language.md`: the spec language (`docs/templates/spec-language.md`), with the normalized
+  config fields, the expression language and the registered kinds filled in from the code;
 - `reference/checks.md`: every conformance check with its statement, tolerance (and why it suffices) and
   when it skips, from the catalogue and the `raise Skip(...)` statements in each check's source.
 
@@ -340,6 +342,151 @@ def checks_page() -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- spec language
+SPEC_LANGUAGE_TEMPLATE = ROOT / "docs" / "templates" / "spec-language.md"
+
+# What each normalized field means; a BridgeConfig field missing here stops the generator (keeps the page whole).
+CONFIG_MEANING = {
+    "n_layers": "number of blocks (of the decoder); binding refuses a spec whose `blocks` list holds another number",
+    "d_model": "width of the residual stream",
+    "n_heads": "query heads per attention module",
+    "d_head": "width of one head (q, k, v)",
+    "d_mlp": "width of the MLP's hidden layer (`hook_pre` / `hook_post`)",
+    "d_vocab": "vocabulary size (logits' last dimension)",
+    "n_kv_heads": "key/value heads (grouped-query attention); `n_heads` must be a multiple of it",
+    "n_ctx": "longest input: the usable rows of a learned position table (longer inputs are refused), or the "
+    "rotary module's context length",
+    "eps": "the norms' epsilon (each norm module's own eps must equal it)",
+    "act_fn": "activation kind of every MLP that names none itself (`block.mlp.act_fn`)",
+    "embed_scale": "`hook_embed == W_E[tokens] * embed_scale`; `embed.scale_at` says whether HF multiplies inside the "
+    "embedding module (Gemma) or in the model's forward (Granite's `embedding_multiplier`)",
+    "attn_scale": "scores are `q·k / attn_scale` (HookedTransformer's field; Granite: `1 / attention_multiplier`); "
+    "the reimplement path scales by `1 / attn_scale`",
+    "residual_multiplier": "HF adds `sublayer_output * residual_multiplier` to the residual (Granite); "
+    "`hook_attn_out` / `hook_mlp_out` show that product",
+    "logit_scale": "HF's logits are the unembedding's output times this, before a final softcap (Cohere's "
+    "`logit_scale`; Granite: `1 / logits_scaling`); `hook_unembed` is before it",
+    "architecture": "a label for the model (`cfg.architecture`)",
+}
+# Fields a spec may add (kept in `cfg.extra`, readable as `cfg.<name>`) that the core itself reads.
+EXTRA_CONFIG_MEANING = {
+    "rotary_dim": "dims of each head that rotary rotates (default `d_head`); the reimplement path and "
+    "`config_fields` (twice the rotary module's frequencies) read it",
+    "n_encoder_layers": "number of encoder blocks; required when the spec has an `encoder` stack",
+    "attn_softcap": "attention logit softcap HF passes each layer (`config_fields` compares; TransformerLens code "
+    "reads it); the reimplement path uses `block.attn.softcap`",
+    "sliding_window": "sliding-window length HF passes its windowed layers (`config_fields` compares)",
+    "final_softcap": "final logit softcap (`config_fields` compares with HF's logits); the bridge uses "
+    "`unembed.softcap`",
+}
+
+
+def _config_fields_section() -> str:
+    import dataclasses
+
+    from bridge_core.spec.config import _INT_FIELDS, BridgeConfig
+    from bridge_core.spec.schema import REQUIRED_CONFIG_FIELDS
+
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for field in dataclasses.fields(BridgeConfig):
+        if field.name == "extra":
+            continue
+        if field.name not in CONFIG_MEANING:
+            raise SystemExit(f"docs/gen_reference.py: add a meaning for config field '{field.name}'")
+        if field.name in REQUIRED_CONFIG_FIELDS:
+            default = "required"
+        elif field.name == "n_kv_heads":
+            default = "`n_heads`"
+        elif field.name == "attn_scale":
+            default = "`sqrt(d_head)`"
+        elif field.name == "architecture":
+            default = "the spec's `name`"
+        else:
+            default = "`null`" if field.default is None else f"`{field.default}`"
+        kind = "positive int" if field.name in _INT_FIELDS else str(field.type).replace(" | None", " or null")
+        rows.append(f"| `{field.name}` | {kind} | {default} | {CONFIG_MEANING[field.name]} |")
+    rows += ["", "| extra field | meaning |", "|---|---|"]
+    rows += [f"| `{name}` | {meaning} |" for name, meaning in EXTRA_CONFIG_MEANING.items()]
+    return "\n".join(rows)
+
+
+def _expression_section() -> str:
+    from bridge_core.spec import expressions as e
+
+    def names(table) -> str:
+        symbols = {
+            "Add": "+", "Sub": "-", "Mult": "*", "Div": "/", "FloorDiv": "//", "Mod": "%", "Pow": "**",
+            "USub": "-x", "UAdd": "+x", "Not": "not", "Eq": "==", "NotEq": "!=", "Lt": "<", "LtE": "<=",
+            "Gt": ">", "GtE": ">=", "Is": "is", "IsNot": "is not",
+        }  # fmt: skip
+        return " ".join(f"`{symbols[op.__name__]}`" for op in table)
+
+    literals = " ".join(f"`{name}`" for name in e._LITERAL_NAMES)
+    return "\n".join(
+        [
+            f"- arithmetic: {names(e._BINARY)} (on numbers only; booleans are refused)",
+            f"- unary: {names(e._UNARY)}; `and`, `or` (Python's: `a or b` is `a` when truthy, else `b`)",
+            f"- comparisons: {names(e._COMPARE)}, chained as in Python",
+            "- conditionals: `x if condition else y` (conformance's `variant_coverage` records which side each "
+            "test model took)",
+            "- subscripts of config lists and mappings: `layer_types[layer]`, `rope_parameters['rope_theta']` "
+            "(no slices)",
+            f"- functions: {', '.join(f'`{name}`' for name in e._FUNCTIONS)} (positional arguments only); "
+            "`get(mapping, key, default)` reads a key of a config mapping",
+            f"- literals: numbers, quoted strings (`\"'gated'\"`), {literals}",
+            f"- limits: {e._MAX_EXPRESSION_LENGTH} characters, nesting depth {e._MAX_DEPTH}, exponents up to "
+            f"{e._MAX_POWER_EXPONENT}, integers up to {e._MAX_BITS} bits",
+        ]
+    )
+
+
+def _kinds_section() -> str:
+    from bridge_core.plugin_host import is_builtin
+
+    kinds = default_registry().plugins.kinds
+    tables = [
+        ("norms", "norm", "`ln1.kind`, `ln2.kind`, `ln_final.kind`, `embed.norm.kind`, `q_norm.kind`, ..."),
+        ("positions", "position", "`pos_embed.kind`"),
+        ("activations", "activation", "`config.act_fn` (by value), `block.mlp.act_fn`"),
+        ("mask_formats", "mask format", "`call.mask_format`"),
+        ("score_biases", "score bias", "`score_bias.kind`, `encoder.score_bias.kind`"),
+        ("cross_attentions", "cross attention", "`block.cross_attn.kind`"),
+    ]
+    lines = ["| extension point | selected by | built-in kinds |", "|---|---|---|"]
+    for table, what, field in tables:
+        builtin = [n for n in getattr(kinds, table) if is_builtin(kinds.origins.get((what, n), ""))]
+        lines.append(f"| {what} | {field} | {', '.join(f'`{n}`' for n in builtin)} |")
+    lines += ["", "Built-in norm kinds (`NormKind`), as registered:", ""]
+    lines += ["| norm | subtracts the mean | weight offset | arithmetic |", "|---|---|---|---|"]
+    for name, norm in kinds.norms.items():
+        if not is_builtin(kinds.origins.get(("norm", name), "")):
+            continue
+        order = "float32, cast to the output dtype, then the weight" if norm.cast_first else "float32, cast last"
+        lines.append(f"| `{name}` | {'yes' if norm.centered else 'no'} | {norm.weight_offset:g} | {order} |")
+    lines += ["", "Built-in position kinds (`PositionKind`), as registered:", ""]
+    lines += ["| position | learned table | limits length to `n_ctx` | rotates q and k |", "|---|---|---|---|"]
+    for name, position in kinds.positions.items():
+        if not is_builtin(kinds.origins.get(("position", name), "")):
+            continue
+        flags = [position.has_table, position.limits_length, position.rotates_qk]
+        lines.append(f"| `{name}` | " + " | ".join("yes" if f else "no" for f in flags) + " |")
+    return "\n".join(lines)
+
+
+def spec_language_page() -> str:
+    text = SPEC_LANGUAGE_TEMPLATE.read_text(encoding="utf-8")
+    parts = {
+        "{{ config_fields }}": _config_fields_section(),
+        "{{ expressions }}": _expression_section(),
+        "{{ kinds }}": _kinds_section(),
+    }
+    for marker, section in parts.items():
+        if marker not in text:
+            raise SystemExit(f"{SPEC_LANGUAGE_TEMPLATE} lost its {marker} marker")
+        text = text.replace(marker, section)
+    return HEADER + text
+
+
 def generate(out_dir: str | Path) -> list[Path]:
     """Write the four pages under `out_dir/reference/`; the paths written."""
     names = [name for name in default_registry().names() if default_registry().origin(name) == "builtin"]
@@ -347,6 +494,7 @@ def generate(out_dir: str | Path) -> list[Path]:
     target.mkdir(parents=True, exist_ok=True)
     pages = {"hooks.md": hooks_page(names), "weights.md": weights_page(names), "spec-fields.md": spec_fields_page()}
     pages["checks.md"] = checks_page()
+    pages["spec-language.md"] = spec_language_page()
     written = []
     for file, text in pages.items():
         (target / file).write_text(text, encoding="utf-8")

@@ -207,6 +207,12 @@ def decompose_resid(
     return (stack, labels) if return_labels else stack
 
 
+def _times(bridge: Any, layer: int, spot: str = "attn_out") -> float:
+    """The residual multiplier HF applies to block `layer`'s attention (or MLP) output before the add (Granite;
+    1 elsewhere): per-head and per-neuron results are the projections' own, their contributions are times it."""
+    return getattr(bridge.bound.blocks[layer], spot).scale or 1.0
+
+
 def head_results(cache: ActivationCache, layer: int) -> torch.Tensor:
     """Per-head outputs `[batch, pos, n_heads, d_model]`: cached `hook_result`, else `hook_z @ W_O` per head."""
     name = f"blocks.{layer}.attn.hook_result"
@@ -227,11 +233,13 @@ def stack_head_results(
 ) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
     """Every head's output in blocks 0..layer-1: `[n_layers * n_heads (+1), batch, pos, d_model]`, labels `L{l}H{h}`.
 
+    Each is the head's contribution to the residual: `hook_result` times the residual multiplier where HF has one.
+
     `incl_remainder` appends the residual minus all heads (embeddings, MLPs, biases) as "remainder".
     """
     bridge = _bridge(cache)
     layer = _final_layer(bridge, layer)
-    heads = [apply_slice(head_results(cache, index), pos_slice, -3) for index in range(layer)]
+    heads = [apply_slice(head_results(cache, index), pos_slice, -3) * _times(bridge, index) for index in range(layer)]
     labels = [f"L{index}H{h}" for index in range(layer) for h in range(bridge.cfg.n_heads)]
     if heads:
         stack = torch.cat(heads, dim=-2).movedim(-2, 0)
@@ -280,6 +288,8 @@ def logit_attrs(
 
     With `incorrect_tokens`, with `W_U[:, tokens] - W_U[:, incorrect_tokens]` (a logit difference).
     `residual_stack [..., batch, d_model]`: slice positions first (`pos_slice`); b_U is not included.
+    Times `cfg.logit_scale` where HF scales the logits (W_U is the raw weight), so the attributions add up
+    to the logits the model returns (before a final softcap).
     """
     bridge = _bridge(cache)
     directions = residual_directions(bridge, tokens)
@@ -292,7 +302,10 @@ def logit_attrs(
             )
         directions = directions - wrong
     scaled = apply_ln_to_stack(cache, residual_stack, None, False, pos_slice, batch_slice, has_batch_dim)
-    return (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
+    attrs = (scaled * directions.to(scaled.device, scaled.dtype)).sum(-1)
+    # the logits HF returns are the unembedding's output times the logit scale (Cohere, Granite): so are these
+    scale = bridge.bound.logit_scale
+    return attrs if scale is None else attrs * scale
 
 
 def compute_head_results(cache: ActivationCache) -> None:
@@ -333,7 +346,7 @@ def stack_neuron_results(
     labels = [f"L{index}N{n}" for index in range(layer) for n in neurons]
     parts = []
     for index in range(layer):
-        result = neuron_results(cache, index, neuron_slice, pos_slice)
+        result = neuron_results(cache, index, neuron_slice, pos_slice) * _times(bridge, index, "mlp_out")
         parts.append(result[..., None, :] if isinstance(neuron_slice, int) else result)
     if parts:
         stack = torch.cat(parts, dim=-2).movedim(-2, 0)
@@ -354,13 +367,13 @@ def accumulated_bias(bridge: Any, layer: int, mlp_input: bool, include_mlp_biase
     """The biases written to the residual before block `layer` (b_O, and b_out if asked; + this b_O for its MLP)."""
     total = torch.zeros(bridge.cfg.d_model)
     for index in range(layer):
-        total = total + bridge.blocks[index].attn.b_O.detach().float().cpu()
+        total = total + bridge.blocks[index].attn.b_O.detach().float().cpu() * _times(bridge, index)
         if include_mlp_biases:
-            total = total + bridge.blocks[index].mlp.b_out.detach().float().cpu()
+            total = total + bridge.blocks[index].mlp.b_out.detach().float().cpu() * _times(bridge, index, "mlp_out")
     if mlp_input:
         if layer >= bridge.cfg.n_layers:
             raise AnalysisError("mlp_input: the final residual feeds no MLP")
-        total = total + bridge.blocks[layer].attn.b_O.detach().float().cpu()
+        total = total + bridge.blocks[layer].attn.b_O.detach().float().cpu() * _times(bridge, layer)
     return total
 
 

@@ -244,21 +244,24 @@ class _Binder(SpecWalker):
             self.fail(spec_error("a post_norm block needs ln1 and ln2", self.spec, None, f"{field}.kind"))
         if attn is None or mlp is None or (cross_spec is not None and cross is None):
             raise Missing
-        # Where each value of the residual stream lives, by the block's form.
+        # Where each value of the residual stream lives, by the block's form. HF multiplies each sublayer's
+        # output by config.residual_multiplier before the add (Granite): the contribution is that tensor
+        # times it (docs/decisions/0013-multipliers.md).
+        times = self.cfg.residual_multiplier if self.cfg is not None and self.cfg.residual_multiplier != 1 else None
         if ln1_post is not None:
-            attn_out = Spot(ln1_post.module, ln1_post.path)
+            attn_out = Spot(ln1_post.module, ln1_post.path, scale=times)
         elif at["attn_out_at"] is not None:
-            attn_out = Spot(at["attn_out_at"][0], at["attn_out_at"][1])
+            attn_out = Spot(at["attn_out_at"][0], at["attn_out_at"][1], scale=times)
         else:
-            attn_out = Spot(attn.module, attn.path, index=attn.output_index)
+            attn_out = Spot(attn.module, attn.path, index=attn.output_index, scale=times)
         if ln2_post is not None:
-            mlp_out = Spot(ln2_post.module, ln2_post.path)
+            mlp_out = Spot(ln2_post.module, ln2_post.path, scale=times)
         elif at["mlp_out_at"] is not None:
-            mlp_out = Spot(at["mlp_out_at"][0], at["mlp_out_at"][1])
+            mlp_out = Spot(at["mlp_out_at"][0], at["mlp_out_at"][1], scale=times)
         elif mlp.module is module:  # no MLP module of its own (OPT): its output projection's output
-            mlp_out = Spot(mlp.w_out, f"{mlp.path}.out")
+            mlp_out = Spot(mlp.w_out, f"{mlp.path}.out", scale=times)
         else:
-            mlp_out = Spot(mlp.module, mlp.path)
+            mlp_out = Spot(mlp.module, mlp.path, scale=times)
         if at["resid_mid_at"] is not None:
             resid_mid = Spot(at["resid_mid_at"][0], at["resid_mid_at"][1], index=0)
         elif kind == "sequential" and ln2 is not None:
@@ -430,6 +433,18 @@ class _Binder(SpecWalker):
             if embed_norm is not None
             else Spot(decoder.embed, decoder.embed_path)
         )
+        if spec.embed.scale_at == "forward" and cfg is not None and cfg.embed_scale != 1:
+            if embed_norm is not None:  # HF's order of scale and norm is not declared anywhere
+                self.fail(
+                    spec_error(
+                        "embed.scale_at 'forward' with an embedding norm is not supported: the spec cannot say "
+                        "whether HF scales before or after the norm",
+                        spec,
+                        None,
+                        "embed.scale_at",
+                    )
+                )
+            embed_spot = Spot(decoder.embed, decoder.embed_path, scale=cfg.embed_scale)
         return BoundModel(
             decoder=decoder,
             embed_norm=embed_norm,
@@ -445,6 +460,7 @@ class _Binder(SpecWalker):
             unembed_pre_scale=pre_scale,
             final_softcap=softcap,
             call=call,
+            logit_scale=cfg.logit_scale if cfg is not None and cfg.logit_scale != 1 else None,
             encoder=encoder,
             default_prepend_bos=spec.tokenizer.default_prepend_bos,
         )

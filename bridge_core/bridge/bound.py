@@ -27,6 +27,8 @@ class Spot:
     """A tensor of the forward: `module`'s output (element `index` of a tuple) or its input.
 
     `side="input"` is the hidden-states input (keyword `kwarg`, else the first positional argument).
+    `scale`: the value is that tensor times `scale`, a multiplier HF applies outside any module before the
+    value joins the residual (Granite's residual and embedding multipliers); None: the tensor itself.
     """
 
     module: nn.Module
@@ -35,10 +37,12 @@ class Spot:
     index: int | None = None
     kwarg: str = "hidden_states"
     in_place: bool = False  # HF holds this tensor twice (ln2's input is also the residual it adds back)
+    scale: float | None = None  # the value is the tensor times this (docs/decisions/0013-multipliers.md)
 
     def __repr__(self) -> str:
         at = f"[{self.index}]" if self.index not in (None, 0) else ""
-        return f"Spot({self.side} of {self.path}{at})"
+        times = f" × {self.scale:g}" if self.scale is not None else ""
+        return f"Spot({self.side} of {self.path}{at}{times})"
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,7 @@ class BoundModel:
     unembed_pre_scale: float | None
     final_softcap: float | None
     call: BoundCall
+    logit_scale: float | None = None  # HF multiplies the unembedding's output by it, before any softcap
     encoder: BoundStack | None = None
     default_prepend_bos: bool | None = None  # None: prepend when the tokenizer has a BOS token
     points: dict[str, HookPoint] = field(default_factory=dict)

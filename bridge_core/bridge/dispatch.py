@@ -30,6 +30,7 @@ from .places import (
     ModuleOutput,
     NormValue,
     Place,
+    Scaled,
     ShapedView,
     TokenShape,
     select_output,
@@ -108,6 +109,8 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
     if isinstance(view, Sharded):  # tensor parallel: hooks see the whole tensor, this rank keeps its slice
         replacement = _run_viewed(run, view.gather(base), view.inner)
         return None if replacement is None else view.local(replacement)
+    if isinstance(view, Scaled):
+        return _run_scaled(run, base, view)
     shown = view(base) if view is not None else base
     replaces = getattr(view, "replaces_base", False)
     if run.bwd or replaces:
@@ -120,6 +123,24 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
         return new
     replacement = base.clone()
     view(replacement).copy_(new)
+    return replacement
+
+
+def _run_scaled(run: _PointRun, base: torch.Tensor, view: Scaled) -> torch.Tensor | None:
+    """Hooks on `base * factor` (a product of our own); an edit goes back as `edit / factor`, for HF to
+    multiply again. A replacement equal to the product bit for bit is no edit: HF's tensor stays."""
+    new, edited = run.apply(view(base))
+    run.attach_backward(new)
+    if not run.bwd and (not edited or same_bits(new, view(base))):
+        return None
+    if edited:
+        value = new / view.factor
+    else:  # only backward hooks: HF's values exactly, with the gradient routed through the hooked product
+        value = (base if view.inner is None else view.inner(base)) + (new - new.detach()) / view.factor
+    if view.inner is None:
+        return value.to(base.dtype)
+    replacement = base.clone()
+    view.inner(replacement).copy_(value)
     return replacement
 
 
@@ -284,11 +305,9 @@ class _Plan:
                 if sub in self.modules:
                     self.modules[sub].gate = self.reimplement_runs[key]
         self.routes = list(routes.values())
-        self.recorders = {
-            id(v.source): v
-            for r in order
-            if (v := getattr(r.point.place, "view", None)) is not None and isinstance(v, ShapedView)
-        }
+        views = [getattr(r.point.place, "view", None) for r in order]
+        views = [v.inner if isinstance(v, Scaled) else v for v in views]  # a scaled flat-token view records too
+        self.recorders = {id(v.source): v for v in views if v is not None and isinstance(v, ShapedView)}
 
     def fill(self, entries: Sequence[HookEntry]) -> None:
         for run in self.runs.values():

@@ -25,6 +25,7 @@ from .places import (
     ModuleInput,
     ModuleOutput,
     NormValue,
+    Scaled,
     SplitHeads,
     TokenShape,
     View,
@@ -82,6 +83,8 @@ class _Layout:
 
     def spot(self, name: str, spot: Spot, view=None) -> None:
         """A hook point at a value the bound model located (a module's output or its hidden input)."""
+        if spot.scale is not None:  # HF multiplies the tensor outside the module: show the product
+            view = Scaled(spot.scale, view)
         if spot.side == "output":
             self.output(name, spot.module, spot.path, index=spot.index, view=view)
         else:

@@ -110,6 +110,22 @@ class BatchBroadcast(ShapedView):
         return base.expand(self.cell.shape[0], *base.shape[1:])
 
 
+@dataclass(frozen=True, eq=False)
+class Scaled(View):
+    """`inner(base) * factor`: a value HF computes outside any module by multiplying a module's output
+    (Granite's residual and embedding multipliers; docs/decisions/0013-multipliers.md).
+
+    Not a true view: the product is a tensor of its own, computed as HF computes it. An edit is written
+    back divided by `factor` (HF's own multiply then makes the value what the hook left, up to one rounding);
+    an unedited or bitwise-equal value leaves HF's tensor untouched (dispatch.py)."""
+
+    factor: float
+    inner: View | None = None
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return (base if self.inner is None else self.inner(base)) * self.factor
+
+
 def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str) -> dict[str, View]:
     """The views that take q, k and v heads out of a projection's last dim (hook points and weights)."""
     h, kv, d = n_heads, n_kv_heads, d_head

@@ -103,7 +103,7 @@ def stop_hook(bridge: Any, stop_at_layer: int, stack: ExitStack) -> None:
 
 
 def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
-    """Final norm, projection, unembedding and final softcap applied to a residual `[b, s, d_model]`."""
+    """Final norm, projection, unembedding, logit scale and final softcap applied to a residual `[b, s, d_model]`."""
     bound = bridge.bound
     x = residual
     if bound.ln_final is not None:
@@ -113,6 +113,8 @@ def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
     if bound.unembed_pre_scale is not None:
         x = x * bound.unembed_pre_scale
     logits = bound.unembed(x)
+    if bound.logit_scale is not None:
+        logits = logits * bound.logit_scale
     cap = bound.final_softcap
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap

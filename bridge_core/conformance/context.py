@@ -274,10 +274,10 @@ class CheckContext:
         return self._recorded((recording or self.reference).inputs, module)
 
     def hf_at(self, spot: Spot, recording: Recording | None = None) -> torch.Tensor:
-        """HF's tensor at a spot the bound model located (a module's main output, or its hidden input)."""
-        if spot.side == "input":
-            return self.hf_in(spot.module, recording)
-        return self.hf_out(spot.module, recording)
+        """HF's value at a spot the bound model located (a module's main output, or its hidden input), times the
+        spot's scale where HF multiplies that tensor outside the module (Granite's residual multiplier)."""
+        tensor = self.hf_in(spot.module, recording) if spot.side == "input" else self.hf_out(spot.module, recording)
+        return tensor if spot.scale is None else tensor * spot.scale
 
     def hf_out(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
         """What `module`'s twin in the copy returned on the reference forward (element 0 of a tuple)."""

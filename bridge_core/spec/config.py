@@ -32,6 +32,9 @@ class BridgeConfig:
     act_fn: str | None = None
     embed_scale: float = 1.0
     attn_scale: float | None = None  # scores are q·k / attn_scale (HookedTransformer); default sqrt(d_head)
+    # HF multiplies each sublayer's output by this before adding it to the residual (Granite); 1: plain add
+    residual_multiplier: float = 1.0
+    logit_scale: float = 1.0  # HF multiplies the unembedding's output by this (Cohere; Granite 1 / logits_scaling)
     architecture: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -161,6 +164,8 @@ def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -
         ("attn_scale", "> 0 (scores are q.k / attn_scale)", lambda v: v > 0),
         ("eps", ">= 0 (a norm's epsilon)", lambda v: v >= 0),
         ("embed_scale", "non-zero (embeddings are multiplied by it)", lambda v: v != 0),
+        ("residual_multiplier", "non-zero (sublayer outputs are multiplied by it)", lambda v: v != 0),
+        ("logit_scale", "non-zero (logits are multiplied by it)", lambda v: v != 0),
     )
     for name, allowed, check in ranges:
         value = values.get(name)
@@ -175,8 +180,9 @@ def normalize_config(spec: Spec, hf_config: Any, spec_file: str | None = None) -
     extra = {k: v for k, v in values.items() if k not in known}
     base = {k: v for k, v in values.items() if k in known}
     base.setdefault("architecture", spec.name)
-    if base.get("embed_scale") is None:
-        base["embed_scale"] = 1.0
+    for name in ("embed_scale", "residual_multiplier", "logit_scale"):
+        if base.get(name) is None:
+            base[name] = 1.0
     if base.get("attn_scale") is None:
         base["attn_scale"] = base["d_head"] ** 0.5
     return BridgeConfig(**base, extra=extra)

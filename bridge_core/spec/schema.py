@@ -315,6 +315,12 @@ class EmbedSpec(StrictModel):
     project: ModulePath | None = Field(
         default=None, description="Projection from a narrower embedding to d_model, when present (OPT project_in)."
     )
+    scale_at: Literal["module", "forward"] = Field(
+        default="module",
+        description="Where HF applies `config.embed_scale`: `module` = inside the embedding module, whose output is "
+        "already scaled (Gemma); `forward` = the model's forward multiplies the module's output (Granite's "
+        "embedding_multiplier). hook_embed is the scaled embedding either way; W_E is the raw table.",
+    )
 
 
 class PosEmbedSpec(StrictModel):

@@ -79,6 +79,20 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
         "block.attn",
     ),
     "mpt_alibi_wrong_layout": ("block_alone", {"attention_alone", "layer_ranges"}, ""),
+    # Granite's multipliers (docs/decisions/0013-multipliers.md), each left out or misplaced
+    "granite_no_residual_multiplier": (
+        "config_fields",
+        {"residual_stream", "norm_roles", "delta_once"},
+        "config.residual_multiplier",
+    ),
+    "granite_embed_scaled_in_module": ("embed", set(), "embed.scale_at"),
+    "granite_no_embed_scale": ("embed", set(), "config.embed_scale"),
+    "granite_no_logit_scale": ("unembed", {"config_fields", "layer_ranges"}, "config.logit_scale"),
+    "granite_default_attn_scale": (
+        "config_fields",
+        {"attention_semantics", "attention_paths_agree"},
+        "config.attn_scale",
+    ),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -20,7 +20,7 @@ def _call(ctx: CheckContext, attention: Attention, recording=None) -> AttentionC
     if call is None:
         raise Skip(
             "HF never called the attention interface for this model (a model outside AttentionInterface "
-            "needs `attention: reimplement`), so there is nothing captured to compare with"
+            "needs `block.attn.implementation: reimplement`), so there is nothing captured to compare with"
         )
     return call
 
@@ -226,7 +226,7 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
 @check(
     "attn_output",
     statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O, Σ_h hook_result + b_O and "
-    "hook_attn_out (hook_cross_attn_out) equal the attention module's output",
+    "hook_attn_out (hook_cross_attn_out) equal the attention module's output (hook_attn_out × cfg.residual_multiplier)",
     family="attention",
     tolerance=1e-5,
 )

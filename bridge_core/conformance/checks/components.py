@@ -51,7 +51,8 @@ def norms(ctx: CheckContext, m: Meter) -> None:
 @check(
     "residual_stream",
     statement="hook_resid_pre / resid_post equal HF's block input / output, hook_resid_mid equals block input + "
-    "HF attention output (+ cross attention for hook_resid_mid_cross), hook_mlp_out equals HF's MLP output; "
+    "HF attention output (+ cross attention for hook_resid_mid_cross), hook_mlp_out equals HF's MLP output (outputs "
+    "× cfg.residual_multiplier); "
     "post-norm blocks: hook_resid_post = HF's ln1 output + MLP output, hook_normalized_resid_post = block output",
     family="residual",
     tolerance=1e-5,
@@ -73,7 +74,7 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
                 f"{p}.hook_resid_mid vs HF block input + attention output",
                 ctx.cache[f"{p}.hook_resid_mid"],
                 mid,
-                "block.ln2.path / block.kind",
+                "block.ln2.path / block.kind / config.residual_multiplier",
             )
         elif block.kind != "parallel":
             m.fail(f"{p}.hook_resid_mid is missing on a {block.kind} block", "block.kind")

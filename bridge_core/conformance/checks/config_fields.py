@@ -9,6 +9,7 @@ and the logits of a forward whose unembedding output was scaled up (the final so
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,7 +49,8 @@ def _effective_scaling(ctx: CheckContext, attention, call) -> float | None:
     "and d_head the shapes HF hands attention; attn_scale the scaling HF applies; attn_softcap / window the "
     "softcap and sliding window HF passes each layer; eps each norm module's eps; n_ctx the usable rows of a "
     "learned position table; rotary_dim the rotary module's frequencies;"
-    " d_mlp, d_model, d_vocab HF's tensors; final_softcap HF's logits on large inputs",
+    " d_mlp, d_model, d_vocab HF's tensors; residual_multiplier HF's residual update over each sublayer output; "
+    "logit_scale HF's logits over the unembedding's output; final_softcap HF's logits on large inputs",
     family="config",
     tolerance=1e-5,
 )
@@ -109,7 +111,62 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
         _same(
             m, "rotary_dim (twice the rotary module's frequencies)", rotary, 2 * inv_freq.shape[-1], "config.rotary_dim"
         )
+    _residual_multiplier(ctx, m)
+    _logit_scale(ctx, m)
     _final_softcap(ctx, m)
+
+
+def _ratio(value: torch.Tensor, base: torch.Tensor) -> float | None:
+    """The factor `value` is of `base` (least squares, float64); None when `base` is (nearly) zero."""
+    value, base = value.double().reshape(-1), base.double().reshape(value.shape).reshape(-1)
+    norm = float(base @ base)
+    return None if norm < 1e-12 else float(value @ base) / norm
+
+
+def _proportional_factor(value: torch.Tensor, base: torch.Tensor) -> float | None:
+    """The factor when `value` is `base` times a non-zero number (to 1e-4 of its size); else None: then the
+    spots do not hold the update and its summand (a structural mistake the residual checks blame)."""
+    factor = _ratio(value, base)
+    if factor is None:
+        return None
+    value, base = value.double().reshape(-1), base.double().reshape(-1)
+    size = float(value.norm())
+    if size <= 1e-6 * float(base.norm()) or float((value - factor * base).norm()) > 1e-4 * size:
+        return None
+    return factor
+
+
+def _residual_multiplier(ctx: CheckContext, m: Meter) -> None:
+    """HF's residual updates over the sublayer outputs they add (read at the bound spots, unscaled): the factor
+    is config.residual_multiplier (Granite multiplies each sublayer output before the add; others by 1)."""
+    multiplier = ctx.bridge.cfg.residual_multiplier
+    for layer in ctx.layers:
+        block = layer.block
+        if block.kind == "post_norm" or block.cross is not None:
+            continue  # the residual is renormalized, or a third contribution joins it
+        raw_attn = ctx.hf_at(replace(block.attn_out, scale=None))
+        raw_mlp = ctx.hf_at(replace(block.mlp_out, scale=None)).reshape(raw_attn.shape)
+        block_in, block_out = ctx.hf_in(block.module), ctx.hf_at(block.resid_post)
+        if block.resid_mid is not None:
+            mid = ctx.hf_at(block.resid_mid)
+            updates = [("attention", mid - block_in, raw_attn), ("MLP", block_out - mid, raw_mlp)]
+        else:  # parallel: one update of both outputs
+            updates = [("attention + MLP", block_out - block_in, raw_attn + raw_mlp)]
+        for what, update, raw in updates:
+            factor = _proportional_factor(update, raw.reshape(update.shape))
+            if factor is not None:
+                label = f"{layer.prefix}: residual_multiplier (HF's residual update over the {what} output)"
+                _same(m, label, multiplier, factor, "config.residual_multiplier")
+
+
+def _logit_scale(ctx: CheckContext, m: Meter) -> None:
+    """HF's logits over its unembedding's output (without a final softcap; with one, `_final_softcap` reads it)."""
+    bound = ctx.bound
+    if bound.final_softcap is not None or "final_softcap" in ctx.bridge.cfg.extra:
+        return
+    factor = _ratio(ctx.reference.logits, ctx.reference.outputs[ctx.name_of(bound.unembed)])
+    what = "logit_scale (HF's logits over the unembedding's output)"
+    _same(m, what, ctx.bridge.cfg.logit_scale, factor, "config.logit_scale")
 
 
 def _final_softcap(ctx: CheckContext, m: Meter) -> None:
@@ -118,7 +175,7 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
     bound = ctx.bound
     name = ctx.name_of(bound.unembed)
     edited = ctx.reference_run(edits=[(name, "post", lambda module, args, out: out * 50.0)], capture=False)
-    raw = edited.outputs[name] * 50.0
+    raw = edited.outputs[name] * 50.0 * (bound.logit_scale or 1.0)  # logits are scaled before the softcap
 
     def capped(cap: float | None) -> torch.Tensor:
         return raw if cap is None else torch.tanh(raw / cap) * cap

@@ -57,7 +57,7 @@ def embed(ctx: CheckContext, m: Meter) -> None:
             f"{name} vs HF's residual at block 0 (minus positions)",
             ctx.cache[name],
             token_part,
-            "embed.path / embed.norm",
+            "embed.path / embed.norm / embed.scale_at",
         )
 
 
@@ -96,8 +96,8 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
 
 @check(
     "unembed",
-    statement="HF's final-norm output (× unembed.pre_scale) · W_U + b_U, and hook_unembed, with the spec's final "
-    "softcap c·tanh(x/c) applied, equal HF's logits (hook_unembed is before the softcap)",
+    statement="HF's final-norm output (× unembed.pre_scale) · W_U + b_U, and hook_unembed, times cfg.logit_scale and "
+    "with the spec's final softcap c·tanh(x/c) applied, equal HF's logits (hook_unembed is before both)",
     family="embedding",
     tolerance=1e-5,
 )
@@ -113,14 +113,20 @@ def unembed(ctx: CheckContext, m: Meter) -> None:
     def capped(x: torch.Tensor) -> torch.Tensor:
         return x if cap is None else torch.tanh(x / cap) * cap
 
+    logit_scale = bound.logit_scale or 1.0  # HF multiplies the unembedding's output (Cohere, Granite)
     logits = ctx.reference.logits
     recomposed = final @ bridge.W_U + bridge.b_U
     m.compare(
-        "final residual (× pre_scale) · W_U + b_U, softcapped, vs HF logits",
-        capped(recomposed),
+        "final residual (× pre_scale) · W_U + b_U, × logit_scale, softcapped, vs HF logits",
+        capped(recomposed * logit_scale),
         logits,
-        "unembed.path / unembed.pre_scale / unembed.softcap",
+        "unembed.path / unembed.pre_scale / config.logit_scale / unembed.softcap",
     )
     hook = ctx.cache["hook_unembed"]
     m.compare("hook_unembed vs the recomposition before the softcap", hook, recomposed, "unembed.path")
-    m.compare("hook_unembed, softcapped, vs HF logits", capped(hook), logits, "unembed.path / unembed.softcap")
+    m.compare(
+        "hook_unembed × logit_scale, softcapped, vs HF logits",
+        capped(hook * logit_scale),
+        logits,
+        "unembed.path / config.logit_scale / unembed.softcap",
+    )

@@ -76,13 +76,16 @@ def delta_once(ctx: CheckContext, m: Meter) -> None:
     def add_delta(tensor: torch.Tensor, hook) -> torch.Tensor:
         return tensor + delta
 
-    def add_to_output(module, args, output):
-        return (output[0] + delta, *output[1:]) if isinstance(output, tuple) else output + delta
-
     for layer in _ends(ctx):
         p = layer.prefix
         mid = f"{p}.hook_resid_mid"
         attn = ctx.name_of(layer.block.attn_out.module)
+        # where HF multiplies the output before the add (residual multiplier), δ / multiplier joins as δ
+        step = delta / (layer.block.attn_out.scale or 1.0)
+
+        def add_to_output(module, args, output, step=step):
+            return (output[0] + step, *output[1:]) if isinstance(output, tuple) else output + step
+
         expected = ctx.reference_run(edits=[(attn, "post", add_to_output)], capture=False).logits
         seen.clear()
         for name in (mid, f"{p}.hook_attn_out"):
