@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import torch
 
+from bridge_core.errors import SpecError
 from bridge_core.kinds import PositionKind
 from bridge_core.plugin_host import hookimpl
 
 
-def _too_narrow(rotary_dim: int, width: int) -> ValueError:
-    return ValueError(
+def _too_narrow(rotary_dim: int, width: int) -> SpecError:
+    """The rotary module's output does not cover rotary_dim: the dim or the kind (half vs pairs) is wrong."""
+    return SpecError(
         f"rotary_dim {rotary_dim} (spec field config.rotary_dim) is wider than the rotary module's output "
-        f"({width} dims)"
+        f"({width} dims); a module returning one value per adjacent pair needs kind rotary_interleaved",
+        field="config.rotary_dim / pos_embed.kind",
     )
 
 
