@@ -30,7 +30,8 @@ _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 # mistake, only float rounding (~1e-7), so such a mutant is not generated.
 _SAME_FUNCTION = ({"gelu_new", "gelu_pytorch_tanh"},)
 _MASK_FORMATS = ("2d", "4d_additive", "4d_bool", "none")
-_POSITIONS = ("learned", "rotary", "none")
+_POSITIONS = ("learned", "rotary", "rotary_interleaved", "none")
+_ROTARY_OUTPUTS = ("cos_sin", "sin_cos")  # the order of the rotary module's pair (cos_sin when not given)
 
 # Optional fields whose absence is a plausible mistake (paths relative to a block, or to the spec).
 _BLOCK_OPTIONAL = (
@@ -185,7 +186,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         attn = block.get("attn", {})
         yield from flip((*at, "attn", "softmax_dtype"), ("input", "float32"), "setting")
         if attn.get("q_norm") is not None:
-            yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd"), "setting")
+            yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd", "flat"), "setting")
         act = _get(block, ("mlp", "act_fn"))
         if act is not None:
             yield from flip((*at, "mlp", "act_fn"), [a for a in _ACTIVATIONS if not _same_function({a}, {act})])
@@ -201,6 +202,12 @@ def _kinds(data: Data) -> Iterator[Mutant]:
     yield from flip(("call", "mask_format"), _MASK_FORMATS)
     if isinstance(data.get("pos_embed"), dict):
         yield from flip(("pos_embed", "kind"), _POSITIONS)
+        if data["pos_embed"].get("kind") in ("rotary", "rotary_interleaved"):  # the pair read in the wrong order
+            order = data["pos_embed"].get("rotary_output", _ROTARY_OUTPUTS[0])
+            other = _ROTARY_OUTPUTS[1 - _ROTARY_OUTPUTS.index(order)]
+            yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",
+                         f"pos_embed.rotary_output {order!r} -> {other!r}",
+                         _with(data, ("pos_embed", "rotary_output"), other))  # fmt: skip
 
 
 def _drops(data: Data) -> Iterator[Mutant]:

@@ -20,7 +20,7 @@ from bridge_core.conformance.runner import run_variants
 SPECS = Path(__file__).parent / "specs"
 
 
-@pytest.mark.parametrize("name", ["gptj", "phi", "olmo2"])
+@pytest.mark.parametrize("name", ["gptj", "phi", "olmo2", "cohere"])
 def test_zoo_spec_passes_the_whole_catalogue_on_every_variant(name):
     reports = run_variants(SPECS / f"{name}.yaml")
     assert len(reports) >= 3  # the spec's own test model, its variants and the eager run

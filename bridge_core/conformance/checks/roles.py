@@ -83,7 +83,8 @@ def _has_mlp_norm(layer: Layer) -> bool:
     "ln2 the MLP's in-projection (a norm shared by a parallel block's sublayers: both), the cross-attention norm "
     "the cross attention, post norms the residual update, "
     "the final norm the unembedding (encoder: the cross attention's keys); each pre-norm's input is the residual "
-    "of its place in a block of the declared kind (parallel: the block input before the MLP too)",
+    "of its place in a block of the declared kind (parallel: the block input before the MLP too); with no norm "
+    "before the MLP (OLMo 2), the MLP's own input is that residual",
     family="norms",
     tolerance=1e-5,
 )
@@ -102,6 +103,7 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
             if residual is not None:
                 what = f"{layer.prefix}.{norm.name} input vs the {layer.block.kind} block's residual before it"
                 m.compare(what, ctx.hf_in(norm.module), residual, f"{layer.block.field}.kind")
+        seen += _unnormalized_mlp_input(ctx, layer, m)
     bound = ctx.bound
     for stack in bound.stacks():
         norm = stack.ln_final
@@ -122,6 +124,20 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
         m.compare(f"{norm.name} output ({norm.path}) vs {what}", out, expected, f"{norm.field}.path / unembed")
     if not seen:
         raise Skip("this spec declares no norm whose role feeds a sublayer")
+
+
+def _unnormalized_mlp_input(ctx: CheckContext, layer: Layer, m: Meter) -> int:
+    """With no norm before the MLP (OLMo 2 normalizes only sublayer outputs), the MLP reads the residual itself:
+    the block input in a parallel block, plus the attention contribution in a sequential one."""
+    block = layer.block
+    if block.mlp_norm is not None or block.kind == "post_norm" or block.cross is not None or block.mlp.flat_tokens:
+        return 0
+    residual = ctx.hf_in(block.module)
+    if block.kind != "parallel":
+        residual = residual + ctx.hf_at(block.attn_out)
+    what = f"{layer.prefix}.mlp input (no norm before it) vs the {block.kind} block's residual before the MLP"
+    m.compare(what, ctx.hf_in(block.mlp.w_in), residual, f"{block.field}.kind")
+    return 1
 
 
 # The attribute names transformers' MLPs keep their activation under (GPT-2 `act`, Llama `act_fn`, OPT's
