@@ -47,10 +47,10 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
-    # shared norms, post-sublayer norms, whole-projection q/k norms, interleaved rotary (issue 16; tests/zoo/specs)
+    # shared norms, post-sublayer norms, whole-projection q/k norms, interleaved rotary (issue 16: gptj, phi, olmo2)
     "gptj_rotate_half": ("attention_paths_agree", set(), "pos_embed.kind"),
     "gptj_cos_sin": ("attention_paths_agree", set(), "pos_embed.kind / rotary_output"),
-    "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once"}, "block.kind"),
+    "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once", "norm_roles"}, "block.kind"),
     "olmo2_per_head_qk_norm": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_layout"),
     "olmo2_pre_norm": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
 }
