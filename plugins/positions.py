@@ -1,6 +1,8 @@
 """Built-in position kinds: `learned` (a table, with an offset), `rotary` (q and k rotated inside
 attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
-`rotary_interleaved` (adjacent dims 2j, 2j+1 paired: GPT-J's rotate_every_two, Cohere) and `none`."""
+`rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
+from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them) and
+`none`."""
 
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ def bridge_core_position_kinds() -> list[PositionKind]:
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
         PositionKind(
             "rotary_interleaved", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_interleaved
+        ),
+        PositionKind(
+            "rotary_interleaved_table", limits_length=True, has_table=False, rotates_qk=True, rotate=rotate_interleaved
         ),
         PositionKind("none", limits_length=False, has_table=False),
     ]

@@ -237,7 +237,8 @@ class PosEmbedSpec(StrictModel):
     kind: str = Field(
         default="learned",
         description="Position kind, registered by a plugin (`learned`, `rotary` (rotate-half: dim j paired with "
-        "j + rotary_dim/2), `rotary_interleaved` (adjacent pairs 2j, 2j+1: GPT-J, Cohere), `none`).",
+        "j + rotary_dim/2), `rotary_interleaved` (adjacent pairs 2j, 2j+1: Cohere), `rotary_interleaved_table` (the "
+        "same from a precomputed table of n_ctx positions: GPT-J), `none`).",
     )
     path: ModulePath | None = Field(
         default=None, description="The position table (learned) or the model's rotary module (rotary)."

@@ -48,7 +48,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
     # shared norms, post-sublayer norms, whole-projection q/k norms, interleaved rotary (issue 16: gptj, phi, olmo2)
-    "gptj_rotate_half": ("attention_paths_agree", set(), "pos_embed.kind"),
+    "gptj_rotate_half": ("attention_paths_agree", {"length_limit"}, "pos_embed.kind"),
+    "gptj_unlimited": ("length_limit", set(), "pos_embed.kind"),
     "gptj_cos_sin": ("attention_paths_agree", set(), "pos_embed.kind / rotary_output"),
     "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once", "norm_roles"}, "block.kind"),
     "olmo2_per_head_qk_norm": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_layout"),

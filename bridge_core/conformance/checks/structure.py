@@ -1,5 +1,6 @@
 """Structural checks: the spec binds, every listed hook fires exactly once, shapes are
-HookedTransformer's (derived from `cfg`), and `run_with_cache` returns every hook point."""
+HookedTransformer's (derived from `cfg`), `run_with_cache` returns every hook point, q/k norms get the layout
+the spec declares, and the position kind limits the input length exactly where HF's forward cannot go further."""
 
 from __future__ import annotations
 
@@ -224,3 +225,29 @@ def qk_norm_layout(ctx: CheckContext, m: Meter) -> None:
             m.compare(what, got, expected, field)
     if not seen:
         raise Skip("this spec declares no q/k norms")
+
+
+@check(
+    "length_limit",
+    statement="the position kind refuses inputs longer than cfg.n_ctx exactly where HF's own forward cannot run "
+    "them (a learned table, GPT-J's sinusoid table), and accepts them where it can (rotary computed per call)",
+    family="config",
+    encoder_decoder=False,
+)
+def length_limit(ctx: CheckContext, m: Meter) -> None:
+    n_ctx = ctx.bridge.cfg.n_ctx
+    if n_ctx is None:
+        raise Skip("cfg.n_ctx is not given: no length to hold the position kind to")
+    tokens = (torch.arange(n_ctx + 1) % ctx.vocab)[None]
+    try:
+        ctx.hf_logits(tokens)
+        hf_runs = True
+    except (IndexError, RuntimeError):  # an index past a table, or a size mismatch against one
+        hf_runs = False
+    kind = ctx.bound.position_kind
+    m.require(
+        kind.limits_length != hf_runs,
+        f"position kind '{kind.name}' {'refuses' if kind.limits_length else 'accepts'} {n_ctx + 1} tokens, but HF's "
+        f"forward {'runs' if hf_runs else 'cannot run'} them",
+        "pos_embed.kind / config.n_ctx",
+    )
