@@ -232,6 +232,7 @@ def qk_norm_layout(ctx: CheckContext, m: Meter) -> None:
     statement="the position kind refuses inputs longer than cfg.n_ctx exactly where HF's own forward cannot run "
     "them (a learned table, GPT-J's sinusoid table), and accepts them where it can (rotary computed per call)",
     family="config",
+    figure="mismatches",
     encoder_decoder=False,
 )
 def length_limit(ctx: CheckContext, m: Meter) -> None:
@@ -245,9 +246,11 @@ def length_limit(ctx: CheckContext, m: Meter) -> None:
     except (IndexError, RuntimeError):  # an index past a table, or a size mismatch against one
         hf_runs = False
     kind = ctx.bound.position_kind
-    m.require(
-        kind.limits_length != hf_runs,
-        f"position kind '{kind.name}' {'refuses' if kind.limits_length else 'accepts'} {n_ctx + 1} tokens, but HF's "
-        f"forward {'runs' if hf_runs else 'cannot run'} them",
-        "pos_embed.kind / config.n_ctx",
-    )
+    wrong = kind.limits_length == hf_runs
+    if wrong:
+        m.fail(
+            f"position kind '{kind.name}' {'refuses' if kind.limits_length else 'accepts'} {n_ctx + 1} tokens, but "
+            f"HF's forward {'runs' if hf_runs else 'cannot run'} them",
+            "pos_embed.kind / config.n_ctx",
+        )
+    m.count(int(wrong), "position kinds that disagree with HF on the length limit")
