@@ -417,7 +417,7 @@ def _expression_section() -> str:
         symbols = {
             "Add": "+", "Sub": "-", "Mult": "*", "Div": "/", "FloorDiv": "//", "Mod": "%", "Pow": "**",
             "USub": "-x", "UAdd": "+x", "Not": "not", "Eq": "==", "NotEq": "!=", "Lt": "<", "LtE": "<=",
-            "Gt": ">", "GtE": ">=", "Is": "is", "IsNot": "is not",
+            "Gt": ">", "GtE": ">=", "Is": "is", "IsNot": "is not", "In": "in", "NotIn": "not in",
         }  # fmt: skip
         return " ".join(f"`{symbols[op.__name__]}`" for op in table)
 

@@ -1,12 +1,25 @@
 """Built-in position kinds: `learned` (a table, with an offset), `rotary` (q and k rotated inside
-attention, cos/sin from the model's rotary module) and `none`."""
+attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
+`rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
+from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them) and
+`none`."""
 
 from __future__ import annotations
 
 import torch
 
+from bridge_core.errors import SpecError
 from bridge_core.kinds import PositionKind
 from bridge_core.plugin_host import hookimpl
+
+
+def _too_narrow(rotary_dim: int, width: int) -> SpecError:
+    """The rotary module's output does not cover rotary_dim: the dim or the kind (half vs pairs) is wrong."""
+    return SpecError(
+        f"rotary_dim {rotary_dim} (spec field config.rotary_dim) is wider than the rotary module's output "
+        f"({width} dims); a module returning one value per adjacent pair needs kind rotary_interleaved",
+        field="config.rotary_dim / pos_embed.kind",
+    )
 
 
 def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
@@ -15,10 +28,7 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
     `x` is `[b, h, s, d]`; `cos`/`sin` are the rotary module's `[b, s, >= rotary_dim]` output.
     """
     if cos.shape[-1] < rotary_dim:
-        raise ValueError(
-            f"rotary_dim {rotary_dim} (spec field config.rotary_dim) is wider than the rotary module's output "
-            f"({cos.shape[-1]} dims)"
-        )
+        raise _too_narrow(rotary_dim, cos.shape[-1])
     cos = cos[..., :rotary_dim].unsqueeze(1)
     sin = sin[..., :rotary_dim].unsqueeze(1)
     rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
@@ -27,10 +37,36 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
     return torch.cat((rotated, rest), dim=-1)
 
 
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Rotary embedding on the first `rotary_dim` dims of each head, pairing adjacent dims 2j and 2j + 1.
+
+    `x` is `[b, h, s, d]`. `cos`/`sin` are the rotary module's output, either one value per pair
+    (`[b, s, rotary_dim / 2]`, GPT-J's sinusoid table) or each value repeated for both dims of its pair
+    (`[b, s, >= rotary_dim]`, Cohere's `repeat_interleave`). Computed in `x`'s dtype, as GPT-J does.
+    """
+    width = cos.shape[-1]
+    if 2 * width == rotary_dim:  # one frequency per pair: spread it over both dims of the pair
+        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+    elif width < rotary_dim:
+        raise _too_narrow(rotary_dim, width)
+    cos = cos[..., :rotary_dim].unsqueeze(1).to(x.dtype)
+    sin = sin[..., :rotary_dim].unsqueeze(1).to(x.dtype)
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    even, odd = rot[..., 0::2], rot[..., 1::2]
+    turned = torch.stack((-odd, even), dim=-1).flatten(-2)  # (x0, x1, ...) -> (-x1, x0, ...)
+    return torch.cat((rot * cos + turned * sin, rest), dim=-1)
+
+
 @hookimpl
 def bridge_core_position_kinds() -> list[PositionKind]:
     return [
         PositionKind("learned", limits_length=True, has_table=True),
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
+        PositionKind(
+            "rotary_interleaved", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_interleaved
+        ),
+        PositionKind(
+            "rotary_interleaved_table", limits_length=True, has_table=False, rotates_qk=True, rotate=rotate_interleaved
+        ),
         PositionKind("none", limits_length=False, has_table=False),
     ]

@@ -75,6 +75,8 @@ def norm_for(bridge: Any, layer: int | None, mlp_input: bool = False) -> tuple[s
         return "ln_final.hook_scale", bridge.bound.ln_final.kind
     block = bridge.bound.blocks[layer]
     norm, which = (block.ln2, "ln2") if mlp_input else (block.ln1, "ln1")
+    if mlp_input and norm is None and block.mlp_norm is not None:  # one norm feeds both (GPT-J, Phi)
+        norm, which = block.mlp_norm, block.mlp_norm.name
     if norm is None:
         raise AnalysisError(f"block {layer} has no {which} norm")
     return f"blocks.{layer}.{which}.hook_scale", norm.kind

@@ -98,7 +98,7 @@ class _Binder(SpecWalker):
             q_norm=q_norm,
             k_norm=k_norm,
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
-            qk_norm_flat=a.qk_norm_layout == "flat",
+            qk_norm_layout=a.qk_norm_layout,
             latent=latent,
         )
 
@@ -213,12 +213,18 @@ class _Binder(SpecWalker):
         cross_spec = b.cross_attn
         mlp_norm_name = "ln3" if cross_spec is not None else "ln2"
         pre = kind != "post_norm"
-        ln1 = self.attempt(self.norm, module, b.ln1, f"{field}.ln1", prefix, "ln1", "attn" if pre else "resid_mid")
+        # A parallel block with ln1 and no ln2 has one norm feeding attention and MLP (GPT-J, Phi).
+        shared = kind == "parallel" and b.ln2 is None and cross_spec is None
+        ln1_feeds = ("attn+mlp" if shared else "attn") if pre else "resid_mid"
+        ln1 = self.attempt(self.norm, module, b.ln1, f"{field}.ln1", prefix, "ln1", ln1_feeds)
         ln2 = self.attempt(
             self.norm, module, b.ln2, f"{field}.ln2", prefix, mlp_norm_name, "mlp" if pre else "resid_post"
         )
-        ln1_post = self.attempt(self.norm, module, b.ln1_post, f"{field}.ln1_post", prefix, "ln1_post", "attn_out")
-        ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, "ln2_post", "mlp_out")
+        # Norms only after the sublayers (OLMo 2): HookedTransformer names them ln1 / ln2.
+        post1 = "ln1" if b.ln1 is None else "ln1_post"
+        post2 = "ln2" if b.ln2 is None and cross_spec is None else "ln2_post"
+        ln1_post = self.attempt(self.norm, module, b.ln1_post, f"{field}.ln1_post", prefix, post1, "attn_out")
+        ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, post2, "mlp_out")
         attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix)
         mlp = self.attempt(self.mlp, module, b, field, prefix, index)
         cross = self.attempt(self.cross, module, b, field, prefix) if cross_spec is not None else None
@@ -268,6 +274,9 @@ class _Binder(SpecWalker):
             # HF adds the attention output to the residual and hands that one tensor both to ln2 and,
             # as `residual`, to the add after the MLP: an edit must be made in place to reach both.
             resid_mid = Spot(ln2.module, ln2.path, "input", in_place=True)
+        elif kind == "sequential" and b.ln2 is None and mlp.module is not module and cross_spec is None:
+            # no norm before the MLP (OLMo 2): the MLP reads the mid residual, the same tensor HF adds back
+            resid_mid = Spot(mlp.module, mlp.path, "input", in_place=True)
         elif kind == "post_norm":  # ln1 normalizes the mid residual, ln2 the block output
             resid_mid = Spot(ln1.module, ln1.path, "input")
         else:
@@ -463,6 +472,7 @@ class _Binder(SpecWalker):
             logit_scale=cfg.logit_scale if cfg is not None and cfg.logit_scale != 1 else None,
             encoder=encoder,
             default_prepend_bos=spec.tokenizer.default_prepend_bos,
+            rotary_sin_first=pos is not None and pos.rotary_output == "sin_cos",
         )
 
 

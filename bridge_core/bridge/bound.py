@@ -51,7 +51,8 @@ class BoundNorm:
 
     `name` is its hook prefix inside the block (`ln1`, `ln2`, `ln3` beside cross attention, `ln1_post`,
     `ln2_post`; model-wide `ln_final`, `embed.ln`, ...); `field` the spec field that declared it;
-    `feeds` what its output becomes: `attn`, `cross_attn`, `mlp` (pre-norms), `attn_out`, `mlp_out`
+    `feeds` what its output becomes: `attn`, `cross_attn`, `mlp` (pre-norms), `attn+mlp` (one norm
+    shared by a parallel block's attention and MLP: GPT-J, Phi), `attn_out`, `mlp_out`
     (post-sublayer norms: their output is the contribution), `resid_mid`, `resid_post` (post-norm
     blocks normalize the residual itself), `embed` (an embedding norm), `unembed` (a final norm).
     """
@@ -62,6 +63,10 @@ class BoundNorm:
     name: str
     field: str
     feeds: str
+
+    def feeds_into(self, role: str) -> bool:
+        """Whether this norm's output is the input of `role` (`attn`, `mlp`, ...), alone or shared."""
+        return role in self.feeds.split("+")
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class BoundAttention:
     q_norm: BoundNorm | None = None
     k_norm: BoundNorm | None = None
     qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]
-    qk_norm_flat: bool = False  # q/k norms receive the whole projection [b, s, h*d] (OLMoE)
+    qk_norm_layout: str = "bhsd"  # bhsd | bshd | flat ([b, s, h * d]: one norm over the whole projection)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
 
     @property
@@ -229,6 +234,13 @@ class BoundBlock:
         found = [self.ln1, self.ln1_post, cross_ln, self.ln2, self.ln2_post]
         return [n for n in found if n is not None]
 
+    @property
+    def mlp_norm(self) -> BoundNorm | None:
+        """The norm whose output the MLP reads: `ln2`, or `ln1` where one norm feeds both (GPT-J, Phi)."""
+        if self.ln2 is not None:
+            return self.ln2
+        return self.ln1 if self.ln1 is not None and self.ln1.feeds_into("mlp") else None
+
     def attentions(self) -> list[tuple[str, BoundAttention]]:
         """(hook prefix, attention) of self attention and, in decoder blocks, cross attention."""
         out = [(f"{self.prefix}.attn", self.attn)]
@@ -299,6 +311,7 @@ class BoundModel:
     logit_scale: float | None = None  # HF multiplies the unembedding's output by it, before any softcap
     encoder: BoundStack | None = None
     default_prepend_bos: bool | None = None  # None: prepend when the tokenizer has a BOS token
+    rotary_sin_first: bool = False  # the rotary module returns (sin, cos) (GPT-J), not (cos, sin)
     points: dict[str, HookPoint] = field(default_factory=dict)
 
     @property

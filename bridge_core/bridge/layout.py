@@ -115,7 +115,7 @@ class _Layout:
                 self.add(name, place)
         for n in "qkv" if attn.latent is None else "":
             self.output(f"{p}.hook_{n}", attn.projection(n), f"{attn.path}.{n}", view=attn.views[n])
-        norm_view = HeadsFirst() if attn.qk_norm_heads_first else None
+        norm_view = HeadsFirst() if attn.qk_norm_layout == "bhsd" else None  # flat: [b, s, h * d] as HF has it
         self.norm(attn.q_norm, f"{p}.q_norm", norm_view)
         self.norm(attn.k_norm, f"{p}.k_norm", norm_view)
         internal = ["rot_q", "rot_k", "scores", "pattern"] if rotary else ["scores", "pattern"]
@@ -133,7 +133,7 @@ class _Layout:
         if not post_norm:
             self.norm(block.ln1, f"{p}.ln1")
         self.attention(f"{p}.attn", block.attn, rotary)
-        self.norm(block.ln1_post, f"{p}.ln1_post")
+        self.norm(block.ln1_post, f"{p}.{block.ln1_post.name}" if block.ln1_post else None)
         self.spot(f"{p}.hook_attn_out", block.attn_out)
         if block.resid_mid is not None:
             self.spot(f"{p}.hook_resid_mid", block.resid_mid, view=flat if block.resid_mid.in_place else None)
@@ -159,7 +159,7 @@ class _Layout:
             self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
         if mlp.moe is None:
             self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
-        self.norm(block.ln2_post, f"{p}.ln2_post")
+        self.norm(block.ln2_post, f"{p}.{block.ln2_post.name}" if block.ln2_post else None)
         self.spot(f"{p}.hook_mlp_out", block.mlp_out, view=flat if block.ln2_post is None else None)
         self.spot(f"{p}.hook_resid_post", block.resid_post)
         if post_norm:

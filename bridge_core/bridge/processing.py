@@ -37,7 +37,7 @@ def inexact_transforms(bridge: Any) -> dict[str, str]:
         reasons["fold_ln"] = "post-norm blocks normalize the residual itself; there is no consumer"
     elif bound.unembed_project is not None or bound.unembed_pre_scale is not None:
         reasons["fold_ln"] = "the final norm does not feed the unembedding directly"
-    norms = [bound.ln_final] + [n for b in bound.blocks for n in (b.ln1, b.ln2)]
+    norms = [bound.ln_final] + [n for b in bound.blocks for n in (b.ln1, b.mlp_norm)]
     if post_norm or any(n is None or not n.kind.centered for n in norms):
         reasons["center_writing_weights"] = (
             "only exact when every norm reading the residual subtracts its mean (LayerNorm); this model has "
@@ -161,7 +161,7 @@ def _fold_ln(bridge: Any) -> None:
     for block in bound.blocks:
         add(block.ln1, list(block.attn.qkv.values()), block.attn.layout)
         mlp = block.mlp
-        add(block.ln2, [m for m in (mlp.w_in, mlp.w_gate) if m is not None], mlp.layout)
+        add(block.mlp_norm, [m for m in (mlp.w_in, mlp.w_gate) if m is not None], mlp.layout)
     add(bound.ln_final, [bound.unembed], "linear")
     for norm, modules in consumers.values():  # a norm shared by attention and MLP is folded into both, then reset
         weight, bias = norm.kind.weight(norm.module), norm.kind.bias(norm.module)

@@ -37,6 +37,7 @@ class ReimplementedLayer:
     q_norm: nn.Module | None
     k_norm: nn.Module | None
     norm_heads_first: bool
+    norm_layout: str  # bhsd | bshd | flat (one norm over [b, s, h * d], before the head split)
     position: PositionKind | None
     rotary_dim: int
     scaling: float
@@ -46,12 +47,12 @@ class ReimplementedLayer:
     hidden_kwarg: str = "hidden_states"
     mask_kwarg: str = "attention_mask"
     position_embeddings_kwarg: str | None = None
+    sin_first: bool = False  # the rotary module returns (sin, cos) (GPT-J)
     residual_kwarg: str | None = None
     residual_position: int | None = None  # where the residual sits among positional arguments
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
     submodules: set[int] = field(default_factory=set)
-    norm_flat: bool = False  # q/k norms over the whole projection [b, s, h*d] (OLMoE)
 
 
 class ReimplementRun:
@@ -79,6 +80,8 @@ class ReimplementRun:
         query, key, value = self._project(hidden)
         if layer.position is not None and layer.position.rotate is not None:
             cos, sin = kwargs[layer.position_embeddings_kwarg]
+            if layer.sin_first:
+                cos, sin = sin, cos
             query = layer.position.rotate(query, cos, sin, layer.rotary_dim)
             key = layer.position.rotate(key, cos, sin, layer.rotary_dim)
         query, key = _rotated(self.route, query, key)
@@ -122,17 +125,22 @@ class ReimplementRun:
             parts = {n: layer.views[n](fused) for n in "qkv"}
         else:
             parts = {n: layer.views[n](layer.projections[n](hidden)) for n in "qkv"}
-        for n, norm in (("q", layer.q_norm), ("k", layer.k_norm)) if layer.norm_flat else ():
-            if norm is not None:  # normalized over all heads at once, before the split
-                parts[n] = norm(parts[n].flatten(-2)).unflatten(-1, parts[n].shape[-2:])
         q, k, v = (parts[n].transpose(1, 2) for n in "qkv")  # [b, s, h, d] -> [b, h, s, d]
-        if layer.norm_flat:
-            return q, k, v
         if layer.q_norm is not None:
-            q = layer.q_norm(q) if layer.norm_heads_first else layer.q_norm(q.transpose(1, 2)).transpose(1, 2)
+            q = _normed(layer.q_norm, q, layer.norm_layout)
         if layer.k_norm is not None:
-            k = layer.k_norm(k) if layer.norm_heads_first else layer.k_norm(k.transpose(1, 2)).transpose(1, 2)
+            k = _normed(layer.k_norm, k, layer.norm_layout)
         return q, k, v
+
+
+def _normed(norm: nn.Module, x: torch.Tensor, layout: str) -> torch.Tensor:
+    """`norm` applied to `x` ([b, h, s, d]) in the layout HF hands it, returned as [b, h, s, d]."""
+    if layout == "bhsd":
+        return norm(x)
+    heads_last = x.transpose(1, 2)  # [b, s, h, d]
+    if layout == "flat":  # one norm over the whole projection (OLMo 2)
+        return norm(heads_last.flatten(-2)).unflatten(-1, heads_last.shape[-2:]).transpose(1, 2)
+    return norm(heads_last).transpose(1, 2)
 
 
 def _position_of(module: nn.Module, name: str | None) -> int | None:
@@ -181,7 +189,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             q_norm=attn.q_norm.module if attn.q_norm else None,
             k_norm=attn.k_norm.module if attn.k_norm else None,
             norm_heads_first=attn.qk_norm_heads_first,
-            norm_flat=attn.qk_norm_flat,
+            norm_layout=attn.qk_norm_layout,
             position=position,
             rotary_dim=rotary_dim,
             scaling=1.0 / cfg.attn_scale,
@@ -191,6 +199,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             hidden_kwarg=attn.hidden_kwarg,
             mask_kwarg=bound.call.mask_kwarg,
             position_embeddings_kwarg=bound.call.position_embeddings_kwarg,
+            sin_first=bound.rotary_sin_first,
             residual_kwarg=attn.residual_kwarg,
             residual_position=_position_of(attn.module, attn.residual_kwarg),
             score_bias=score_bias,

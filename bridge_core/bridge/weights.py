@@ -292,7 +292,7 @@ class BlockWeights(HookAttributes):
         else:
             self.mlp = MLPWeights(bound.mlp, anchors)
         self.ln1 = NormWeights(bound.ln1, anchors) if bound.ln1 else None
-        mlp_norm = NormWeights(bound.ln2, anchors) if bound.ln2 else None
+        mlp_norm = NormWeights(bound.mlp_norm, anchors) if bound.mlp_norm else None  # ln1 where shared (GPT-J)
         # Decoder blocks with cross attention follow HookedEncoderDecoder: ln2 before cross attention,
         # ln3 before the MLP.
         self.cross_attn = AttentionWeights(bound.cross.attn, cfg, anchors) if bound.cross else None

@@ -104,8 +104,12 @@ def expected_shape(
     return None
 
 
-def _block_names(p: str, kind: str, gated: bool, cross: bool, rotary: bool) -> list[str]:
-    """The names one block of this kind lists (HookedTransformer; HookedEncoderDecoder with `cross`)."""
+def _block_names(p: str, kind: str, gated: bool, cross: bool, rotary: bool, shared_norm: bool = False) -> list[str]:
+    """The names one block of this kind lists (HookedTransformer; HookedEncoderDecoder with `cross`).
+
+    `shared_norm`: one norm feeds attention and MLP (GPT-J, Phi), so the block lists ln1 only (HookedTransformer
+    computes a tied copy as ln2; docs/decisions/0012).
+    """
     attn = ("q", "k", "v", *(("rot_q", "rot_k") if rotary else ()), "attn_scores", "pattern", "z", "result")
     names = [f"{p}.hook_resid_pre", f"{p}.ln1.hook_scale", f"{p}.ln1.hook_normalized"]
     names += [f"{p}.attn.hook_{n}" for n in attn]
@@ -115,7 +119,8 @@ def _block_names(p: str, kind: str, gated: bool, cross: bool, rotary: bool) -> l
         names += [f"{p}.cross_attn.hook_{n}" for n in ("q", "k", "v", "attn_scores", "pattern", "z", "result")]
         names += [f"{p}.hook_cross_attn_out", f"{p}.hook_resid_mid_cross"]
     mlp_norm = f"{p}.ln3" if cross else f"{p}.ln2"
-    names += [f"{mlp_norm}.hook_scale", f"{mlp_norm}.hook_normalized", f"{p}.mlp.hook_pre"]
+    names += [] if shared_norm else [f"{mlp_norm}.hook_scale", f"{mlp_norm}.hook_normalized"]
+    names += [f"{p}.mlp.hook_pre"]
     names += [f"{p}.mlp.hook_pre_linear"] if gated else []
     names += [f"{p}.mlp.hook_post", f"{p}.hook_mlp_out", f"{p}.hook_resid_post"]
     names += [f"{p}.hook_normalized_resid_post"] if kind == "post_norm" else []
@@ -136,9 +141,9 @@ def standard_names(ctx) -> list[str]:
         names += ["hook_embed", *(["hook_pos_embed"] if table else [])]
     for layer in ctx.layers:
         b = layer.block
-        block_names = _block_names(
-            layer.prefix, b.kind, b.mlp.w_gate is not None, b.cross is not None, rotary and layer.stack == "decoder"
-        )
+        shared = b.ln1 is not None and b.ln1.feeds_into("mlp")
+        rotates = rotary and layer.stack == "decoder"
+        block_names = _block_names(layer.prefix, b.kind, b.mlp.w_gate is not None, b.cross is not None, rotates, shared)
         names += block_names if b.mlp.moe is None else moe_block_names(layer.prefix, b.mlp.moe, block_names)
     names += [f"{prefix}.{which}" for prefix, _, _ in ctx.final_norms() for which in ("hook_scale", "hook_normalized")]
     return [*names, "hook_unembed"]

@@ -24,13 +24,17 @@ from ..spec.schema import BLOCK_KINDS, Spec
 Data = dict[str, Any]
 
 # Kinds a mistaken author could have written instead of the right one, by extension point.
-_NORM_KINDS = ("layernorm", "rmsnorm", "rmsnorm_offset")
+_NORM_KINDS = ("layernorm", "rmsnorm", "rmsnorm_offset", "rmsnorm_cast_last")
+# Norm kinds that differ only in where half precision rounds (the weight before or after the cast back): the
+# float32 test models cannot tell them apart, tests/reliability/test_norm_dtypes.py does; no mutant trades them.
+_SAME_IN_FLOAT32 = ({"rmsnorm", "rmsnorm_cast_last"},)
 _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 # Names of one function (GELU's tanh approximation, written two ways): trading one for the other is no
 # mistake, only float rounding (~1e-7), so such a mutant is not generated.
 _SAME_FUNCTION = ({"gelu_new", "gelu_pytorch_tanh"},)
 _MASK_FORMATS = ("2d", "4d_additive", "4d_bool", "none")
-_POSITIONS = ("learned", "rotary", "none")
+_POSITIONS = ("learned", "rotary", "rotary_interleaved", "rotary_interleaved_table", "none")
+_ROTARY_OUTPUTS = ("cos_sin", "sin_cos")  # the order of the rotary module's pair (cos_sin when not given)
 
 # Optional fields whose absence is a plausible mistake (paths relative to a block, or to the spec).
 _BLOCK_OPTIONAL = (
@@ -192,7 +196,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         attn = block.get("attn", {})
         yield from flip((*at, "attn", "softmax_dtype"), ("input", "float32"), "setting")
         if attn.get("q_norm") is not None:
-            yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd"), "setting")
+            yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd", "flat"), "setting")
         act = _get(block, ("mlp", "act_fn"))
         if act is not None:
             yield from flip((*at, "mlp", "act_fn"), [a for a in _ACTIVATIONS if not _same_function({a}, {act})])
@@ -204,7 +208,9 @@ def _kinds(data: Data) -> Iterator[Mutant]:
             yield from flip((*moe, "norm_topk_prob"), (True, False), "setting")
     for path in norms:
         if isinstance(_get(data, path), dict):
-            yield from flip((*path, "kind"), _NORM_KINDS)
+            current = _get(data, (*path, "kind"))
+            same = set().union(*(group for group in _SAME_IN_FLOAT32 if current in group))
+            yield from flip((*path, "kind"), [k for k in _NORM_KINDS if k == current or k not in same])
     config_act = _get(data, ("config", "act_fn"))
     if config_act is not None:  # an activation chosen by the config: force a wrong literal one
         for other in _ACTIVATIONS:
@@ -214,6 +220,12 @@ def _kinds(data: Data) -> Iterator[Mutant]:
     yield from flip(("call", "mask_format"), _MASK_FORMATS)
     if isinstance(data.get("pos_embed"), dict):
         yield from flip(("pos_embed", "kind"), _POSITIONS)
+        if str(data["pos_embed"].get("kind")).startswith("rotary"):  # the pair read in the wrong order
+            order = data["pos_embed"].get("rotary_output", _ROTARY_OUTPUTS[0])
+            other = _ROTARY_OUTPUTS[1 - _ROTARY_OUTPUTS.index(order)]
+            yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",
+                         f"pos_embed.rotary_output {order!r} -> {other!r}",
+                         _with(data, ("pos_embed", "rotary_output"), other))  # fmt: skip
 
 
 def _drops(data: Data) -> Iterator[Mutant]:

@@ -153,8 +153,9 @@ class AttentionSpec(StrictModel):
     qk_norm_layout: Literal["bhsd", "bshd", "flat"] = Field(
         default="bhsd",
         description="Layout of the tensor the q/k norms receive: `bhsd` = [batch, heads, pos, d_head] "
-        "(Gemma 3 normalizes after the transpose), `bshd` = [batch, pos, heads, d_head], `flat` = the whole "
-        "projection [batch, pos, heads * d_head] (OLMoE normalizes before splitting heads).",
+        "(Gemma 3 normalizes after the transpose), `bshd` = [batch, pos, heads, d_head] (Cohere), `flat` = "
+        "[batch, pos, heads * d_head]: one norm over the whole projection before the head split (OLMo 2; "
+        "its hooks show that shape, as HookedTransformer's OLMo 2 q_norm / k_norm do).",
     )
 
 
@@ -270,10 +271,15 @@ class BlockSpec(StrictModel):
     kind: str = Field(
         default="sequential",
         description="`sequential` (pre-norm), `parallel` (attention and MLP read the same residual, GPT-NeoX, "
-        "GPT-J) or `post_norm` (norm after each residual add, OPT-350m); or an expression over the HF config "
+        "GPT-J; a parallel block with `ln1` and no `ln2` has one norm whose output feeds both, GPT-J and Phi) "
+        "or `post_norm` (norm after each residual add, OPT-350m); or an expression over the HF config "
         "giving one of them (`\"'parallel' if use_parallel_residual else 'sequential'\"`).",
     )
-    ln1: NormSpec | None = Field(default=None, description="Norm before attention (after it, in post-norm blocks).")
+    ln1: NormSpec | None = Field(
+        default=None,
+        description="Norm before attention (after it, in post-norm blocks); in a parallel block without `ln2`, "
+        "the one norm feeding both attention and MLP.",
+    )
     attn: AttentionSpec = Field(description="The block's self-attention.")
     ln2: NormSpec | None = Field(
         default=None,
@@ -294,8 +300,16 @@ class BlockSpec(StrictModel):
         default=None,
         description="Module whose output (element 0) is the mid residual (T5: layer.0); default: ln2's input.",
     )
-    ln1_post: NormSpec | None = Field(default=None, description="Norm on the attention output (Gemma 2/3).")
-    ln2_post: NormSpec | None = Field(default=None, description="Norm on the MLP output (Gemma 2/3).")
+    ln1_post: NormSpec | None = Field(
+        default=None,
+        description="Norm on the attention output, before the residual add (Gemma 2/3). With no `ln1` (OLMo 2 "
+        "normalizes only after the sublayers) its hooks are `ln1.*`, as HookedTransformer names OLMo 2's.",
+    )
+    ln2_post: NormSpec | None = Field(
+        default=None,
+        description="Norm on the MLP output, before the residual add (Gemma 2/3). With no `ln2` its hooks are "
+        "`ln2.*` (OLMo 2, as in HookedTransformer).",
+    )
     output_index: int | None = Field(
         default=None,
         description="Element of the block's output tuple that is the hidden state; null: a tensor.",
@@ -327,12 +341,20 @@ class PosEmbedSpec(StrictModel):
     """Positional information: a registered position kind (`learned`, `rotary`, `none`, ...)."""
 
     kind: str = Field(
-        default="learned", description="Position kind, registered by a plugin (`learned`, `rotary`, `none`)."
+        default="learned",
+        description="Position kind, registered by a plugin (`learned`, `rotary` (rotate-half: dim j paired with "
+        "j + rotary_dim/2), `rotary_interleaved` (adjacent pairs 2j, 2j+1: Cohere), `rotary_interleaved_table` (the "
+        "same from a precomputed table of n_ctx positions: GPT-J), `none`).",
     )
     path: ModulePath | None = Field(
         default=None, description="The position table (learned) or the model's rotary module (rotary)."
     )
     offset: int = Field(default=0, ge=0, description="Rows of the position table before position 0 (OPT: 2).")
+    rotary_output: Literal["cos_sin", "sin_cos"] = Field(
+        default="cos_sin",
+        description="Order of the pair the rotary module returns (and blocks receive as position embeddings): "
+        "`cos_sin` (Llama, NeoX, Cohere), `sin_cos` (GPT-J). Read where the bridge rotates q and k itself.",
+    )
 
 
 class UnembedSpec(StrictModel):

@@ -90,6 +90,9 @@ SURVIVORS: dict[str, dict[str, str]] = {
     "gemma3": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "mixtral": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "deepseek_v2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "gptj": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "phi": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "olmo2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "t5": {
         "block.attn.softmax_dtype: input -> float32": SOFTMAX,
         "encoder.block.attn.softmax_dtype: input -> float32": SOFTMAX,

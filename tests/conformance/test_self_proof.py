@@ -93,6 +93,13 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
         {"attention_semantics", "attention_paths_agree"},
         "config.attn_scale",
     ),
+    # shared norms, post-sublayer norms, whole-projection q/k norms, interleaved rotary (issue 16: gptj, phi, olmo2)
+    "gptj_rotate_half": ("attention_paths_agree", {"length_limit"}, "pos_embed.kind"),
+    "gptj_unlimited": ("length_limit", set(), "pos_embed.kind"),
+    "gptj_cos_sin": ("attention_paths_agree", set(), "pos_embed.kind / rotary_output"),
+    "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once", "norm_roles"}, "block.kind"),
+    "olmo2_per_head_qk_norm": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_layout"),
+    "olmo2_pre_norm": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

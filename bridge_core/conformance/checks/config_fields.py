@@ -101,16 +101,23 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
         rows = int(table.shape[0]) - bound.pos_offset
     elif bound.position_kind.rotates_qk and isinstance(getattr(bound.pos_embed, "original_max_seq_len", None), int):
         rows = bound.pos_embed.original_max_seq_len  # the rotary module's own context length
+    elif bound.position_kind.rotates_qk and isinstance(getattr(bound.pos_embed, "max_positions", None), int):
+        rows = bound.pos_embed.max_positions  # GPT-J's sinusoid table
     else:
         rows = None
     if rows is not None:
         _same(m, "n_ctx (the position table's rows, or the rotary module's context)", cfg.n_ctx, rows, "config.n_ctx")
     inv_freq = getattr(bound.pos_embed, "inv_freq", None)
+    sinusoids = getattr(bound.pos_embed, "embed_positions", None)  # GPT-J: a [positions, rotary_dim] sin|cos table
     if isinstance(inv_freq, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
         rotary = extra.get("rotary_dim", cfg.d_head)
         _same(
             m, "rotary_dim (twice the rotary module's frequencies)", rotary, 2 * inv_freq.shape[-1], "config.rotary_dim"
         )
+    elif isinstance(sinusoids, torch.Tensor) and ctx.bridge.position_kind.rotates_qk:
+        rotary = extra.get("rotary_dim", cfg.d_head)
+        width = sinusoids.shape[-1]
+        _same(m, "rotary_dim (the rotary module's sin|cos table width)", rotary, width, "config.rotary_dim")
     _residual_multiplier(ctx, m)
     _logit_scale(ctx, m)
     _final_softcap(ctx, m)

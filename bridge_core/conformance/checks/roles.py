@@ -17,6 +17,7 @@ _FEEDS = {
     "attn": "HF's input to the attention's query projection",
     "cross_attn": "HF's input to the cross attention's query projection",
     "mlp": "HF's input to the MLP's in-projection",
+    "attn+mlp": "HF's input to the attention's query projection and to the MLP's in-projection",
     "attn_out": "HF's mid residual minus the block input (the attention contribution)",
     "mlp_out": "HF's block output minus the residual before the MLP (the MLP contribution)",
     "resid_mid": "HF's input to the MLP's in-projection (post-norm block)",
@@ -24,20 +25,32 @@ _FEEDS = {
 }
 
 
-def _fed(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Tensor | None:
-    """What HF did with the output of the module that plays `norm`'s role (None: nothing to compare)."""
+def _fed(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> list[torch.Tensor]:
+    """What HF did with the output of the module that plays `norm`'s role: one tensor per sublayer it feeds
+    (a norm shared by attention and MLP feeds both), empty when there is nothing to compare."""
+    if "+" in norm.feeds:
+        return [t for role in norm.feeds.split("+") for t in _fed_one(ctx, layer, norm, role)]
+    return _fed_one(ctx, layer, norm, norm.feeds)
+
+
+def _fed_one(ctx: CheckContext, layer: Layer, norm: BoundNorm, feeds: str) -> list[torch.Tensor]:
+    found = _fed_role(ctx, layer, feeds)
+    return [] if found is None else [found]
+
+
+def _fed_role(ctx: CheckContext, layer: Layer, feeds: str) -> torch.Tensor | None:
     block = layer.block
-    if norm.feeds == "attn":
+    if feeds == "attn":
         return ctx.hf_in(block.attn.projection("q"))
-    if norm.feeds == "cross_attn" and block.cross is not None:
+    if feeds == "cross_attn" and block.cross is not None:
         return ctx.hf_in(block.cross.attn.projection("q"))
-    if norm.feeds == "mlp" or (norm.feeds == "resid_mid" and not _has_mlp_norm(layer)):
+    if feeds == "mlp" or (feeds == "resid_mid" and not _has_mlp_norm(layer)):
         return ctx.hf_in(block.mlp.w_in if block.mlp.moe is None else block.mlp.module)
-    if norm.feeds == "attn_out" and block.resid_mid is not None and block.cross is None:
+    if feeds == "attn_out" and block.resid_mid is not None and block.cross is None:
         return ctx.hf_at(block.resid_mid) - ctx.hf_in(block.module)
-    if norm.feeds == "mlp_out" and block.resid_mid is not None and block.cross is None:
+    if feeds == "mlp_out" and block.resid_mid is not None and block.cross is None:
         return ctx.hf_at(block.resid_post) - ctx.hf_at(block.resid_mid)
-    if norm.feeds == "resid_post":  # post-norm: the block's output is the normalized residual
+    if feeds == "resid_post":  # post-norm: the block's output is the normalized residual
         return ctx.hf_out(block.module)
     return None
 
@@ -47,7 +60,7 @@ def _residual_into(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Te
     input before attention; before the MLP, the block input plus the attention (and cross-attention)
     contributions, or the block input alone in a parallel block."""
     block = layer.block
-    if norm.feeds == "attn":
+    if norm.feeds_into("attn"):
         return ctx.hf_in(block.module)
     if norm.feeds not in ("cross_attn", "mlp") or block.kind == "post_norm":
         return None
@@ -61,15 +74,17 @@ def _residual_into(ctx: CheckContext, layer: Layer, norm: BoundNorm) -> torch.Te
 
 
 def _has_mlp_norm(layer: Layer) -> bool:
-    return any(n.feeds == "mlp" for n in layer.block.norms())
+    return any(n.feeds_into("mlp") for n in layer.block.norms())
 
 
 @check(
     "norm_roles",
     statement="each norm's output is what HF feeds the sublayer of its role: ln1 the attention's query projection, "
-    "ln2 the MLP's in-projection, the cross-attention norm the cross attention, post norms the residual update, "
+    "ln2 the MLP's in-projection (a norm shared by a parallel block's sublayers: both), the cross-attention norm "
+    "the cross attention, post norms the residual update, "
     "the final norm the unembedding (encoder: the cross attention's keys); each pre-norm's input is the residual "
-    "of its place in a block of the declared kind (parallel: the block input before the MLP too)",
+    "of its place in a block of the declared kind (parallel: the block input before the MLP too); with no norm "
+    "before the MLP (OLMo 2), the MLP's own input is that residual",
     family="norms",
     tolerance=1e-5,
 )
@@ -77,16 +92,18 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
     seen = 0
     for layer in ctx.layers:
         for norm in layer.block.norms():
-            expected = _fed(ctx, layer, norm)
-            if expected is None:
+            fed = _fed(ctx, layer, norm)
+            if not fed:
                 continue
             seen += 1
-            what = f"{layer.prefix}.{norm.name} output ({norm.path}) vs {_FEEDS[norm.feeds]}"
-            m.compare(what, ctx.hf_out(norm.module).expand_as(expected), expected, f"{norm.field}.path")
+            for expected in fed:
+                what = f"{layer.prefix}.{norm.name} output ({norm.path}) vs {_FEEDS[norm.feeds]}"
+                m.compare(what, ctx.hf_out(norm.module).expand_as(expected), expected, f"{norm.field}.path")
             residual = _residual_into(ctx, layer, norm)
             if residual is not None:
                 what = f"{layer.prefix}.{norm.name} input vs the {layer.block.kind} block's residual before it"
                 m.compare(what, ctx.hf_in(norm.module), residual, f"{layer.block.field}.kind")
+        seen += _unnormalized_mlp_input(ctx, layer, m)
     bound = ctx.bound
     for stack in bound.stacks():
         norm = stack.ln_final
@@ -107,6 +124,20 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
         m.compare(f"{norm.name} output ({norm.path}) vs {what}", out, expected, f"{norm.field}.path / unembed")
     if not seen:
         raise Skip("this spec declares no norm whose role feeds a sublayer")
+
+
+def _unnormalized_mlp_input(ctx: CheckContext, layer: Layer, m: Meter) -> int:
+    """With no norm before the MLP (OLMo 2 normalizes only sublayer outputs), the MLP reads the residual itself:
+    the block input in a parallel block, plus the attention contribution in a sequential one."""
+    block = layer.block
+    if block.mlp_norm is not None or block.kind == "post_norm" or block.cross is not None or block.mlp.flat_tokens:
+        return 0
+    residual = ctx.hf_in(block.module)
+    if block.kind != "parallel":
+        residual = residual + ctx.hf_at(block.attn_out)
+    what = f"{layer.prefix}.mlp input (no norm before it) vs the {block.kind} block's residual before the MLP"
+    m.compare(what, ctx.hf_in(block.mlp.w_in), residual, f"{block.field}.kind")
+    return 1
 
 
 # The attribute names transformers' MLPs keep their activation under (GPT-2 `act`, Llama `act_fn`, OPT's

@@ -1,5 +1,6 @@
 """Structural checks: the spec binds, every listed hook fires exactly once, shapes are
-HookedTransformer's (derived from `cfg`), and `run_with_cache` returns every hook point."""
+HookedTransformer's (derived from `cfg`), `run_with_cache` returns every hook point, q/k norms get the layout
+the spec declares, and the position kind limits the input length exactly where HF's forward cannot go further."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections import Counter
 
 import torch
 
-from ..catalogue import Meter, check
+from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 from ..fields import expected_shape, field_for_hook, standard_names
 from .latent import latent_weight_shapes
@@ -197,3 +198,67 @@ def cache_completeness(ctx: CheckContext, m: Meter) -> None:
     for name in names:
         if name in cache and name in seen:
             m.compare(f"cache['{name}'] vs the tensor a hook sees", cache[name], seen[name], field_for_hook(name), 0.0)
+
+
+_QK_NORM_INPUT = {
+    "bhsd": ("[batch, heads, pos, d_head]", lambda heads: heads.transpose(1, 2)),
+    "bshd": ("[batch, pos, heads, d_head]", lambda heads: heads),
+    "flat": ("[batch, pos, heads * d_head] (the whole projection)", lambda heads: heads.flatten(-2)),
+}
+
+
+@check(
+    "qk_norm_layout",
+    statement="each q/k norm receives HF's q/k projection output in the layout the spec declares (qk_norm_layout: "
+    "bhsd after the head transpose, bshd per head, flat over the whole projection before the head split)",
+    family="attention",
+    tolerance=0.0,
+)
+def qk_norm_layout(ctx: CheckContext, m: Meter) -> None:
+    seen = 0
+    for attention in ctx.attentions:
+        bound = attention.bound
+        layout, (shown, arrange) = bound.qk_norm_layout, _QK_NORM_INPUT[bound.qk_norm_layout]
+        for n, norm in (("q", bound.q_norm), ("k", bound.k_norm)):
+            if norm is None:
+                continue
+            seen += 1
+            heads = bound.views[n](ctx.hf_out(bound.projection(n)))  # [b, s, h, d], from HF's projection output
+            expected, got = arrange(heads), ctx.hf_in(norm.module)
+            field = f"{bound.field}.qk_norm_layout"
+            what = f"{attention.prefix}.{norm.name} input vs HF's {n} projection as {shown} ({layout})"
+            if tuple(got.shape) != tuple(expected.shape):
+                m.fail(f"{what}: HF hands the norm {tuple(got.shape)}, the layout gives {tuple(expected.shape)}", field)
+                continue
+            m.compare(what, got, expected, field)
+    if not seen:
+        raise Skip("this spec declares no q/k norms")
+
+
+@check(
+    "length_limit",
+    statement="the position kind refuses inputs longer than cfg.n_ctx exactly where HF's own forward cannot run "
+    "them (a learned table, GPT-J's sinusoid table), and accepts them where it can (rotary computed per call)",
+    family="config",
+    figure="mismatches",
+    encoder_decoder=False,
+)
+def length_limit(ctx: CheckContext, m: Meter) -> None:
+    n_ctx = ctx.bridge.cfg.n_ctx
+    if n_ctx is None:
+        raise Skip("cfg.n_ctx is not given: no length to hold the position kind to")
+    tokens = (torch.arange(n_ctx + 1) % ctx.vocab)[None]
+    try:
+        ctx.hf_logits(tokens)
+        hf_runs = True
+    except (IndexError, RuntimeError):  # an index past a table, or a size mismatch against one
+        hf_runs = False
+    kind = ctx.bound.position_kind
+    wrong = kind.limits_length == hf_runs
+    if wrong:
+        m.fail(
+            f"position kind '{kind.name}' {'refuses' if kind.limits_length else 'accepts'} {n_ctx + 1} tokens, but "
+            f"HF's forward {'runs' if hf_runs else 'cannot run'} them",
+            "pos_embed.kind / config.n_ctx",
+        )
+    m.count(int(wrong), "position kinds that disagree with HF on the length limit")
