@@ -54,7 +54,7 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "mixtral_gate_up_swapped": ("moe_experts", {"identity_hooks", "moe_recompute_path"}, "block.mlp.moe.gate_first"),
     "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
     # OLMoE's q/k norms span all heads (qk_norm_layout: flat): per head, the reimplement path cannot apply them
-    "olmoe_qk_norm_per_head": ("attention_paths_agree", set(), ""),
+    "olmoe_qk_norm_per_head": ("qk_norm_layout", {"attention_paths_agree"}, ""),
     # latent attention (MLA): widths the projections cannot hold, a latent norm's kind, the two latent norms swapped
     "mla_rope_nope_swapped": ("bind", set(), "config.rotary_dim"),
     "mla_kv_norm_layernorm": ("qkv_recompute", set(), "kv_a_norm"),
