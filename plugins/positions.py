@@ -1,5 +1,5 @@
-"""Built-in position kinds: `learned` (a table, with an offset), `rotary` (q and k rotated inside
-attention, cos/sin from the model's rotary module) and `none`."""
+"""Built-in position kinds: `learned` (a table, with an offset), `sinusoidal` (a fixed table), `rotary`
+(q and k rotated inside attention, cos/sin from the model's rotary module) and `none`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
 def bridge_core_position_kinds() -> list[PositionKind]:
     return [
         PositionKind("learned", limits_length=True, has_table=True),
+        # a fixed table computed at init (Marian, Pegasus): looked up like a learned one
+        PositionKind("sinusoidal", limits_length=True, has_table=True),
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
         PositionKind("none", limits_length=False, has_table=False),
     ]

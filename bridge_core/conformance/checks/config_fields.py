@@ -116,6 +116,8 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
     name = ctx.name_of(bound.unembed)
     edited = ctx.reference_run(edits=[(name, "post", lambda module, args, out: out * 50.0)], capture=False)
     raw = edited.outputs[name] * 50.0
+    if bound.unembed_bias is not None:  # added before any softcap (BART's final_logits_bias)
+        raw = raw + bound.unembed_bias
 
     def capped(cap: float | None) -> torch.Tensor:
         return raw if cap is None else torch.tanh(raw / cap) * cap
