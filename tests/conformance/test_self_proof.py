@@ -47,6 +47,12 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # optional config fields left out (mutants that survived `conform --mutate gpt2` before config_fields read them)
     "gpt2_no_n_ctx": ("config_fields", set(), "config.n_ctx"),
     "gpt2_no_eps": ("config_fields", set(), "config.eps"),
+    # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
+    "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
+    "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),
+    "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
+    "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
+    "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -24,8 +24,9 @@ def norms(ctx: CheckContext, m: Meter) -> None:
         found += [(f"{attention.prefix}.{n.name}", n.field, n) for n in qk if n is not None]
         if attention.bound.qk_norm_heads_first:
             heads_first.update(f"{attention.prefix}.{n.name}" for n in qk if n is not None)
-    if ctx.bound.embed_norm is not None:
-        found.append((ctx.bound.embed_norm.name, ctx.bound.embed_norm.field, ctx.bound.embed_norm))
+    for stack in ctx.bound.stacks():  # each stack's embedding norm (BART's encoder has its own)
+        if stack.embed_norm is not None:
+            found.append((stack.embed_norm.name, stack.embed_norm.field, stack.embed_norm))
     if not found:
         raise Skip("this spec declares no norms")
     for name, spec_field, norm in found:

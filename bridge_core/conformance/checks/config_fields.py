@@ -128,7 +128,7 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
         "logits of a 50-fold unembedding output vs the bound final softcap",
         capped(bound.final_softcap),
         hf,
-        "unembed.softcap",
+        "unembed.softcap / unembed.bias",
         tolerance=scale,
     )
     if "final_softcap" in ctx.bridge.cfg.extra or bound.final_softcap is not None:

@@ -69,7 +69,7 @@ def embed(ctx: CheckContext, m: Meter) -> None:
             f"{name}: W_E[tokens] * cfg.embed_scale vs HF's token embedding",
             w_e[tokens] * cfg.embed_scale,
             scaled,
-            "embed.path / config.embed_scale",
+            "embed.path / config.embed_scale / embed.norm_after_pos",
         )
         m.compare(
             f"{name} vs HF's residual at block 0 (minus positions)",
@@ -157,7 +157,7 @@ def unembed(ctx: CheckContext, m: Meter) -> None:
         "final residual (× pre_scale) · W_U + b_U, softcapped, vs HF logits",
         capped(recomposed),
         logits,
-        "unembed.path / unembed.pre_scale / unembed.softcap",
+        "unembed.path / unembed.pre_scale / unembed.softcap / unembed.bias",
     )
     hook = ctx.cache["hook_unembed"]
     if bound.unembed_bias is not None:  # hook_unembed is the unembedding's output, before the final bias
