@@ -1,4 +1,4 @@
-"""The BART family (BART, mBART, Marian, Pegasus) through the encoder/decoder stacks.
+"""The BART family (BART, mBART, Marian, Pegasus, PLBart, Blenderbot) through the encoder/decoder stacks.
 
 Every reference is independent of the bridge: an untouched deep copy of the HF model taken before the
 bridge exists, plain PyTorch forward hooks on the copy's own submodules, and arithmetic on raw HF
@@ -20,7 +20,8 @@ from bridge_core.conformance.runner import perturb, run_variants
 from bridge_core.registry import default_registry
 
 ZOO = Path(__file__).parent / "specs"
-SPECS = {"bart": "bart", **{name: ZOO / f"{name}.yaml" for name in ("mbart", "marian", "pegasus")}}
+FAMILY = ("mbart", "marian", "pegasus", "plbart", "blenderbot")
+SPECS = {"bart": "bart", **{name: ZOO / f"{name}.yaml" for name in FAMILY}}
 # (spec, variant) -> (post-norm blocks, embedding norm after positions, position offset, scaled inside the module)
 CASES = {
     ("bart", None): (True, True, 2, False),
@@ -31,6 +32,10 @@ CASES = {
     ("marian", None): (True, False, 0, False),
     ("marian", "separate"): (True, False, 0, False),
     ("pegasus", None): (False, False, 0, False),
+    ("plbart", None): (True, True, 2, True),
+    ("plbart", "unscaled"): (True, True, 2, False),
+    ("blenderbot", None): (False, False, 0, False),
+    ("blenderbot", "scaled"): (False, False, 0, True),
 }
 ENC, DEC, BATCH = 7, 5, 2
 # run_with_cache routes attention through the bridge's eager path where HF ran sdpa: values agree to
@@ -121,6 +126,7 @@ def test_embeddings_positions_and_the_embedding_norm(case):
     d_model = r.copy.config.d_model
     for prefix, stack, tokens in (("", "encoder", r.tokens), ("decoder.", "decoder", r.decoder_tokens)):
         w_e = r.param(f"model.{stack}.embed_tokens.weight")
+        assert r.cache[f"{prefix}hook_embed"].abs().max() > 0
         expected = w_e[tokens] * (d_model**0.5 if scaled else 1.0)  # BartScaledWordEmbedding scales inside
         torch.testing.assert_close(r.cache[f"{prefix}hook_embed"], expected, rtol=0, atol=1e-5)
         seq = tokens.shape[1]
