@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, SpecError
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
 from ..spec.kind_fields import kinds_plugins, unknown_kind
-from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, EmbedSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec
+from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec, StackSpec
 from .bound import (
     BoundAttention,
     BoundBlock,
@@ -312,34 +311,27 @@ class _Binder(SpecWalker):
             rotary_args=rotary,
         )
 
-    def stack(self, name: str, embed_spec: EmbedSpec, pos, blocks: ModulePath, b: BlockSpec, ln_final, bias, n_layers):
-        at = "encoder." if name == "encoder" else ""
+    def stack(self, name: str, s: Spec | StackSpec, n_layers: int | None) -> BoundStack:
+        """One stack: `s` is the encoder's StackSpec, or the Spec itself for the decoder (same field names)."""
+        at, embed_spec, pos = ("encoder." if name == "encoder" else ""), s.embed, s.pos_embed
         embed = self.attempt(self.resolve, self.model, embed_spec.path, f"{at}embed.path")
-        found = self.attempt(self.blocks, blocks, b, f"{at}block", name, n_layers)
+        found = self.attempt(self.blocks, s.blocks, s.block, f"{at}block", name, n_layers)
         final_name = {"encoder": "encoder_final_ln"}.get(name, "decoder_final_ln" if self.spec.encoder else "ln_final")
-        ln = self.attempt(self.norm, self.model, ln_final, f"{at}ln_final", "", final_name, "unembed")
-        score_bias = self.attempt(self.score_bias, bias, f"{at}score_bias")
+        ln = self.attempt(self.norm, self.model, s.ln_final, f"{at}ln_final", "", final_name, "unembed")
+        score_bias = self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
         # an encoder-decoder's decoder names its embedding norm decoder.embed.ln; the encoder's is embed.ln
         norm_name = "decoder.embed.ln" if name == "decoder" and self.spec.encoder else "embed.ln"
         embed_norm = self.attempt(self.norm, self.model, embed_spec.norm, f"{at}embed.norm", "", norm_name, "embed")
         position_kind = self.attempt(self.kind, f"{at}pos_embed.kind") if pos is not None or not at else None
         table = self.attempt(self.resolve, self.model, pos.path, f"{at}pos_embed.path") if pos and pos.path else None
+        if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
+            self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
+                                 self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
         if embed is None or found is None:
             raise Missing
-        return BoundStack(
-            name,
-            embed[0],
-            embed[1],
-            found,
-            ln,
-            score_bias,
-            embed_norm=embed_norm,
-            position_kind=position_kind,
-            pos_embed=table[0] if table else None,
-            pos_path=table[1] if table else None,
-            pos_offset=pos.offset if pos else 0,
-            norm_after_pos=embed_spec.norm_after_pos,
-        )
+        table = table or (None, None)
+        return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
+                          pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos)  # fmt: skip
 
     def model_(self) -> BoundModel:
         spec, cfg = self.spec, self.cfg
@@ -351,22 +343,8 @@ class _Binder(SpecWalker):
                 self.fail(
                     spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, None, "config")
                 )
-            encoder = self.attempt(
-                self.stack,
-                "encoder",
-                enc.embed,
-                enc.pos_embed,
-                enc.blocks,
-                enc.block,
-                enc.ln_final,
-                enc.score_bias,
-                n_encoder,
-            )
-        n_layers = cfg.n_layers if cfg else None
-        pos = spec.pos_embed
-        decoder = self.attempt(
-            self.stack, "decoder", spec.embed, pos, spec.blocks, spec.block, spec.ln_final, spec.score_bias, n_layers
-        )
+            encoder = self.attempt(self.stack, "encoder", enc, n_encoder)
+        decoder = self.attempt(self.stack, "decoder", spec, cfg.n_layers if cfg else None)
         embed_project = self.optional(self.model, spec.embed.project)
         position_kind = self.attempt(self.kind, "pos_embed.kind")
         unembed_bias = self.attempt(self.tensor, spec.unembed.bias, "unembed.bias")
@@ -398,19 +376,6 @@ class _Binder(SpecWalker):
             default_prepend_bos=spec.tokenizer.default_prepend_bos,
             unembed_bias=unembed_bias,
         )
-
-    def tensor(self, name: str | None, field: str) -> torch.Tensor | None:
-        """A parameter or buffer of the model by dotted name (BART's final_logits_bias), or None."""
-        if name is None:
-            return None
-        module_path, _, attribute = name.rpartition(".")
-        owner = self.resolve(self.model, module_path, field) if module_path else (self.model, "")
-        found = getattr(owner[0], attribute, None)
-        if not isinstance(found, torch.Tensor):
-            raise BindError(
-                f"the model has no parameter or buffer '{name}'", spec_path=field, module_path=module_path or "<root>"
-            )
-        return found
 
 
 def bind(model: nn.Module, spec: Spec, cfg: BridgeConfig, kinds: Kinds, spec_file: str | None = None) -> BoundModel:

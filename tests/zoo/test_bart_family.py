@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from bridge_core import Bridge
 from bridge_core.bridge import loading
 from bridge_core.conformance.runner import perturb, run_variants
+from bridge_core.errors import BindError, SpecError
 from bridge_core.registry import default_registry
+from bridge_core.spec.loader import RawSpec, validate_spec
 
 ZOO = Path(__file__).parent / "specs"
 FAMILY = ("mbart", "marian", "pegasus", "plbart", "blenderbot")
@@ -234,3 +236,27 @@ def test_an_edit_at_the_decoder_position_embedding_reaches_the_logits_once():
             handle.remove()
     assert not torch.allclose(expected, r.hf_logits)
     torch.testing.assert_close(edited, expected, rtol=0, atol=1e-5)
+
+
+def _bart_with(path: tuple[str, ...], value) -> tuple[torch.nn.Module, object]:
+    raw = default_registry().entry("bart").raw
+    data = copy.deepcopy(raw.data)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    spec = validate_spec(RawSpec(raw.file, data, raw.lines))
+    return loading.random_model(spec, tiny=True), spec
+
+
+def test_a_final_bias_the_model_lacks_is_a_bind_error_naming_the_field():
+    model, spec = _bart_with(("unembed", "bias"), "final_logits_bais")
+    with pytest.raises(BindError, match="final_logits_bais") as caught:
+        Bridge.from_hf(model, spec)
+    assert caught.value.spec_path == "unembed.bias"
+
+
+def test_an_encoder_position_kind_without_a_table_is_refused():
+    model, spec = _bart_with(("encoder", "pos_embed", "kind"), "rotary")
+    with pytest.raises(SpecError, match="table kind"):
+        Bridge.from_hf(model, spec)
