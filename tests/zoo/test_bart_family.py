@@ -260,3 +260,18 @@ def test_an_encoder_position_kind_without_a_table_is_refused():
     model, spec = _bart_with(("encoder", "pos_embed", "kind"), "rotary")
     with pytest.raises(SpecError, match="table kind"):
         Bridge.from_hf(model, spec)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_processed_copy_keeps_the_log_probabilities(case):
+    """fold_ln (pre-norm stacks), center_writing_weights, center_unembed (final_logits_bias too) and value-bias
+    folding change no log-probability; post-norm models skip what is not exact there."""
+    key, r = case
+    with torch.no_grad():
+        processed = r.bridge.processed_copy()
+        out = processed(r.tokens, decoder_input_ids=r.decoder_tokens).log_softmax(-1)
+    assert processed.processing["fold_ln"] == (not CASES[key][0])
+    assert processed.processing["center_unembed"]
+    centered = processed.bound.unembed_bias
+    assert centered.mean().abs() < 1e-6 and not torch.allclose(centered, r.copy.final_logits_bias)
+    torch.testing.assert_close(out, r.hf_logits.log_softmax(-1), rtol=0, atol=1e-5)
