@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from bridge_core import Bridge, default_registry
+from bridge_core.conformance.fields import on_encoder
 from bridge_core.inspection import Inputs, group_by_layer, run_and_count, weight_views
 from bridge_core.spec.schema import Spec
 
@@ -116,7 +117,7 @@ def symbolic(shape: list[int] | None, names: dict[int, str]) -> str:
 
 
 def _encoder_side(bridge, name: str) -> bool:
-    return bridge.is_encoder_decoder and (name.startswith("encoder") or name == "hook_embed")
+    return bridge.is_encoder_decoder and on_encoder(name)
 
 
 def _relative(file: str | None) -> str:

@@ -1,5 +1,5 @@
-"""Built-in position kinds: `learned` (a table, with an offset), `rotary` (q and k rotated inside
-attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
+"""Built-in position kinds: `learned` (a table, with an offset), `sinusoidal` (a fixed table), `rotary`
+(q and k rotated inside attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
 `rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
 from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them) and
 `none`."""
@@ -61,6 +61,8 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ro
 def bridge_core_position_kinds() -> list[PositionKind]:
     return [
         PositionKind("learned", limits_length=True, has_table=True),
+        # a fixed table computed at init (Marian, Pegasus): looked up like a learned one
+        PositionKind("sinusoidal", limits_length=True, has_table=True),
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
         PositionKind(
             "rotary_interleaved", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_interleaved

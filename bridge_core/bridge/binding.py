@@ -8,13 +8,15 @@ result at the end (layout.py).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, SpecError
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
 from ..spec.kind_fields import kinds_plugins, unknown_kind
-from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec
+from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec, StackSpec
 from .bound import (
     BoundAttention,
     BoundBlock,
@@ -227,7 +229,7 @@ class _Binder(SpecWalker):
         ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, post2, "mlp_out")
         attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix)
         mlp = self.attempt(self.mlp, module, b, field, prefix, index)
-        cross = self.attempt(self.cross, module, b, field, prefix) if cross_spec is not None else None
+        cross = self.attempt(self.cross, module, b, field, prefix, pre) if cross_spec is not None else None
         at = {
             role: self.attempt(self.resolve, module, getattr(b, role), f"{field}.{role}", prefix)
             if getattr(b, role) is not None
@@ -268,8 +270,16 @@ class _Binder(SpecWalker):
             mlp_out = Spot(mlp.w_out, f"{mlp.path}.out", scale=times)
         else:
             mlp_out = Spot(mlp.module, mlp.path, scale=times)
+        if cross is not None and cross.residual is None and cross.ln is not None:
+            # no module returns the residual after cross attention (BART): it is the next norm's input,
+            # held twice by HF in pre-norm blocks (normalized and added back), so edited in place there
+            after = (ln2 if pre else cross.ln) if ln2 is not None else None
+            if after is not None:
+                cross = replace(cross, residual=Spot(after.module, after.path, "input", in_place=pre))
         if at["resid_mid_at"] is not None:
             resid_mid = Spot(at["resid_mid_at"][0], at["resid_mid_at"][1], index=0)
+        elif kind == "sequential" and cross is not None and cross.ln is not None:
+            resid_mid = Spot(cross.ln.module, cross.ln.path, "input", in_place=True)  # mBART: the cross norm's input
         elif kind == "sequential" and ln2 is not None:
             # HF adds the attention output to the residual and hands that one tensor both to ln2 and,
             # as `residual`, to the add after the MLP: an edit must be made in place to reach both.
@@ -309,11 +319,13 @@ class _Binder(SpecWalker):
             output_index=b.output_index,
         )
 
-    def cross(self, module: nn.Module, b: BlockSpec, field: str, prefix: str) -> BoundCrossAttention:
+    def cross(self, module: nn.Module, b: BlockSpec, field: str, prefix: str, pre: bool) -> BoundCrossAttention:
         c = b.cross_attn
         at = f"{field}.cross_attn"
         attn = self.attempt(self.attention, module, c.attn, f"{at}.attn", prefix)
-        ln = self.attempt(self.norm, module, c.ln, f"{at}.ln", prefix, "ln2", "cross_attn")
+        # post-norm blocks (BART) normalize the residual after cross attention itself
+        feeds = "cross_attn" if pre else "resid_mid_cross"
+        ln = self.attempt(self.norm, module, c.ln, f"{at}.ln", prefix, "ln2", feeds)
         residual = (
             self.attempt(self.resolve, module, c.residual_at, f"{at}.residual_at", prefix) if c.residual_at else None
         )
@@ -351,7 +363,7 @@ class _Binder(SpecWalker):
                     module_path=blocks_path,
                 )
             )
-        kind = "sequential" if stack == "encoder" else self.choice(f"{field}.kind", b.kind, BLOCK_KINDS)
+        kind = self.choice(f"{field}.kind", b.kind, BLOCK_KINDS)
         found = [
             self.attempt(self.block, i, block, b, field, stack, f"{blocks_path}.{i}.", kind)
             for i, block in enumerate(blocks_list)
@@ -395,16 +407,27 @@ class _Binder(SpecWalker):
             extra_kwargs=extra,
         )
 
-    def stack(self, name: str, embed_path: ModulePath, blocks: ModulePath, b: BlockSpec, ln_final, bias, n_layers):
-        at = "encoder." if name == "encoder" else ""
-        embed = self.attempt(self.resolve, self.model, embed_path, f"{at}embed.path")
-        found = self.attempt(self.blocks, blocks, b, f"{at}block", name, n_layers)
+    def stack(self, name: str, s: Spec | StackSpec, n_layers: int | None) -> BoundStack:
+        """One stack: `s` is the encoder's StackSpec, or the Spec itself for the decoder (same field names)."""
+        at, embed_spec, pos = ("encoder." if name == "encoder" else ""), s.embed, s.pos_embed
+        embed = self.attempt(self.resolve, self.model, embed_spec.path, f"{at}embed.path")
+        found = self.attempt(self.blocks, s.blocks, s.block, f"{at}block", name, n_layers)
         final_name = {"encoder": "encoder_final_ln"}.get(name, "decoder_final_ln" if self.spec.encoder else "ln_final")
-        ln = self.attempt(self.norm, self.model, ln_final, f"{at}ln_final", "", final_name, "unembed")
-        score_bias = self.attempt(self.score_bias, bias, f"{at}score_bias")
+        ln = self.attempt(self.norm, self.model, s.ln_final, f"{at}ln_final", "", final_name, "unembed")
+        score_bias = self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
+        # an encoder-decoder's decoder names its embedding norm decoder.embed.ln; the encoder's is embed.ln
+        norm_name = "decoder.embed.ln" if name == "decoder" and self.spec.encoder else "embed.ln"
+        embed_norm = self.attempt(self.norm, self.model, embed_spec.norm, f"{at}embed.norm", "", norm_name, "embed")
+        position_kind = self.attempt(self.kind, f"{at}pos_embed.kind") if pos is not None or not at else None
+        table = self.attempt(self.resolve, self.model, pos.path, f"{at}pos_embed.path") if pos and pos.path else None
+        if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
+            self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
+                                 self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
         if embed is None or found is None:
             raise Missing
-        return BoundStack(name, embed[0], embed[1], found, ln, score_bias)
+        table = table or (None, None)
+        return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
+                          pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos)  # fmt: skip
 
     def model_(self) -> BoundModel:
         spec, cfg = self.spec, self.cfg
@@ -416,18 +439,11 @@ class _Binder(SpecWalker):
                 self.fail(
                     spec_error("an encoder stack needs the normalized field n_encoder_layers", spec, None, "config")
                 )
-            encoder = self.attempt(
-                self.stack, "encoder", enc.embed.path, enc.blocks, enc.block, enc.ln_final, enc.score_bias, n_encoder
-            )
-        n_layers = cfg.n_layers if cfg else None
-        decoder = self.attempt(
-            self.stack, "decoder", spec.embed.path, spec.blocks, spec.block, spec.ln_final, spec.score_bias, n_layers
-        )
-        embed_norm = self.attempt(self.norm, self.model, spec.embed.norm, "embed.norm", "", "embed.ln", "embed")
+            encoder = self.attempt(self.stack, "encoder", enc, n_encoder)
+        decoder = self.attempt(self.stack, "decoder", spec, cfg.n_layers if cfg else None)
         embed_project = self.optional(self.model, spec.embed.project)
         position_kind = self.attempt(self.kind, "pos_embed.kind")
-        pos = spec.pos_embed
-        pos_embed = self.attempt(self.resolve, self.model, pos.path, "pos_embed.path") if pos and pos.path else None
+        unembed_bias = self.attempt(self.tensor, spec.unembed.bias, "unembed.bias")
         unembed = self.attempt(self.resolve, self.model, spec.unembed.path, "unembed.path")
         unembed_project = self.optional(self.model, spec.unembed.project)
         pre_scale = self.attempt(self.value, "unembed.pre_scale", spec.unembed.pre_scale)
@@ -437,13 +453,9 @@ class _Binder(SpecWalker):
             raise Missing
         if spec.encoder is not None and encoder is None:
             raise Missing
-        embed_spot = (
-            Spot(embed_norm.module, embed_norm.path)
-            if embed_norm is not None
-            else Spot(decoder.embed, decoder.embed_path)
-        )
+        embed_spot = decoder.embed_spot()
         if spec.embed.scale_at == "forward" and cfg is not None and cfg.embed_scale != 1:
-            if embed_norm is not None:  # HF's order of scale and norm is not declared anywhere
+            if decoder.embed_norm is not None:  # HF's order of scale and norm is not declared anywhere
                 self.fail(
                     spec_error(
                         "embed.scale_at 'forward' with an embedding norm is not supported: the spec cannot say "
@@ -456,13 +468,13 @@ class _Binder(SpecWalker):
             embed_spot = Spot(decoder.embed, decoder.embed_path, scale=cfg.embed_scale)
         return BoundModel(
             decoder=decoder,
-            embed_norm=embed_norm,
+            embed_norm=decoder.embed_norm,
             embed_project=embed_project[0] if embed_project else None,
             embed_spot=embed_spot,
             embed_scale=cfg.embed_scale if cfg else 1.0,
             position_kind=position_kind,
-            pos_embed=pos_embed[0] if pos_embed else None,
-            pos_offset=pos.offset if pos else 0,
+            pos_embed=decoder.pos_embed,
+            pos_offset=decoder.pos_offset,
             unembed=unembed[0],
             unembed_path=unembed[1],
             unembed_project=unembed_project[0] if unembed_project else None,
@@ -472,7 +484,8 @@ class _Binder(SpecWalker):
             logit_scale=cfg.logit_scale if cfg is not None and cfg.logit_scale != 1 else None,
             encoder=encoder,
             default_prepend_bos=spec.tokenizer.default_prepend_bos,
-            rotary_sin_first=pos is not None and pos.rotary_output == "sin_cos",
+            rotary_sin_first=spec.pos_embed is not None and spec.pos_embed.rotary_output == "sin_cos",
+            unembed_bias=unembed_bias,
         )
 
 

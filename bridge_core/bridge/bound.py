@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 from ..errors import InputError
@@ -284,6 +285,25 @@ class BoundStack:
     blocks: list[BoundBlock]
     ln_final: BoundNorm | None
     score_bias: BoundScoreBias | None
+    embed_norm: BoundNorm | None = None
+    position_kind: PositionKind | None = None
+    pos_embed: nn.Module | None = None  # a position table (has_table kinds), hook_pos_embed
+    pos_path: str | None = None
+    pos_offset: int = 0
+    norm_after_pos: bool = False  # the embedding norm takes embeddings + positions (BART)
+
+    def output(self) -> Spot:
+        """The stack's output: its final norm's, or the last block's (BART has no final norm)."""
+        if self.ln_final is not None:
+            return Spot(self.ln_final.module, self.ln_final.path)
+        last = self.blocks[-1]
+        return Spot(last.module, last.path, index=last.output_index)
+
+    def embed_spot(self) -> Spot:
+        """Where the stack's hook_embed sits: the embedding's output, or its norm's (BLOOM)."""
+        if self.embed_norm is not None and not self.norm_after_pos:
+            return Spot(self.embed_norm.module, self.embed_norm.path)
+        return Spot(self.embed, self.embed_path)
 
 
 @dataclass
@@ -310,6 +330,7 @@ class BoundModel:
     call: BoundCall
     logit_scale: float | None = None  # HF multiplies the unembedding's output by it, before any softcap
     encoder: BoundStack | None = None
+    unembed_bias: torch.Tensor | None = None  # added to the logits after the unembedding (BART's final_logits_bias)
     default_prepend_bos: bool | None = None  # None: prepend when the tokenizer has a BOS token
     rotary_sin_first: bool = False  # the rotary module returns (sin, cos) (GPT-J), not (cos, sin)
     points: dict[str, HookPoint] = field(default_factory=dict)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig
-from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, Spot
+from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, BoundStack, Spot
 from .hook_points import HookPoint
 from .latent_attention import latent_points
 from .moe import moe_points
@@ -41,22 +41,12 @@ def lay_out_points(bound: BoundModel, cfg: BridgeConfig, kinds: Kinds) -> dict[s
     layout = _Layout(cfg)
     encoder = bound.encoder
     if encoder is not None:
-        layout.output("hook_embed", encoder.embed, encoder.embed_path)
+        layout.embedding(encoder, "")
         layout.score_bias("encoder", encoder.score_bias)
         for block in encoder.blocks:
             layout.block(block, rotary=False)
         layout.norm(encoder.ln_final)
-        embed_name = "decoder.hook_embed"
-    else:
-        embed_name = "hook_embed"
-    layout.norm(bound.embed_norm)
-    layout.spot(embed_name, bound.embed_spot)
-    if bound.embed_project is not None:
-        layout.output("hook_project_in", bound.embed_project, "embed.project")
-    if bound.pos_embed is not None and bound.position_kind.has_table:
-        # shown [batch, pos, d_model] as in HookedTransformer, even where HF computes it once for the batch
-        batch = BatchBroadcast(TokenShape(), bound.embed)
-        layout.output("hook_pos_embed", bound.pos_embed, "pos_embed", view=batch)
+    layout.embedding(bound.decoder, "decoder." if encoder is not None else "", bound.embed_project)
     if encoder is not None:
         layout.score_bias("decoder", bound.score_bias)
     for block in bound.blocks:
@@ -101,6 +91,21 @@ class _Layout:
                 f"{prefix}.hook_{which}", NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view)
             )
 
+    def embedding(self, stack: BoundStack, prefix: str, project: nn.Module | None = None) -> None:
+        """hook_embed, hook_pos_embed and the embedding norm of one stack, in forward order."""
+        after = stack.norm_after_pos
+        if not after:
+            self.norm(stack.embed_norm)
+        self.spot(f"{prefix}hook_embed", stack.embed_spot())
+        if project is not None:
+            self.output("hook_project_in", project, "embed.project")
+        if stack.pos_embed is not None and stack.position_kind is not None and stack.position_kind.has_table:
+            # shown [batch, pos, d_model] as in HookedTransformer, even where HF computes it once for the batch
+            batch = BatchBroadcast(TokenShape(), stack.embed)
+            self.output(f"{prefix}hook_pos_embed", stack.pos_embed, f"{prefix}pos_embed", view=batch)
+        if after:
+            self.norm(stack.embed_norm)
+
     def score_bias(self, stack: str, bias: BoundScoreBias | None) -> None:
         if bias is None or bias.module is None or bias.kind.hook_view is None:
             return
@@ -141,11 +146,14 @@ class _Layout:
             self.norm(block.ln1, f"{p}.ln1")
         if block.cross is not None:
             cross = block.cross
-            self.norm(cross.ln, f"{p}.{cross.ln.name}" if cross.ln else None)
+            if not post_norm:
+                self.norm(cross.ln, f"{p}.{cross.ln.name}" if cross.ln else None)
             self.attention(f"{p}.cross_attn", cross.attn, rotary=False)
             self.spot(f"{p}.hook_cross_attn_out", cross.out)
             if cross.residual is not None:
                 self.spot(f"{p}.hook_resid_mid_cross", cross.residual)
+            if post_norm:  # BART: the norm after the cross-attention add
+                self.norm(cross.ln, f"{p}.{cross.ln.name}" if cross.ln else None)
         if not post_norm and block.ln2 is not None:
             self.norm(block.ln2, f"{p}.{block.ln2.name}", flat)
         mlp = block.mlp
@@ -163,7 +171,7 @@ class _Layout:
         self.spot(f"{p}.hook_mlp_out", block.mlp_out, view=flat if block.ln2_post is None else None)
         self.spot(f"{p}.hook_resid_post", block.resid_post)
         if post_norm:
-            self.norm(block.ln2, f"{p}.ln2")
+            self.norm(block.ln2, f"{p}.{block.ln2.name}")
             self.output(f"{p}.hook_normalized_resid_post", block.module, block.path, index=block.output_index)
 
 

@@ -45,6 +45,10 @@ class ModelWeights:
     @property
     def b_U(self) -> torch.Tensor:
         bias = materialize(self.bound.unembed, "bias")
+        extra = self.bound.unembed_bias  # added after the unembedding (BART's final_logits_bias)
+        if extra is not None:
+            extra = extra.reshape(-1)
+            return extra if bias is None else bias + extra
         if bias is not None:
             return bias
         weight = self.bound.unembed.weight

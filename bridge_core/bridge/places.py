@@ -107,6 +107,8 @@ class BatchBroadcast(ShapedView):
     replaces_base = True
 
     def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        if base.dim() == 2:  # [s, d] (Marian's and Pegasus's sinusoidal tables, looked up without a batch)
+            base = base.unsqueeze(0)
         return base.expand(self.cell.shape[0], *base.shape[1:])
 
 

@@ -195,6 +195,8 @@ def _center_unembed(bridge: Any) -> None:
     _center(in_out(unembed, "linear"))  # W_U [d_model, d_vocab]: mean over the vocabulary
     if getattr(unembed, "bias", None) is not None:
         _center(unembed.bias)
+    if bridge.bound.unembed_bias is not None:  # BART's final_logits_bias: logits are shift-invariant per position
+        _center(bridge.bound.unembed_bias)
 
 
 def _fold_value_biases(bridge: Any) -> None:

@@ -113,6 +113,8 @@ def unembed(bridge: Any, residual: torch.Tensor) -> torch.Tensor:
     if bound.unembed_pre_scale is not None:
         x = x * bound.unembed_pre_scale
     logits = bound.unembed(x)
+    if bound.unembed_bias is not None:
+        logits = logits + bound.unembed_bias.to(logits.device)
     if bound.logit_scale is not None:
         logits = logits * bound.logit_scale
     cap = bound.final_softcap

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, close_matches
@@ -134,3 +135,21 @@ class SpecWalker:
         if result not in allowed:
             raise spec_error(f"evaluates to {result!r}; expected one of {', '.join(allowed)}", self.spec, None, field)
         return result
+
+    def tensor(self, name: str | None, field: str) -> torch.Tensor | None:
+        """A parameter or buffer of the model by dotted name (BART's final_logits_bias), or None."""
+        if name is None:
+            return None
+        module_path, _, attribute = name.rpartition(".")
+        owner = self.resolve(self.model, module_path, field) if module_path else (self.model, "")
+        found = getattr(owner[0], attribute, None)
+        if not isinstance(found, torch.Tensor):
+            self.fail(
+                BindError(
+                    f"the model has no parameter or buffer '{name}'",
+                    spec_path=field,
+                    module_path=module_path or "<root>",
+                )
+            )
+            raise Missing
+        return found

@@ -211,8 +211,9 @@ class CheckContext:
         modules += [norm.module for norm in bound.final_norms()]
         if bound.embed_norm is not None:
             modules.append(bound.embed_norm.module)
-        if bound.encoder is not None:
-            modules.append(bound.encoder.embed)
+        for stack in bound.stacks():
+            modules += [stack.embed, stack.pos_embed, stack.embed_norm.module if stack.embed_norm else None]
+            modules.append(stack.output().module)
         for block in bound.all_blocks():
             modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out, block.mlp.input.module]
             if block.mlp.moe is not None:  # the router's logits and the experts' output (checks/moe.py)

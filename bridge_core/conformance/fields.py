@@ -9,7 +9,7 @@ from ..spec.config import BridgeConfig
 
 _FIELDS: list[tuple[str, str]] = [
     (r"^hook_embed$", "embed.path"),
-    (r"^hook_pos_embed$", "pos_embed"),
+    (r"^(decoder\.)?hook_pos_embed$", "pos_embed"),
     (r"\.hook_resid_pre$", "blocks / block.hidden_states_kwarg"),
     (r"(^|\.)ln1\.", "block.ln1"),
     (r"(^|\.)ln2\.", "block.ln2"),
@@ -44,6 +44,15 @@ def field_for_hook(name: str) -> str | None:
     return None
 
 
+ENCODER_EMBEDDING_NAMES = ("hook_embed", "hook_pos_embed", "embed.ln.hook_scale", "embed.ln.hook_normalized")
+"""Names of an encoder-decoder model that run over the encoder's positions besides `encoder.*`."""
+
+
+def on_encoder(name: str) -> bool:
+    """Whether hook point `name` of an encoder-decoder model runs over the encoder's positions."""
+    return name in ENCODER_EMBEDDING_NAMES or name.startswith("encoder")
+
+
 def expected_shape(
     name: str, cfg: BridgeConfig, batch: int, seq: int, encoder_seq: int | None = None
 ) -> tuple[int, ...] | None:
@@ -54,7 +63,7 @@ def expected_shape(
     """
     h, kv, d, dm = cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_model
     suffix = name.rsplit(".", 1)[-1]
-    if encoder_seq is not None and (name == "hook_embed" or name.startswith("encoder")):
+    if encoder_seq is not None and on_encoder(name):
         seq = encoder_seq
     keys = encoder_seq if encoder_seq is not None and ".cross_attn." in name else seq
     if suffix == "hook_rel_pos_bias":
@@ -134,8 +143,12 @@ def standard_names(ctx) -> list[str]:
     rotary = bridge.position_kind.rotates_qk
     names: list[str] = []
     if bound.encoder is not None:
-        names += ["hook_embed", "encoder.hook_rel_pos_bias"] if bound.encoder.score_bias else ["hook_embed"]
-        names += ["decoder.hook_embed", "decoder.hook_rel_pos_bias"] if bound.score_bias else ["decoder.hook_embed"]
+        for prefix, stack in (("", bound.encoder), ("decoder.", bound.decoder)):
+            names.append(f"{prefix}hook_embed")
+            if stack.pos_embed is not None and stack.position_kind is not None and stack.position_kind.has_table:
+                names.append(f"{prefix}hook_pos_embed")
+            if stack.score_bias:
+                names.append(f"{stack.name}.hook_rel_pos_bias")
     else:
         table = bound.pos_embed is not None and bridge.position_kind.has_table
         names += ["hook_embed", *(["hook_pos_embed"] if table else [])]

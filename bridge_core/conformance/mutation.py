@@ -46,7 +46,8 @@ _SPEC_OPTIONAL = (
     ("embed", "norm"), ("embed", "project"), ("unembed", "project"), ("unembed", "pre_scale"),
     ("unembed", "softcap"), ("pos_embed",), ("score_bias",), ("call", "window"), ("call", "position_ids_kwarg"),
     ("call", "position_bias_kwarg"), ("call", "attention_mask_kwarg"), ("call", "rotary_args"),
-    ("pos_embed", "offset"),
+    ("pos_embed", "offset"), ("unembed", "bias"), ("encoder", "pos_embed"), ("encoder", "embed", "norm"),
+    ("encoder", "pos_embed", "offset"),
 )  # fmt: skip
 _REQUIRED_CONFIG = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
 
@@ -171,7 +172,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
 
     norms = [("ln_final",), ("embed", "norm")]
     if isinstance(data.get("encoder"), dict):
-        norms.append(("encoder", "ln_final"))
+        norms += [("encoder", "ln_final"), ("encoder", "embed", "norm")]
     for at in _blocks(data):
         for role in (
             "ln1",
@@ -186,7 +187,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         ):
             norms.append((*at, *((role,) if isinstance(role, str) else role)))
         block = _get(data, at)
-        if block.get("kind", "sequential") in BLOCK_KINDS and at == ("block",):
+        if block.get("kind", "sequential") in BLOCK_KINDS and (at == ("block",) or "kind" in block):
             yield from flip((*at, "kind"), BLOCK_KINDS)
         mlp_kind = _get(block, ("mlp", "kind"))
         if mlp_kind in ("plain", "gated") and _get(block, ("mlp", "gate")) is not None:
@@ -218,14 +219,16 @@ def _kinds(data: Data) -> Iterator[Mutant]:
             yield Mutant(f"config.act_fn -> {other}", "kind", "config.act_fn", f"activation forced to {other!r}",
                          mutated)  # fmt: skip
     yield from flip(("call", "mask_format"), _MASK_FORMATS)
-    if isinstance(data.get("pos_embed"), dict):
-        yield from flip(("pos_embed", "kind"), _POSITIONS)
-        if str(data["pos_embed"].get("kind")).startswith("rotary"):  # the pair read in the wrong order
-            order = data["pos_embed"].get("rotary_output", _ROTARY_OUTPUTS[0])
-            other = _ROTARY_OUTPUTS[1 - _ROTARY_OUTPUTS.index(order)]
-            yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",
-                         f"pos_embed.rotary_output {order!r} -> {other!r}",
-                         _with(data, ("pos_embed", "rotary_output"), other))  # fmt: skip
+    for stack in ((), ("encoder",)):
+        if isinstance(_get(data, (*stack, "pos_embed")), dict):
+            yield from flip((*stack, "pos_embed", "kind"), _POSITIONS)
+    pos = data.get("pos_embed")
+    if isinstance(pos, dict) and str(pos.get("kind")).startswith("rotary"):  # the pair read in the wrong order
+        order = pos.get("rotary_output", _ROTARY_OUTPUTS[0])
+        other = _ROTARY_OUTPUTS[1 - _ROTARY_OUTPUTS.index(order)]
+        yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",
+                     f"pos_embed.rotary_output {order!r} -> {other!r}",
+                     _with(data, ("pos_embed", "rotary_output"), other))  # fmt: skip
 
 
 def _drops(data: Data) -> Iterator[Mutant]:
@@ -249,7 +252,15 @@ def _expression_fields(data: Data) -> Iterator[tuple[tuple[str, ...], Any]]:
         for path in (("kind",), ("mlp", "kind"), ("attn", "softcap")):
             if _get(block, path) is not None:
                 yield (*at, *path), _get(block, path)
-    for path in (("unembed", "pre_scale"), ("unembed", "softcap"), ("call", "window"), ("pos_embed", "offset")):
+    for path in (
+        ("unembed", "pre_scale"),
+        ("unembed", "softcap"),
+        ("call", "window"),
+        ("pos_embed", "offset"),
+        ("encoder", "pos_embed", "offset"),
+        ("embed", "norm_after_pos"),
+        ("encoder", "embed", "norm_after_pos"),
+    ):
         if _get(data, path) is not None:
             yield path, _get(data, path)
     for key, value in (_get(data, ("call", "rotary_args")) or {}).items():

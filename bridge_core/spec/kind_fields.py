@@ -58,6 +58,9 @@ def kind_references(spec: Spec) -> Iterator[tuple[tuple[str, str], str, str]]:
     if spec.encoder is not None:
         yield from block(spec.encoder.block, "encoder.block")
         yield from norm(spec.encoder.ln_final, "encoder.ln_final")
+        yield from norm(spec.encoder.embed.norm, "encoder.embed.norm")
+        if spec.encoder.pos_embed is not None:
+            yield _POSITION, spec.encoder.pos_embed.kind, "encoder.pos_embed.kind"
         if spec.encoder.score_bias is not None:
             yield _BIAS, spec.encoder.score_bias.kind, "encoder.score_bias.kind"
 

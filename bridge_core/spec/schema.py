@@ -272,7 +272,8 @@ class BlockSpec(StrictModel):
         default="sequential",
         description="`sequential` (pre-norm), `parallel` (attention and MLP read the same residual, GPT-NeoX, "
         "GPT-J; a parallel block with `ln1` and no `ln2` has one norm whose output feeds both, GPT-J and Phi) "
-        "or `post_norm` (norm after each residual add, OPT-350m); or an expression over the HF config "
+        "or `post_norm` (norm after each residual add, OPT-350m; BART, beside cross attention too); or an "
+        "expression over the HF config "
         "giving one of them (`\"'parallel' if use_parallel_residual else 'sequential'\"`).",
     )
     ln1: NormSpec | None = Field(
@@ -326,6 +327,11 @@ class EmbedSpec(StrictModel):
         description="Norm applied to the embeddings before the first block (BLOOM); hooks embed.ln.*, and "
         "hook_embed is its output (as in HookedTransformer).",
     )
+    norm_after_pos: bool = Field(
+        default=False,
+        description="The norm takes the token embeddings plus positions (BART's layernorm_embedding): hook_embed "
+        "and hook_pos_embed stay the two summands, the norm's output is the first block's input.",
+    )
     project: ModulePath | None = Field(
         default=None, description="Projection from a narrower embedding to d_model, when present (OPT project_in)."
     )
@@ -369,6 +375,11 @@ class UnembedSpec(StrictModel):
     softcap: ConfigValue = Field(
         default=None,
         description="Final logit softcap: logits = c * tanh(unembed / c) (Gemma 2); hook_unembed is before it.",
+    )
+    bias: str | None = Field(
+        default=None,
+        description="Dotted name of a model tensor (parameter or buffer) added to the logits after the unembedding "
+        "(BART's final_logits_bias); part of b_U, hook_unembed is before it.",
     )
 
 
@@ -428,6 +439,9 @@ class StackSpec(StrictModel):
     block: BlockSpec = Field(description="One encoder block; paths relative to it.")
     ln_final: NormSpec | None = Field(default=None, description="The encoder's final norm (encoder_final_ln).")
     score_bias: ScoreBiasSpec | None = Field(default=None, description="The encoder's score bias (T5 buckets).")
+    pos_embed: PosEmbedSpec | None = Field(
+        default=None, description="The encoder's own position table (BART), hook_pos_embed; absent means none."
+    )
 
 
 class TokenizerSpec(StrictModel):

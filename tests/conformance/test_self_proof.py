@@ -100,6 +100,12 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once", "norm_roles"}, "block.kind"),
     "olmo2_per_head_qk_norm": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_layout"),
     "olmo2_pre_norm": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
+    # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
+    "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
+    "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),
+    "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
+    "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
+    "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -254,7 +254,7 @@ def test_a_bad_config_expression_error_carries_the_line_of_the_field(tmp_path, e
             "kind: layernorn",
             "ln_final.kind",
         ),
-        ("  kind: learned", "  kind: sinusoidal", "kind: sinusoidal", "pos_embed.kind"),
+        ("  kind: learned", "  kind: fourier", "kind: fourier", "pos_embed.kind"),  # not sinusoidal: registered
     ],
     ids=["ln1_flow", "ln_final_block", "position"],
 )

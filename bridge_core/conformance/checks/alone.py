@@ -50,7 +50,7 @@ def _encoder_output(ctx: CheckContext, recording) -> torch.Tensor | None:
     """HF's encoder output (the encoder's final norm output) on the padded reference forward."""
     if not ctx.is_encoder_decoder:
         return None
-    return ctx.hf_out(ctx.bridge.bound.encoder.ln_final.module, recording)
+    return ctx.hf_at(ctx.bridge.bound.encoder.output(), recording)
 
 
 @check(

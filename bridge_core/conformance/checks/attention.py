@@ -193,7 +193,7 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
         p = attention.prefix
         x = ctx.hf_in(attention.bound.module)
         if attention.cross and encoder_out is None:
-            encoder_out = ctx.hf_out(ctx.bridge.bound.encoder.ln_final.module)
+            encoder_out = ctx.hf_at(ctx.bridge.bound.encoder.output())
         field = "block.cross_attn.attn.qkv" if attention.cross else "block.attn.qkv (path / order) / block.attn.layout"
         if attention.bound.latent is not None:
             latent_qkv(ctx, m, attention, call)

@@ -24,8 +24,9 @@ def norms(ctx: CheckContext, m: Meter) -> None:
         found += [(f"{attention.prefix}.{n.name}", n.field, n) for n in qk if n is not None]
         if attention.bound.qk_norm_heads_first:
             heads_first.update(f"{attention.prefix}.{n.name}" for n in qk if n is not None)
-    if ctx.bound.embed_norm is not None:
-        found.append((ctx.bound.embed_norm.name, ctx.bound.embed_norm.field, ctx.bound.embed_norm))
+    for stack in ctx.bound.stacks():  # each stack's embedding norm (BART's encoder has its own)
+        if stack.embed_norm is not None:
+            found.append((stack.embed_norm.name, stack.embed_norm.field, stack.embed_norm))
     if not found:
         raise Skip("this spec declares no norms")
     for name, spec_field, norm in found:
@@ -79,9 +80,11 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
         elif block.kind != "parallel":
             m.fail(f"{p}.hook_resid_mid is missing on a {block.kind} block", "block.kind")
         if block.cross is not None:
+            if block.kind == "post_norm":  # BART: the cross attention adds to ln1's output
+                mid = ctx.hf_out(block.ln1.module)
             mid = mid + ctx.hf_at(block.cross.out)
             m.compare(
-                f"{p}.hook_resid_mid_cross vs HF block input + attention + cross attention outputs",
+                f"{p}.hook_resid_mid_cross vs HF's residual before cross attention + its output",
                 ctx.cache[f"{p}.hook_resid_mid_cross"],
                 mid,
                 "block.cross_attn.residual_at",
@@ -89,10 +92,11 @@ def residual_stream(ctx: CheckContext, m: Meter) -> None:
         m.compare(f"{p}.hook_mlp_out vs HF MLP output", ctx.cache[f"{p}.hook_mlp_out"], mlp_out, "block.mlp.path")
         _residual_update(ctx, m, block, block_in, mlp_out)
         if block.kind == "post_norm":
+            before = block.cross.ln if block.cross is not None and block.cross.ln is not None else block.ln1
             m.compare(
-                f"{p}.hook_resid_post vs HF's ln1 output + MLP output (post-norm)",
+                f"{p}.hook_resid_post vs HF's {before.name} output + MLP output (post-norm)",
                 ctx.cache[f"{p}.hook_resid_post"],
-                ctx.hf_out(block.ln1.module) + mlp_out,
+                ctx.hf_out(before.module) + mlp_out,
                 "block.kind / block.ln2",
             )
             post = ctx.cache[f"{p}.hook_normalized_resid_post"]

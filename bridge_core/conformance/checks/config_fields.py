@@ -182,7 +182,10 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
     bound = ctx.bound
     name = ctx.name_of(bound.unembed)
     edited = ctx.reference_run(edits=[(name, "post", lambda module, args, out: out * 50.0)], capture=False)
-    raw = edited.outputs[name] * 50.0 * (bound.logit_scale or 1.0)  # logits are scaled before the softcap
+    raw = edited.outputs[name] * 50.0
+    if bound.unembed_bias is not None:  # added before any softcap (BART's final_logits_bias)
+        raw = raw + bound.unembed_bias
+    raw = raw * (bound.logit_scale or 1.0)  # logits are scaled before the softcap
 
     def capped(cap: float | None) -> torch.Tensor:
         return raw if cap is None else torch.tanh(raw / cap) * cap
@@ -193,7 +196,7 @@ def _final_softcap(ctx: CheckContext, m: Meter) -> None:
         "logits of a 50-fold unembedding output vs the bound final softcap",
         capped(bound.final_softcap),
         hf,
-        "unembed.softcap",
+        "unembed.softcap / unembed.bias",
         tolerance=scale,
     )
     if "final_softcap" in ctx.bridge.cfg.extra or bound.final_softcap is not None:

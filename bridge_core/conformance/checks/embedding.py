@@ -5,37 +5,55 @@ from __future__ import annotations
 
 import torch
 
+from ...bridge.bound import BoundStack
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
 
+def _summed(ctx: CheckContext, stack: BoundStack) -> torch.Tensor:
+    """HF's embeddings plus positions of a stack: the embedding norm's input when the norm comes after the
+    position add (BART), else the residual at the stack's first block."""
+    if stack.embed_norm is not None and stack.norm_after_pos:
+        return ctx.hf_in(stack.embed_norm.module)
+    return ctx.hf_in(stack.blocks[0].module)
+
+
+def _has_table(stack: BoundStack) -> bool:
+    return stack.pos_embed is not None and stack.position_kind is not None and stack.position_kind.has_table
+
+
+def _stack_part(ctx: CheckContext, stack: BoundStack, name: str, tokens: torch.Tensor, w_e: torch.Tensor):
+    summed = _summed(ctx, stack)
+    token_part = summed - ctx.hf_out(stack.pos_embed) if _has_table(stack) else summed
+    before_pos_norm = stack.embed_norm is not None and not stack.norm_after_pos
+    scaled = ctx.hf_in(stack.embed_norm.module) if before_pos_norm else token_part
+    return (name, w_e, tokens, scaled, token_part)
+
+
 def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """(hook name, W_E, tokens, HF's scaled token embedding, HF's token part of the residual at block 0) of
-    each stack. With an embedding norm, the scaled embedding is the norm's input; without, both are the
-    residual at block 0 minus what HF's position module added."""
+    each stack. With an embedding norm before the positions, the scaled embedding is the norm's input;
+    otherwise both are HF's embeddings plus positions (the residual at block 0, or the input of a norm
+    after the position add) minus what HF's position module added."""
     bound, bridge = ctx.bound, ctx.bridge
     if bound.encoder is not None:
-        encoder = ctx.hf_in(bound.encoder.blocks[0].module)
-        decoder = ctx.hf_in(bound.blocks[0].module)
         return [
-            ("hook_embed", bound.encoder.embed.weight, ctx.tokens, encoder, encoder),
-            ("decoder.hook_embed", bridge.W_E, ctx.decoder_tokens, decoder, decoder),
+            _stack_part(ctx, bound.encoder, "hook_embed", ctx.tokens, bound.encoder.embed.weight),
+            _stack_part(ctx, bound.decoder, "decoder.hook_embed", ctx.decoder_tokens, bridge.W_E),
         ]
-    residual0 = ctx.hf_in(bound.blocks[0].module)
-    learned = bound.pos_embed is not None and bound.position_kind.has_table
-    token_part = residual0 - ctx.hf_out(bound.pos_embed) if learned else residual0
-    scaled = token_part if bound.embed_norm is None else ctx.hf_in(bound.embed_norm.module)
     if bound.embed_project is not None:  # hook_embed is the narrow embedding HF feeds project_in (OPT-350m)
+        token_part = _stack_part(ctx, bound.decoder, "hook_embed", ctx.tokens, bridge.W_E)[4]
         narrow = ctx.hf_in(bound.embed_project)
         parts = [("hook_embed", bridge.W_E, ctx.tokens, narrow, narrow)]
         return [*parts, ("hook_project_in", None, ctx.tokens, token_part, token_part)]
-    return [("hook_embed", bridge.W_E, ctx.tokens, scaled, token_part)]
+    return [_stack_part(ctx, bound.decoder, "hook_embed", ctx.tokens, bridge.W_E)]
 
 
 @check(
     "embed",
     statement="W_E[tokens] * cfg.embed_scale equals HF's token embedding (before an embedding norm, if any) and "
-    "hook_embed equals the token part of HF's residual at block 0 (of each stack)",
+    "hook_embed equals the token part of HF's residual at block 0 (of each stack); a norm after the position add "
+    "(BART) takes embeddings + positions and its output is the first block's input",
     family="embedding",
     tolerance=1e-5,
 )
@@ -51,7 +69,7 @@ def embed(ctx: CheckContext, m: Meter) -> None:
             f"{name}: W_E[tokens] * cfg.embed_scale vs HF's token embedding",
             w_e[tokens] * cfg.embed_scale,
             scaled,
-            "embed.path / config.embed_scale",
+            "embed.path / config.embed_scale / embed.norm_after_pos",
         )
         m.compare(
             f"{name} vs HF's residual at block 0 (minus positions)",
@@ -59,6 +77,14 @@ def embed(ctx: CheckContext, m: Meter) -> None:
             token_part,
             "embed.path / embed.norm / embed.scale_at",
         )
+    for stack in ctx.bound.stacks():  # a norm after the position add: its output is the first block's input
+        if stack.embed_norm is not None and stack.norm_after_pos:
+            m.compare(
+                f"{stack.embed_norm.name} output vs HF's input to the stack's first block",
+                ctx.hf_out(stack.embed_norm.module),
+                ctx.hf_in(stack.blocks[0].module),
+                f"{stack.embed_norm.field}.path / embed.norm_after_pos",
+            )
 
 
 @check(
@@ -68,36 +94,48 @@ def embed(ctx: CheckContext, m: Meter) -> None:
     tolerance=1e-5,
 )
 def pos_embed(ctx: CheckContext, m: Meter) -> None:
-    bridge = ctx.bridge
-    if bridge.bound.pos_embed is None or not bridge.bound.position_kind.has_table:
+    bridge, bound = ctx.bridge, ctx.bound
+    stacks = [s for s in bound.stacks() if _has_table(s)]
+    if not stacks:
         raise Skip("this spec has no learned position table (positions enter inside attention, or not at all)")
-    residual0 = ctx.hf_in(bridge.bound.blocks[0].module)
-    if bridge.bound.embed_project is not None:
-        pos_part = residual0 - ctx.hf_out(bridge.bound.embed_project)
-    else:
-        pos_part = residual0 - ctx.reference.outputs[ctx.embedding_name]
-    seq = ctx.tokens.shape[1]
-    w_pos = bridge.W_pos
-    m.require(
-        w_pos.shape[0] >= seq,
-        f"W_pos has {w_pos.shape[0]} rows, fewer than the {seq} test positions",
-        "pos_embed.offset / config.n_ctx",
-    )
-    if w_pos.shape[0] >= seq:
-        m.compare(
-            "W_pos[positions] vs HF's positional contribution",
-            w_pos[:seq].expand_as(pos_part),
-            pos_part,
-            "pos_embed.offset / pos_embed.path",
+    for stack in stacks:
+        encoder_decoder = bound.encoder is not None
+        prefix = "decoder." if encoder_decoder and stack.name == "decoder" else ""
+        field = "encoder.pos_embed" if stack.name == "encoder" else "pos_embed"
+        summed = _summed(ctx, stack)
+        if not encoder_decoder and bound.embed_project is not None:
+            pos_part = summed - ctx.hf_out(bound.embed_project)
+        elif encoder_decoder:
+            pos_part = summed - ctx.hf_out(stack.embed)
+        else:
+            pos_part = summed - ctx.reference.outputs[ctx.embedding_name]
+        seq = ctx.seq_of(stack.name)
+        if stack is bound.decoder:
+            w_pos = bridge.W_pos
+        else:
+            w_pos = stack.position_kind.table_rows(stack.pos_embed.weight, stack.pos_offset, bridge.cfg.n_ctx)
+        m.require(
+            w_pos.shape[0] >= seq,
+            f"{prefix}W_pos has {w_pos.shape[0]} rows, fewer than the {seq} test positions",
+            f"{field}.offset / config.n_ctx",
         )
-    hook = ctx.cache["hook_pos_embed"]
-    m.compare("hook_pos_embed vs HF's positional contribution", hook.expand_as(pos_part), pos_part, "pos_embed.path")
+        if w_pos.shape[0] >= seq:
+            m.compare(
+                f"{stack.name} W_pos[positions] vs HF's positional contribution",
+                w_pos[:seq].expand_as(pos_part),
+                pos_part,
+                f"{field}.offset / {field}.path",
+            )
+        hook = ctx.cache[f"{prefix}hook_pos_embed"]
+        what = f"{prefix}hook_pos_embed vs HF's positional contribution"
+        m.compare(what, hook.expand_as(pos_part), pos_part, f"{field}.path")
 
 
 @check(
     "unembed",
     statement="HF's final-norm output (× unembed.pre_scale) · W_U + b_U, and hook_unembed, times cfg.logit_scale and "
-    "with the spec's final softcap c·tanh(x/c) applied, equal HF's logits (hook_unembed is before both)",
+    "with the spec's final softcap c·tanh(x/c) applied, equal HF's logits (hook_unembed is before both, and before "
+    "a final logits bias, unembed.bias, which b_U includes)",
     family="embedding",
     tolerance=1e-5,
 )
@@ -120,12 +158,14 @@ def unembed(ctx: CheckContext, m: Meter) -> None:
         "final residual (× pre_scale) · W_U + b_U, × logit_scale, softcapped, vs HF logits",
         capped(recomposed * logit_scale),
         logits,
-        "unembed.path / unembed.pre_scale / config.logit_scale / unembed.softcap",
+        "unembed.path / unembed.pre_scale / config.logit_scale / unembed.softcap / unembed.bias",
     )
     hook = ctx.cache["hook_unembed"]
-    m.compare("hook_unembed vs the recomposition before the softcap", hook, recomposed, "unembed.path")
+    if bound.unembed_bias is not None:  # hook_unembed is the unembedding's output, before the final bias
+        hook = hook + bound.unembed_bias
+    m.compare("hook_unembed (+ unembed.bias) vs the recomposition before the softcap", hook, recomposed, "unembed.path")
     m.compare(
-        "hook_unembed × logit_scale, softcapped, vs HF logits",
+        "hook_unembed (+ unembed.bias) × logit_scale, softcapped, vs HF logits",
         capped(hook * logit_scale),
         logits,
         "unembed.path / config.logit_scale / unembed.softcap",

@@ -8,6 +8,7 @@ import torch
 from ...bridge.places import ModuleInput, ModuleOutput
 from ..catalogue import Meter, check
 from ..context import CheckContext
+from ..fields import on_encoder
 
 
 def _clone(tensor: torch.Tensor, hook) -> torch.Tensor:
@@ -144,7 +145,7 @@ def _real_positions(ctx: CheckContext, tensor: torch.Tensor, name: str, keep: to
     and keys of patterns; for encoder-decoder models only encoder positions (and cross-attention keys)."""
     whole = None
     q_keep, k_keep = keep, keep
-    if ctx.is_encoder_decoder and not (name == "hook_embed" or name.startswith("encoder")):
+    if ctx.is_encoder_decoder and not on_encoder(name):
         q_keep, k_keep = whole, (keep if ".cross_attn." in name else whole)
     bias = name.endswith("hook_rel_pos_bias")
     one = tensor[0] if bias else tensor[1]
@@ -177,6 +178,14 @@ def padding(ctx: CheckContext, m: Meter) -> None:
             logits, cache = bridge.run_with_cache(ctx.tokens, attention_mask=mask, **kwargs)
             _, single_cache = bridge.run_with_cache(single, **single_kwargs)
             hf_single = ctx.copy(input_ids=single, use_cache=False, **single_kwargs).logits
+        encoder = ctx.bound.encoder
+        if side == "left" and encoder is not None and encoder.pos_embed is not None:
+            # an encoder with absolute positions (BART) numbers them from the first padded slot: HF's own
+            # model is not invariant to left padding, so the bridge is held to HF's left-padded forward
+            with torch.no_grad():
+                hf_padded = ctx.copy(input_ids=ctx.tokens, attention_mask=mask, use_cache=False, **ctx.inputs).logits
+            m.compare("left-padded logits vs HF left-padded (absolute encoder positions)", logits, hf_padded, "call")
+            continue
         row = logits[1] if ctx.is_encoder_decoder else logits[1][keep]
         m.compare(f"{side}-padded logits at real positions vs HF unpadded", row, hf_single[0], "block.attn (mask)")
         m.compare(
@@ -186,7 +195,7 @@ def padding(ctx: CheckContext, m: Meter) -> None:
             "block.attn.implementation (mask)",
         )
         for name, value in cache.items():
-            if name in ("hook_pos_embed",) and value.shape[0] == 1:
+            if name.endswith("hook_pos_embed") and value.shape[0] == 1:
                 continue  # broadcast over the batch: no per-sequence row to compare
             if ".mlp.experts." in name:
                 continue  # the tokens each expert sees depend on the whole batch

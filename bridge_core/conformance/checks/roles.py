@@ -20,7 +20,9 @@ _FEEDS = {
     "attn+mlp": "HF's input to the attention's query projection and to the MLP's in-projection",
     "attn_out": "HF's mid residual minus the block input (the attention contribution)",
     "mlp_out": "HF's block output minus the residual before the MLP (the MLP contribution)",
-    "resid_mid": "HF's input to the MLP's in-projection (post-norm block)",
+    "resid_mid": "HF's input to the MLP's in-projection (post-norm block; the cross attention's query projection "
+    "beside cross attention)",
+    "resid_mid_cross": "HF's input to the MLP's in-projection (post-norm block with cross attention)",
     "resid_post": "HF's block output (post-norm block)",
 }
 
@@ -44,7 +46,9 @@ def _fed_role(ctx: CheckContext, layer: Layer, feeds: str) -> torch.Tensor | Non
         return ctx.hf_in(block.attn.projection("q"))
     if feeds == "cross_attn" and block.cross is not None:
         return ctx.hf_in(block.cross.attn.projection("q"))
-    if feeds == "mlp" or (feeds == "resid_mid" and not _has_mlp_norm(layer)):
+    if feeds == "resid_mid" and block.cross is not None:  # BART: ln1's output is the cross attention's input
+        return ctx.hf_in(block.cross.attn.projection("q"))
+    if feeds == "mlp" or (feeds in ("resid_mid", "resid_mid_cross") and not _has_mlp_norm(layer)):
         return ctx.hf_in(block.mlp.w_in if block.mlp.moe is None else block.mlp.module)
     if feeds == "attn_out" and block.resid_mid is not None and block.cross is None:
         return ctx.hf_at(block.resid_mid) - ctx.hf_in(block.module)

@@ -98,7 +98,7 @@ def shapes(ctx: CheckContext, m: Meter) -> None:
             expected = (*expected[:-1], _width(ctx.bound.embed_project, "in"))
         got = tuple(tensor.shape)
         # hook_pos_embed may be batch-broadcast ([1, seq, d_model]): HF computes one row per position.
-        broadcast = name == "hook_pos_embed" and got == (1, *expected[1:])
+        broadcast = name.endswith("hook_pos_embed") and got == (1, *expected[1:])
         if got != expected and not broadcast:
             bad += 1
             m.fail(f"'{name}' has shape {got}, cfg implies {expected}", field_for_hook(name) or "config")
