@@ -423,11 +423,19 @@ class _Binder(SpecWalker):
         if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
             self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
                                  self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
+        scale = None  # HF multiplies the embedding's output outside the module (Granite): hook_embed shows the product
+        if embed_spec.scale_at == "forward" and self.cfg is not None and self.cfg.embed_scale != 1:
+            scale = self.cfg.embed_scale
+            if embed_spec.norm is not None:  # HF's order of scale and norm is not declared anywhere
+                self.fail(spec_error("embed.scale_at 'forward' with an embedding norm is not supported: the spec "
+                                     "cannot say whether HF scales before or after the norm",
+                                     self.spec, self.spec_file, f"{at}embed.scale_at"))  # fmt: skip
         if embed is None or found is None:
             raise Missing
         table = table or (None, None)
         return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
-                          pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos)  # fmt: skip
+                          pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos,
+                          embed_scale=scale)  # fmt: skip
 
     def model_(self) -> BoundModel:
         spec, cfg = self.spec, self.cfg
@@ -453,24 +461,11 @@ class _Binder(SpecWalker):
             raise Missing
         if spec.encoder is not None and encoder is None:
             raise Missing
-        embed_spot = decoder.embed_spot()
-        if spec.embed.scale_at == "forward" and cfg is not None and cfg.embed_scale != 1:
-            if decoder.embed_norm is not None:  # HF's order of scale and norm is not declared anywhere
-                self.fail(
-                    spec_error(
-                        "embed.scale_at 'forward' with an embedding norm is not supported: the spec cannot say "
-                        "whether HF scales before or after the norm",
-                        spec,
-                        None,
-                        "embed.scale_at",
-                    )
-                )
-            embed_spot = Spot(decoder.embed, decoder.embed_path, scale=cfg.embed_scale)
         return BoundModel(
             decoder=decoder,
             embed_norm=decoder.embed_norm,
             embed_project=embed_project[0] if embed_project else None,
-            embed_spot=embed_spot,
+            embed_spot=decoder.embed_spot(),
             embed_scale=cfg.embed_scale if cfg else 1.0,
             position_kind=position_kind,
             pos_embed=decoder.pos_embed,

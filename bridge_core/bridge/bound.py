@@ -291,6 +291,7 @@ class BoundStack:
     pos_path: str | None = None
     pos_offset: int = 0
     norm_after_pos: bool = False  # the embedding norm takes embeddings + positions (BART)
+    embed_scale: float | None = None  # HF multiplies the embedding's output outside the module (embed.scale_at)
 
     def output(self) -> Spot:
         """The stack's output: its final norm's, or the last block's (BART has no final norm)."""
@@ -303,7 +304,7 @@ class BoundStack:
         """Where the stack's hook_embed sits: the embedding's output, or its norm's (BLOOM)."""
         if self.embed_norm is not None and not self.norm_after_pos:
             return Spot(self.embed_norm.module, self.embed_norm.path)
-        return Spot(self.embed, self.embed_path)
+        return Spot(self.embed, self.embed_path, scale=self.embed_scale)
 
 
 @dataclass

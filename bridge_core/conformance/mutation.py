@@ -221,9 +221,14 @@ def _kinds(data: Data) -> Iterator[Mutant]:
     yield from flip(("call", "mask_format"), _MASK_FORMATS)
     for stack in ((), ("encoder",)):
         if isinstance(_get(data, (*stack, "pos_embed")), dict):
-            yield from flip((*stack, "pos_embed", "kind"), _POSITIONS)
+            # latent attention: HF rotates q/k itself and the bridge reads the rotated tensors, so the kind only
+            # says whether positions rotate q/k; flips between rotary forms would be equivalent mutants
+            latent = _get(data, (*stack, "block", "attn", "qkv", "kind")) == "latent"
+            choices = [k for k in _POSITIONS if not (latent and k.startswith("rotary"))] if latent else _POSITIONS
+            yield from flip((*stack, "pos_embed", "kind"), choices)
     pos = data.get("pos_embed")
-    if isinstance(pos, dict) and str(pos.get("kind")).startswith("rotary"):  # the pair read in the wrong order
+    latent = _get(data, ("block", "attn", "qkv", "kind")) == "latent"
+    if isinstance(pos, dict) and str(pos.get("kind")).startswith("rotary") and not latent:  # pair order flipped
         order = pos.get("rotary_output", _ROTARY_OUTPUTS[0])
         other = _ROTARY_OUTPUTS[1 - _ROTARY_OUTPUTS.index(order)]
         yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",

@@ -171,7 +171,10 @@ def _logit_scale(ctx: CheckContext, m: Meter) -> None:
     bound = ctx.bound
     if bound.final_softcap is not None or "final_softcap" in ctx.bridge.cfg.extra:
         return
-    factor = _ratio(ctx.reference.logits, ctx.reference.outputs[ctx.name_of(bound.unembed)])
+    unembedded = ctx.reference.outputs[ctx.name_of(bound.unembed)]
+    if bound.unembed_bias is not None:  # BART's final_logits_bias is added before any scale
+        unembedded = unembedded + bound.unembed_bias
+    factor = _ratio(ctx.reference.logits, unembedded)
     what = "logit_scale (HF's logits over the unembedding's output)"
     _same(m, what, ctx.bridge.cfg.logit_scale, factor, "config.logit_scale")
 
