@@ -106,9 +106,9 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
         if not encoder_decoder and bound.embed_project is not None:
             pos_part = summed - ctx.hf_out(bound.embed_project)
         elif encoder_decoder:
-            pos_part = summed - ctx.hf_out(stack.embed)
+            pos_part = summed - ctx.hf_out(stack.embed) * (stack.embed_scale or 1.0)  # scale_at: forward (Marian)
         else:
-            pos_part = summed - ctx.reference.outputs[ctx.embedding_name]
+            pos_part = summed - ctx.reference.outputs[ctx.embedding_name] * (stack.embed_scale or 1.0)
         seq = ctx.seq_of(stack.name)
         if stack is bound.decoder:
             w_pos = bridge.W_pos
