@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bridge_core import Bridge
 from bridge_core.conformance.runner import run_variants
 
-SPECS = Path(__file__).parent / "specs"  # zoo specs not (yet) built in: Cohere
+SPECS = Path(__file__).parent / "specs"  # zoo specs not (yet) built in
 BUILT_IN = Path(__file__).resolve().parents[2] / "adapter_specs"  # the zoo specs promoted after `conform --mutate`
 
 
