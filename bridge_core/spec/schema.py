@@ -221,10 +221,10 @@ class MLPSpec(StrictModel):
         description="Weight storage of the projections: `conv1d` = [in, out], `linear` = [out, in]."
     )
     in_: ModulePath | None = Field(
-        default=None, alias="in", description="Input projection (the `up` projection when gated); not for `moe`."
+        alias="in", description="Input projection (the `up` projection when gated); optional for kind `moe`."
     )
     gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
-    out: ModulePath | None = Field(default=None, description="Output projection (required unless `moe`).")
+    out: ModulePath | None = Field(description="Output projection; optional for kind `moe`.")
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )
@@ -233,6 +233,14 @@ class MLPSpec(StrictModel):
         description="The MLP runs on [batch*pos, d] (OPT flattens before fc1); hooks still show [batch, pos, ...].",
     )
     moe: MoESpec | None = Field(default=None, description="The mixture of experts, in layers of kind `moe`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moe_needs_no_projections(cls, data: Any) -> Any:
+        # a mixture of experts has no dense projections (they name a shared expert's, when given)
+        if isinstance(data, dict) and data.get("kind") == "moe":
+            return {"in": None, "out": None, **data}
+        return data
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
