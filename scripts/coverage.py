@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,27 +72,56 @@ def row(model_type: str, result: dict) -> str:
     return f"| `{model_type}` | {text.replace('|', '/')} |"
 
 
-def run_type(model_type: str, cache: Path, timeout: int) -> dict:
-    target = cache / f"{model_type}.json"
-    if target.exists():
-        return json.loads(target.read_text())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    try:
-        done = subprocess.run(
-            [sys.executable, __file__, "--one", model_type],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-        )
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-        result = json.loads(lines[-1]) if lines else {"status": "failing", "detail": done.stderr.strip()[-300:]}
-    except subprocess.TimeoutExpired:
-        result = {"status": "timeout", "detail": str(timeout)}
+def _worker(types: list[str], cache: Path) -> None:
+    """Run types one after another in this process, caching each result; `.current` says which runs."""
+    for model_type in types:
+        (cache / f".current-{os.getpid()}").write_text(f"{model_type} {time.time()}")
+        try:
+            result = one(model_type)
+        except Exception as exc:  # a crash of the reach itself is the type's finding, not the run's end
+            result = {"status": "failing", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+        (cache / f"{model_type}.json").write_text(json.dumps(result))
+    (cache / f".current-{os.getpid()}").unlink(missing_ok=True)
+
+
+def run_all(types: list[str], cache: Path, jobs: int, timeout: int) -> dict[str, dict]:
+    """Workers (one process each, importing torch once) share the pending types; one that spends more than
+    `timeout` seconds on a type is killed, the type recorded as a timeout, and a new worker continues."""
     cache.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result))
-    return result
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+    def pending() -> list[str]:
+        return [t for t in types if not (cache / f"{t}.json").exists()]
+
+    workers: list[subprocess.Popen] = []
+    while pending() or workers:
+        running = set()
+        for worker in list(workers):
+            marker = cache / f".current-{worker.pid}"
+            if worker.poll() is not None:
+                workers.remove(worker)
+                if marker.exists():  # died on a type: record it so the next worker skips it
+                    model_type = marker.read_text().split()[0]
+                    (cache / f"{model_type}.json").write_text(json.dumps({"status": "failing", "detail": "crashed"}))
+                    marker.unlink()
+                continue
+            if marker.exists():
+                model_type, started = marker.read_text().split()
+                running.add(model_type)
+                if time.time() - float(started) > timeout:
+                    worker.kill()
+                    worker.wait()
+                    (cache / f"{model_type}.json").write_text(json.dumps({"status": "timeout", "detail": str(timeout)}))
+                    marker.unlink()
+                    workers.remove(worker)
+        todo = [t for t in pending() if t not in running]
+        while todo and len(workers) < jobs:
+            share = todo[:: jobs - len(workers)]
+            command = [sys.executable, __file__, "--worker", str(cache), "--types", *share]
+            workers.append(subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
+            todo = [t for t in todo if t not in share]
+        time.sleep(1)
+    return {t: json.loads((cache / f"{t}.json").read_text()) for t in types}
 
 
 def all_types() -> list[str]:
@@ -119,6 +147,7 @@ def table(results: dict[str, dict], seconds: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", metavar="TYPE", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", metavar="CACHE", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--types", nargs="*", help="only these model types (default: every type of both mappings)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--timeout", type=int, default=300, help="seconds per model type")
@@ -129,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print(json.dumps(one(args.one)))
         return 0
+    if args.worker:
+        _worker(args.types or [], args.worker)
+        return 0
     types = args.types or all_types()
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = dict(zip(types, pool.map(lambda t: run_type(t, args.cache, args.timeout), types), strict=True))
+    results = run_all(types, args.cache, args.jobs, args.timeout)
     if args.rows:
         print("\n".join(row(t, results[t]) for t in sorted(results)))
         return 0

@@ -96,7 +96,10 @@ def conform_model_type(
             outcome.gaps = [str(g) for g in draft.gaps]
             spec = to_spec(draft)
             loads = variants_of(spec) if variants else [None]
-            outcome.reports = [run(spec, checks=checks, registry=registry, variant=v) for v in loads]
+            for variant in loads:  # the base test model first; its failures are the finding, variants add cost
+                outcome.reports.append(run(spec, checks=checks, registry=registry, variant=variant))
+                if not outcome.reports[-1].ok:
+                    break
     except OutOfScopeError as exc:
         outcome.status, outcome.detail = "out_of_scope", exc.reason
         return outcome

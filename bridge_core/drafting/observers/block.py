@@ -84,7 +84,15 @@ def _activation(ctx, rest, full, down_in):
                 if same(fn(x) * y, down_in, atol=1e-4) or same(fn(y) * x, down_in, atol=1e-4):
                     ctx.draft.gap("fused gate/up projection", f"'{a}' holds gate and up in one matrix")
                     return act, "gated", {"in": a, "gate": a}
-    ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
+    from ...registry import default_registry
+
+    known = default_registry().plugins.kinds.activations
+    fields = plain_fields(ctx.config)
+    unknown = [v for k, v in fields.items() if "act" in k and isinstance(v, str) and v not in known]
+    if unknown:
+        ctx.draft.gap("activation kind", f"the config's activation {unknown[0]!r} is no registered activation")
+    else:
+        ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
     return None, "plain", {"in": rest[0]} if rest else {}
 
 
