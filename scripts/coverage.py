@@ -75,7 +75,9 @@ def row(model_type: str, result: dict) -> str:
 def _worker(types: list[str], cache: Path) -> None:
     """Run types one after another in this process, caching each result; `.current` says which runs."""
     for model_type in types:
-        (cache / f".current-{os.getpid()}").write_text(f"{model_type} {time.time()}")
+        marker = cache / f".current-{os.getpid()}"
+        marker.with_suffix(".tmp").write_text(f"{model_type} {time.time()}")
+        marker.with_suffix(".tmp").replace(marker)  # atomic: the parent never reads a half-written marker
         try:
             result = one(model_type)
         except Exception as exc:  # a crash of the reach itself is the type's finding, not the run's end
@@ -105,8 +107,9 @@ def run_all(types: list[str], cache: Path, jobs: int, timeout: int) -> dict[str,
                     (cache / f"{model_type}.json").write_text(json.dumps({"status": "failing", "detail": "crashed"}))
                     marker.unlink()
                 continue
-            if marker.exists():
-                model_type, started = marker.read_text().split()
+            parts = marker.read_text().split() if marker.exists() else []
+            if len(parts) == 2:
+                model_type, started = parts
                 running.add(model_type)
                 if time.time() - float(started) > timeout:
                     worker.kill()

@@ -63,7 +63,7 @@ class DraftContext:
             if isinstance(v, bool) or isinstance(value, bool):
                 return v is value
             if isinstance(v, (int, float)) and isinstance(value, (int, float)):
-                return abs(float(v) - float(value)) <= 1e-12 * max(1.0, abs(float(value)))
+                return abs(float(v) - float(value)) <= 1e-6 * max(1.0, abs(float(value)))
             return False
 
         for name in prefer:

@@ -95,6 +95,10 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if isinstance(value, list) and layers and len(value) == layers and layers != N_LAYERS:
             out[key] = _per_layer(value, N_LAYERS)
+    # multipliers left at 1.0 are invisible to observation: distinct values show where each one acts
+    ones = [k for k, v in fields.items() if "multiplier" in k and isinstance(v, float) and v == 1.0]
+    for i, key in enumerate(sorted(ones)):
+        out[key] = 0.5 + 0.125 * i
     _shrink_rotary(fields, out, notes)
     if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1
@@ -110,8 +114,7 @@ def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]
         out["rotary_dim"] = max(2, round(rotary / old_head * new_head / 2) * 2)
     rope = fields.get("rope_parameters")
     if isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
-        kept = {k: rope[k] for k in ("rope_theta", "partial_rotary_factor") if k in rope}
-        out["rope_parameters"] = {"rope_type": "default", **kept}
+        out["rope_parameters"] = {**rope, "rope_type": "default"}  # other keys stay: attention may read them
         notes.append(
             f"test_config: rope scaling '{rope['rope_type']}' replaced by the default rotary in the tiny model "
             "(its scaling is not exercised by conformance)"

@@ -12,9 +12,7 @@ from bridge_core.conformance.runner import run, variants_of
 from bridge_core.drafting import DraftingError, draft_model_type, to_spec
 
 
-@pytest.mark.parametrize(
-    "model_type", ["gpt2", "gpt_neox", "opt", "llama", "qwen2", "gemma", "gemma2", "gemma3_text"]
-)
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "opt", "llama", "qwen2", "gemma", "gemma2", "gemma3_text"])
 def test_unedited_draft_passes_conformance(model_type):
     draft = draft_model_type(model_type)
     assert not draft.gaps, draft.gaps

@@ -149,7 +149,7 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
         if "ln1" in roles:
             kind = "post_norm"
     elif "ln2" in roles and not same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), mid), mid):
-        ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
+        _residual_gap(ctx, _flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x, a_contrib)
     if ("ln1_post" in roles or "ln2_post" in roles) and "ln1" not in roles and "ln2" not in roles:
         ctx.draft.gap("post-sublayer-only norms", "norms sit only on the sublayer outputs (no pre-norm)")
     placed = set(roles.values())
@@ -168,6 +168,17 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
                 ctx.draft.gap("norm kind", f"{full} ({type(obs.module(full)).__name__}) matches no registered norm")
                 spec[role]["kind"] = "rmsnorm"
     _check_output(ctx, kind, x, mid, out, mlp_out, roles)
+
+
+def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch: torch.Tensor | None) -> None:
+    """Name what the MLP's norm reads when it is not x + attention: x + s * attention with s a config field."""
+    if branch is not None and seen is not None and seen.shape == x.shape == branch.shape:
+        s = float(((seen - x) * branch).sum() / (branch * branch).sum())
+        if same(x + s * branch, seen):
+            name = ctx.attr(s, keyword=("mult", "scale"))
+            ctx.draft.gap("residual multiplier", f"sublayer outputs are scaled by {s:.4g} ({name or 'no field'})")
+            return
+    ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
 
 
 def _check_output(ctx, kind, x, mid, out, mlp_out, roles) -> None:

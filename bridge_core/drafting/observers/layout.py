@@ -33,6 +33,10 @@ def observe_blocks(ctx: DraftContext) -> None:
         raise OutOfScopeError(f"hybrid: blocks {missing} of {path} call no attention (Mamba / linear-attention layers)")
     ctx.blocks, ctx.block = path, f"{path}.0"
     ctx.draft.fields["blocks"] = path
+    shapes = [sorted((n, type(m).__name__) for n, m in block.named_modules()) for block in blocks]
+    differ = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
+    if differ:
+        ctx.draft.gap("per-layer structure", f"blocks {differ} are built differently from block 0 (dense/MoE mix?)")
 
 
 def observe_embedding(ctx: DraftContext) -> None:
