@@ -33,7 +33,7 @@ def test_tiny_config_builds_and_forwards(model_type):
 
 
 def test_gptj_rotary_dim_keeps_its_share_of_the_head():
-    base, config, model = tiny("gptj")
+    base, config, _ = tiny("gptj")
     head = config.n_embd // config.n_head
     assert config.rotary_dim / head == base.rotary_dim / (base.n_embd // base.n_head)
     assert config.rotary_dim <= head and config.rotary_dim % 2 == 0
