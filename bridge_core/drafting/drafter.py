@@ -19,7 +19,7 @@ from .draft import Draft, DraftContext
 from .errors import DraftingError, OutOfScopeError
 from .observers import OBSERVERS
 from .probe import observe
-from .shrink import shrink, tiny_overrides
+from .shrink import complete, shrink, tiny_overrides
 
 _ORDER = ("name", "description", "match", "hf_class", "config", "test_config", "variants", "embed", "pos_embed",
           "blocks", "block", "ln_final", "unembed", "call")  # fmt: skip
@@ -36,7 +36,7 @@ def draft_model_type(model_type: str) -> Draft:
     if reason:
         raise OutOfScopeError(reason)
     overrides, notes = shrink(base)
-    return _draft(cls, overrides, notes, model_type)
+    return _draft(cls, complete(cls.config_class, base, overrides), notes, model_type)
 
 
 def draft_config(config: Any, cls: type[nn.Module] | None = None) -> Draft:
@@ -123,6 +123,8 @@ def _variants(ctx: DraftContext, cls, overrides, notes, model_type) -> None:
             ctx.draft.note(f"variants: flipping {key} did not draft ({exc.reason[:80]})")
             continue
         _mark_optional(ctx.draft.fields, other.draft.fields)
+        for gap in other.draft.gaps:
+            ctx.draft.gap(gap.item, f"with {key}={not value}: {gap.detail}")
         kind, flipped = ctx.found["block_kind"], other.found["block_kind"]
         if kind != flipped:
             true, false = (kind, flipped) if value else (flipped, kind)

@@ -75,8 +75,12 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SIZES[key]
+    if "head_dim" in fields and fields["head_dim"] is None:
+        out["head_dim"] = D_HEAD  # = d_model // n_heads here; some classes use an unset head_dim as is
     heads = next((fields[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in fields), None)
     for key in _KV_HEADS:
+        if key in fields and fields[key] is None and key != "multi_query_group_num":
+            out[key] = N_HEADS  # HF's documented meaning of an unset kv-head count: one per query head
         if isinstance(fields.get(key), int):
             grouped = isinstance(heads, int) and fields[key] < heads
             out[key] = 2 if grouped else N_HEADS  # keep the family's choice: grouped or one kv head per head
@@ -135,3 +139,16 @@ def tiny_overrides(config: Any, defaults: Any) -> dict[str, Any]:
     small, _ = shrink(config)
     merged = {**own, **small}
     return {k: v for k, v in merged.items() if k in small or base.get(k, object()) != v}
+
+
+def complete(config_class: type, base: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` plus every field of `base` that the class, built from the overrides alone, would not
+    reproduce (a rope dict a config fills only when built without arguments): the tiny config then differs
+    from `base` only where it was shrunk."""
+    try:
+        rebuilt = plain_fields(config_class(**overrides))
+    except Exception:
+        return overrides
+    own = plain_fields(base)
+    missing = {k: v for k, v in own.items() if k not in overrides and k in rebuilt and rebuilt[k] != v}
+    return {**overrides, **missing}
