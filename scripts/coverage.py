@@ -64,6 +64,8 @@ def row(model_type: str, result: dict) -> str:
         text = f"out of scope: {result['detail']}"
     elif status == "timeout":
         text = f"failing: over the {result['detail']} s time limit"
+    elif not result.get("failing") and result.get("gaps"):
+        text = f"failing: {result['detail']}{missing}"
     elif result.get("failing"):
         text = f"failing checks: {', '.join(result['failing'])}{missing}"
     else:
@@ -173,10 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     types = args.types or all_types()
     start = time.perf_counter()
     results = run_all(types, args.cache, args.jobs, args.timeout)
+    # a resumed run adds its time to the earlier runs' (kept beside the cached results)
+    elapsed = args.cache / ".elapsed"
+    total = time.perf_counter() - start + (float(elapsed.read_text()) if elapsed.exists() else 0.0)
+    elapsed.write_text(str(total))
     if args.rows:
         print("\n".join(row(t, results[t]) for t in sorted(results)))
         return 0
-    args.out.write_text(table(results, time.perf_counter() - start if not args.types else None))
+    args.out.write_text(table(results, total if not args.types else None))
     return 0
 
 

@@ -110,7 +110,10 @@ def conform_model_type(
     failed = sorted({r.name for rep in outcome.reports for r in rep.failed()})
     outcome.failing = failed
     if outcome.status != "builtin":
-        outcome.status = "failing" if failed else "passing"
+        # a draft with gaps describes part of the model (MoE drafted as its shared expert): never "passing"
+        outcome.status = "failing" if failed or outcome.gaps else "passing"
+    if outcome.gaps and not failed and outcome.status == "failing":
+        outcome.detail = "every check passed, but the draft describes only part of the model"
     if failed:
         first = next(r for rep in outcome.reports for r in rep.failed())
         outcome.detail = f"{first.name}: {first.message}"
