@@ -7,7 +7,7 @@ writes the field, instead of recording a gap.
 
 from __future__ import annotations
 
-from .attention import observe_attention
+from .attention import observe_attention, observe_rotation_per_layer
 from .block import observe_mlp, observe_norms_and_kind
 from .calls import observe_call, observe_scale, observe_window
 from .config_fields import observe_config
@@ -18,6 +18,7 @@ OBSERVERS = (
     observe_attention,
     observe_embedding,
     observe_positions,
+    observe_rotation_per_layer,
     observe_mlp,
     observe_norms_and_kind,
     observe_final,

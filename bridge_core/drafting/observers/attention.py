@@ -61,6 +61,7 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["layout"] = layout(call.module.get_submodule(name))
             spec["qkv"] = {"kind": "fused", "path": name, "order": order}
             ctx.found["fused_q0"] = _fused_q(outs[name], order, h, kv, d)
+            _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
     o_in = call.output.reshape(b, s, h * d)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
     if o is None:
@@ -104,6 +105,23 @@ def _projection_for(ctx, path, outs, target, heads, d, what, exclude=None, also=
     return None
 
 
+def _fused_norms(ctx: DraftContext, path: str, call: AttentionCall, fused_q, q0, k0) -> None:
+    """Norms on a fused projection's queries or keys: the norm whose output is them at position 0."""
+    obs, h, kv = ctx.obs, call.query.shape[1], call.key.shape[1]
+    d = call.query.shape[-1]
+    for norm_name, norm in obs.module(path).named_modules():
+        full = f"{path}.{norm_name}"
+        out = obs.output(full) if is_norm(norm) else None
+        if out is None:
+            continue
+        for what, heads, target in (("q", h, q0), ("k", kv, k0)):
+            normed = _pos0(out, heads, d)
+            if normed is not None and same(normed, target) and not same(_pos0(obs.input(full), heads, d), target):
+                ctx.found.setdefault(f"{what}_norm", (norm_name, full))
+    if ctx.found.get("q_norm"):
+        ctx.found["fused_q0"] = obs.output(ctx.found["q_norm"][1])
+
+
 def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
     value = call.value.transpose(1, 2)  # [b, s, kv, d]
     b, s = value.shape[:2]
@@ -140,19 +158,21 @@ def _norms(ctx: DraftContext, path: str, spec: dict, h: int, kv: int, d: int) ->
         spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
 
 
-def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> None:
-    """Compare the queries HF attends with with the unrotated ones at the last position: which dims turned
-    (rotary_dim) and which pairs kept their norm (rotate-half or interleaved pairing)."""
+def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> torch.Tensor | None:
+    """The queries before rotation ([b, h, s, d]): the q norm's or q projection's output (scaled back when
+    HF pre-scales them), from the attention module at `path`."""
     q = spec["qkv"].get("q")
     norm = ctx.found.get("q_norm")
     if norm:
-        raw = ctx.obs.output(norm[1])
+        raw = ctx.obs.output(f"{path}.{norm[0]}")
     elif q and q != "FILL_ME":
         raw = ctx.obs.output(f"{path}.{q}")
-    else:
+    elif path == ctx.found["attn"]:
         raw = ctx.found.get("fused_q0")
+    else:
+        return None
     if raw is None:
-        return
+        return None
     h, d = ctx.found["n_heads"], ctx.found["d_head"]
     query = call.query
     if raw.dim() == 3:
@@ -162,8 +182,23 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
     raw = raw.transpose(1, 2)  # [b, h, s, d]
     if ctx.found.get("q_prescaled"):
         raw = raw * float((raw[:, :, 0] * query[:, :, 0]).sum() / (raw[:, :, 0] ** 2).sum())
+    return raw
+
+
+def _moved(raw: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Which head dims differ between the unrotated and the attended queries at the last position."""
+    return ~torch.isclose(raw[:, :, -1].float(), query[:, :, -1].float(), atol=1e-5).all(dim=(0, 1))
+
+
+def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> None:
+    """Compare the queries HF attends with with the unrotated ones at the last position: which dims turned
+    (rotary_dim) and which pairs kept their norm (rotate-half or interleaved pairing)."""
+    raw = _unrotated(ctx, path, spec, call)
+    if raw is None:
+        return
+    query = call.query
     last_raw, last = raw[:, :, -1].float(), query[:, :, -1].float()
-    moved = ~torch.isclose(last_raw, last, atol=1e-5).all(dim=(0, 1))
+    moved = _moved(raw, query)
     if not bool(moved.any()):
         return
     ctx.found["rotates"] = True
@@ -175,6 +210,29 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
     inter = _pair_norms(last_raw[..., :r], r, interleaved=True), _pair_norms(last[..., :r], r, interleaved=True)
     if not same(*half, atol=1e-4) and same(*inter, atol=1e-4):
         ctx.draft.gap("interleaved rotary", "rotation pairs adjacent dims (2i, 2i+1), the rotary kind pairs halves")
+
+
+def observe_rotation_per_layer(ctx: DraftContext) -> None:
+    """Rotary positions must turn the queries of every layer: a layer left unrotated (NoPE layers) or a
+    rotary module whose effect the q norm hides (norm after rotation) is a gap."""
+    if ctx.draft.fields.get("pos_embed", {}).get("kind") != "rotary":
+        return
+    spec = ctx.draft.fields["block"]["attn"]
+    rel = spec["path"]
+    turned = []
+    for i in range(len(ctx.obs.module(ctx.blocks))):
+        path = f"{ctx.blocks}.{i}.{rel}"
+        calls = [c for c in ctx.obs.attention if ctx.obs.name(c.module) == path]
+        raw = _unrotated(ctx, path, spec, calls[0]) if calls else None
+        if raw is not None:
+            turned.append(bool(_moved(raw, calls[0].query).any()))
+    if turned and not any(turned):
+        ctx.draft.gap(
+            "rotary after q/k norm", "the rotary module feeds the blocks but the normed queries are unrotated"
+        )
+    elif turned and not all(turned):
+        unrotated = [i for i, t in enumerate(turned) if not t]
+        ctx.draft.gap("per-layer rotary", f"layers {unrotated} attend with unrotated queries (NoPE layers)")
 
 
 def _pair_norms(x: torch.Tensor, r: int, interleaved: bool) -> torch.Tensor:
