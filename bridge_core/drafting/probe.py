@@ -4,7 +4,7 @@ call transformers makes to its attention function.
 Attention calls are seen through a probing function registered with the public `AttentionInterface`
 under a private name; the tiny model (the drafter's own, never a user's) is switched to it with
 `set_attn_implementation`, and the probe computes attention with the registered `sdpa` function.
-Hooks are removed when the forward ends.
+Hooks are removed, and the probing function unregistered, when the forward ends.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from ..transformers_internals import temporary_implementation
 
 PROBE = "_bridge_core_draft_probe"
 _ACTIVE: list[list[AttentionCall]] = []
@@ -122,12 +124,6 @@ def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Ten
     return (probs @ value).transpose(1, 2).contiguous(), probs
 
 
-def _register_probe() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(PROBE, _probe)
-
-
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -142,7 +138,11 @@ def _detach(value: Any) -> Any:
 
 def observe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Observation:
     """Run `model` (the drafter's own tiny model) once under hooks and the attention probe."""
-    _register_probe()
+    with temporary_implementation(PROBE, _probe):
+        return _observe(model, inputs)
+
+
+def _observe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Observation:
     obs = Observation(model, inputs)
     # a model that cannot dispatch through AttentionInterface refuses: then no attention calls are seen
     with contextlib.suppress(Exception):
