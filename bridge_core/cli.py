@@ -170,11 +170,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_scaffold(args: argparse.Namespace) -> int:
     from .bridge.loading import require_checkpoint
-    from .scaffold import meta_model, scaffold, to_yaml
+    from .scaffold import draft_text
 
     path = require_checkpoint(args.model) if args.model else None
-    model, config = meta_model(model_type=args.model_type, path=path)
-    text = to_yaml(scaffold(model, config))
+    text = draft_text(model_type=args.model_type, path=path)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -207,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     scaffold = sub.add_parser("scaffold", help="write a draft spec from a model's structure")
     source = scaffold.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model-type", help="an HF model_type (its default config, built on the meta device)")
-    source.add_argument("--model", help="a checkpoint directory or hub id (config only; no weights loaded)")
+    source.add_argument("--model-type", help="an HF model_type (a tiny model of its default config is observed)")
+    source.add_argument("--model", help="a checkpoint directory or hub id (a tiny twin of its config; no weights)")
     scaffold.add_argument("-o", "--output", help="write the draft here instead of stdout")
     scaffold.set_defaults(func=cmd_scaffold)
 

@@ -98,6 +98,18 @@ def register_implementation(name: str, attention: Callable[..., Any], mask: Call
     AttentionMaskInterface.register(name, mask)
 
 
+@contextmanager
+def temporary_implementation(name: str, attention: Callable[..., Any]) -> Iterator[None]:
+    """`attention` registered under `name` while the block runs, then removed again (the drafter's probe:
+    bridge_core/drafting/probe.py), so the process's attention registry is left as found."""
+    AttentionInterface.register(name, attention)
+    try:
+        yield
+    finally:
+        # transformers has no public way to unregister; its registry is this class-level mapping
+        AttentionInterface._global_mapping.pop(name, None)
+
+
 # ------------------------------------------------------------------ config objects of a model
 
 

@@ -94,10 +94,12 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         tokenizer: Any = None,
         *,
         registry: Registry | None = None,
+        draft: bool = True,
     ) -> Bridge:
-        """Wrap an HF model you already hold; its spec is found from the model when not given."""
+        """Wrap an HF model you already hold; its spec is found from the model when not given (or drafted and
+        verified on a tiny twin when none matches, unless `draft=False`: bridge_core/drafting/onboarding.py)."""
         registry = registry or default_registry()
-        found, file = loading.spec_from(spec, registry, model)
+        found, file = loading.spec_or_draft(spec, registry, model, draft=draft)
         return cls(model, found, tokenizer=tokenizer, registry=registry, spec_file=file)
 
     @classmethod
@@ -108,17 +110,17 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         *,
         tokenizer: Any = True,
         registry: Registry | None = None,
+        draft: bool = True,
         **hf_kwargs: Any,
     ) -> Bridge:
-        """Load a checkpoint (local path or hub id) with transformers and wrap it."""
+        """Load a checkpoint (local path or hub id) with transformers and wrap it (`draft` as in `from_hf`)."""
         import transformers
 
         registry = registry or default_registry()
         name_or_path = loading.require_checkpoint(name_or_path)  # a missing local path says so, not a hub error
         if spec is None:
             config = transformers.AutoConfig.from_pretrained(name_or_path)
-            found = registry.resolve(config)
-            file = registry.file(found.name)
+            found, file = loading.spec_or_draft(None, registry, config=config, draft=draft)
         else:
             found, file = loading.spec_from(spec, registry)
         model = loading.pretrained_model(found, name_or_path, **hf_kwargs)

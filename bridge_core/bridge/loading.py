@@ -38,6 +38,31 @@ def spec_from(spec: Spec | str | Path | None, registry: Registry, model: nn.Modu
     return registry.get(text), registry.file(text)
 
 
+def spec_or_draft(
+    spec: Spec | str | Path | None,
+    registry: Registry,
+    model: nn.Module | None = None,
+    *,
+    config: Any = None,
+    draft: bool = True,
+) -> tuple[Spec, str]:
+    """`spec_from` (or the registry's match for `config`); when no registered spec matches and `draft` is on,
+    a spec drafted and verified by `bridge_core.drafting.onboarding` (a one-line warning says so)."""
+    from ..errors import SpecNotFoundError
+
+    try:
+        if config is not None and spec is None:
+            found = registry.resolve(config)
+            return found, registry.file(found.name)
+        return spec_from(spec, registry, model)
+    except SpecNotFoundError:
+        if spec is not None or not draft:
+            raise
+        from ..drafting.onboarding import onboard
+
+        return onboard(config if config is not None else model.config, registry, type(model) if model else None)
+
+
 def model_class(spec: Spec) -> type[nn.Module]:
     """The transformers model class a spec names in `hf_class` (a SpecError at that field when it is none)."""
     cls = getattr(transformers, spec.hf_class, None)

@@ -53,6 +53,19 @@ def register(sub: Any) -> None:
         metavar="RATE",
         help="with --mutate: exit 1 when a spec's kill rate is below RATE (default 0.95)",
     )
+    conform.add_argument(
+        "--model-type",
+        action="append",
+        dest="model_types",
+        metavar="TYPE",
+        help="an HF model_type: a tiny model from its config class, checked with its registered spec or, when "
+        "none matches, a spec drafted by observing it (bridge_core.drafting)",
+    )
+    conform.add_argument(
+        "--all-model-types",
+        action="store_true",
+        help="every model type of transformers' causal-LM and seq2seq-LM mappings (slow: see scripts/coverage.py)",
+    )
     conform.set_defaults(func=cmd_conform, usage_error=conform.error)
 
 
@@ -104,6 +117,8 @@ def cmd_conform(args: argparse.Namespace) -> int:
     from .catalogue import catalogue
     from .runner import run
 
+    if args.model_types or args.all_model_types:
+        return cmd_model_types(args)
     targets = _targets(args)
     if args.mutate:
         return cmd_mutate([t for t in targets if t is not None], args)
@@ -192,3 +207,37 @@ def cmd_mutate(targets: list[str], args: argparse.Namespace) -> int:
         killed = len(report.results) - len(report.survivors)
         err.print(escape(f"{report.spec}: {killed}/{len(report.results)} mutants killed ({report.kill_rate:.0%})"))
     return 0 if all(r.kill_rate >= args.min_kill_rate for r in reports) else 1
+
+
+def cmd_model_types(args: argparse.Namespace) -> int:
+    """`conform --model-type T` / `--all-model-types`: one outcome per type (builtin, passing, failing with
+    its checks or drafting step, out_of_scope with the reason); exit 1 when an in-scope type fails."""
+    from ..drafting.build import mapping_names
+    from ..drafting.reach import conform_model_type
+
+    if args.specs or args.all or args.model or args.mutate:
+        args.usage_error("--model-type / --all-model-types take no spec, --all, --model or --mutate")
+    types = list(args.model_types or [])
+    if args.all_model_types:
+        causal, seq2seq = mapping_names()
+        types += [t for t in [*causal, *seq2seq] if t not in types]
+    outcomes = []
+    err = Console(stderr=True, highlight=False)
+    for model_type in types:
+        outcome = conform_model_type(model_type, checks=args.checks)
+        outcomes.append(outcome)
+        if not args.json:
+            line = f"{model_type}: {outcome.status}"
+            if outcome.spec:
+                line += f" (spec {outcome.spec})"
+            if outcome.failing:
+                line += f"; failing checks: {', '.join(outcome.failing)}"
+            if outcome.detail:
+                line += f"; {outcome.detail}"
+            for gap in outcome.gaps:
+                line += f"\n    missing vocabulary: {gap}"
+            (err if args.quiet else Console(highlight=False)).print(escape(line), soft_wrap=True)
+    ok = all(o.status != "failing" and not o.failing for o in outcomes)
+    if args.json:
+        print(json.dumps({"ok": ok, "model_types": [o.to_dict() for o in outcomes]}, indent=2))
+    return 0 if ok else 1

@@ -1,0 +1,249 @@
+"""Observers of self-attention, from the probe's calls: the module, q/k/v and output projections,
+q/k norms and their layout, rotation (rotary_dim, pairing), pre-scaled queries, softcap, window, scale."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import torch
+
+from ..draft import DraftContext
+from ..probe import AttentionCall, same
+from .modules import is_linear, is_norm, layout, norm_kind, under
+
+
+def _call(ctx: DraftContext) -> AttentionCall:
+    return next(c for c in ctx.obs.attention if under(ctx.obs.name(c.module), ctx.block))
+
+
+def _pos0(tensor: torch.Tensor, heads: int, d: int) -> torch.Tensor | None:
+    """Position 0 of a projection or norm output as [batch, heads, d] ([b,s,h*d], [b,s,h,d] or [b,h,s,d])."""
+    if tensor.dim() == 3 and tensor.shape[-1] == heads * d:
+        return tensor[:, 0].reshape(tensor.shape[0], heads, d)
+    if tensor.dim() == 4 and tensor.shape[2] == heads and tensor.shape[-1] == d:
+        return tensor[:, 0]
+    if tensor.dim() == 4 and tensor.shape[1] == heads and tensor.shape[-1] == d:
+        return tensor[:, :, 0]
+    return None
+
+
+def observe_attention(ctx: DraftContext) -> None:
+    obs = ctx.obs
+    call = _call(ctx)
+    path = obs.name(call.module)
+    ctx.found["attn"] = path
+    b, h, s, d = call.query.shape
+    kv = call.key.shape[1]
+    ctx.found.update(n_heads=h, n_kv_heads=kv, d_head=d, attn_call=call)
+    linears = [(n, m) for n, m in call.module.named_modules() if is_linear(m)]
+    outs = {n: obs.output(f"{path}.{n}") for n, _ in linears}
+    spec: dict = {"path": ctx.relative(path, ctx.block)}
+    v_flat = call.value.transpose(1, 2).reshape(b, s, kv * d)
+    v = next((n for n, o in outs.items() if same(o, v_flat)), None)
+    q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
+    if v is not None:
+        q = _projection_for(ctx, path, outs, q0, h, d, "q", exclude=v)
+        k = _projection_for(ctx, path, outs, k0, kv, d, "k", exclude=v, also=q)
+        spec["layout"] = layout(call.module.get_submodule(v))
+        if q is None or k is None:
+            ctx.draft.gap("q/k projection", "no projection (or norm of one) reproduces the queries/keys at position 0")
+            spec["qkv"] = {"kind": "separate", "q": q or "FILL_ME", "k": k or "FILL_ME", "v": v}
+        else:
+            spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
+    else:
+        fused = _fused(call, outs, h, kv, d)
+        if fused is None:
+            ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
+            spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
+        else:
+            name, order = fused
+            spec["layout"] = layout(call.module.get_submodule(name))
+            spec["qkv"] = {"kind": "fused", "path": name, "order": order}
+            ctx.found["fused_q0"] = _fused_q(outs[name], order, h, kv, d)
+            _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
+    o_in = call.output.reshape(b, s, h * d)
+    o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
+    if o is None:
+        ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
+    spec["o"] = o or "FILL_ME"
+    ctx.found["o"] = f"{path}.{o}" if o else None
+    spec["softmax_dtype"] = _softmax_dtype(call.module)
+    ctx.draft.note(f"block.attn.softmax_dtype: '{spec['softmax_dtype']}' read from the eager attention's source")
+    _norms(ctx, path, spec, h, kv, d)
+    _rotation(ctx, path, spec, call)
+    if call.kwargs.get("softcap") is not None:
+        name = ctx.attr(call.kwargs["softcap"], keyword=("softcap",))
+        spec["softcap"] = name or call.kwargs["softcap"]
+        ctx.draft.fields.setdefault("config", {})["attn_softcap"] = spec["softcap"]
+    ctx.draft.fields.setdefault("block", {})["attn"] = spec
+
+
+def _projection_for(ctx, path, outs, target, heads, d, what, exclude=None, also=None) -> str | None:
+    """The projection whose output, or a norm of it, is `target` ([b, heads, d]) at position 0."""
+    obs = ctx.obs
+    for name, out in outs.items():
+        if name in (exclude, also) or out is None:
+            continue
+        flat = _pos0(out, heads, d)
+        if flat is None:
+            continue
+        if same(flat, target):
+            return name
+        ratio = float((flat * target).sum() / (flat * flat).sum()) if flat.abs().sum() else 0.0
+        if what == "q" and abs(ratio - 1.0) > 1e-3 and same(flat * ratio, target):
+            ctx.found["q_prescaled"] = True
+            return name
+        for norm_name, norm in obs.module(path).named_modules():
+            full = f"{path}.{norm_name}"
+            seen = obs.input(full)
+            if is_norm(norm) and seen is not None and seen.numel() == out.numel() and same(_pos0(seen, heads, d), flat):
+                normed = _pos0(obs.output(full), heads, d)
+                if normed is not None and same(normed, target):
+                    ctx.found[f"{what}_norm"] = (norm_name, full)
+                    return name
+    return None
+
+
+def _fused_norms(ctx: DraftContext, path: str, call: AttentionCall, fused_q, q0, k0) -> None:
+    """Norms on a fused projection's queries or keys: the norm whose output is them at position 0."""
+    obs, h, kv = ctx.obs, call.query.shape[1], call.key.shape[1]
+    d = call.query.shape[-1]
+    for norm_name, norm in obs.module(path).named_modules():
+        full = f"{path}.{norm_name}"
+        out = obs.output(full) if is_norm(norm) else None
+        if out is None:
+            continue
+        for what, heads, target in (("q", h, q0), ("k", kv, k0)):
+            normed = _pos0(out, heads, d)
+            if normed is not None and same(normed, target) and not same(_pos0(obs.input(full), heads, d), target):
+                ctx.found.setdefault(f"{what}_norm", (norm_name, full))
+    if ctx.found.get("q_norm"):
+        ctx.found["fused_q0"] = obs.output(ctx.found["q_norm"][1])
+
+
+def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
+    value = call.value.transpose(1, 2)  # [b, s, kv, d]
+    b, s = value.shape[:2]
+    for name, out in outs.items():
+        if out is None or out.shape[-1] != (h + 2 * kv) * d:
+            continue
+        if same(out[..., (h + kv) * d :], value.reshape(b, s, kv * d)):
+            return name, "qkv"
+        if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
+            return name, "per_head_interleaved"
+    return None
+
+
+def _fused_q(out: torch.Tensor, order: str, h: int, kv: int, d: int) -> torch.Tensor:
+    b, s = out.shape[:2]
+    if order == "qkv":
+        return out[..., : h * d].reshape(b, s, h, d)
+    return out.reshape(b, s, h, 3, d)[..., 0, :]
+
+
+def _norms(ctx: DraftContext, path: str, spec: dict, h: int, kv: int, d: int) -> None:
+    obs = ctx.obs
+    for what, heads in (("q", h), ("k", kv)):
+        found = ctx.found.get(f"{what}_norm")
+        if not found:
+            continue
+        name, full = found
+        x, y = obs.input(full), obs.output(full)
+        if x.dim() == 3:
+            ctx.draft.gap("whole-projection q/k norm", f"{full} normalizes the whole {what} projection")
+            continue
+        kind = norm_kind(obs.module(full), x, y)
+        spec[f"{what}_norm"] = {"path": name, "kind": kind or "rmsnorm"}
+        spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
+
+
+def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> torch.Tensor | None:
+    """The queries before rotation ([b, h, s, d]): the q norm's or q projection's output (scaled back when
+    HF pre-scales them), from the attention module at `path`."""
+    q = spec["qkv"].get("q")
+    norm = ctx.found.get("q_norm")
+    if norm:
+        raw = ctx.obs.output(f"{path}.{norm[0]}")
+    elif q and q != "FILL_ME":
+        raw = ctx.obs.output(f"{path}.{q}")
+    elif path == ctx.found["attn"]:
+        raw = ctx.found.get("fused_q0")
+    else:
+        return None
+    if raw is None:
+        return None
+    h, d = ctx.found["n_heads"], ctx.found["d_head"]
+    query = call.query
+    if raw.dim() == 3:
+        raw = raw.reshape(raw.shape[0], raw.shape[1], h, d)
+    if raw.shape[1] == h and raw.shape[2] != h:
+        raw = raw.transpose(1, 2)
+    raw = raw.transpose(1, 2)  # [b, h, s, d]
+    if ctx.found.get("q_prescaled"):
+        raw = raw * float((raw[:, :, 0] * query[:, :, 0]).sum() / (raw[:, :, 0] ** 2).sum())
+    return raw
+
+
+def _moved(raw: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Which head dims differ between the unrotated and the attended queries at the last position."""
+    return ~torch.isclose(raw[:, :, -1].float(), query[:, :, -1].float(), atol=1e-5).all(dim=(0, 1))
+
+
+def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> None:
+    """Compare the queries HF attends with with the unrotated ones at the last position: which dims turned
+    (rotary_dim) and which pairs kept their norm (rotate-half or interleaved pairing)."""
+    raw = _unrotated(ctx, path, spec, call)
+    if raw is None:
+        return
+    query = call.query
+    last_raw, last = raw[:, :, -1].float(), query[:, :, -1].float()
+    moved = _moved(raw, query)
+    if not bool(moved.any()):
+        return
+    ctx.found["rotates"] = True
+    rotary_dim = int(moved.nonzero().max()) + 1
+    rotary_dim += rotary_dim % 2
+    ctx.found["rotary_dim"] = rotary_dim
+    r = rotary_dim
+    half = _pair_norms(last_raw[..., :r], r, interleaved=False), _pair_norms(last[..., :r], r, interleaved=False)
+    inter = _pair_norms(last_raw[..., :r], r, interleaved=True), _pair_norms(last[..., :r], r, interleaved=True)
+    if not same(*half, atol=1e-4) and same(*inter, atol=1e-4):
+        ctx.draft.gap("interleaved rotary", "rotation pairs adjacent dims (2i, 2i+1), the rotary kind pairs halves")
+
+
+def observe_rotation_per_layer(ctx: DraftContext) -> None:
+    """Rotary positions must turn the queries of every layer: a layer left unrotated (NoPE layers) or a
+    rotary module whose effect the q norm hides (norm after rotation) is a gap."""
+    if ctx.draft.fields.get("pos_embed", {}).get("kind") != "rotary":
+        return
+    spec = ctx.draft.fields["block"]["attn"]
+    rel = spec["path"]
+    turned = []
+    for i in range(len(ctx.obs.module(ctx.blocks))):
+        path = f"{ctx.blocks}.{i}.{rel}"
+        calls = [c for c in ctx.obs.attention if ctx.obs.name(c.module) == path]
+        raw = _unrotated(ctx, path, spec, calls[0]) if calls else None
+        if raw is not None:
+            turned.append(bool(_moved(raw, calls[0].query).any()))
+    if turned and not any(turned):
+        ctx.draft.gap(
+            "rotary after q/k norm", "the rotary module feeds the blocks but the normed queries are unrotated"
+        )
+    elif turned and not all(turned):
+        unrotated = [i for i, t in enumerate(turned) if not t]
+        ctx.draft.gap("per-layer rotary", f"layers {unrotated} attend with unrotated queries (NoPE layers)")
+
+
+def _pair_norms(x: torch.Tensor, r: int, interleaved: bool) -> torch.Tensor:
+    if interleaved:
+        return (x[..., 0::2] ** 2 + x[..., 1::2] ** 2).sqrt()
+    return (x[..., : r // 2] ** 2 + x[..., r // 2 :] ** 2).sqrt()
+
+
+def _softmax_dtype(module: torch.nn.Module) -> str:
+    try:
+        source = inspect.getsource(sys.modules[type(module).__module__])
+    except (OSError, TypeError, KeyError):
+        return "float32"
+    return "float32" if "softmax(attn_weights, dim=-1, dtype=torch.float32)" in source else "input"

@@ -1,0 +1,209 @@
+"""Observers of one block's data flow: which norm feeds which sublayer, where the residual is added
+(block kind sequential / parallel / post_norm), and the MLP's projections and activation."""
+
+from __future__ import annotations
+
+import torch
+from transformers.activations import ACT2FN
+
+from ..draft import DraftContext
+from ..probe import same, tensor_at
+from .modules import eps_of, is_linear, is_norm, layout, norm_kind, under
+
+
+def _sum(*tensors: torch.Tensor | None) -> torch.Tensor | None:
+    if any(t is None for t in tensors):
+        return None
+    return sum(tensors[1:], tensors[0])
+
+
+def observe_mlp(ctx: DraftContext) -> None:
+    """The MLP: a child of the block (or the block itself) holding the projections outside attention."""
+    obs, block = ctx.obs, ctx.block
+    attn = ctx.found["attn"]
+    children = [
+        (f"{block}.{n}", m)
+        for n, m in obs.module(block).named_children()
+        if not under(f"{block}.{n}", attn) and not is_norm(m) and any(is_linear(x) for x in m.modules())
+    ]
+    if children and all(is_linear(m) for _, m in children):
+        children = []  # the projections sit in the block itself (OPT)
+    path = children[0][0] if len(children) == 1 else block
+    if len(children) > 1:
+        ctx.draft.gap("block layout", f"several sublayers besides attention: {[n for n, _ in children]}")
+    mlp = obs.module(path)
+    if any("expert" in n.lower() for n, _ in mlp.named_modules()):
+        ctx.draft.gap("MoE", f"{path} routes tokens to experts")
+    linears = [(n, m) for n, m in mlp.named_modules() if is_linear(m) and not under(f"{path}.{n}" if n else path, attn)]
+    full = {n: f"{path}.{n}" for n, _ in linears}
+    spec: dict = {"path": ctx.relative(path, block) if path != block else "."}
+    out = obs.output(path) if path != block else None
+    down = next((n for n in full if out is not None and same(obs.output(full[n]), out)), None)
+    if down is None and linears:
+        down = linears[-1][0]
+        ctx.draft.note(f"block.mlp.out: '{down}' (the last projection) guessed")
+    ctx.found["mlp"] = path
+    rest = [n for n, _ in linears if n != down]
+    down_in = obs.input(full[down]) if down else None
+    act, kind, proj = _activation(ctx, rest, full, down_in)
+    spec["kind"] = kind
+    spec["layout"] = layout(mlp.get_submodule(down)) if down else "linear"
+    spec["in"] = proj.get("in", "FILL_ME")
+    if kind == "gated":
+        spec["gate"] = proj.get("gate", "FILL_ME")
+    spec["out"] = down or "FILL_ME"
+    ctx.found["d_mlp"] = obs.output(full[spec["in"]]).shape[-1] if spec["in"] in full else None
+    ctx.found["act"] = act
+    if mlp is block or path == block:
+        spec["flat_tokens"] = bool(obs.input(full[spec["in"]]).dim() == 2) if spec["in"] in full else False
+    ctx.draft.fields.setdefault("block", {})["mlp"] = spec
+
+
+def _activation(ctx, rest, full, down_in):
+    """Which activation and wiring reproduce the down projection's input: act(in) or act(gate) * in."""
+    obs = ctx.obs
+    from ..shrink import plain_fields
+
+    declared = [v for v in plain_fields(ctx.config).values() if isinstance(v, str) and v in ACT2FN]
+    names = [*declared, "silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "relu2"]
+    names = list(dict.fromkeys(names))
+    outs = {n: obs.output(full[n]) for n in rest}
+    for act in names:
+        fn = ACT2FN[act]
+        for a in rest:
+            if down_in is not None and outs[a] is not None and same(fn(outs[a]), down_in, atol=1e-6):
+                return act, "plain", {"in": a}
+            for g in rest:
+                pair = g != a and down_in is not None and outs[a] is not None and outs[g] is not None
+                if pair and outs[a].shape == outs[g].shape and same(fn(outs[g]) * outs[a], down_in, atol=1e-6):
+                    return act, "gated", {"in": a, "gate": g}
+        for a in rest:
+            out = outs[a]
+            if down_in is not None and out is not None and out.shape[-1] == 2 * down_in.shape[-1]:
+                x, y = out.chunk(2, dim=-1)
+                if same(fn(x) * y, down_in, atol=1e-4) or same(fn(y) * x, down_in, atol=1e-4):
+                    ctx.draft.gap("fused gate/up projection", f"'{a}' holds gate and up in one matrix")
+                    return act, "gated", {"in": a, "gate": a}
+    from ...registry import default_registry
+
+    known = default_registry().plugins.kinds.activations
+    fields = plain_fields(ctx.config)
+    unknown = [v for k, v in fields.items() if "act" in k and isinstance(v, str) and v not in known]
+    if unknown:
+        ctx.draft.gap("activation kind", f"the config's activation {unknown[0]!r} is no registered activation")
+    else:
+        ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
+    return None, "plain", {"in": rest[0]} if rest else {}
+
+
+def observe_norms_and_kind(ctx: DraftContext) -> None:
+    """Assign each of the block's norms a role by data flow and tell the block kind from where the residual
+    is added."""
+    obs, block, attn, mlp = ctx.obs, ctx.block, ctx.found["attn"], ctx.found["mlp"]
+    spec = ctx.draft.fields.setdefault("block", {})
+    call = obs.first(block)
+    x = obs.input(block)
+    out_raw = call.output
+    out = tensor_at(out_raw)
+    spec["output_index"] = 0 if isinstance(out_raw, tuple) else None
+    attn_call = obs.first(attn)
+    attn_in = obs.input(attn)
+    attn_out = tensor_at(attn_call.output)
+    ctx.found["attn_output_index"] = 0 if isinstance(attn_call.output, tuple) else None
+    mlp_in = obs.input(mlp) if mlp != block else obs.input(_mlp_in_proj(ctx))
+    mlp_out = obs.output(mlp) if mlp != block else obs.output(_mlp_out_proj(ctx))
+    norms = [
+        (n, m)
+        for n, m in obs.module(block).named_modules()
+        if is_norm(m) and not under(f"{block}.{n}", attn) and (mlp == block or not under(f"{block}.{n}", mlp))
+    ]
+    roles: dict[str, str] = {}
+    for name, _ in norms:
+        full = f"{block}.{name}"
+        nin, nout = obs.input(full), obs.output(full)
+        if same(nout, attn_in):
+            roles.setdefault("ln1", name)
+        if same(nout, _flat_like(mlp_in, nout)):
+            roles.setdefault("ln2", name)
+        if same(nin, attn_out):
+            roles.setdefault("ln1_post", name)
+        if same(nin, _flat_like(mlp_out, nin)):
+            roles.setdefault("ln2_post", name)
+    kind = "sequential"
+    a_contrib = obs.output(f"{block}.{roles['ln1_post']}") if "ln1_post" in roles else attn_out
+    if ctx.found.get("residual_inside"):
+        a_contrib = obs.output(ctx.found["o"])
+    mid = _sum(x, a_contrib)
+    if "ln1" in roles and roles.get("ln1") == roles.get("ln2"):
+        ctx.draft.gap("parallel block with one shared norm", f"'{roles['ln1']}' feeds both attention and MLP")
+        kind = "parallel"
+    elif "ln2" in roles and same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x):
+        kind = "parallel"
+    elif "ln1" not in roles and same(attn_in, x):
+        for name, _ in norms:  # post-norm: norms read the sums after each residual add
+            full = f"{block}.{name}"
+            if same(obs.input(full), mid):
+                roles["ln1"] = name
+            elif same(obs.input(full), _sum(obs.output(f"{block}.{roles.get('ln1', '')}"), mlp_out)):
+                roles["ln2"] = name
+        if "ln1" in roles:
+            kind = "post_norm"
+    elif "ln2" in roles and not same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), mid), mid):
+        _residual_gap(ctx, _flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x, a_contrib)
+    if ("ln1_post" in roles or "ln2_post" in roles) and "ln1" not in roles and "ln2" not in roles:
+        ctx.draft.gap("post-sublayer-only norms", "norms sit only on the sublayer outputs (no pre-norm)")
+    placed = set(roles.values())
+    stray = [n for n, _ in norms if n not in placed]
+    if stray:
+        ctx.draft.gap("norm placement", f"norms {stray} feed no sublayer the vocabulary describes")
+    spec["kind"] = kind
+    ctx.found["block_kind"] = kind
+    for role in ("ln1", "ln2", "ln1_post", "ln2_post"):
+        if role in roles:
+            full = f"{block}.{roles[role]}"
+            spec[role] = {"path": roles[role], "kind": norm_kind(obs.module(full), obs.input(full), obs.output(full))}
+            if eps_of(obs.module(full)) is None and spec[role]["kind"] is not None:
+                ctx.draft.gap("norm without eps attribute", f"{full} ({type(obs.module(full)).__name__}) keeps no eps")
+            if spec[role]["kind"] is None:
+                ctx.draft.gap("norm kind", f"{full} ({type(obs.module(full)).__name__}) matches no registered norm")
+                spec[role]["kind"] = "rmsnorm"
+    _check_output(ctx, kind, x, mid, out, mlp_out, roles)
+
+
+def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch: torch.Tensor | None) -> None:
+    """Name what the MLP's norm reads when it is not x + attention: x + s * attention with s a config field."""
+    if branch is not None and seen is not None and seen.shape == x.shape == branch.shape:
+        s = float(((seen - x) * branch).sum() / (branch * branch).sum())
+        if same(x + s * branch, seen):
+            name = ctx.attr(s, keyword=("mult", "scale"))
+            ctx.draft.gap("residual multiplier", f"sublayer outputs are scaled by {s:.4g} ({name or 'no field'})")
+            return
+    ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
+
+
+def _check_output(ctx, kind, x, mid, out, mlp_out, roles) -> None:
+    obs, block = ctx.obs, ctx.block
+    m_contrib = obs.output(f"{block}.{roles['ln2_post']}") if "ln2_post" in roles else mlp_out
+    m_contrib = _flat_like(m_contrib, out)
+    if kind == "sequential" or kind == "parallel":
+        expected = _sum(mid, m_contrib)
+    else:
+        expected = obs.output(f"{block}.{roles['ln2']}") if "ln2" in roles else None
+    if expected is not None and not same(expected, out):
+        ctx.draft.gap("residual", f"the block output is not the {kind} sum of its sublayers (multipliers? gates?)")
+
+
+def _flat_like(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    if t is None or like is None or t.shape == like.shape or t.numel() != like.numel():
+        return t
+    return t.reshape(like.shape)
+
+
+def _mlp_in_proj(ctx: DraftContext) -> str:
+    spec = ctx.draft.fields["block"]["mlp"]
+    return f"{ctx.block}.{spec['in']}"
+
+
+def _mlp_out_proj(ctx: DraftContext) -> str:
+    spec = ctx.draft.fields["block"]["mlp"]
+    return f"{ctx.block}.{spec['out']}"

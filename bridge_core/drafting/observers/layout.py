@@ -1,0 +1,207 @@
+"""Observers of the model's layout: the block list, embedding, unembedding, final norm and positions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..draft import DraftContext
+from ..errors import DraftingError, OutOfScopeError
+from ..probe import same
+from .modules import is_norm, norm_kind, under
+
+
+def observe_blocks(ctx: DraftContext) -> None:
+    """The ModuleList holding the attention modules the probe saw; every block must have attention."""
+    obs, model = ctx.obs, ctx.model
+    attended = [obs.name(call.module) for call in obs.attention]
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    holding = [(n, m) for n, m in lists if any(under(a, n) for a in attended)]
+    if not attended:
+        if not any("attn" in n.lower() or "attention" in n.lower() for n, _ in model.named_modules()):
+            raise OutOfScopeError("no attention (state-space / recurrent model)")
+        raise DraftingError("observe", "no call reached transformers' AttentionInterface (attention outside it)")
+    if not holding:
+        raise DraftingError("observe", f"no ModuleList holds the attention modules {attended[:2]}")
+    if len(holding) > 1:
+        ctx.draft.gap("encoder-decoder drafting", f"attention in several block lists {[n for n, _ in holding]}")
+    path, blocks = min(holding, key=lambda item: item[0].count("."))  # the outermost list
+    if getattr(ctx.config, "is_encoder_decoder", False):
+        path, blocks = holding[-1]
+    missing = [i for i, _ in enumerate(blocks) if not any(under(a, f"{path}.{i}") for a in attended)]
+    if missing:
+        raise OutOfScopeError(f"hybrid: blocks {missing} of {path} call no attention (Mamba / linear-attention layers)")
+    ctx.blocks, ctx.block = path, f"{path}.0"
+    ctx.draft.fields["blocks"] = path
+    shapes = [sorted((n, type(m).__name__) for n, m in block.named_modules()) for block in blocks]
+    differ = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
+    if differ:
+        ctx.draft.gap("per-layer structure", f"blocks {differ} are built differently from block 0 (dense/MoE mix?)")
+
+
+def observe_embedding(ctx: DraftContext) -> None:
+    """The input embedding, a scale on its output and a norm between it and the first block."""
+    obs, model = ctx.obs, ctx.model
+    embed = model.get_input_embeddings()
+    path = obs.name(embed)
+    ctx.found["embed"] = path
+    spec: dict = {"path": path}
+    out = obs.output(path)
+    block_in = obs.input(ctx.block)
+    ctx.found["embed_out"] = out
+    for name, module in model.named_modules():
+        if is_norm(module) and not under(name, ctx.blocks) and same(obs.input(name), out):
+            kind = norm_kind(module, obs.input(name), obs.output(name))
+            spec["norm"] = {"path": name, "kind": kind or "layernorm"}
+            ctx.found["embed_norm"] = name
+            out = obs.output(name)
+    ctx.draft.fields["embed"] = spec
+    ctx.found["embed_final"] = out
+    raw = embed.weight.detach()[obs.inputs["input_ids"]]
+    scale = _ratio(raw, block_in) or _ratio(raw, out)
+    if scale is not None and abs(scale - 1.0) > 1e-6:
+        d_model = ctx.attr(raw.shape[-1], ("hidden_size", "n_embd", "d_model"))
+        if d_model and abs(scale - raw.shape[-1] ** 0.5) < 1e-3 * scale:
+            ctx.draft.fields.setdefault("config", {})["embed_scale"] = f"{d_model} ** 0.5"
+        else:
+            found = ctx.attr(scale, keyword=("mult", "scale"))
+            if found is None:
+                ctx.draft.gap("embedding multiplier", f"embeddings scaled by {scale:.4g}, no config field holds it")
+            else:
+                ctx.draft.fields.setdefault("config", {})["embed_scale"] = found
+
+
+def _ratio(a: torch.Tensor, b: torch.Tensor | None) -> float | None:
+    """s with a * s == b, or None."""
+    if b is None or a.shape != b.shape:
+        return None
+    s = float((a * b).sum() / (a * a).sum())
+    return s if same(a * s, b) else None
+
+
+def observe_positions(ctx: DraftContext) -> None:
+    """Learned table (an embedding added to the token embedding) or a model-level rotary module whose output
+    the blocks receive; what the attention observer saw of rotation decides between them."""
+    obs, model = ctx.obs, ctx.model
+    embed = ctx.found["embed"]
+    block_kwargs = obs.first(ctx.block).kwargs if obs.first(ctx.block) else {}
+    for name, module in model.named_modules():
+        if under(name, ctx.blocks) or not name:
+            continue
+        out = obs.output(name)
+        if isinstance(module, nn.Embedding) and name != embed and out is not None:
+            offset = _table_offset(module, out)
+            ctx.draft.fields["pos_embed"] = {"kind": "learned", "path": name, "offset": offset}
+            ctx.found["n_ctx_rows"] = module.weight.shape[0] - offset
+            return
+        outputs = [c.output for c in obs.calls.get(name, []) if isinstance(c.output, tuple) and len(c.output) == 2]
+        if outputs:
+            for key, value in block_kwargs.items():
+                if isinstance(value, tuple) and len(value) == 2 and any(_same_pair(o, value) for o in outputs):
+                    ctx.draft.fields["pos_embed"] = {"kind": "rotary", "path": name}
+                    ctx.draft.fields.setdefault("call", {})["position_embeddings_kwarg"] = key
+                    ctx.found["rotary_module"] = name
+                    _rotary_args(ctx, name, module, key)
+                    return
+    if ctx.found.get("rotates"):
+        ctx.draft.gap(
+            "rotary inside attention", "queries are rotated but no model-level rotary module feeds the blocks"
+        )
+    ctx.draft.fields["pos_embed"] = {"kind": "none"}
+
+
+def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) -> None:
+    """A rotary module called once per layer type (Gemma 3): which per-layer config list picks the call
+    each block's position embeddings came from, and under which parameter name."""
+    import inspect
+
+    from ..shrink import plain_fields
+
+    obs = ctx.obs
+    calls = obs.calls.get(name, [])
+    if len(calls) < 2:
+        return
+    params = list(inspect.signature(module.forward).parameters)
+    for position, param in enumerate(params):
+        values = [c.args[position] if len(c.args) > position else c.kwargs.get(param) for c in calls]
+        if not all(isinstance(v, str) for v in values):
+            continue
+        for list_name, per_layer in plain_fields(ctx.config).items():
+            if not isinstance(per_layer, list) or len(per_layer) != len(obs.module(ctx.blocks)):
+                continue
+            ok = True
+            for i, wanted in enumerate(per_layer):
+                got = obs.first(f"{ctx.blocks}.{i}").kwargs.get(kwarg)
+                match = [v for c, v in zip(calls, values, strict=True) if _same_pair(c.output, got)]
+                ok = ok and bool(match) and match[0] == wanted
+            if ok:
+                ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
+                return
+    ctx.draft.gap("rotary per layer", f"{name} is called {len(calls)} times; no per-layer config list picks the call")
+
+
+def _same_pair(a, b) -> bool:
+    return isinstance(a, tuple) and isinstance(b, tuple) and all(same(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _table_offset(module: nn.Embedding, out: torch.Tensor) -> int:
+    row = out.reshape(-1, out.shape[-1])[0]
+    matches = [i for i in range(min(8, module.weight.shape[0])) if same(module.weight[i], row)]
+    return matches[0] if matches else 0
+
+
+def observe_final(ctx: DraftContext) -> None:
+    """The unembedding, the final norm that feeds it, and what happens between its output and the logits."""
+    obs, model = ctx.obs, ctx.model
+    head = model.get_output_embeddings()
+    if head is None:
+        raise DraftingError("observe", f"{type(model).__name__} has no output embeddings (no LM head)")
+    path = obs.name(head)
+    unembed: dict = {"path": path}
+    head_in, head_out = obs.input(path), obs.output(path)
+    for name, module in model.named_modules():
+        if is_norm(module) and not under(name, ctx.blocks) and name != ctx.found.get("embed_norm"):
+            out = obs.output(name)
+            if same(out, head_in):
+                kind = norm_kind(module, obs.input(name), out)
+                ctx.draft.fields["ln_final"] = {"path": name, "kind": kind or "layernorm"}
+                ctx.found["ln_final"] = name
+            elif out is not None and head_in is not None and out.shape == head_in.shape:
+                scale = float((head_in * out).sum() / (out * out).sum())
+                if same(out * scale, head_in):
+                    ctx.draft.fields["ln_final"] = {"path": name, "kind": norm_kind(module, obs.input(name), out)}
+                    unembed["pre_scale"] = _scale_expr(ctx, scale)
+    logits = obs.logits
+    if head_out is not None and logits is not None and not same(head_out, logits):
+        cap = float(logits.abs().max())
+        found = next((k for k, v in _floats(ctx) if v and same(torch.tanh(head_out / v) * v, logits)), None)
+        scale = float((logits * head_out).sum() / (head_out * head_out).sum())
+        if found:
+            unembed["softcap"] = found
+            ctx.draft.fields.setdefault("config", {})["final_softcap"] = found
+        elif same(head_out * scale, logits):
+            unembed["pre_scale"] = _scale_expr(ctx, scale)
+            ctx.draft.note("unembed.pre_scale: logits are the head output times a constant; drafted as a pre-scale")
+        else:
+            ctx.draft.gap("logit transform", f"logits differ from the head output (max {cap:.3g}) in no known way")
+    ctx.draft.fields["unembed"] = unembed
+
+
+def _floats(ctx: DraftContext):
+    from ..shrink import plain_fields
+
+    return [(k, v) for k, v in plain_fields(ctx.config).items() if isinstance(v, float) and not isinstance(v, bool)]
+
+
+def _scale_expr(ctx: DraftContext, scale: float) -> str:
+    direct = ctx.attr(scale, keyword=("scal", "mult"))
+    if direct:
+        return direct
+    inverse = ctx.attr(1.0 / scale, keyword=("scal", "mult"))
+    if inverse:
+        return f"1 / {inverse}"
+    d_model = ctx.attr(64, ("hidden_size", "n_embd", "d_model"))
+    if d_model and abs(scale - 64**-0.5) < 1e-6:
+        return f"{d_model} ** -0.5"
+    ctx.draft.gap("logit scale", f"the logits are scaled by {scale:.4g}, which no config field gives")
+    return repr(scale)

@@ -1,0 +1,154 @@
+"""Consistent tiny configs: the overrides that shrink an HF config to a model that builds in milliseconds.
+
+Every size is shrunk together with what depends on it (special token ids inside the vocabulary, rope
+parameters against the context, rotary_dim against the head, windows against the test sequences,
+per-layer lists against the layer count, experts against their top-k). Values are chosen distinct
+(2 layers, 4 heads, 2 kv heads, d_head 16, d_model 64, d_mlp 96, vocab 101, context 64) so an observed
+shape names the config attribute that gives it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+N_LAYERS, D_MODEL, N_HEADS, D_HEAD, D_MLP, D_VOCAB, N_CTX, WINDOW = 2, 64, 4, 16, 96, 101, 64, 3
+
+# attribute names transformers configs use for each size (stored names, not attribute_map aliases)
+_SIZES: dict[str, int] = {
+    **dict.fromkeys(("num_hidden_layers", "n_layer", "num_layers", "n_layers", "num_decoder_layers",
+                     "decoder_layers", "encoder_layers"), N_LAYERS),
+    **dict.fromkeys(("hidden_size", "n_embd", "d_model", "dim", "embed_dim", "word_embed_proj_dim"), D_MODEL),
+    **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads",
+                     "encoder_attention_heads"), N_HEADS),
+    **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim"), D_HEAD),
+    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
+                     "ffn_hidden_size", "mlp_dim"), D_MLP),
+    **dict.fromkeys(("vocab_size", "padded_vocab_size"), D_VOCAB),
+    **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
+                     "max_seq_len"), N_CTX),
+    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"), 4),
+    **dict.fromkeys(("num_experts_per_tok", "moe_topk", "num_experts_per_token"), 2),
+    **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32),
+}  # fmt: skip
+_KV_HEADS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
+_WINDOWS = ("sliding_window", "attention_window", "window_size")
+_SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}
+_LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
+
+
+def plain_fields(config: Any) -> dict[str, Any]:
+    """The config's stored public fields (`to_dict`, without nested configs or bookkeeping)."""
+    out = {}
+    for key, value in config.to_dict().items():
+        if key.startswith("_") or key in ("architectures", "transformers_version", "model_type", "dtype"):
+            continue
+        out[key] = value
+    return out
+
+
+def _layer_count(fields: dict[str, Any]) -> int | None:
+    return next((fields[k] for k in _LAYER_COUNTS if isinstance(fields.get(k), int)), None)
+
+
+def _per_layer(values: list[Any], n: int) -> list[Any]:
+    """`n` entries of a per-layer list, keeping each distinct value seen (sliding and full layers both)."""
+    distinct = list(dict.fromkeys(map(repr, values)))
+    chosen = [next(v for v in values if repr(v) == r) for r in distinct[:n]]
+    return (chosen + values[: n - len(chosen)])[:n] if len(chosen) < n else chosen
+
+
+def _remap_id(value: Any, default: int) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if 0 <= value < D_VOCAB else default
+    if isinstance(value, list):
+        return [_remap_id(v, default) for v in value]
+    return value
+
+
+def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
+    """Overrides that make `config` tiny, and notes on what the tiny model does not exercise."""
+    fields = plain_fields(config)
+    notes: list[str] = []
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = _SIZES[key]
+    if "head_dim" in fields and fields["head_dim"] is None:
+        out["head_dim"] = D_HEAD  # = d_model // n_heads here; some classes use an unset head_dim as is
+    heads = next((fields[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in fields), None)
+    for key in _KV_HEADS:
+        if key in fields and fields[key] is None and key != "multi_query_group_num":
+            out[key] = N_HEADS  # HF's documented meaning of an unset kv-head count: one per query head
+        if isinstance(fields.get(key), int):
+            grouped = isinstance(heads, int) and fields[key] < heads
+            out[key] = 2 if grouped else N_HEADS  # keep the family's choice: grouped or one kv head per head
+            if fields[key] == 1 and grouped:
+                out[key] = 1  # multi-query stays multi-query
+    for key, value in fields.items():
+        if key.endswith("token_id") or key in _SPECIAL_IDS:
+            remapped = _remap_id(value, _SPECIAL_IDS.get(key, 3))
+            if remapped != value:
+                out[key] = remapped
+        elif isinstance(value, float) and ("dropout" in key or "pdrop" in key) and value:
+            out[key] = 0.0
+        elif key in _WINDOWS and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = WINDOW
+    layers = _layer_count(fields)
+    for key, value in fields.items():
+        if isinstance(value, list) and layers and len(value) == layers and layers != N_LAYERS:
+            out[key] = _per_layer(value, N_LAYERS)
+    # multipliers left at 1.0 are invisible to observation: distinct values show where each one acts
+    ones = [k for k, v in fields.items() if "multiplier" in k and isinstance(v, float) and v == 1.0]
+    for i, key in enumerate(sorted(ones)):
+        out[key] = 0.5 + 0.125 * i
+    _shrink_rotary(fields, out, notes)
+    if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
+        out["first_k_dense_replace"] = 1
+    return out, notes
+
+
+def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]) -> None:
+    """rotary_dim keeps its share of the head; a rope scaling type becomes the default rotary."""
+    old_head = fields.get("head_dim") or _default_head(fields)
+    new_head = out.get("head_dim") or _default_head({**fields, **out})
+    rotary = fields.get("rotary_dim")
+    if isinstance(rotary, int) and old_head and new_head:
+        out["rotary_dim"] = max(2, round(rotary / old_head * new_head / 2) * 2)
+    rope = fields.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
+        out["rope_parameters"] = {**rope, "rope_type": "default"}  # other keys stay: attention may read them
+        notes.append(
+            f"test_config: rope scaling '{rope['rope_type']}' replaced by the default rotary in the tiny model "
+            "(its scaling is not exercised by conformance)"
+        )
+
+
+def _default_head(fields: dict[str, Any]) -> int | None:
+    d = next((fields[k] for k in ("hidden_size", "n_embd", "d_model") if isinstance(fields.get(k), int)), None)
+    h = next(
+        (fields[k] for k in ("num_attention_heads", "n_head", "num_heads") if isinstance(fields.get(k), int)), None
+    )
+    return d // h if d and h else None
+
+
+def tiny_overrides(config: Any, defaults: Any) -> dict[str, Any]:
+    """`test_config` for a tiny twin of `config`: its own values that differ from the class defaults, shrunk."""
+    own, base = plain_fields(config), plain_fields(defaults)
+    small, _ = shrink(config)
+    merged = {**own, **small}
+    return {k: v for k, v in merged.items() if k in small or base.get(k, object()) != v}
+
+
+def complete(config_class: type, base: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` plus every field of `base` that the class, built from the overrides alone, would not
+    reproduce (a rope dict a config fills only when built without arguments): the tiny config then differs
+    from `base` only where it was shrunk."""
+    try:
+        rebuilt = plain_fields(config_class(**overrides))
+    except Exception:
+        return overrides
+    own = plain_fields(base)
+    missing = {k: v for k, v in own.items() if k not in overrides and k in rebuilt and rebuilt[k] != v}
+    return {**overrides, **missing}

@@ -1,0 +1,22 @@
+"""`bridge-core scaffold --model-type T` writes YAML that, unedited, validates and passes `conform`; guesses
+are `# NOTE:` lines and missing vocabulary is named in the file."""
+
+from __future__ import annotations
+
+from bridge_core.cli import main
+
+
+def test_scaffold_yaml_validates_and_conforms_unedited(tmp_path, capsys):
+    path = tmp_path / "qwen3.yaml"
+    assert main(["scaffold", "--model-type", "qwen3", "-o", str(path)]) == 0
+    text = path.read_text()
+    assert "# NOTE: block.attn.softmax_dtype" in text and "q_norm" in text
+    assert main(["validate", str(path)]) == 0
+    assert main(["conform", str(path), "-q"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+
+
+def test_scaffold_names_missing_vocabulary(tmp_path, capsys):
+    assert main(["scaffold", "--model-type", "phi3"]) == 0
+    out = capsys.readouterr().out
+    assert "# NOTE: MISSING VOCABULARY (fused gate/up projection)" in out

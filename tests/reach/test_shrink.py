@@ -1,0 +1,53 @@
+"""The drafter's tiny configs are consistent: they build and forward in HF, and what depends on a shrunk
+size was shrunk with it (types whose naive shrinking failed before: GPT-J's rotary_dim wider than the head,
+GPTBigCode's multi_query, Gemma 3's per-layer `layer_types`, OPT's special ids outside the vocabulary)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bridge_core.drafting import build
+from bridge_core.drafting.shrink import D_VOCAB, N_LAYERS, shrink
+
+
+def tiny(model_type: str):
+    cls = build.model_class_for(model_type)
+    base = build.default_config(cls, model_type)
+    overrides, _ = shrink(base)
+    config = cls.config_class(**overrides)
+    model = build.build(cls, config)
+    return base, config, model
+
+
+@pytest.mark.parametrize("model_type", ["gptj", "gpt_bigcode", "gemma3_text", "opt", "phi"])
+def test_tiny_config_builds_and_forwards(model_type):
+    _, config, model = tiny(model_type)
+    tokens = torch.randint(0, config.vocab_size, (2, 7))
+    with torch.no_grad():
+        logits = model(tokens).logits
+    assert logits.shape == (2, 7, config.vocab_size) and torch.isfinite(logits).all()
+    for key, value in config.to_dict().items():  # every special id inside the shrunk vocabulary
+        if key.endswith("token_id") and isinstance(value, int):
+            assert 0 <= value < D_VOCAB, (key, value)
+
+
+def test_gptj_rotary_dim_keeps_its_share_of_the_head():
+    base, config, _ = tiny("gptj")
+    head = config.n_embd // config.n_head
+    assert config.rotary_dim / head == base.rotary_dim / (base.n_embd // base.n_head)
+    assert config.rotary_dim <= head and config.rotary_dim % 2 == 0
+
+
+def test_gpt_bigcode_stays_multi_query():
+    base, config, model = tiny("gpt_bigcode")
+    assert base.multi_query and config.multi_query
+    d = config.n_embd // config.n_head
+    assert model.transformer.h[0].attn.c_attn.out_features == config.n_embd + 2 * d  # one key and value head
+
+
+def test_layer_types_are_resized_and_keep_both_kinds():
+    base, config, _ = tiny("gemma3_text")
+    assert len(config.layer_types) == N_LAYERS == config.num_hidden_layers
+    assert set(config.layer_types) == set(base.layer_types) == {"sliding_attention", "full_attention"}
+    assert config.sliding_window < 6  # shorter than the test sequences: the window is exercised
