@@ -144,7 +144,8 @@ def test_editing_hook_v_changes_attn_out_by_the_hand_computed_amount(pair):
         _, edited = bridge.run_with_cache(tokens, names_filter=lambda n: n.startswith(last))
     pattern = clean[f"{last}.attn.hook_pattern"][:, 0]  # [b, q, k]: rows sum to one
     W_O = bridge.blocks[bridge.cfg.n_layers - 1].attn.W_O[0]  # [d_head_v, d_model]
-    change = torch.einsum("bqk,d->bqd", pattern, delta) @ W_O
+    # hook_attn_out is what HF adds to the residual: the output projection times the residual multiplier
+    change = torch.einsum("bqk,d->bqd", pattern, delta) @ W_O * bridge.cfg.residual_multiplier
     got = edited[f"{last}.hook_attn_out"] - clean[f"{last}.hook_attn_out"]
     torch.testing.assert_close(got, change, rtol=1e-4, atol=1e-5)
 
@@ -210,7 +211,7 @@ def test_hook_k_and_v_show_only_the_current_positions_during_cached_generation()
     assert widths[0][1] == 5 and all(shape[1] == 1 for shape in widths[1:]), widths
 
 
-def test_minicpm3_at_unit_multipliers_conforms_on_every_test_model():
+def test_minicpm3_with_its_multipliers_conforms_on_every_test_model():
     reports = run_variants(MINICPM3)
     assert len(reports) == 3 and all(report.ok for report in reports), "\n".join(map(str, reports))
 
