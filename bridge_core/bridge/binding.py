@@ -22,7 +22,6 @@ from .bound import (
     BoundBlock,
     BoundCall,
     BoundCrossAttention,
-    BoundLatent,
     BoundMLP,
     BoundModel,
     BoundNorm,
@@ -31,7 +30,8 @@ from .bound import (
     Spot,
 )
 from .call_fields import call_conflicts
-from .latent_attention import LATENT_CONFIG_FIELDS, latent_views
+from .latent_attention import latent_views
+from .latent_binding import bind_latent
 from .layout import lay_out_points
 from .moe_binding import bind_moe
 from .places import qkv_views
@@ -62,7 +62,7 @@ class _Binder(SpecWalker):
         inner = f"{path}."
         latent = None
         if a.qkv.kind == "latent":
-            latent = self.attempt(self.latent, module, a, field, inner)
+            latent = self.attempt(bind_latent, self, module, a, field, inner)
             qkv = (
                 {"q": None, "kv": None}
                 if latent is None
@@ -102,62 +102,6 @@ class _Binder(SpecWalker):
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
             qk_norm_layout=a.qk_norm_layout,
             latent=latent,
-        )
-
-    def latent(self, module: nn.Module, a: AttentionSpec, field: str, inner: str) -> BoundLatent:
-        """Multi-head latent attention: the factored projections and the widths the config gives them."""
-        spec, at = a.qkv, f"{field}.qkv"
-        cfg = self.cfg
-        q_a = self.optional(module, spec.q_a, inner)  # absent in configs without a query latent
-        if q_a is not None:
-            q_b = self.attempt(self.resolve, module, spec.q_b, f"{at}.q_b", inner)
-            q_a_norm = self.attempt(self.norm, module, spec.q_a_norm, f"{at}.q_a_norm", inner, "q_a_norm", "q_b")
-            q = None
-        else:
-            if spec.q is None:
-                self.fail(
-                    spec_error(
-                        "the model has no query latent and the spec names no plain 'q'", self.spec, None, f"{at}.q_a"
-                    )
-                )
-                raise Missing
-            q, q_b, q_a_norm = self.attempt(self.resolve, module, spec.q, f"{at}.q", inner), None, None
-        kv_a = self.attempt(self.resolve, module, spec.kv_a, f"{at}.kv_a", inner)
-        kv_b = self.attempt(self.resolve, module, spec.kv_b, f"{at}.kv_b", inner)
-        kv_a_norm = self.attempt(self.norm, module, spec.kv_a_norm, f"{at}.kv_a_norm", inner, "kv_a_norm", "kv_b")
-        missing = [n for n in LATENT_CONFIG_FIELDS if cfg is not None and not isinstance(cfg.extra.get(n), int)]
-        if missing:
-            self.fail(
-                spec_error(
-                    f"latent attention needs the normalized integer field(s) {', '.join(missing)}",
-                    self.spec,
-                    None,
-                    "config",
-                )
-            )
-        if (
-            None in (kv_a, kv_b, kv_a_norm)
-            or (q_a is not None and None in (q_b, q_a_norm))
-            or (q_a is None and q is None)
-        ):
-            raise Missing
-        if cfg is None or missing:
-            raise Missing
-        extra = cfg.extra
-        q_rank = extra.get("q_lora_rank") if q_a is not None else None
-        return BoundLatent(
-            q=q[0] if q else None,
-            q_a=q_a[0] if q_a else None,
-            q_a_norm=q_a_norm,
-            q_b=q_b[0] if q_b else None,
-            kv_a=kv_a[0],
-            kv_a_norm=kv_a_norm,
-            kv_b=kv_b[0],
-            q_rank=q_rank,
-            kv_rank=extra["kv_lora_rank"],
-            d_nope=cfg.d_head - extra["rotary_dim"],
-            d_rope=extra["rotary_dim"],
-            d_head_v=extra["d_head_v"],
         )
 
     def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:
