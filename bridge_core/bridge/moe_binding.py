@@ -55,7 +55,8 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     if grouping is None or scaling is None:
         raise Missing
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
-        walker.fail(spec_error(f"evaluates to {scaling!r}; expected a number", walker.spec, None, f"{at}.routed_scaling"))
+        message = f"evaluates to {scaling!r}; expected a number"
+        walker.fail(spec_error(message, walker.spec, None, f"{at}.routed_scaling"))
         raise Missing
     for name, value in (("n_experts", n_experts), ("top_k", top_k)):
         if not isinstance(value, int) or value < 1:
