@@ -172,6 +172,11 @@ class BoundMoE:
     softmax_first: bool  # softmax over all experts, then top-k (else top-k logits, then softmax)
     norm_topk_prob: bool
     shared: BoundSharedExpert | None = None
+    group_limited: bool = False  # top-k within the `topk_group` best of `n_group` expert groups (DeepSeek-V2)
+    n_group: int = 1
+    topk_group: int = 1
+    d_mlp: int | None = None  # the experts' width, where it differs from cfg.d_mlp (the dense layers')
+    routed_scaling: float = 1.0  # multiplies the routed weights (DeepSeek routed_scaling_factor)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ selected experts and their weights, as the router handed them over), running the
 recomputed output replaces HF's only when a hook edited something.
 
 `hook_expert_weights` (HookedTransformer's softmax over all experts) is computed from the router's
-logits; an edit there re-routes: top-k and renormalization are redone by the spec's routing settings
-and replace the router's weights and indices.
+logits; an edit there re-routes: selection (greedy or group-limited), top-k, renormalization and the
+routed scaling factor are redone by the spec's routing settings and replace the router's weights and indices.
 """
 
 from __future__ import annotations
@@ -56,11 +56,22 @@ def routing(moe: BoundMoE, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def route_from_probs(moe: BoundMoE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k weights and indices from probabilities over all experts."""
-    top, indices = torch.topk(probs, moe.top_k, dim=-1)
+    """Top-k weights and indices from probabilities over all experts: selection (greedy or group-limited),
+    renormalization, then the routed scaling factor."""
+    candidates = _group_limited(moe, probs) if moe.group_limited else probs
+    top, indices = torch.topk(candidates, moe.top_k, dim=-1)
     if moe.norm_topk_prob or not moe.softmax_first:  # a softmax over the top-k logits is renormalized top-k probs
         top = top / top.sum(dim=-1, keepdim=True)
-    return top, indices
+    return top * moe.routed_scaling if moe.routed_scaling != 1.0 else top, indices
+
+
+def _group_limited(moe: BoundMoE, probs: torch.Tensor) -> torch.Tensor:
+    """`probs` with every expert outside each token's `topk_group` best groups (by their best expert's
+    probability, of `n_group` equal groups) set to 0, so top-k picks only inside the kept groups."""
+    grouped = probs.reshape(*probs.shape[:-1], moe.n_group, moe.n_experts // moe.n_group)
+    kept = torch.topk(grouped.amax(dim=-1), moe.topk_group, dim=-1).indices
+    keep = torch.zeros(grouped.shape[:-1], dtype=torch.bool, device=probs.device).scatter(-1, kept, True)
+    return grouped.masked_fill(~keep.unsqueeze(-1), 0.0).reshape(probs.shape)
 
 
 def expert_weights(moe: BoundMoE, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

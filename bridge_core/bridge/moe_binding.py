@@ -7,7 +7,7 @@ routing settings, each evaluated once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -34,6 +34,9 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     n_experts = walker.attempt(walker.value, f"{at}.n_experts", e.n_experts)
     top_k = walker.attempt(walker.value, f"{at}.top_k", e.top_k)
     norm_topk = walker.attempt(walker.value, f"{at}.norm_topk_prob", e.norm_topk_prob)
+    grouping = walker.attempt(_grouping, walker, e, at, n_experts)
+    scaling = walker.attempt(walker.value, f"{at}.routed_scaling", e.routed_scaling)
+    d_mlp = walker.attempt(walker.value, f"{at}.d_mlp", e.d_mlp)
     shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
     act_name = m.act_fn or (walker.cfg.act_fn if walker.cfg else None)
     act_field = f"{field}.mlp.act_fn" if m.act_fn else "config.act_fn"
@@ -49,6 +52,12 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
         raise Missing
     if e.shared_expert and shared is None:
         raise Missing
+    if grouping is None or scaling is None:
+        raise Missing
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
+        message = f"evaluates to {scaling!r}; expected a number"
+        walker.fail(spec_error(message, walker.spec, None, f"{at}.routed_scaling"))
+        raise Missing
     for name, value in (("n_experts", n_experts), ("top_k", top_k)):
         if not isinstance(value, int) or value < 1:
             walker.fail(
@@ -57,6 +66,9 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             raise Missing
     if top_k > n_experts:
         walker.fail(spec_error(f"top_k {top_k} exceeds n_experts {n_experts}", walker.spec, None, f"{at}.top_k"))
+        raise Missing
+    if d_mlp is not None and (isinstance(d_mlp, bool) or not isinstance(d_mlp, int) or d_mlp < 1):
+        walker.fail(spec_error(f"evaluates to {d_mlp!r}; expected an integer >= 1", walker.spec, None, f"{at}.d_mlp"))
         raise Missing
     expert_modules = _experts(walker, experts, e, at, n_experts)
     return BoundMLP(
@@ -86,6 +98,11 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             softmax_first=e.scoring == "softmax_then_topk",
             norm_topk_prob=bool(norm_topk),
             shared=shared,
+            group_limited=grouping[0],
+            n_group=grouping[1],
+            topk_group=grouping[2],
+            d_mlp=d_mlp,
+            routed_scaling=float(scaling),
         ),
     )
 
@@ -145,3 +162,22 @@ def _shared(walker: SpecWalker, module: nn.Module, m: MLPSpec, field: str, inner
     return BoundSharedExpert(
         shared, shared_path, w_in, w_gate, w_out, gate[0] if gate else None, gate[1] if gate else None
     )
+
+
+def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int, int]:
+    """(group-limited, n_group, topk_group) from `selection` and the group sizes, checked against n_experts."""
+    selection = walker.choice(f"{at}.selection", e.selection, ("greedy", "group_limited_greedy"))
+    if selection == "greedy":
+        return False, 1, 1
+    if e.scoring != "softmax_then_topk":
+        raise spec_error("group_limited_greedy selects on the softmax over all experts", walker.spec, None, at)
+    n_group = walker.value(f"{at}.n_group", e.n_group)
+    topk_group = walker.value(f"{at}.topk_group", e.topk_group)
+    for name, value in (("n_group", n_group), ("topk_group", topk_group)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise spec_error(f"evaluates to {value!r}; expected an integer >= 1", walker.spec, None, f"{at}.{name}")
+    if isinstance(n_experts, int) and n_experts % n_group:
+        raise spec_error(f"n_group {n_group} does not divide n_experts {n_experts}", walker.spec, None, f"{at}.n_group")
+    if topk_group > n_group:
+        raise spec_error(f"topk_group {topk_group} exceeds n_group {n_group}", walker.spec, None, f"{at}.topk_group")
+    return True, n_group, topk_group

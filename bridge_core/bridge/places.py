@@ -92,10 +92,14 @@ class ShapedView(View):
 
 @dataclass(frozen=True, eq=False)
 class FlatTokens(ShapedView):
-    """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP)."""
+    """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP); a tensor already
+    `[b, s, ...]` (DeepSeek's shared experts, run on the unflattened MLP input) is shown as it is."""
 
     def __call__(self, base: torch.Tensor) -> torch.Tensor:
-        return base.unflatten(0, self.cell.shape)
+        shape = self.cell.shape
+        if base.dim() == len(shape) + 1 and tuple(base.shape[: len(shape)]) == tuple(shape):
+            return base.view(base.shape)
+        return base.unflatten(0, shape)
 
 
 @dataclass(frozen=True, eq=False)

@@ -207,6 +207,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
                 yield from flip((*moe, "scoring"), ("softmax_then_topk", "topk_then_softmax"), "setting")
             yield from flip((*moe, "gate_first"), (True, False), "setting")
             yield from flip((*moe, "norm_topk_prob"), (True, False), "setting")
+            yield from _moe_routing(data, moe)
     for path in norms:
         if isinstance(_get(data, path), dict):
             current = _get(data, (*path, "kind"))
@@ -234,6 +235,28 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         yield Mutant(f"pos_embed.rotary_output: {order} -> {other}", "setting", "pos_embed.rotary_output",
                      f"pos_embed.rotary_output {order!r} -> {other!r}",
                      _with(data, ("pos_embed", "rotary_output"), other))  # fmt: skip
+
+
+def _moe_routing(data: Data, moe: tuple[str, ...]) -> Iterator[Mutant]:
+    """DeepSeek-style routing mistakes: plain top-k where the selection is group-limited (or the reverse), the
+    routed scaling factor or the experts' own width left out, the two group counts swapped."""
+    selection = _get(data, (*moe, "selection"))
+    if selection is not None:
+        other = "group_limited_greedy" if selection == "greedy" else "greedy"
+        dotted = ".".join((*moe, "selection"))
+        yield Mutant(f"{dotted}: {selection} -> {other}", "setting", dotted, f"{dotted} {selection!r} -> {other!r}",
+                     _with(data, (*moe, "selection"), other))  # fmt: skip
+    for name in ("routed_scaling", "d_mlp"):
+        if _get(data, (*moe, name)) not in (None, 1):
+            dotted = ".".join((*moe, name))
+            mutated = _with(data, (*moe, name), None, drop=True)
+            yield Mutant(f"drop {dotted}", "drop", dotted, f"{dotted} left out", mutated)
+    groups = _get(data, (*moe, "n_group")), _get(data, (*moe, "topk_group"))
+    if None not in groups and groups[0] != groups[1]:
+        dotted = ".".join(moe)
+        mutated = _with(_with(data, (*moe, "n_group"), groups[1]), (*moe, "topk_group"), groups[0])
+        yield Mutant(f"swap {dotted}.n_group <-> topk_group", "swap", f"{dotted}.n_group",
+                     f"swapped {dotted}.n_group <-> topk_group", mutated)  # fmt: skip
 
 
 def _drops(data: Data) -> Iterator[Mutant]:

@@ -197,6 +197,27 @@ class MoESpec(StrictModel):
     norm_topk_prob: ConfigValue = Field(
         default=True, description="The top-k weights are renormalized to sum to 1 (expression over the HF config)."
     )
+    selection: str = Field(
+        default="greedy",
+        description="How the top-k experts are picked from the softmax over all experts: `greedy` (plain top-k) or "
+        "`group_limited_greedy` (DeepSeek-V2: the experts split into `n_group` groups, the `topk_group` groups with "
+        "the highest best score kept, top-k among their experts), or an expression over the HF config giving one "
+        "(DeepSeek: `topk_method`). Needs scoring `softmax_then_topk`.",
+    )
+    n_group: ConfigValue = Field(default=1, description="Group-limited selection: number of expert groups (`n_group`).")
+    topk_group: ConfigValue = Field(
+        default=1, description="Group-limited selection: groups kept per token (`topk_group`)."
+    )
+    d_mlp: ConfigValue = Field(
+        default=None,
+        description="Each routed expert's width where it differs from `config.d_mlp`, the dense layers' "
+        "(DeepSeek: `moe_intermediate_size`); null: `config.d_mlp`.",
+    )
+    routed_scaling: ConfigValue = Field(
+        default=1,
+        description="Factor multiplying the routed top-k weights after selection and any renormalization "
+        "(DeepSeek `routed_scaling_factor`).",
+    )
     shared_expert: ModulePath | None = Field(
         default=None,
         description="A shared expert run on every token (Qwen2-MoE `shared_expert`, DeepSeek `shared_experts`), "

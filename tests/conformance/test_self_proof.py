@@ -53,6 +53,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "mixtral_no_renorm": ("moe_routing", {"identity_hooks"}, "norm_topk_prob"),
     "mixtral_gate_up_swapped": ("moe_experts", {"identity_hooks", "moe_recompute_path"}, "block.mlp.moe.gate_first"),
     "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
+    "deepseek_v2_no_routed_scaling": ("moe_routing", {"identity_hooks"}, "routed_scaling"),
+    "deepseek_v2_greedy_not_grouped": ("moe_routing", {"identity_hooks"}, "selection"),
     # OLMoE's q/k norms span all heads (qk_norm_layout: flat): per head, the reimplement path cannot apply them
     "olmoe_qk_norm_per_head": ("qk_norm_layout", {"attention_paths_agree"}, ""),
     # latent attention (MLA): widths the projections cannot hold, a latent norm's kind, the two latent norms swapped

@@ -92,7 +92,10 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
                 _same(m, f"{layer.prefix}.{norm.name}: eps", cfg.eps, module_eps, "config.eps")
         moe = layer.block.mlp.moe  # a mixture of experts: d_mlp is each expert's width (HookedTransformer's)
         width = ctx.hf_out(layer.block.mlp.w_in).shape[-1] if moe is None else expert_weights(moe, 0)[1].shape[0]
-        _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, width, "config.d_mlp")
+        if moe is not None and moe.d_mlp is not None:  # experts narrower than the dense layers (DeepSeek)
+            _same(m, f"{layer.prefix}: experts' d_mlp", moe.d_mlp, width, "block.mlp.moe.d_mlp")
+        else:
+            _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, width, "config.d_mlp")
         _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
     _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
     table = getattr(bound.pos_embed, "weight", None)

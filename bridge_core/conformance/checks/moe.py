@@ -16,7 +16,7 @@ from ...bridge.moe import routing
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
-_ROUTING = "block.mlp.moe.top_k / scoring / norm_topk_prob"
+_ROUTING = "block.mlp.moe.top_k / scoring / norm_topk_prob / selection / routed_scaling"
 
 
 def _moe_layers(ctx: CheckContext) -> list:
@@ -61,7 +61,8 @@ def _hf_moe(ctx: CheckContext, layers: list) -> dict[str, dict[str, Any]]:
 @check(
     "moe_routing",
     statement="a mixture of experts routes as HF does: x·W_gate equals HF's router logits, the spec's top-k, "
-    "scoring and renormalization applied to HF's logits give the experts and weights HF handed its experts, and "
+    "scoring, selection (greedy or group-limited), renormalization and routed scaling applied to HF's logits "
+    "give the experts and weights HF handed its experts, and "
     "hook_router_logits / hook_expert_weights / hook_expert_indices / hook_routing_weights show HF's values",
     family="mlp",
     tolerance=1e-5,
