@@ -209,13 +209,13 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
     half = _pair_norms(last_raw[..., :r], r, interleaved=False), _pair_norms(last[..., :r], r, interleaved=False)
     inter = _pair_norms(last_raw[..., :r], r, interleaved=True), _pair_norms(last[..., :r], r, interleaved=True)
     if not same(*half, atol=1e-4) and same(*inter, atol=1e-4):
-        ctx.draft.gap("interleaved rotary", "rotation pairs adjacent dims (2i, 2i+1), the rotary kind pairs halves")
+        ctx.found["rotary_interleaved"] = True  # adjacent dims (2i, 2i+1) pair: the positions observer names the kind
 
 
 def observe_rotation_per_layer(ctx: DraftContext) -> None:
     """Rotary positions must turn the queries of every layer: a layer left unrotated (NoPE layers) or a
     rotary module whose effect the q norm hides (norm after rotation) is a gap."""
-    if ctx.draft.fields.get("pos_embed", {}).get("kind") != "rotary":
+    if not str(ctx.draft.fields.get("pos_embed", {}).get("kind", "")).startswith("rotary"):
         return
     spec = ctx.draft.fields["block"]["attn"]
     rel = spec["path"]

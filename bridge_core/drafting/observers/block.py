@@ -135,7 +135,7 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
         a_contrib = obs.output(ctx.found["o"])
     mid = _sum(x, a_contrib)
     if "ln1" in roles and roles.get("ln1") == roles.get("ln2"):
-        ctx.draft.gap("parallel block with one shared norm", f"'{roles['ln1']}' feeds both attention and MLP")
+        del roles["ln2"]  # one shared norm: a parallel block with ln1 and no ln2 (GPT-J, Phi)
         kind = "parallel"
     elif "ln2" in roles and same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x):
         kind = "parallel"
