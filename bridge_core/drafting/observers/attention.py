@@ -150,12 +150,12 @@ def _norms(ctx: DraftContext, path: str, spec: dict, h: int, kv: int, d: int) ->
             continue
         name, full = found
         x, y = obs.input(full), obs.output(full)
-        if x.dim() == 3:
-            ctx.draft.gap("whole-projection q/k norm", f"{full} normalizes the whole {what} projection")
-            continue
         kind = norm_kind(obs.module(full), x, y)
         spec[f"{what}_norm"] = {"path": name, "kind": kind or "rmsnorm"}
-        spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
+        if x.dim() == 3:  # over the whole projection, before the head split (OLMo 2)
+            spec["qk_norm_layout"] = "flat"
+        else:
+            spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
 
 
 def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> torch.Tensor | None:

@@ -150,8 +150,9 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
             kind = "post_norm"
     elif "ln2" in roles and not same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), mid), mid):
         _residual_gap(ctx, _flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x, a_contrib)
-    if ("ln1_post" in roles or "ln2_post" in roles) and "ln1" not in roles and "ln2" not in roles:
-        ctx.draft.gap("post-sublayer-only norms", "norms sit only on the sublayer outputs (no pre-norm)")
+        if "residual_multiplier" in ctx.found and a_contrib is not None:
+            mid = _sum(x, a_contrib * ctx.found["residual_multiplier"])
+    # norms only on the sublayer outputs (OLMo 2) need nothing more: ln1_post / ln2_post without ln1 / ln2
     placed = set(roles.values())
     stray = [n for n, _ in norms if n not in placed]
     if stray:
@@ -176,7 +177,11 @@ def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch
         s = float(((seen - x) * branch).sum() / (branch * branch).sum())
         if same(x + s * branch, seen):
             name = ctx.attr(s, keyword=("mult", "scale"))
-            ctx.draft.gap("residual multiplier", f"sublayer outputs are scaled by {s:.4g} ({name or 'no field'})")
+            if name is None:
+                ctx.draft.gap("residual multiplier", f"sublayer outputs scaled by {s:.4g}, no config field holds it")
+            else:  # Granite: x + residual_multiplier * sublayer(x)
+                ctx.draft.fields.setdefault("config", {})["residual_multiplier"] = name
+                ctx.found["residual_multiplier"] = s
             return
     ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
 
@@ -185,6 +190,8 @@ def _check_output(ctx, kind, x, mid, out, mlp_out, roles) -> None:
     obs, block = ctx.obs, ctx.block
     m_contrib = obs.output(f"{block}.{roles['ln2_post']}") if "ln2_post" in roles else mlp_out
     m_contrib = _flat_like(m_contrib, out)
+    if "residual_multiplier" in ctx.found and m_contrib is not None:
+        m_contrib = m_contrib * ctx.found["residual_multiplier"]
     if kind == "sequential" or kind == "parallel":
         expected = _sum(mid, m_contrib)
     else:

@@ -59,6 +59,9 @@ def observe_embedding(ctx: DraftContext) -> None:
     ctx.found["embed_final"] = out
     raw = embed.weight.detach()[obs.inputs["input_ids"]]
     scale = _ratio(raw, block_in) or _ratio(raw, out)
+    at_module = _ratio(raw, obs.output(path))
+    if scale is not None and abs(scale - 1.0) > 1e-6 and at_module is not None and abs(at_module - 1.0) < 1e-6:
+        spec["scale_at"] = "forward"  # the module returns the raw table; the model's forward scales it (Granite)
     if scale is not None and abs(scale - 1.0) > 1e-6:
         d_model = ctx.attr(raw.shape[-1], ("hidden_size", "n_embd", "d_model"))
         if d_model and abs(scale - raw.shape[-1] ** 0.5) < 1e-3 * scale:
@@ -157,7 +160,7 @@ def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) ->
             for i, wanted in enumerate(per_layer):
                 got = obs.first(f"{ctx.blocks}.{i}").kwargs.get(kwarg)
                 match = [v for c, v in zip(calls, values, strict=True) if _same_pair(c.output, got)]
-                ok = ok and bool(match) and match[0] == wanted
+                ok = ok and wanted in match  # calls with equal outputs (same rope per type) match each other
             if ok:
                 ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
                 return
