@@ -64,11 +64,9 @@ def row(model_type: str, result: dict) -> str:
         text = f"out of scope: {result['detail']}"
     elif status == "timeout":
         text = f"failing: over the {result['detail']} s time limit"
-    elif not result.get("failing") and result.get("gaps"):
-        text = f"failing: {result['detail']}{missing}"
     elif result.get("failing"):
         text = f"failing checks: {', '.join(result['failing'])}{missing}"
-    else:
+    else:  # a drafting step, or every check passed on a partial draft: one line of the detail
         detail = result.get("detail", "")
         if "does not validate" in detail:  # pydantic's long message: its first reason is enough
             reason = next((line.strip() for line in detail.splitlines() if "error," in line), "")

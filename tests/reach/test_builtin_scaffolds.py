@@ -44,3 +44,60 @@ def test_drafts_find_what_the_built_in_specs_say():
 def test_t5_is_not_drafted_yet_and_says_so():
     with pytest.raises(DraftingError, match="encoder-decoder"):
         draft_model_type("t5")
+
+
+def _at(value, field: str):
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+    return value
+
+
+def _builtin(name):
+    from bridge_core.registry import default_registry
+
+    return default_registry().get(name)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "fields"),
+    [
+        # one norm shared by attention and MLP; adjacent-pair rotary from a table returning (sin, cos)
+        ("gptj", ["block.kind", "block.ln1.path", "block.ln2", "pos_embed.kind", "pos_embed.rotary_output"]),
+        ("phi", ["block.kind", "block.ln1.path", "block.ln2"]),
+        # adjacent-pair rotary computed per call; logits times config.logit_scale
+        ("cohere", ["block.kind", "block.ln2", "pos_embed.kind", "config.logit_scale"]),
+        # norms only after the sublayers; q/k norms over the whole projection
+        (
+            "olmo2",
+            ["block.ln1", "block.ln2", "block.ln1_post.path", "block.ln2_post.path", "block.attn.qk_norm_layout"],
+        ),
+        # fused experts: router, storage, gate|up order, scoring
+        (
+            "mixtral",
+            [
+                "block.mlp.kind",
+                "block.mlp.moe.router",
+                "block.mlp.moe.experts",
+                "block.mlp.moe.storage",
+                "block.mlp.moe.gate_up",
+                "block.mlp.moe.gate_first",
+                "block.mlp.moe.n_experts",
+                "block.mlp.moe.top_k",
+                "block.mlp.moe.scoring",
+            ],
+        ),
+    ],
+)
+def test_drafts_use_the_vocabulary_of_the_hand_written_specs(model_type, fields):
+    """The drafted spec says what the hand-written built-in spec says, field by field, and passes the fast
+    checks against HF's forward."""
+    from bridge_core.drafting.reach import FAST_CHECKS
+
+    draft = draft_model_type(model_type)
+    assert not draft.gaps, draft.gaps
+    drafted, written = to_spec(draft), _builtin(model_type)
+    for field in fields:
+        ours, theirs = _at(drafted, field), _at(written, field)
+        assert ours == theirs, f"{model_type} {field}: drafted {ours!r}, written {theirs!r}"
+    report = run(drafted, checks=list(FAST_CHECKS))
+    assert report.ok, [r.explain() for r in report.failed()]

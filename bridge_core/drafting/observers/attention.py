@@ -150,12 +150,12 @@ def _norms(ctx: DraftContext, path: str, spec: dict, h: int, kv: int, d: int) ->
             continue
         name, full = found
         x, y = obs.input(full), obs.output(full)
-        if x.dim() == 3:
-            ctx.draft.gap("whole-projection q/k norm", f"{full} normalizes the whole {what} projection")
-            continue
         kind = norm_kind(obs.module(full), x, y)
         spec[f"{what}_norm"] = {"path": name, "kind": kind or "rmsnorm"}
-        spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
+        if x.dim() == 3:  # over the whole projection, before the head split (OLMo 2)
+            spec["qk_norm_layout"] = "flat"
+        else:
+            spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
 
 
 def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> torch.Tensor | None:
@@ -209,13 +209,13 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
     half = _pair_norms(last_raw[..., :r], r, interleaved=False), _pair_norms(last[..., :r], r, interleaved=False)
     inter = _pair_norms(last_raw[..., :r], r, interleaved=True), _pair_norms(last[..., :r], r, interleaved=True)
     if not same(*half, atol=1e-4) and same(*inter, atol=1e-4):
-        ctx.draft.gap("interleaved rotary", "rotation pairs adjacent dims (2i, 2i+1), the rotary kind pairs halves")
+        ctx.found["rotary_interleaved"] = True  # adjacent dims (2i, 2i+1) pair: the positions observer names the kind
 
 
 def observe_rotation_per_layer(ctx: DraftContext) -> None:
     """Rotary positions must turn the queries of every layer: a layer left unrotated (NoPE layers) or a
     rotary module whose effect the q norm hides (norm after rotation) is a gap."""
-    if ctx.draft.fields.get("pos_embed", {}).get("kind") != "rotary":
+    if not str(ctx.draft.fields.get("pos_embed", {}).get("kind", "")).startswith("rotary"):
         return
     spec = ctx.draft.fields["block"]["attn"]
     rel = spec["path"]

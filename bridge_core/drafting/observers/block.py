@@ -9,6 +9,7 @@ from transformers.activations import ACT2FN
 from ..draft import DraftContext
 from ..probe import same, tensor_at
 from .modules import eps_of, is_linear, is_norm, layout, norm_kind, under
+from .moe import observe_moe
 
 
 def _sum(*tensors: torch.Tensor | None) -> torch.Tensor | None:
@@ -24,7 +25,7 @@ def observe_mlp(ctx: DraftContext) -> None:
     children = [
         (f"{block}.{n}", m)
         for n, m in obs.module(block).named_children()
-        if not under(f"{block}.{n}", attn) and not is_norm(m) and any(is_linear(x) for x in m.modules())
+        if not under(f"{block}.{n}", attn) and not is_norm(m) and _has_projections(m)
     ]
     if children and all(is_linear(m) for _, m in children):
         children = []  # the projections sit in the block itself (OPT)
@@ -32,17 +33,40 @@ def observe_mlp(ctx: DraftContext) -> None:
     if len(children) > 1:
         ctx.draft.gap("block layout", f"several sublayers besides attention: {[n for n, _ in children]}")
     mlp = obs.module(path)
+    spec: dict = {"path": ctx.relative(path, block) if path != block else "."}
+    ctx.found["mlp"] = path
     if any("expert" in n.lower() for n, _ in mlp.named_modules()):
-        ctx.draft.gap("MoE", f"{path} routes tokens to experts")
+        shared = observe_moe(ctx, path, spec)
+        if spec.get("kind") == "moe":
+            if shared is not None:  # the MLP spec's in/gate/out name the shared expert's projections
+                act, d_mlp = ctx.found.get("act"), ctx.found["d_mlp"]
+                _wire(ctx, shared["path"], spec)
+                if spec["kind"] != "gated":
+                    ctx.draft.gap("MoE shared expert", f"{shared['path']} is not a gated MLP")
+                ctx.found["act"], ctx.found["d_mlp"], spec["kind"] = act or ctx.found["act"], d_mlp, "moe"
+                spec.pop("flat_tokens", None)
+            ctx.draft.fields.setdefault("block", {})["mlp"] = spec
+            return
+    _wire(ctx, path, spec)
+    ctx.draft.fields.setdefault("block", {})["mlp"] = spec
+
+
+def _has_projections(module: torch.nn.Module) -> bool:
+    """Linear layers, or experts stored as 3-D parameters (a MoE whose router is a bare weight)."""
+    return any(is_linear(x) for x in module.modules()) or any(p.dim() == 3 for p in module.parameters())
+
+
+def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
+    """The projections of the MLP at `path` (or the block itself): in, gate, out and the activation."""
+    obs, block, attn = ctx.obs, ctx.block, ctx.found["attn"]
+    mlp = obs.module(path)
     linears = [(n, m) for n, m in mlp.named_modules() if is_linear(m) and not under(f"{path}.{n}" if n else path, attn)]
     full = {n: f"{path}.{n}" for n, _ in linears}
-    spec: dict = {"path": ctx.relative(path, block) if path != block else "."}
     out = obs.output(path) if path != block else None
     down = next((n for n in full if out is not None and same(obs.output(full[n]), out)), None)
     if down is None and linears:
         down = linears[-1][0]
         ctx.draft.note(f"block.mlp.out: '{down}' (the last projection) guessed")
-    ctx.found["mlp"] = path
     rest = [n for n, _ in linears if n != down]
     down_in = obs.input(full[down]) if down else None
     act, kind, proj = _activation(ctx, rest, full, down_in)
@@ -56,7 +80,6 @@ def observe_mlp(ctx: DraftContext) -> None:
     ctx.found["act"] = act
     if mlp is block or path == block:
         spec["flat_tokens"] = bool(obs.input(full[spec["in"]]).dim() == 2) if spec["in"] in full else False
-    ctx.draft.fields.setdefault("block", {})["mlp"] = spec
 
 
 def _activation(ctx, rest, full, down_in):
@@ -135,7 +158,7 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
         a_contrib = obs.output(ctx.found["o"])
     mid = _sum(x, a_contrib)
     if "ln1" in roles and roles.get("ln1") == roles.get("ln2"):
-        ctx.draft.gap("parallel block with one shared norm", f"'{roles['ln1']}' feeds both attention and MLP")
+        del roles["ln2"]  # one shared norm: a parallel block with ln1 and no ln2 (GPT-J, Phi)
         kind = "parallel"
     elif "ln2" in roles and same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x):
         kind = "parallel"
@@ -150,8 +173,9 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
             kind = "post_norm"
     elif "ln2" in roles and not same(_flat_like(obs.input(f"{block}.{roles['ln2']}"), mid), mid):
         _residual_gap(ctx, _flat_like(obs.input(f"{block}.{roles['ln2']}"), x), x, a_contrib)
-    if ("ln1_post" in roles or "ln2_post" in roles) and "ln1" not in roles and "ln2" not in roles:
-        ctx.draft.gap("post-sublayer-only norms", "norms sit only on the sublayer outputs (no pre-norm)")
+        if "residual_multiplier" in ctx.found and a_contrib is not None:
+            mid = _sum(x, a_contrib * ctx.found["residual_multiplier"])
+    # norms only on the sublayer outputs (OLMo 2) need nothing more: ln1_post / ln2_post without ln1 / ln2
     placed = set(roles.values())
     stray = [n for n, _ in norms if n not in placed]
     if stray:
@@ -176,7 +200,11 @@ def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch
         s = float(((seen - x) * branch).sum() / (branch * branch).sum())
         if same(x + s * branch, seen):
             name = ctx.attr(s, keyword=("mult", "scale"))
-            ctx.draft.gap("residual multiplier", f"sublayer outputs are scaled by {s:.4g} ({name or 'no field'})")
+            if name is None:
+                ctx.draft.gap("residual multiplier", f"sublayer outputs scaled by {s:.4g}, no config field holds it")
+            else:  # Granite: x + residual_multiplier * sublayer(x)
+                ctx.draft.fields.setdefault("config", {})["residual_multiplier"] = name
+                ctx.found["residual_multiplier"] = s
             return
     ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
 
@@ -185,6 +213,8 @@ def _check_output(ctx, kind, x, mid, out, mlp_out, roles) -> None:
     obs, block = ctx.obs, ctx.block
     m_contrib = obs.output(f"{block}.{roles['ln2_post']}") if "ln2_post" in roles else mlp_out
     m_contrib = _flat_like(m_contrib, out)
+    if "residual_multiplier" in ctx.found and m_contrib is not None:
+        m_contrib = m_contrib * ctx.found["residual_multiplier"]
     if kind == "sequential" or kind == "parallel":
         expected = _sum(mid, m_contrib)
     else:

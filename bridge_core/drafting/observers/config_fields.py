@@ -98,7 +98,7 @@ def _derived(ctx, key, value, cfg, fields) -> str | None:
 
 def _eps(ctx: DraftContext, cfg: dict[str, Any]) -> None:
     block = ctx.draft.fields.get("block", {})
-    norm = next((block[r]["path"] for r in ("ln1", "ln2") if r in block), None)
+    norm = next((block[r]["path"] for r in ("ln1", "ln2", "ln1_post", "ln2_post") if r in block), None)
     if norm is None:
         return
     eps = eps_of(ctx.obs.module(f"{ctx.block}.{norm}"))

@@ -59,6 +59,9 @@ def observe_embedding(ctx: DraftContext) -> None:
     ctx.found["embed_final"] = out
     raw = embed.weight.detach()[obs.inputs["input_ids"]]
     scale = _ratio(raw, block_in) or _ratio(raw, out)
+    at_module = _ratio(raw, obs.output(path))
+    if scale is not None and abs(scale - 1.0) > 1e-6 and at_module is not None and abs(at_module - 1.0) < 1e-6:
+        spec["scale_at"] = "forward"  # the module returns the raw table; the model's forward scales it (Granite)
     if scale is not None and abs(scale - 1.0) > 1e-6:
         d_model = ctx.attr(raw.shape[-1], ("hidden_size", "n_embd", "d_model"))
         if d_model and abs(scale - raw.shape[-1] ** 0.5) < 1e-3 * scale:
@@ -98,7 +101,7 @@ def observe_positions(ctx: DraftContext) -> None:
         if outputs:
             for key, value in block_kwargs.items():
                 if isinstance(value, tuple) and len(value) == 2 and any(_same_pair(o, value) for o in outputs):
-                    ctx.draft.fields["pos_embed"] = {"kind": "rotary", "path": name}
+                    ctx.draft.fields["pos_embed"] = _rotary_kind(ctx, name, module, value)
                     ctx.draft.fields.setdefault("call", {})["position_embeddings_kwarg"] = key
                     ctx.found["rotary_module"] = name
                     _rotary_args(ctx, name, module, key)
@@ -108,6 +111,30 @@ def observe_positions(ctx: DraftContext) -> None:
             "rotary inside attention", "queries are rotated but no model-level rotary module feeds the blocks"
         )
     ctx.draft.fields["pos_embed"] = {"kind": "none"}
+
+
+def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -> dict:
+    """Rotate-half or adjacent pairs (what the attention observer saw turn), read from a table of positions
+    or computed (a 2-D buffer with one row per position of the context), and the order of the pair the
+    module returns: at position 0 the cosine is 1 and the sine 0."""
+    if not ctx.found.get("rotary_interleaved"):
+        return {"kind": "rotary", "path": name}
+    spec: dict = {"kind": "rotary_interleaved", "path": name}
+    rows = {b.shape[0] for b in module.buffers() if b.dim() == 2}
+    if any(ctx.attr(r, ("max_position_embeddings", "n_positions", "n_ctx"), ("position",)) for r in rows):
+        spec["kind"] = "rotary_interleaved_table"
+        ctx.draft.note(f"pos_embed.kind: {name} reads a table of context positions, so longer inputs cannot run")
+    first, second = (t.reshape(-1, t.shape[-1])[0] for t in pair)
+    if bool((first.abs() < 1e-6).all()) and bool(((second - 1).abs() < 1e-6).all()):
+        spec["rotary_output"] = "sin_cos"
+    last = pair[0].reshape(-1, pair[0].shape[-1])[-1]
+    width, r = last.shape[-1], ctx.found.get("rotary_dim") or last.shape[-1]
+    if 2 * width != r and not same(last[0::2], last[1::2]):  # neither one value per pair nor each value twice
+        ctx.draft.gap(
+            "interleaved rotary from a rotate-half table",
+            f"{name} returns frequencies in two halves; attention pairs adjacent dims from its first half",
+        )
+    return spec
 
 
 def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) -> None:
@@ -133,7 +160,7 @@ def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) ->
             for i, wanted in enumerate(per_layer):
                 got = obs.first(f"{ctx.blocks}.{i}").kwargs.get(kwarg)
                 match = [v for c, v in zip(calls, values, strict=True) if _same_pair(c.output, got)]
-                ok = ok and bool(match) and match[0] == wanted
+                ok = ok and wanted in match  # calls with equal outputs (same rope per type) match each other
             if ok:
                 ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
                 return
@@ -180,8 +207,8 @@ def observe_final(ctx: DraftContext) -> None:
             unembed["softcap"] = found
             ctx.draft.fields.setdefault("config", {})["final_softcap"] = found
         elif same(head_out * scale, logits):
-            unembed["pre_scale"] = _scale_expr(ctx, scale)
-            ctx.draft.note("unembed.pre_scale: logits are the head output times a constant; drafted as a pre-scale")
+            # HF multiplies the head's output (Cohere): config.logit_scale, hook_unembed before it
+            ctx.draft.fields.setdefault("config", {})["logit_scale"] = _scale_expr(ctx, scale)
         else:
             ctx.draft.gap("logit transform", f"logits differ from the head output (max {cap:.3g}) in no known way")
     ctx.draft.fields["unembed"] = unembed
