@@ -159,13 +159,14 @@ class _Binder(SpecWalker):
         cross_spec = b.cross_attn
         mlp_norm_name = "ln3" if cross_spec is not None else "ln2"
         pre = kind != "post_norm"
-        # A parallel block with ln1 and no ln2 has one norm feeding attention and MLP (GPT-J, Phi).
-        shared = kind == "parallel" and b.ln2 is None and cross_spec is None
-        ln1_feeds = ("attn+mlp" if shared else "attn") if pre else "resid_mid"
-        ln1 = self.attempt(self.norm, module, b.ln1, f"{field}.ln1", prefix, "ln1", ln1_feeds)
         ln2 = self.attempt(
             self.norm, module, b.ln2, f"{field}.ln2", prefix, mlp_norm_name, "mlp" if pre else "resid_post"
         )
+        # A parallel block with ln1 and no ln2 has one norm feeding attention and MLP (GPT-J, Phi); read from
+        # the bound norm, so an `optional` ln2 absent in this config (StableLM's parallel form) counts too.
+        shared = kind == "parallel" and ln2 is None and cross_spec is None
+        ln1_feeds = ("attn+mlp" if shared else "attn") if pre else "resid_mid"
+        ln1 = self.attempt(self.norm, module, b.ln1, f"{field}.ln1", prefix, "ln1", ln1_feeds)
         # Norms only after the sublayers (OLMo 2): HookedTransformer names them ln1 / ln2.
         post1 = "ln1" if b.ln1 is None else "ln1_post"
         post2 = "ln2" if b.ln2 is None and cross_spec is None else "ln2_post"

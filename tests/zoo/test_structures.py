@@ -25,7 +25,7 @@ def _spec(name: str) -> Path:
     return SPECS / f"{name}.yaml" if (SPECS / f"{name}.yaml").exists() else BUILT_IN / f"{name}.yaml"
 
 
-@pytest.mark.parametrize("name", ["gptj", "phi", "olmo2", "cohere"])
+@pytest.mark.parametrize("name", ["gptj", "phi", "olmo2", "cohere", "stablelm"])
 def test_zoo_spec_passes_the_whole_catalogue_on_every_variant(name):
     reports = run_variants(_spec(name))
     assert len(reports) >= 3  # the spec's own test model, its variants and the eager run
