@@ -15,7 +15,6 @@ from torch import nn
 from ..errors import BindError, BridgeCoreError, SpecError
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
-from ..spec.kind_fields import kinds_plugins, unknown_kind
 from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec, StackSpec
 from .bound import (
     BoundAttention,
@@ -126,16 +125,7 @@ class _Binder(SpecWalker):
             else:
                 w_gate = self.attempt(self.resolve, module, m.gate, f"{field}.mlp.gate", inner)
         w_out = self.attempt(self.resolve, module, m.out, f"{field}.mlp.out", inner)
-        act_name = m.act_fn or (self.cfg.act_fn if self.cfg else None)
-        act_field = f"{field}.mlp.act_fn" if m.act_fn else "config.act_fn"
-        act = self._kinds.get(act_field) if m.act_fn else self.kinds.activations.get(act_name)
-        if act is None and not m.act_fn:
-            plugins = ", ".join(kinds_plugins(self.kinds)) or "none"
-            self.fail(
-                unknown_kind(
-                    self.spec, self.spec_file, self.kinds.activations, str(act_name), "activation", act_field, plugins
-                )
-            )
+        act_name, act, act_field = self.activation(m.act_fn, field)
         if w_in is None or w_out is None or (gated and w_gate is None) or act is None:
             raise Missing
         own = module is not block  # OPT's MLP lives in the block itself: its input is fc1's

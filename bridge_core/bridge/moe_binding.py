@@ -13,7 +13,6 @@ from torch import nn
 
 from ..errors import BindError
 from ..spec.config import spec_error
-from ..spec.kind_fields import kinds_plugins, unknown_kind
 from ..spec.schema import MLPSpec
 from .bound import BoundMLP, BoundMoE, BoundSharedExpert, Spot
 from .spec_walker import Missing
@@ -38,16 +37,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     scaling = walker.attempt(walker.value, f"{at}.routed_scaling", e.routed_scaling)
     d_mlp = walker.attempt(walker.value, f"{at}.d_mlp", e.d_mlp)
     shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
-    act_name = m.act_fn or (walker.cfg.act_fn if walker.cfg else None)
-    act_field = f"{field}.mlp.act_fn" if m.act_fn else "config.act_fn"
-    act = walker._kinds.get(act_field) if m.act_fn else walker.kinds.activations.get(act_name)
-    if act is None and not m.act_fn:
-        plugins = ", ".join(kinds_plugins(walker.kinds)) or "none"
-        walker.fail(
-            unknown_kind(
-                walker.spec, walker.spec_file, walker.kinds.activations, str(act_name), "activation", act_field, plugins
-            )
-        )
+    act_name, act, act_field = walker.activation(m.act_fn, field)
     if router is None or experts is None or act is None or None in (n_experts, top_k, norm_topk):
         raise Missing
     if e.shared_expert and shared is None:

@@ -115,6 +115,22 @@ class SpecWalker:
             raise Missing
         return self._kinds[field]
 
+    def activation(self, act_fn: str | None, field: str) -> tuple[str, Any, str]:
+        """An MLP's activation: (name, kind or None after a recorded problem, the spec field that chose it).
+
+        `act_fn` is the MLP's own `act_fn` field; without one, the normalized `config.act_fn` chooses."""
+        name = act_fn or (self.cfg.act_fn if self.cfg else None)
+        chosen_by = f"{field}.mlp.act_fn" if act_fn else "config.act_fn"
+        act = self._kinds.get(chosen_by) if act_fn else self.kinds.activations.get(name)
+        if act is None and not act_fn:
+            plugins = ", ".join(kinds_plugins(self.kinds)) or "none"
+            self.fail(
+                unknown_kind(
+                    self.spec, self.spec_file, self.kinds.activations, str(name), "activation", chosen_by, plugins
+                )
+            )
+        return str(name), act, chosen_by
+
     def value(self, field: str, value: Any, layer: int | None = None) -> Any:
         """A spec value: a literal, or an expression over the HF config (and `layer`, per layer)."""
         if not isinstance(value, str):

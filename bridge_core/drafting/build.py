@@ -76,13 +76,17 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
 def tiny_config(cls: type[nn.Module], base: Any) -> tuple[dict[str, Any], list[str], Any]:
     """The shrink overrides of `base`, their notes, and the config class built from them."""
     overrides, notes = shrink(base)
+    return overrides, notes, config_from(cls, overrides)
+
+
+def config_from(cls: type[nn.Module], overrides: dict[str, Any]) -> Any:
+    """`cls`'s config class built from the shrunk overrides, or the drafting step that failed."""
     try:
-        config = cls.config_class(**overrides)
+        return cls.config_class(**overrides)
     except Exception as exc:
         raise DraftingError(
             "shrink", f"{cls.config_class.__name__}(**tiny) failed: {type(exc).__name__}: {exc}"
         ) from None
-    return overrides, notes, config
 
 
 def build(cls: type[nn.Module], config: Any, seed: int = 0) -> nn.Module:

@@ -53,12 +53,7 @@ def draft_config(config: Any, cls: type[nn.Module] | None = None) -> Draft:
 
 
 def _observe(cls: type[nn.Module], overrides: dict[str, Any]) -> tuple[Any, Any]:
-    try:
-        config = cls.config_class(**overrides)
-    except Exception as exc:
-        raise DraftingError(
-            "shrink", f"{cls.config_class.__name__}(**tiny) failed: {type(exc).__name__}: {exc}"
-        ) from None
+    config = build.config_from(cls, overrides)
     model = build.build(cls, config)
     perturb(model, 0)  # norms initialized to ones/zeros compute alike: random ones tell them apart
     inputs = build.example_inputs(model)
