@@ -63,9 +63,7 @@ def _observe(cls: type[nn.Module], overrides: dict[str, Any]) -> tuple[Any, Any]
 
 def _run_observers(cls, overrides, notes, model_type) -> DraftContext:
     if getattr(cls.config_class, "is_encoder_decoder", False) or "ForConditionalGeneration" in cls.__name__:
-        raise DraftingError(
-            "observe", "encoder-decoder models are not drafted yet (encoder stack, cross attention)"
-        ) from None
+        raise DraftingError("observe", "encoder-decoder models are drafted by encoder_decoder.py") from None
     config, obs = _observe(cls, overrides)
     draft = Draft(notes=list(notes))
     ctx = DraftContext(cls, config, obs, overrides, draft)
@@ -80,6 +78,10 @@ def _run_observers(cls, overrides, notes, model_type) -> DraftContext:
 
 
 def _draft(cls, overrides, notes, model_type) -> Draft:
+    from .encoder_decoder import draft_encoder_decoder, is_encoder_decoder
+
+    if is_encoder_decoder(cls, overrides):
+        return _named(draft_encoder_decoder(cls, overrides, notes), cls, model_type)
     ctx = _run_observers(cls, overrides, notes, model_type)
     draft = ctx.draft
     fields = draft.fields
@@ -91,6 +93,17 @@ def _draft(cls, overrides, notes, model_type) -> Draft:
     _variants(ctx, cls, overrides, notes, model_type)
     fields["block"] = {k: fields["block"][k] for k in _BLOCK_ORDER if k in fields["block"]}
     draft.fields = {k: fields[k] for k in _ORDER if k in fields}
+    return draft
+
+
+def _named(draft: Draft, cls, model_type: str) -> Draft:
+    head = {
+        "name": model_type,
+        "description": f"Drafted by observation from a tiny {cls.__name__}.",
+        "match": {"architectures": [cls.__name__], "model_type": [model_type]},
+        "hf_class": cls.__name__,
+    }
+    draft.fields = {**head, **draft.fields}
     return draft
 
 

@@ -39,7 +39,7 @@ def observe_attention(ctx: DraftContext) -> None:
     linears = [(n, m) for n, m in call.module.named_modules() if is_linear(m)]
     outs = {n: obs.output(f"{path}.{n}") for n, _ in linears}
     spec: dict = {"path": ctx.relative(path, ctx.block)}
-    v_flat = call.value.transpose(1, 2).reshape(b, s, kv * d)
+    v_flat = call.value.transpose(1, 2).reshape(b, -1, kv * d)  # cross attention: keys' own length
     v = next((n for n, o in outs.items() if same(o, v_flat)), None)
     q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
     if v is not None:

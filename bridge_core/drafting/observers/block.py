@@ -58,9 +58,14 @@ def _has_projections(module: torch.nn.Module) -> bool:
 
 def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
     """The projections of the MLP at `path` (or the block itself): in, gate, out and the activation."""
-    obs, block, attn = ctx.obs, ctx.block, ctx.found["attn"]
+    obs, block = ctx.obs, ctx.block
+    attention = ctx.found.get("attn_paths") or [ctx.found["attn"]]  # self and cross attention (encoder-decoders)
     mlp = obs.module(path)
-    linears = [(n, m) for n, m in mlp.named_modules() if is_linear(m) and not under(f"{path}.{n}" if n else path, attn)]
+    linears = [
+        (n, m)
+        for n, m in mlp.named_modules()
+        if is_linear(m) and not any(under(f"{path}.{n}" if n else path, a) for a in attention)
+    ]
     full = {n: f"{path}.{n}" for n, _ in linears}
     out = obs.output(path) if path != block else None
     down = next((n for n in full if out is not None and same(obs.output(full[n]), out)), None)

@@ -20,7 +20,9 @@ _PREFER = {
     "n_ctx": ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"),
 }
 _KEYWORDS = {"n_layers": ("layer",), "n_heads": ("head",), "n_kv_heads": ("head", "kv"), "d_mlp": ("ffn", "inter")}
-_ACT_FIELDS = ("hidden_act", "hidden_activation", "activation_function", "act_fn", "ffn_act", "activation")
+_ACT_FIELDS = (
+    "hidden_act", "hidden_activation", "activation_function", "act_fn", "ffn_act", "activation", "dense_act_fn"
+)  # fmt: skip
 
 
 def observe_config(ctx: DraftContext) -> None:
@@ -37,6 +39,8 @@ def observe_config(ctx: DraftContext) -> None:
         "n_ctx": found.get("n_ctx_rows") or fields.get("max_position_embeddings") or fields.get("n_positions"),
     }
     for key, value in observed.items():
+        if value is None and key == "n_ctx":
+            continue  # no position table and no context field (T5): the model has no context limit to state
         if value is None:
             ctx.draft.gap("config", f"{key} was not observed")
             continue

@@ -199,6 +199,10 @@ def observe_final(ctx: DraftContext) -> None:
                     ctx.draft.fields["ln_final"] = {"path": name, "kind": norm_kind(module, obs.input(name), out)}
                     unembed["pre_scale"] = _scale_expr(ctx, scale)
     logits = obs.logits
+    bias = _logits_bias(ctx, head_out, logits)
+    if bias is not None:  # a model tensor added to the head's output (BART's final_logits_bias): b_U
+        unembed["bias"] = bias
+        head_out = logits
     if head_out is not None and logits is not None and not same(head_out, logits):
         cap = float(logits.abs().max())
         found = next((k for k, v in _floats(ctx) if v and same(torch.tanh(head_out / v) * v, logits)), None)
@@ -212,6 +216,20 @@ def observe_final(ctx: DraftContext) -> None:
         else:
             ctx.draft.gap("logit transform", f"logits differ from the head output (max {cap:.3g}) in no known way")
     ctx.draft.fields["unembed"] = unembed
+
+
+def _logits_bias(ctx: DraftContext, head_out, logits) -> str | None:
+    """The model buffer or parameter (one value per vocabulary entry) that the logits are the head's output plus."""
+    if head_out is None or logits is None or head_out.shape != logits.shape or same(head_out, logits):
+        return None
+    diff = logits - head_out
+    vocab = logits.shape[-1]
+    tensors = [*ctx.model.named_buffers(), *ctx.model.named_parameters()]
+    for name, tensor in tensors:
+        fits = tensor.numel() == vocab and tensor.is_floating_point()
+        if fits and same(tensor.detach().reshape(vocab).expand_as(diff), diff):
+            return name
+    return None
 
 
 def _floats(ctx: DraftContext):
