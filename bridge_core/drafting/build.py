@@ -8,6 +8,7 @@ class and config show (their inputs and sub-configs), never from a list of names
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from torch import nn
 from .errors import DraftingError
 from .shrink import shrink
 
+_SIGNAL_INPUTS = ("input_features", "input_values", "audio_values", "input_audio_embeds")
 _NON_TEXT = ("vision_config", "audio_config", "speech_config", "vision_tower", "image_token_id", "mm_tokens_per_image")
 
 
@@ -57,6 +59,14 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
     main_input = getattr(cls, "main_input_name", "input_ids")
     if main_input != "input_ids":
         return f"audio/speech or non-text input (the model's main input is `{main_input}`)"
+    signal = next((p for p in inspect.signature(cls.forward).parameters if p in _SIGNAL_INPUTS), None)
+    if signal:
+        return f"audio/speech encoder (the model's forward takes `{signal}` beside the token ids)"
+    from transformers.models.auto import modeling_auto as _auto
+
+    speech = _auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.get(getattr(config, "model_type", None))
+    if speech and getattr(config, "is_encoder_decoder", False) and cls.__name__ != speech:
+        return f"the text decoder of a speech encoder-decoder ({speech} reads audio features)"
     wrapped = getattr(config, "text_config", None)
     if any(getattr(config, key, None) is not None for key in _NON_TEXT):
         text = getattr(wrapped, "model_type", None)

@@ -63,7 +63,9 @@ def _observe(cls: type[nn.Module], overrides: dict[str, Any]) -> tuple[Any, Any]
 
 def _run_observers(cls, overrides, notes, model_type) -> DraftContext:
     if getattr(cls.config_class, "is_encoder_decoder", False) or "ForConditionalGeneration" in cls.__name__:
-        raise DraftingError("observe", "encoder-decoder models are drafted by encoder_decoder.py") from None
+        raise DraftingError(
+            "observe", f"{cls.__name__} is a conditional-generation class whose config is not encoder-decoder"
+        ) from None
     config, obs = _observe(cls, overrides)
     draft = Draft(notes=list(notes))
     ctx = DraftContext(cls, config, obs, overrides, draft)

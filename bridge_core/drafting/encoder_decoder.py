@@ -57,6 +57,8 @@ def distinct_sizes(config_fields: dict[str, Any], overrides: dict[str, Any]) -> 
     for key, value in _DISTINCT.items():
         if isinstance(config_fields.get(key), int):
             out[key] = value
+    if isinstance(out.get("attention_window"), int) and out["attention_window"] % 2:
+        out["attention_window"] += 1  # LED's local attention needs an even window (still shorter than the inputs)
     # generation starts the decoder somewhere (T5 sets no start id: HF's T5 starts from the pad id) and is
     # compared with greedy decoding by hand, which forced first/last tokens would not be
     if config_fields.get("decoder_start_token_id") is None:
@@ -67,16 +69,53 @@ def distinct_sizes(config_fields: dict[str, Any], overrides: dict[str, Any]) -> 
     return out
 
 
+def nested_shrunk(config_fields: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Sub-configs held as dicts (T5Gemma's `encoder` and `decoder`) shrunk like a top-level config."""
+    from types import SimpleNamespace
+
+    from .shrink import shrink
+
+    out = dict(overrides)
+    for key, value in config_fields.items():
+        if isinstance(value, dict) and key in ("encoder", "decoder", "text_config"):
+            small, _ = shrink(SimpleNamespace(to_dict=lambda value=value: value))
+            if small:
+                out[key] = {**value, **small}
+    return out
+
+
+def _refuse_large(cls: type[nn.Module], overrides: dict[str, Any], limit: int = 20_000_000) -> None:
+    """Count the tiny model's parameters on the meta device before allocating it: a size the shrink did not
+    reach (a sub-config it does not know) is a drafting failure, not gigabytes allocated."""
+    import torch
+
+    from . import build
+
+    config = build.config_from(cls, overrides)
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in cls(config).parameters())
+    except Exception:
+        return  # the build step names what fails
+    if count > limit:
+        raise DraftingError("shrink", f"the tiny {cls.__name__} would still have {count:,} parameters")
+
+
 def draft_encoder_decoder(cls: type[nn.Module], overrides: dict[str, Any], notes: list[str]) -> Draft:
     """The draft's fields (without name, match and variants: the drafter adds them) for an encoder-decoder."""
     from .drafter import _observe
     from .shrink import plain_fields
 
+    overrides = nested_shrunk(plain_fields(cls.config_class(**overrides)), overrides)
     overrides = distinct_sizes(plain_fields(cls.config_class(**overrides)), overrides)
+    _refuse_large(cls, overrides)
     config, obs = _observe(cls, overrides)
     if "decoder_input_ids" not in obs.inputs:
         raise DraftingError("observe", "an encoder-decoder forward was not given decoder_input_ids")
     ctx = DraftContext(cls, config, obs, overrides, Draft(notes=list(notes)))
+    nested = [k for k, v in plain_fields(config).items() if isinstance(v, dict) and k in ("encoder", "decoder")]
+    if nested:
+        ctx.draft.gap("nested sub-configs", f"sizes live in the config's {nested} sub-configs; config: reads the top")
     encoder_blocks, decoder_blocks = stacks(ctx)
     enc = _stack(ctx, encoder_blocks, obs.inputs["input_ids"], decoder=False)
     dec = _stack(ctx, decoder_blocks, obs.inputs["decoder_input_ids"], decoder=True)

@@ -28,9 +28,18 @@ def stacks(ctx: DraftContext) -> tuple[str, str]:
     holds two attention modules (self and cross)."""
     obs = ctx.obs
     attended = [obs.name(c.module) for c in obs.attention]
+    if not attended:
+        raise DraftingError("observe", "no call reached transformers' AttentionInterface (attention outside it)")
     lists = [n for n, m in ctx.model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     holding = [n for n in lists if any(under(a, f"{n}.0") for a in attended)]
     holding = [n for n in holding if not any(o != n and under(n, o) for o in holding)]  # outermost (T5's layer)
+    if len(holding) == 1:
+        others = [n for n in lists if n not in holding and not under(n, holding[0]) and not under(holding[0], n)]
+        raise DraftingError(
+            "observe",
+            f"only {holding[0]} reaches transformers' AttentionInterface; the attention of {others or 'another stack'}"
+            " is outside it (local / block-sparse attention computed in the module)",
+        )
     if len(holding) != 2:
         raise DraftingError("observe", f"expected an encoder and a decoder block list, found {holding}")
     per_block = {n: len({a for a in attended if under(a, f"{n}.0")}) for n in holding}
@@ -184,6 +193,8 @@ def observe_stack_embedding(ctx: DraftContext, ids: torch.Tensor) -> tuple[dict,
         pos_out = out
         ctx.found["n_ctx_rows"] = table.shape[0] - offset
         break
+    if pos is None:
+        _position_module_gap(ctx, root, x0, token)
     tok_part = _embed_norm(ctx, embed, x0, pos_out)
     scale, at_module = _ratio(raw, tok_part), _ratio(raw, tok_out)
     if scale is None:
@@ -194,6 +205,25 @@ def observe_stack_embedding(ctx: DraftContext, ids: torch.Tensor) -> tuple[dict,
         ctx.found["embed_scale"] = scale
     ctx.found["embed"] = token
     return embed, pos
+
+
+def _position_module_gap(ctx: DraftContext, root: str, x0: torch.Tensor, token: str) -> None:
+    """A module outside the blocks, not an embedding table, whose output has the shape of the positions the
+    first block reads (M2M100's table computed from the token ids): the vocabulary reads tables' `weight`."""
+    obs = ctx.obs
+    for name, module in ctx.model.named_modules():
+        if not name or not under(name, root) or under(name, ctx.blocks) or under(name, token) or is_norm(module):
+            continue
+        out = obs.output(name)
+        if (
+            isinstance(out, torch.Tensor)
+            and out.shape[-2:] == x0.shape[-2:]
+            and "posit" in type(module).__name__.lower()
+        ):
+            ctx.draft.gap(
+                "position module", f"{name} ({type(module).__name__}) adds positions but is no embedding table"
+            )
+            return
 
 
 def _embed_norm(ctx: DraftContext, embed: dict, x0: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
