@@ -59,9 +59,6 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
     main_input = getattr(cls, "main_input_name", "input_ids")
     if main_input != "input_ids":
         return f"audio/speech or non-text input (the model's main input is `{main_input}`)"
-    signal = next((p for p in inspect.signature(cls.forward).parameters if p in _SIGNAL_INPUTS), None)
-    if signal:
-        return f"audio/speech encoder (the model's forward takes `{signal}` beside the token ids)"
     from transformers.models.auto import modeling_auto as _auto
 
     speech = _auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.get(getattr(config, "model_type", None))
@@ -72,6 +69,9 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
         text = getattr(wrapped, "model_type", None)
         also = f"; its text stack is model type `{text}`" if text else ""
         return f"multimodal wrapper (vision/audio sub-config){also}"
+    signal = next((p for p in inspect.signature(cls.forward).parameters if p in _SIGNAL_INPUTS), None)
+    if signal:
+        return f"audio/speech encoder (the model's forward takes `{signal}` beside the token ids)"
     from transformers.models.auto import modeling_auto
 
     masked = getattr(config, "model_type", None) in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
