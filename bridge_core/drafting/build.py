@@ -63,7 +63,9 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
 
     speech = _auto.MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES.get(getattr(config, "model_type", None))
     if speech and getattr(config, "is_encoder_decoder", False) and cls.__name__ != speech:
-        return f"the text decoder of a speech encoder-decoder ({speech} reads audio features)"
+        if "decoder_input_ids" not in inspect.signature(cls.forward).parameters:
+            return f"the text decoder of a speech encoder-decoder ({speech} reads audio features)"
+        return f"a speech encoder-decoder family ({speech} reads audio features; {cls.__name__} is its text path)"
     wrapped = getattr(config, "text_config", None)
     if any(getattr(config, key, None) is not None for key in _NON_TEXT):
         text = getattr(wrapped, "model_type", None)

@@ -118,7 +118,8 @@ def test_a_draft_with_a_wrong_observed_field_fails_its_check(model_type, edit, c
 @pytest.mark.parametrize(
     ("model_type", "reason"),
     [
-        ("whisper", "speech encoder-decoder"),
+        ("whisper", "text decoder of a speech encoder-decoder"),
+        ("seamless_m4t", "speech encoder-decoder family"),
         ("granite_speech", "input_features"),
         ("vibevoice_asr", "input_values"),
     ],
