@@ -101,8 +101,57 @@ def _refuse_large(cls: type[nn.Module], overrides: dict[str, Any], limit: int = 
         raise DraftingError("shrink", f"the tiny {cls.__name__} would still have {count:,} parameters")
 
 
-def draft_encoder_decoder(cls: type[nn.Module], overrides: dict[str, Any], notes: list[str]) -> Draft:
-    """The draft's fields (without name, match and variants: the drafter adds them) for an encoder-decoder."""
+def draft_encoder_decoder(
+    cls: type[nn.Module], overrides: dict[str, Any], notes: list[str], flip: bool = True
+) -> Draft:
+    """The draft's fields (without name and match: the drafter adds them) for an encoder-decoder; with `flip`,
+    each boolean config field named for a scale is flipped and re-observed (`_conditional_scales`)."""
+    draft = _draft_once(cls, overrides, notes)
+    if flip:
+        _conditional_scales(cls, overrides, notes, draft)
+    return draft
+
+
+def _conditional_scales(cls: type[nn.Module], overrides: dict[str, Any], notes: list[str], draft: Draft) -> None:
+    """`scale_embedding`, `scale_decoder_outputs`...: a scale the flipped config observes differently becomes a
+    conditional expression (`d_model ** 0.5 if scale_embedding else 1.0`) and a variant, so conformance sees
+    both branches."""
+    from .shrink import plain_fields
+
+    fields = plain_fields(cls.config_class(**draft.fields["test_config"]))
+    variants: dict[str, dict[str, Any]] = {}
+    for key, value in fields.items():
+        if not isinstance(value, bool) or "scale" not in key:
+            continue
+        try:
+            other = _draft_once(cls, {**overrides, key: not value}, [])
+        except DraftingError as exc:
+            draft.note(f"variants: flipping {key} did not draft ({exc.reason[:80]})")
+            continue
+        changed = False
+        for where, field, default in (("config", "embed_scale", 1.0), ("unembed", "pre_scale", None)):
+            ours, theirs = draft.fields[where].get(field, default), other.fields[where].get(field, default)
+            if ours != theirs:
+                true, false = (ours, theirs) if value else (theirs, ours)
+                draft.fields[where][field] = f"{true} if {key} else {false}"
+                changed = True
+        for stack in (draft.fields["embed"], draft.fields["encoder"]["embed"]):
+            flipped = other.fields["embed"] if stack is draft.fields["embed"] else other.fields["encoder"]["embed"]
+            if flipped.get("scale_at") == "forward":  # the module returns raw rows in both branches
+                stack["scale_at"] = "forward"
+        if changed:
+            variants[f"{key}_{str(not value).lower()}"] = {key: not value}
+    if variants:
+        fields_out = draft.fields
+        ordered = {}
+        for k, v in fields_out.items():
+            ordered[k] = v
+            if k == "test_config":
+                ordered["variants"] = variants
+        draft.fields = ordered
+
+
+def _draft_once(cls: type[nn.Module], overrides: dict[str, Any], notes: list[str]) -> Draft:
     from .drafter import _observe
     from .shrink import plain_fields
 

@@ -55,10 +55,11 @@ _T5 = [
     "config.attn_scale",
     "call.attention_mask_kwarg",
     "call.position_bias_kwarg",
+    "unembed.pre_scale",  # conditional on scale_decoder_outputs, from a flipped re-observation
 ]
 _BART = ["encoder.embed.norm", "encoder.embed.norm_after_pos", "encoder.pos_embed", "encoder.block.kind",
          "embed.norm_after_pos", "pos_embed", "block.kind", "block.ln1.path", "block.cross_attn.ln.path",
-         "block.ln2.path", "block.mlp.path", "unembed.bias"]  # fmt: skip
+         "block.ln2.path", "block.mlp.path", "unembed.bias", "config.embed_scale"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -71,7 +72,9 @@ _BART = ["encoder.embed.norm", "encoder.embed.norm_after_pos", "encoder.pos_embe
         ("mbart", ["block.kind", "block.ln1.path", "block.cross_attn.ln.path", "ln_final", "encoder.ln_final"]),
         ("blenderbot", ["pos_embed", "encoder.pos_embed", "block.kind", "embed.norm", "ln_final"]),
         ("marian", ["pos_embed", "encoder.pos_embed", "block.kind", "encoder.block.kind", "ln_final", "unembed.bias"]),
-        ("pegasus", ["pos_embed", "encoder.pos_embed", "block.kind", "ln_final", "encoder.ln_final"]),
+        # scale_embedding multiplies outside the embedding module (Marian, Pegasus)
+        ("pegasus", ["pos_embed", "block.kind", "ln_final", "embed.scale_at", "encoder.embed.scale_at"]),
+        ("marian", ["config.embed_scale", "embed.scale_at"]),
     ],
 )
 def test_encoder_decoder_drafts_say_what_the_hand_written_specs_say(model_type, fields):
