@@ -33,7 +33,14 @@ _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 # mistake, only float rounding (~1e-7), so such a mutant is not generated.
 _SAME_FUNCTION = ({"gelu_new", "gelu_pytorch_tanh"},)
 _MASK_FORMATS = ("2d", "4d_additive", "4d_bool", "none")
-_POSITIONS = ("learned", "rotary", "rotary_interleaved", "rotary_interleaved_table", "none")
+_POSITIONS = (
+    "learned",
+    "rotary",
+    "rotary_interleaved",
+    "rotary_interleaved_table",
+    "rotary_interleaved_halves",
+    "none",
+)
 _ROTARY_OUTPUTS = ("cos_sin", "sin_cos")  # the order of the rotary module's pair (cos_sin when not given)
 
 # Optional fields whose absence is a plausible mistake (paths relative to a block, or to the spec).
