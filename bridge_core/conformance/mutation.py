@@ -199,6 +199,8 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         mlp_kind = _get(block, ("mlp", "kind"))
         if mlp_kind in ("plain", "gated") and _get(block, ("mlp", "gate")) is not None:
             yield from flip((*at, "mlp", "kind"), ("plain", "gated"))
+        if isinstance(_get(block, ("mlp", "gate_up")), dict):  # which half of a fused gate/up module is the gate
+            yield from flip((*at, "mlp", "gate_up", "order"), ("gate_up", "up_gate"))
         if _get(block, ("attn", "qkv", "kind")) == "fused":
             yield from flip((*at, "attn", "qkv", "order"), ("qkv", "per_head_interleaved"))
         attn = block.get("attn", {})

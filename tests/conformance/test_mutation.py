@@ -95,6 +95,8 @@ SURVIVORS: dict[str, dict[str, str]] = {
     "phi": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "olmo2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "cohere": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "phi3": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "glm": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "t5": {
         "block.attn.softmax_dtype: input -> float32": SOFTMAX,
         "encoder.block.attn.softmax_dtype: input -> float32": SOFTMAX,
