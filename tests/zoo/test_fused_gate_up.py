@@ -59,6 +59,23 @@ def test_weight_views_are_the_halves_of_the_fused_parameter():
     assert fused[D_MLP + 5, 3] == 7.0
 
 
+def test_a_fused_bias_is_split_like_the_weight():
+    model = _phi3()
+    mlp = model.model.layers[0].mlp
+    torch.manual_seed(2)  # a biased fused projection (HF's has none): b_gate / b_in are its halves
+    mlp.gate_up_proj = torch.nn.Linear(64, 2 * D_MLP, bias=True)
+    bridge = Bridge.from_hf(model, PHI3)
+    views = bridge.blocks[0].mlp
+    bias = mlp.gate_up_proj.bias
+    assert torch.equal(views.b_gate, bias[:D_MLP]) and torch.equal(views.b_in, bias[D_MLP:])
+    assert views.b_in.untyped_storage().data_ptr() == bias.untyped_storage().data_ptr()
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(TOKENS)
+        x = model.model.layers[0].post_attention_layernorm(cache["blocks.0.hook_resid_mid"])
+    torch.testing.assert_close(cache["blocks.0.mlp.hook_pre"], x @ views.W_gate + views.b_gate, atol=1e-6, rtol=0)
+    torch.testing.assert_close(cache["blocks.0.mlp.hook_pre_linear"], x @ views.W_in + views.b_in, atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize(("hook", "half"), [("hook_pre", 0), ("hook_pre_linear", 1)])
 def test_an_edit_of_either_half_is_hfs_own_chunk_edited(hook, half):
     model = _phi3()
