@@ -199,8 +199,13 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         mlp_kind = _get(block, ("mlp", "kind"))
         if mlp_kind in ("plain", "gated") and _get(block, ("mlp", "gate")) is not None:
             yield from flip((*at, "mlp", "kind"), ("plain", "gated"))
-        if isinstance(_get(block, ("mlp", "gate_up")), dict):  # which half of a fused gate/up module is the gate
-            yield from flip((*at, "mlp", "gate_up", "order"), ("gate_up", "up_gate"))
+        gate_up = _get(block, ("mlp", "gate_up"))
+        if isinstance(gate_up, dict):  # which half of a fused gate/up module is the gate (gate_up when not given)
+            order = gate_up.get("order", "gate_up")
+            other = "up_gate" if order == "gate_up" else "gate_up"
+            dotted = ".".join((*at, "mlp", "gate_up", "order"))
+            yield Mutant(f"{dotted}: {order} -> {other}", "kind", dotted, f"{dotted} {order!r} -> {other!r}",
+                         _with(data, (*at, "mlp", "gate_up", "order"), other))  # fmt: skip
         if _get(block, ("attn", "qkv", "kind")) == "fused":
             yield from flip((*at, "attn", "qkv", "order"), ("qkv", "per_head_interleaved"))
         attn = block.get("attn", {})

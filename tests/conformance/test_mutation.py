@@ -110,3 +110,12 @@ def test_the_catalogue_kills_95_percent_of_each_built_in_specs_mutants(name):
     survivors = {r.mutant.name for r in report.survivors}
     assert survivors == set(SURVIVORS[name]), f"new survivors need a check (or a reason): {survivors}"
     assert report.kill_rate >= 0.95, f"{name}: {report.kill_rate:.1%} of {len(report.results)} mutants killed"
+
+
+def test_the_fused_gate_up_order_is_flipped_even_when_left_at_its_default():
+    data = mutation.merged_data("phi3", default_registry()).data
+    flips = [m for m in mutation.mutants(data, ["kind"]) if m.field == "block.mlp.gate_up.order"]
+    del data["block"]["mlp"]["gate_up"]["order"]
+    defaulted = [m for m in mutation.mutants(data, ["kind"]) if m.field == "block.mlp.gate_up.order"]
+    for found in (flips, defaulted):
+        assert [m.data["block"]["mlp"]["gate_up"]["order"] for m in found] == ["up_gate"]
