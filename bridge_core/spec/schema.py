@@ -253,7 +253,9 @@ class MLPSpec(StrictModel):
         description="Weight storage of the projections: `conv1d` = [in, out], `linear` = [out, in]."
     )
     in_: ModulePath | None = Field(
-        alias="in", description="Input projection (the `up` projection when gated); optional for kind `moe`."
+        alias="in",
+        description="Input projection (the `up` projection when gated); optional for kind `moe`; absent with "
+        "`gate_up`.",
     )
     gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
     gate_up: GateUpSpec | None = Field(
