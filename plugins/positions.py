@@ -1,8 +1,9 @@
 """Built-in position kinds: `learned` (a table, with an offset), `sinusoidal` (a fixed table), `rotary`
 (q and k rotated inside attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
 `rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
-from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them) and
-`none`."""
+from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them),
+`rotary_interleaved_halves` (adjacent pairs, frequencies read from the first half of a rotate-half
+`cat(freqs, freqs)` table: GLM, Helium, ERNIE 4.5) and `none`."""
 
 from __future__ import annotations
 
@@ -57,6 +58,26 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ro
     return torch.cat((rot * cos + turned * sin, rest), dim=-1)
 
 
+def rotate_interleaved_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Adjacent pairs 2j, 2j + 1 rotated by frequency j, read from a Llama-layout table.
+
+    The rotary module returns `cat(freqs, freqs)` (`[b, s, >= rotary_dim]`), as for rotate-half; the
+    attention takes its first half and repeats each value for both dims of a pair (GLM, Helium,
+    ERNIE 4.5: `cos[..., :d // 2].repeat_interleave(2)`). Computed in the table's dtype (ERNIE keeps it in
+    float32), cast back to `x`'s dtype.
+    """
+    if cos.shape[-1] < rotary_dim:
+        raise _too_narrow(rotary_dim, cos.shape[-1])
+    half = rotary_dim // 2
+    cos = cos[..., :half].repeat_interleave(2, dim=-1).unsqueeze(1)
+    sin = sin[..., :half].repeat_interleave(2, dim=-1).unsqueeze(1)
+    rot, rest = x[..., :rotary_dim], x[..., rotary_dim:]
+    even, odd = rot[..., 0::2], rot[..., 1::2]
+    turned = torch.stack((-odd, even), dim=-1).flatten(-2)  # (x0, x1, ...) -> (-x1, x0, ...)
+    rotated = (rot.to(cos.dtype) * cos + turned.to(cos.dtype) * sin).to(x.dtype)
+    return torch.cat((rotated, rest), dim=-1)
+
+
 @hookimpl
 def bridge_core_position_kinds() -> list[PositionKind]:
     return [
@@ -69,6 +90,13 @@ def bridge_core_position_kinds() -> list[PositionKind]:
         ),
         PositionKind(
             "rotary_interleaved_table", limits_length=True, has_table=False, rotates_qk=True, rotate=rotate_interleaved
+        ),
+        PositionKind(
+            "rotary_interleaved_halves",
+            limits_length=False,
+            has_table=False,
+            rotates_qk=True,
+            rotate=rotate_interleaved_halves,
         ),
         PositionKind("none", limits_length=False, has_table=False),
     ]

@@ -15,7 +15,17 @@ from torch import nn
 from ..errors import BindError, BridgeCoreError, SpecError
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
-from ..spec.schema import BLOCK_KINDS, AttentionSpec, BlockSpec, ModulePath, NormSpec, ScoreBiasSpec, Spec, StackSpec
+from ..spec.schema import (
+    BLOCK_KINDS,
+    AttentionSpec,
+    BlockSpec,
+    MLPSpec,
+    ModulePath,
+    NormSpec,
+    ScoreBiasSpec,
+    Spec,
+    StackSpec,
+)
 from .bound import (
     BoundAttention,
     BoundBlock,
@@ -33,7 +43,7 @@ from .latent_attention import latent_views
 from .latent_binding import bind_latent
 from .layout import lay_out_points
 from .moe_binding import bind_moe
-from .places import qkv_views
+from .places import gate_up_views, qkv_views
 from .spec_walker import Missing, SpecWalker, resolve_path
 from .tensor_parallel import shard_points
 
@@ -110,9 +120,11 @@ class _Binder(SpecWalker):
         kind = self.choice(f"{field}.mlp.kind", m.kind, ("plain", "gated", "moe"), layer)
         if kind == "moe":
             return bind_moe(self, module, path, m, field)
-        if m.in_ is None or m.out is None:
+        if (m.in_ is None and m.gate_up is None) or m.out is None:
             raise spec_error(f"the MLP kind is '{kind}' here but names no 'in'/'out'", self.spec, None, f"{field}.mlp")
         gated = kind == "gated"
+        if m.gate_up is not None:
+            return self.fused_gate_up_mlp(block, module, path, inner, m, kind, field)
         w_in = self.attempt(self.resolve, module, m.in_, f"{field}.mlp.in", inner)
         w_gate = None
         if gated:
@@ -141,6 +153,40 @@ class _Binder(SpecWalker):
             act_field=act_field,
             flat_tokens=m.flat_tokens,
             input=Spot(module, path, "input") if own else Spot(w_in[0], w_in[1], "input"),
+        )
+
+    def fused_gate_up_mlp(
+        self, block: nn.Module, module: nn.Module, path: str, inner: str, m: MLPSpec, kind: str, field: str
+    ) -> BoundMLP:
+        """A gated MLP whose gate and up projections are one module (`mlp.gate_up`, Phi-3): `w_in` and `w_gate`
+        are that module, and `gate_up_views` take each half out of its output and weight."""
+        if kind != "gated":
+            raise spec_error(
+                f"'gate_up' (a fused gate and up projection) needs a gated MLP, but the kind is '{kind}' here",
+                self.spec,
+                None,
+                f"{field}.mlp.gate_up",
+            )
+        fused = self.attempt(self.resolve, module, m.gate_up.path, f"{field}.mlp.gate_up.path", inner)
+        w_out = self.attempt(self.resolve, module, m.out, f"{field}.mlp.out", inner)
+        act_name, act, act_field = self.activation(m.act_fn, field)
+        if fused is None or w_out is None or act is None:
+            raise Missing
+        d_mlp = self.cfg.d_mlp if self.cfg else fused[0].weight.shape[0 if m.layout == "linear" else 1] // 2
+        return BoundMLP(
+            module=module,
+            path=path,
+            w_in=fused[0],
+            w_gate=fused[0],
+            w_out=w_out[0],
+            layout=m.layout,
+            act_name=str(act_name),
+            act=act,
+            act_field=act_field,
+            flat_tokens=m.flat_tokens,
+            input=Spot(module, path, "input") if module is not block else Spot(fused[0], fused[1], "input"),
+            gate_up_views=gate_up_views(d_mlp, m.gate_up.order),
+            gate_up_order=m.gate_up.order,
         )
 
     def block(self, index: int, module: nn.Module, b: BlockSpec, field: str, stack: str, prefix: str, kind: str):

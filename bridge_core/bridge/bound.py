@@ -195,6 +195,10 @@ class BoundMLP:
     flat_tokens: bool = False  # runs on [batch * pos, d] (OPT)
     input: Spot | None = None  # where the MLP's (normalized) input is seen
     moe: BoundMoE | None = None  # a mixture of experts (this layer's MLP kind is `moe`)
+    # gate and up fused in one module (Phi-3): w_in and w_gate are that module, and these views take each
+    # half out of its output, weight and bias (`gate`, `in`); None for separate projections
+    gate_up_views: Mapping[str, View] | None = None
+    gate_up_order: str | None = None  # gate_up | up_gate
 
 
 @dataclass(frozen=True)

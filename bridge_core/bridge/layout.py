@@ -161,8 +161,10 @@ class _Layout:
             for name, place in moe_points(p, mlp, FlatTokens(TokenShape(), mlp.module)):
                 self.add(name, place)
         elif mlp.w_gate is not None:
-            self.output(f"{p}.mlp.hook_pre", mlp.w_gate, f"{mlp.path}.gate", view=flat)
-            self.output(f"{p}.mlp.hook_pre_linear", mlp.w_in, f"{mlp.path}.in", view=flat)
+            # a fused gate/up module (Phi-3): each hook is a half of its output (the schema refuses flat_tokens there)
+            halves = mlp.gate_up_views or {}
+            self.output(f"{p}.mlp.hook_pre", mlp.w_gate, f"{mlp.path}.gate", view=halves.get("gate", flat))
+            self.output(f"{p}.mlp.hook_pre_linear", mlp.w_in, f"{mlp.path}.in", view=halves.get("in", flat))
         else:
             self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
         if mlp.moe is None:

@@ -143,6 +143,24 @@ def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: st
     return {n: SplitHeads(heads, d, start, whole=False) for n, (start, heads) in starts.items()}
 
 
+@dataclass(frozen=True)
+class Narrow(View):
+    """`[..., start : start + width]` of the last dim: one half of a fused gate|up projection (Phi-3)."""
+
+    start: int
+    width: int
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return base.narrow(-1, self.start, self.width)
+
+
+def gate_up_views(d_mlp: int, order: str) -> dict[str, View]:
+    """The halves of a fused gate/up projection's last dim: `gate` (hook_pre, W_gate) and `in` (hook_pre_linear,
+    W_in), for `order` `gate_up` ([gate | up]) or `up_gate`."""
+    first, second = Narrow(0, d_mlp), Narrow(d_mlp, d_mlp)
+    return {"gate": first, "in": second} if order == "gate_up" else {"gate": second, "in": first}
+
+
 def select_output(output: Any, index: int | None) -> torch.Tensor:
     """Element `index` of a module's tuple output (0 when None), or the output itself when a tensor."""
     if isinstance(output, torch.Tensor):

@@ -161,7 +161,8 @@ def _fold_ln(bridge: Any) -> None:
     for block in bound.blocks:
         add(block.ln1, list(block.attn.qkv.values()), block.attn.layout)
         mlp = block.mlp
-        add(block.mlp_norm, [m for m in (mlp.w_in, mlp.w_gate) if m is not None], mlp.layout)
+        # a fused gate/up module (Phi-3) is both w_in and w_gate: fold into it once
+        add(block.mlp_norm, [m for m in dict.fromkeys((mlp.w_in, mlp.w_gate)) if m is not None], mlp.layout)
     add(bound.ln_final, [bound.unembed], "linear")
     for norm, modules in consumers.values():  # a norm shared by attention and MLP is folded into both, then reset
         weight, bias = norm.kind.weight(norm.module), norm.kind.bias(norm.module)

@@ -220,36 +220,41 @@ class MLPWeights(HookAttributes):
         self.bound = bound
         self._anchors = (bound.module, *anchors)
 
+    def _half(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """`name`'s half (`in` or `gate`) of a fused gate/up projection's weight or bias (a view); else as is."""
+        views = self.bound.gate_up_views
+        return tensor if views is None else views[name](tensor)
+
     @property
     def W_in(self) -> torch.Tensor:
-        return in_out(self.bound.w_in, self.bound.layout, self._anchors)
+        return self._half(in_out(self.bound.w_in, self.bound.layout, self._anchors), "in")
 
     @property
     def W_gate(self) -> torch.Tensor | None:
         gate = self.bound.w_gate
-        return None if gate is None else in_out(gate, self.bound.layout, self._anchors)
+        return None if gate is None else self._half(in_out(gate, self.bound.layout, self._anchors), "gate")
 
     @property
     def W_out(self) -> torch.Tensor:
         return in_out(self.bound.w_out, self.bound.layout, self._anchors)
 
-    def _bias(self, module: nn.Module | None, width: int) -> torch.Tensor | None:
+    def _bias(self, module: nn.Module | None, width: int, half: str | None = None) -> torch.Tensor | None:
         if module is None:
             return None
         bias = materialize(module, "bias", self._anchors)
         if bias is None:
             w = materialize(module, "weight", self._anchors)
             return torch.zeros(width, dtype=w.dtype, device=w.device)
-        return bias
+        return bias if half is None else self._half(bias, half)
 
     @property
     def b_in(self) -> torch.Tensor:
-        return self._bias(self.bound.w_in, self.W_in.shape[1])
+        return self._bias(self.bound.w_in, self.W_in.shape[1], "in")
 
     @property
     def b_gate(self) -> torch.Tensor | None:
         gate = self.bound.w_gate
-        return None if gate is None else self._bias(gate, self.W_in.shape[1])
+        return None if gate is None else self._bias(gate, self.W_in.shape[1], "gate")
 
     @property
     def b_out(self) -> torch.Tensor:
@@ -329,11 +334,14 @@ def check_bound_shapes(bound: BoundModel, cfg: BridgeConfig) -> None:
                 f"the output projection of block {block.index} ([in, out])",
             )
         mlp = block.mlp
-        for name, module in (("in", mlp.w_in), ("gate", mlp.w_gate), ("out", mlp.w_out)):
+        projections = (("in", mlp.w_in), ("gate", mlp.w_gate), ("out", mlp.w_out))
+        if mlp.gate_up_views is not None:  # one fused module holds gate and up: [d_model, 2 * d_mlp]
+            projections = (("gate_up", mlp.w_in), ("out", mlp.w_out))
+        for name, module in projections:
             if module is None:
                 continue
             check_layout(module, mlp.layout, "block.mlp.layout", f"{mlp.path}.{name}")
-            expected = (cfg.d_mlp, dm) if name == "out" else (dm, cfg.d_mlp)
+            expected = {"out": (cfg.d_mlp, dm), "gate_up": (dm, 2 * cfg.d_mlp)}.get(name, (dm, cfg.d_mlp))
             check_shape(
                 _raw_in_out(module, mlp.layout),
                 expected,

@@ -28,7 +28,7 @@ _FIELDS: list[tuple[str, str]] = [
     (r"hook_rel_pos_bias$", "score_bias"),
     (r"\.mlp\.(experts\.\d+\.hook_|hook_expert_|hook_router_|hook_routing_)", "block.mlp.moe"),
     (r"\.mlp\.(shared_expert\.|hook_shared_expert_gate)", "block.mlp.moe.shared_expert"),
-    (r"\.mlp\.hook_pre(_linear)?$", "block.mlp.in / block.mlp.gate"),
+    (r"\.mlp\.hook_pre(_linear)?$", "block.mlp.in / block.mlp.gate / block.mlp.gate_up"),
     (r"\.mlp\.hook_post$", "block.mlp.out"),
     (r"\.hook_mlp_out$", "block.mlp.path"),
     (r"\.hook_resid_post$", "blocks / block.output_index"),

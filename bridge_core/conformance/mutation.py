@@ -33,7 +33,14 @@ _ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu")
 # mistake, only float rounding (~1e-7), so such a mutant is not generated.
 _SAME_FUNCTION = ({"gelu_new", "gelu_pytorch_tanh"},)
 _MASK_FORMATS = ("2d", "4d_additive", "4d_bool", "none")
-_POSITIONS = ("learned", "rotary", "rotary_interleaved", "rotary_interleaved_table", "none")
+_POSITIONS = (
+    "learned",
+    "rotary",
+    "rotary_interleaved",
+    "rotary_interleaved_table",
+    "rotary_interleaved_halves",
+    "none",
+)
 _ROTARY_OUTPUTS = ("cos_sin", "sin_cos")  # the order of the rotary module's pair (cos_sin when not given)
 
 # Optional fields whose absence is a plausible mistake (paths relative to a block, or to the spec).
@@ -192,6 +199,13 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         mlp_kind = _get(block, ("mlp", "kind"))
         if mlp_kind in ("plain", "gated") and _get(block, ("mlp", "gate")) is not None:
             yield from flip((*at, "mlp", "kind"), ("plain", "gated"))
+        gate_up = _get(block, ("mlp", "gate_up"))
+        if isinstance(gate_up, dict):  # which half of a fused gate/up module is the gate (gate_up when not given)
+            order = gate_up.get("order", "gate_up")
+            other = "up_gate" if order == "gate_up" else "gate_up"
+            dotted = ".".join((*at, "mlp", "gate_up", "order"))
+            yield Mutant(f"{dotted}: {order} -> {other}", "kind", dotted, f"{dotted} {order!r} -> {other!r}",
+                         _with(data, (*at, "mlp", "gate_up", "order"), other))  # fmt: skip
         if _get(block, ("attn", "qkv", "kind")) == "fused":
             yield from flip((*at, "attn", "qkv", "order"), ("qkv", "per_head_interleaved"))
         attn = block.get("attn", {})

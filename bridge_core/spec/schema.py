@@ -228,6 +228,17 @@ class MoESpec(StrictModel):
     )
 
 
+class GateUpSpec(StrictModel):
+    """A gated MLP's gate and up projections fused in one module (Phi-3, GLM's `gate_up_proj`)."""
+
+    path: ModulePath = Field(description="The fused projection, relative to the MLP module.")
+    order: Literal["gate_up", "up_gate"] = Field(
+        default="gate_up",
+        description="Which half of the fused output (chunked in two along the last dim) is the gate: `gate_up` = "
+        "[gate | up] (Phi-3, GLM, GLM-4), `up_gate` = [up | gate].",
+    )
+
+
 class MLPSpec(StrictModel):
     """The MLP of a block."""
 
@@ -242,9 +253,16 @@ class MLPSpec(StrictModel):
         description="Weight storage of the projections: `conv1d` = [in, out], `linear` = [out, in]."
     )
     in_: ModulePath | None = Field(
-        alias="in", description="Input projection (the `up` projection when gated); optional for kind `moe`."
+        alias="in",
+        description="Input projection (the `up` projection when gated); optional for kind `moe`; absent with "
+        "`gate_up`.",
     )
     gate: ModulePath | None = Field(default=None, description="Gate projection (used when the kind is gated).")
+    gate_up: GateUpSpec | None = Field(
+        default=None,
+        description="Gate and up projections fused in one module (kind gated, instead of `in` and `gate`): "
+        "hook_pre / hook_pre_linear are its two halves, W_gate / W_in views of its weight.",
+    )
     out: ModulePath | None = Field(description="Output projection; optional for kind `moe`.")
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
@@ -261,10 +279,22 @@ class MLPSpec(StrictModel):
         # a mixture of experts has no dense projections (they name a shared expert's, when given)
         if isinstance(data, dict) and data.get("kind") == "moe":
             return {"in": None, "out": None, **data}
+        if isinstance(data, dict) and data.get("gate_up") is not None:  # the fused module replaces `in`
+            return {"in": None, **data}
         return data
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
+        if self.gate_up is not None:
+            if self.in_ is not None or self.gate is not None:
+                raise ValueError("'gate_up' (the fused gate and up projection) takes the place of 'in' and 'gate'")
+            if self.kind in ("plain", "moe"):
+                raise ValueError(f"'gate_up' is for a gated MLP, not kind '{self.kind}'")
+            if self.out is None:
+                raise ValueError("'gate_up' needs 'out'")
+            if self.flat_tokens:
+                raise ValueError("'gate_up' with 'flat_tokens' is not supported (no known model has both)")
+            return self
         if self.kind == "gated" and self.gate is None:
             raise ValueError("'gate' is required for kind 'gated'")
         if self.kind == "plain" and self.gate is not None:
@@ -379,7 +409,8 @@ class PosEmbedSpec(StrictModel):
         default="learned",
         description="Position kind, registered by a plugin (`learned`, `rotary` (rotate-half: dim j paired with "
         "j + rotary_dim/2), `rotary_interleaved` (adjacent pairs 2j, 2j+1: Cohere), `rotary_interleaved_table` (the "
-        "same from a precomputed table of n_ctx positions: GPT-J), `none`).",
+        "same from a precomputed table of n_ctx positions: GPT-J), `rotary_interleaved_halves` (adjacent pairs, "
+        "frequencies from the first half of a rotate-half table: GLM, Helium), `none`).",
     )
     path: ModulePath | None = Field(
         default=None, description="The position table (learned) or the model's rotary module (rotary)."

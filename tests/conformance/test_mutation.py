@@ -95,6 +95,8 @@ SURVIVORS: dict[str, dict[str, str]] = {
     "phi": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "olmo2": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "cohere": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "phi3": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
+    "glm": {"block.attn.softmax_dtype: float32 -> input": SOFTMAX},
     "t5": {
         "block.attn.softmax_dtype: input -> float32": SOFTMAX,
         "encoder.block.attn.softmax_dtype: input -> float32": SOFTMAX,
@@ -108,3 +110,12 @@ def test_the_catalogue_kills_95_percent_of_each_built_in_specs_mutants(name):
     survivors = {r.mutant.name for r in report.survivors}
     assert survivors == set(SURVIVORS[name]), f"new survivors need a check (or a reason): {survivors}"
     assert report.kill_rate >= 0.95, f"{name}: {report.kill_rate:.1%} of {len(report.results)} mutants killed"
+
+
+def test_the_fused_gate_up_order_is_flipped_even_when_left_at_its_default():
+    data = mutation.merged_data("phi3", default_registry()).data
+    flips = [m for m in mutation.mutants(data, ["kind"]) if m.field == "block.mlp.gate_up.order"]
+    del data["block"]["mlp"]["gate_up"]["order"]
+    defaulted = [m for m in mutation.mutants(data, ["kind"]) if m.field == "block.mlp.gate_up.order"]
+    for found in (flips, defaulted):
+        assert [m.data["block"]["mlp"]["gate_up"]["order"] for m in found] == ["up_gate"]

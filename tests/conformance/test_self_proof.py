@@ -102,6 +102,11 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "phi_sequential": ("residual_stream", {"hook_fire_counts", "delta_once", "norm_roles"}, "block.kind"),
     "olmo2_per_head_qk_norm": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_layout"),
     "olmo2_pre_norm": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
+    # issue 17 (docs/decisions/0020-...): GLM's adjacent pairs from the first half of a rotate-half table, read as
+    # rotate-half or as Cohere's per-pair repeated table; Phi-3's fused [gate | up] read as [up | gate]
+    "glm_rotate_half": ("attention_paths_agree", set(), "pos_embed.kind"),
+    "glm_interleaved_repeated": ("attention_paths_agree", set(), "pos_embed.kind"),
+    "phi3_gate_up_swapped": ("mlp", set(), "block.mlp.gate_up.order"),
     # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
     "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
     "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),

@@ -1,6 +1,6 @@
-"""TransformerLens 3.9 `HookedTransformer`s for GPT-J, Phi and OLMo 2 built from a HF model, as independent
+"""TransformerLens 3.9 `HookedTransformer`s for GPT-J, Phi, OLMo 2 and Phi-3 built from a HF model, as independent
 references for the zoo's structural patterns (a norm shared by a parallel block, adjacent-pair rotary,
-post-sublayer norms, q/k norms over the whole projection).
+post-sublayer norms, q/k norms over the whole projection, a fused gate/up MLP projection).
 
 Configs follow TransformerLens 3.9's own `loading_from_pretrained` entries for these architectures, and the
 weights are converted by TransformerLens's own converters (`pretrained/weight_conversions`), unprocessed.
@@ -100,6 +100,47 @@ def hooked_olmo2(hf_model: Any):
         "gated_mlp": True,
     }
     return build_loaded(cfg, _detached(convert_olmo2_weights, hf_model))
+
+
+def hooked_phi3(hf_model: Any):
+    """Phi-3 as TransformerLens 3.9 configures it (RMSNorms, rotate-half rotary over the whole head, a gated
+    SiLU MLP whose fused gate_up_proj its converter splits into W_gate | W_in). Grouped-query heads as
+    `n_key_value_heads` when fewer than the query heads; no sliding window here."""
+    from transformer_lens.pretrained.weight_conversions import convert_phi3_weights
+
+    hf = hf_model.config
+    kv = hf.num_key_value_heads
+    cfg = {
+        "model_name": "hf-phi3-reference",
+        "original_architecture": "Phi3ForCausalLM",
+        "d_model": hf.hidden_size,
+        "d_head": hf.hidden_size // hf.num_attention_heads,
+        "n_heads": hf.num_attention_heads,
+        "n_key_value_heads": kv if kv != hf.num_attention_heads else None,
+        "d_mlp": hf.intermediate_size,
+        "n_layers": hf.num_hidden_layers,
+        "n_ctx": hf.max_position_embeddings,
+        "eps": hf.rms_norm_eps,
+        "d_vocab": hf.vocab_size,
+        "act_fn": hf.hidden_act,
+        "normalization_type": "RMS",
+        "positional_embedding_type": "rotary",
+        "rotary_base": hf.rope_parameters["rope_theta"],
+        "gated_mlp": True,
+        "rotary_dim": hf.hidden_size // hf.num_attention_heads,
+    }
+    convert = _detached(convert_phi3_weights, hf_model)
+
+    def with_mlp_biases(tl_cfg):
+        # TL's Phi-3 converter gives no MLP biases (HF has none; its from_pretrained leaves them zero) and
+        # zero ln1.b / ln2.b an RMSNorm has no parameter for (its from_pretrained drops them)
+        state = {k: v for k, v in convert(tl_cfg).items() if not k.endswith((".ln1.b", ".ln2.b"))}
+        for layer in range(tl_cfg.n_layers):
+            state.setdefault(f"blocks.{layer}.mlp.b_in", torch.zeros(tl_cfg.d_mlp))
+            state.setdefault(f"blocks.{layer}.mlp.b_out", torch.zeros(tl_cfg.d_model))
+        return state
+
+    return build_loaded(cfg, with_mlp_biases)
 
 
 def reference_cache(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:

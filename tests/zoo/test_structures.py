@@ -67,13 +67,29 @@ CASES = {
     ),
     # OLMo 2: post-sublayer RMSNorms, whole-projection q/k RMSNorms (TL: no GQA)
     "olmo2": ("olmo2", {**_COMMON, "intermediate_size": 96, "max_position_embeddings": 64, "pad_token_id": 1}),
+    # Phi-3: fused [gate | up] MLP projection (TL: W_gate / W_in split from it), fused qkv, GQA
+    "phi3": (
+        "phi3",
+        {
+            **_COMMON,
+            "intermediate_size": 96,
+            "max_position_embeddings": 64,
+            "pad_token_id": 1,
+            "num_key_value_heads": 2,
+        },
+    ),
 }
 
 
 def _builder(name: str):
     from . import hooked_zoo
 
-    return {"gptj": hooked_zoo.hooked_gptj, "phi": hooked_zoo.hooked_phi, "olmo2": hooked_zoo.hooked_olmo2}[name]
+    return {
+        "gptj": hooked_zoo.hooked_gptj,
+        "phi": hooked_zoo.hooked_phi,
+        "olmo2": hooked_zoo.hooked_olmo2,
+        "phi3": hooked_zoo.hooked_phi3,
+    }[name]
 
 
 @pytest.mark.skipif(not ref.available(), reason=f"TransformerLens 3.9 unavailable: {ref.unavailable_reason()}")

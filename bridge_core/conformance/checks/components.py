@@ -161,7 +161,9 @@ def mlp(ctx: CheckContext, m: Meter) -> None:
             gate = x @ weights.W_gate + weights.b_gate
             post = act(gate) * pre
             label = f"{p}: act(gate)·pre vs HF's input to the output projection"
-            act_ok = m.compare(label, post, hf_post, act_field) <= m.tolerance
+            fused = block.mlp.gate_up_order is not None  # halves swapped read as act(up)·gate
+            blame = f"{act_field} / block.mlp.gate_up.order" if fused else act_field
+            act_ok = m.compare(label, post, hf_post, blame) <= m.tolerance
         else:
             label = f"{p}: cfg activation of hook_pre vs HF's input to the output projection"
             act_ok = m.compare(label, act(ctx.cache[f"{p}.hook_pre"]), hf_post, act_field) <= m.tolerance

@@ -92,6 +92,8 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
                 _same(m, f"{layer.prefix}.{norm.name}: eps", cfg.eps, module_eps, "config.eps")
         moe = layer.block.mlp.moe  # a mixture of experts: d_mlp is each expert's width (HookedTransformer's)
         width = ctx.hf_out(layer.block.mlp.w_in).shape[-1] if moe is None else expert_weights(moe, 0)[1].shape[0]
+        if moe is None and layer.block.mlp.gate_up_views is not None:  # HF chunks a fused gate|up output in two
+            width //= 2
         if moe is not None and moe.d_mlp is not None:  # experts narrower than the dense layers (DeepSeek)
             _same(m, f"{layer.prefix}: experts' d_mlp", moe.d_mlp, width, "block.mlp.moe.d_mlp")
         else:

@@ -77,14 +77,20 @@ def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
     act, kind, proj = _activation(ctx, rest, full, down_in)
     spec["kind"] = kind
     spec["layout"] = layout(mlp.get_submodule(down)) if down else "linear"
-    spec["in"] = proj.get("in", "FILL_ME")
-    if kind == "gated":
-        spec["gate"] = proj.get("gate", "FILL_ME")
+    fused = proj.get("gate_up")
+    if fused is not None:  # gate and up in one module (Phi-3): HF chunks its output in two
+        spec["gate_up"] = {"path": fused, "order": proj["order"]}
+    else:
+        spec["in"] = proj.get("in", "FILL_ME")
+        if kind == "gated":
+            spec["gate"] = proj.get("gate", "FILL_ME")
     spec["out"] = down or "FILL_ME"
-    ctx.found["d_mlp"] = obs.output(full[spec["in"]]).shape[-1] if spec["in"] in full else None
+    first = fused or spec["in"]  # the projection that reads the MLP's input
+    width = obs.output(full[first]).shape[-1] if first in full else None
+    ctx.found["d_mlp"] = width // 2 if fused is not None and width is not None else width
     ctx.found["act"] = act
     if mlp is block or path == block:
-        spec["flat_tokens"] = bool(obs.input(full[spec["in"]]).dim() == 2) if spec["in"] in full else False
+        spec["flat_tokens"] = bool(obs.input(full[first]).dim() == 2) if first in full else False
 
 
 def _activation(ctx, rest, full, down_in):
@@ -109,9 +115,10 @@ def _activation(ctx, rest, full, down_in):
             out = outs[a]
             if down_in is not None and out is not None and out.shape[-1] == 2 * down_in.shape[-1]:
                 x, y = out.chunk(2, dim=-1)
-                if same(fn(x) * y, down_in, atol=1e-4) or same(fn(y) * x, down_in, atol=1e-4):
-                    ctx.draft.gap("fused gate/up projection", f"'{a}' holds gate and up in one matrix")
-                    return act, "gated", {"in": a, "gate": a}
+                if same(fn(x) * y, down_in, atol=1e-4):  # [gate | up] (Phi-3, GLM)
+                    return act, "gated", {"gate_up": a, "order": "gate_up"}
+                if same(fn(y) * x, down_in, atol=1e-4):
+                    return act, "gated", {"gate_up": a, "order": "up_gate"}
     from ...registry import default_registry
 
     known = default_registry().plugins.kinds.activations
@@ -236,7 +243,7 @@ def _flat_like(t: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tenso
 
 def _mlp_in_proj(ctx: DraftContext) -> str:
     spec = ctx.draft.fields["block"]["mlp"]
-    return f"{ctx.block}.{spec['in']}"
+    return f"{ctx.block}.{spec['gate_up']['path'] if 'gate_up' in spec else spec['in']}"
 
 
 def _mlp_out_proj(ctx: DraftContext) -> str:

@@ -129,7 +129,10 @@ def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -
         spec["rotary_output"] = "sin_cos"
     last = pair[0].reshape(-1, pair[0].shape[-1])[-1]
     width, r = last.shape[-1], ctx.found.get("rotary_dim") or last.shape[-1]
-    if 2 * width != r and not same(last[0::2], last[1::2]):  # neither one value per pair nor each value twice
+    if 2 * width != r and not same(last[0::2], last[1::2]) and same(last[: width // 2], last[width // 2 :]):
+        # a rotate-half table cat(freqs, freqs) whose first half attention spreads over adjacent pairs (GLM)
+        spec["kind"] = "rotary_interleaved_halves"
+    elif 2 * width != r and not same(last[0::2], last[1::2]):  # neither one value per pair nor each value twice
         ctx.draft.gap(
             "interleaved rotary from a rotate-half table",
             f"{name} returns frequencies in two halves; attention pairs adjacent dims from its first half",
