@@ -287,12 +287,14 @@ def observe_rotation_per_layer(ctx: DraftContext) -> None:
 
 
 def _per_layer_flag(ctx: DraftContext, wanted: list[bool]) -> str | None:
-    """An expression `name[layer] == value` over a per-layer config list giving `wanted` on every layer
-    (lists named after rope first: SmolLM3's no_rope_layers beside its layer_types)."""
+    """An expression `name[layer] == value` over a per-layer config list giving `wanted` on every layer:
+    lists named after rope first (SmolLM3's no_rope_layers beside its layer_types), then `layer_types`
+    (Cohere 2, EXAONE 4, Flint rotate only their sliding layers), then any other (which a tiny config may
+    match by chance: noted for review)."""
     from ..shrink import plain_fields
 
     lists = [(n, v) for n, v in plain_fields(ctx.config).items() if isinstance(v, list) and len(v) == len(wanted)]
-    lists.sort(key=lambda item: "rope" not in item[0])
+    lists.sort(key=lambda item: ("rope" not in item[0], item[0] != "layer_types"))
     for name, values in lists:
         for value in dict.fromkeys(v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)):
             if [v == value for v in values] == wanted:
