@@ -138,7 +138,8 @@ def test_rotary_that_is_not_a_boolean_is_a_spec_error_naming_the_field(tmp_path)
     path = tmp_path / "smollm3_int.yaml"
     path.write_text(_spec_text("no_rope_layers[layer]"))  # 1 / 0, not true / false
     model = _tiny("smollm3", no_rope_layers=[1, 0], layer_types=["full_attention"] * 2)
-    with pytest.raises(SpecError, match=r"block\.attn\.rotary.*expected true or false|expected true or false"):
+    named = r"field .block\.attn\.rotary.: evaluates to 1 at layer 0; expected true or false"
+    with pytest.raises(SpecError, match=named):
         Bridge.from_hf(model, load_spec(path))
 
 
