@@ -66,7 +66,9 @@ class _Binder(SpecWalker):
             module, path = self.resolve(root, n.path, f"{field}.path", prefix)
         return BoundNorm(module, path, self.kind(f"{field}.kind"), name, field, feeds)
 
-    def attention(self, block: nn.Module, a: AttentionSpec, field: str, prefix: str) -> BoundAttention:
+    def attention(
+        self, block: nn.Module, a: AttentionSpec, field: str, prefix: str, layer: int | None = None
+    ) -> BoundAttention:
         module, path = self.resolve(block, a.path, f"{field}.path", prefix)
         inner = f"{path}."
         latent = None
@@ -85,7 +87,8 @@ class _Binder(SpecWalker):
         q_norm = self.attempt(self.norm, module, a.q_norm, f"{field}.q_norm", inner, "q_norm", "q")
         k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
-        if None in qkv.values() or o is None:
+        rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
+        if None in qkv.values() or o is None or rotary is None:
             raise Missing
         cfg = self.cfg
         views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, a.qkv.order) if cfg else {}
@@ -110,6 +113,8 @@ class _Binder(SpecWalker):
             k_norm=k_norm,
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
             qk_norm_layout=a.qk_norm_layout,
+            qk_norm_after_rotary=a.qk_norm_at == "after_rotary",
+            rotary=rotary,
             latent=latent,
         )
 
@@ -208,7 +213,7 @@ class _Binder(SpecWalker):
         post2 = "ln2" if b.ln2 is None and cross_spec is None else "ln2_post"
         ln1_post = self.attempt(self.norm, module, b.ln1_post, f"{field}.ln1_post", prefix, post1, "attn_out")
         ln2_post = self.attempt(self.norm, module, b.ln2_post, f"{field}.ln2_post", prefix, post2, "mlp_out")
-        attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix)
+        attn = self.attempt(self.attention, module, b.attn, f"{field}.attn", prefix, index)
         mlp = self.attempt(self.mlp, module, b, field, prefix, index)
         cross = self.attempt(self.cross, module, b, field, prefix, pre) if cross_spec is not None else None
         at = {

@@ -122,6 +122,8 @@ class BoundAttention:
     k_norm: BoundNorm | None = None
     qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]
     qk_norm_layout: str = "bhsd"  # bhsd | bshd | flat ([b, s, h * d]: one norm over the whole projection)
+    qk_norm_after_rotary: bool = False  # the q/k norms take the rotated q/k (HunYuan), not the projections
+    rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
 
     @property

@@ -38,6 +38,7 @@ class ReimplementedLayer:
     k_norm: nn.Module | None
     norm_heads_first: bool
     norm_layout: str  # bhsd | bshd | flat (one norm over [b, s, h * d], before the head split)
+    norm_after_rotary: bool  # HunYuan: rotary first, then the q/k norms
     position: PositionKind | None
     rotary_dim: int
     scaling: float
@@ -78,12 +79,16 @@ class ReimplementRun:
         if mask is not None and layer.read_mask is not None:  # the declared format says what a bool means
             mask = layer.read_mask(mask, hidden.dtype)
         query, key, value = self._project(hidden)
-        if layer.position is not None and layer.position.rotate is not None:
+        if not layer.norm_after_rotary:
+            query, key = self._normed(query, key)
+        if layer.position is not None and layer.position.rotate is not None:  # None on NoPE layers too
             cos, sin = kwargs[layer.position_embeddings_kwarg]
             if layer.sin_first:
                 cos, sin = sin, cos
             query = layer.position.rotate(query, cos, sin, layer.rotary_dim)
             key = layer.position.rotate(key, cos, sin, layer.rotary_dim)
+        if layer.norm_after_rotary:
+            query, key = self._normed(query, key)
         query, key = _rotated(self.route, query, key)
         bias = None
         if layer.score_bias is not None:
@@ -126,11 +131,16 @@ class ReimplementRun:
         else:
             parts = {n: layer.views[n](layer.projections[n](hidden)) for n in "qkv"}
         q, k, v = (parts[n].transpose(1, 2) for n in "qkv")  # [b, s, h, d] -> [b, h, s, d]
+        return q, k, v
+
+    def _normed(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k ([b, h, s, d]) through the module's own q/k norms, where it has them."""
+        layer = self.layer
         if layer.q_norm is not None:
             q = _normed(layer.q_norm, q, layer.norm_layout)
         if layer.k_norm is not None:
             k = _normed(layer.k_norm, k, layer.norm_layout)
-        return q, k, v
+        return q, k
 
 
 def _normed(norm: nn.Module, x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -190,7 +200,8 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             k_norm=attn.k_norm.module if attn.k_norm else None,
             norm_heads_first=attn.qk_norm_heads_first,
             norm_layout=attn.qk_norm_layout,
-            position=position,
+            norm_after_rotary=attn.qk_norm_after_rotary,
+            position=position if attn.rotary else None,
             rotary_dim=rotary_dim,
             scaling=1.0 / cfg.attn_scale,
             softcap=attn.softcap,

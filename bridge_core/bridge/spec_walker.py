@@ -152,6 +152,14 @@ class SpecWalker:
             raise spec_error(f"evaluates to {result!r}; expected one of {', '.join(allowed)}", self.spec, None, field)
         return result
 
+    def flag(self, field: str, value: Any, layer: int | None = None) -> bool:
+        """A boolean: a literal, or an expression over the HF config (and `layer`) giving one."""
+        result = self.value(field, value, layer)
+        if not isinstance(result, bool):
+            at = "" if layer is None else f" at layer {layer}"
+            raise spec_error(f"evaluates to {result!r}{at}; expected true or false", self.spec, self.spec_file, field)
+        return result
+
     def tensor(self, name: str | None, field: str) -> torch.Tensor | None:
         """A parameter or buffer of the model by dotted name (BART's final_logits_bias), or None."""
         if name is None:

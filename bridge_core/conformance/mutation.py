@@ -212,6 +212,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
         yield from flip((*at, "attn", "softmax_dtype"), ("input", "float32"), "setting")
         if attn.get("q_norm") is not None:
             yield from flip((*at, "attn", "qk_norm_layout"), ("bhsd", "bshd", "flat"), "setting")
+        yield from _rotary_per_layer(data, at, attn)
         act = _get(block, ("mlp", "act_fn"))
         if act is not None:
             yield from flip((*at, "mlp", "act_fn"), [a for a in _ACTIVATIONS if not _same_function({a}, {act})])
@@ -478,3 +479,19 @@ def mutate(
             progress(result)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _rotary_per_layer(data: dict, at: tuple[str, ...], attn: dict) -> Iterator[Mutant]:
+    """Where rotary positions meet the q/k norms in the other order, and every layer rotated (NoPE layers lost)."""
+    pos = data.get("pos_embed")
+    if not (isinstance(pos, dict) and str(pos.get("kind")).startswith("rotary")):
+        return
+    dotted = ".".join((*at, "attn"))
+    if attn.get("q_norm") is not None:
+        now = attn.get("qk_norm_at", "before_rotary")
+        other = "after_rotary" if now == "before_rotary" else "before_rotary"
+        yield Mutant(f"{dotted}.qk_norm_at: {now} -> {other}", "setting", f"{dotted}.qk_norm_at",
+                     f"q/k norms {other}", _with(data, (*at, "attn", "qk_norm_at"), other))  # fmt: skip
+    if isinstance(attn.get("rotary"), str):
+        yield Mutant(f"{dotted}.rotary -> true", "setting", f"{dotted}.rotary", "rotary on every layer",
+                     _with(data, (*at, "attn", "rotary"), True))  # fmt: skip

@@ -157,6 +157,19 @@ class AttentionSpec(StrictModel):
         "[batch, pos, heads * d_head]: one norm over the whole projection before the head split (OLMo 2; "
         "its hooks show that shape, as HookedTransformer's OLMo 2 q_norm / k_norm do).",
     )
+    qk_norm_at: Literal["before_rotary", "after_rotary"] = Field(
+        default="before_rotary",
+        description="Where the q/k norms sit relative to rotary: `before_rotary` (Gemma 3, OLMo 2, Qwen 3: "
+        "rotary turns the normed q/k) or `after_rotary` (HunYuan: the norms take the rotated q/k, and their output "
+        "is what attention sees). hook_rot_q / hook_rot_k are the q/k the scores are made of either way.",
+    )
+    rotary: ConfigValue = Field(
+        default=True,
+        description="Whether this layer's attention rotates q and k by the rotary position kind: true, or an "
+        "expression over the HF config and `layer` (SmolLM3: `no_rope_layers[layer] == 1`; Cohere 2: "
+        "`layer_types[layer] == 'sliding_attention'`). A layer where it is false attends with unrotated q/k "
+        "(NoPE); its hook_rot_q / hook_rot_k equal the q/k the scores are made of, unrotated.",
+    )
 
 
 class MoESpec(StrictModel):

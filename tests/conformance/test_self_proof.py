@@ -113,6 +113,11 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
     "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
     "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
+    # per-layer rotary and q/k norms after rotary (docs/decisions/0021-per-layer-rotary.md): SmolLM3's NoPE
+    # layer rotated; HunYuan's after-rotary norms declared before; Gemma 3's before-rotary norms declared after
+    "smollm3_rotary_every_layer": ("attention_paths_agree", set(), "block.attn.rotary"),
+    "hunyuan_norm_before_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "qk_norm_at"),
+    "gemma3_norm_after_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_at"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

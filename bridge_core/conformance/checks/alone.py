@@ -108,7 +108,11 @@ def attention_paths_agree(ctx: CheckContext, m: Meter) -> None:
     m.require(not missing, f"the reimplement path lacks hook points: {missing[:3]}", "block.attn.implementation")
     for name in sorted(set(ctx.cache) & set(cache), key=list(ctx.cache).index):
         rotary = name.endswith(("hook_rot_q", "hook_rot_k"))
-        field = "config.rotary_dim / pos_embed.kind / rotary_output" if rotary else "block.attn (reimplement path)"
+        field = (
+            "config.rotary_dim / pos_embed.kind / rotary_output / block.attn.rotary / qk_norm_at"
+            if rotary
+            else "block.attn (reimplement path)"
+        )
         paths = ("the reimplement path", "the interface path")
         m.compare(f"{name}: reimplement path vs interface path", cache[name], ctx.cache[name], field, sides=paths)
     m.compare("reimplement-path logits vs HF logits", logits, ctx.plain_logits, "block.attn (reimplement path)")

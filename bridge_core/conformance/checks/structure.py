@@ -210,7 +210,9 @@ _QK_NORM_INPUT = {
 @check(
     "qk_norm_layout",
     statement="each q/k norm receives HF's q/k projection output in the layout the spec declares (qk_norm_layout: "
-    "bhsd after the head transpose, bshd per head, flat over the whole projection before the head split)",
+    "bhsd after the head transpose, bshd per head, flat over the whole projection before the head split); with "
+    "qk_norm_at: after_rotary it receives it rotated (compared at position 0, where rotary is the identity) and "
+    "its output is the q/k HF passes its attention interface",
     family="attention",
     tolerance=0.0,
 )
@@ -219,20 +221,40 @@ def qk_norm_layout(ctx: CheckContext, m: Meter) -> None:
     for attention in ctx.attentions:
         bound = attention.bound
         layout, (shown, arrange) = bound.qk_norm_layout, _QK_NORM_INPUT[bound.qk_norm_layout]
+        after = bound.qk_norm_after_rotary
         for n, norm in (("q", bound.q_norm), ("k", bound.k_norm)):
             if norm is None:
                 continue
             seen += 1
             heads = bound.views[n](ctx.hf_out(bound.projection(n)))  # [b, s, h, d], from HF's projection output
             expected, got = arrange(heads), ctx.hf_in(norm.module)
-            field = f"{bound.field}.qk_norm_layout"
+            field = f"{bound.field}.qk_norm_layout / qk_norm_at"
             what = f"{attention.prefix}.{norm.name} input vs HF's {n} projection as {shown} ({layout})"
             if tuple(got.shape) != tuple(expected.shape):
                 m.fail(f"{what}: HF hands the norm {tuple(got.shape)}, the layout gives {tuple(expected.shape)}", field)
                 continue
-            m.compare(what, got, expected, field)
+            if not after:
+                m.compare(what, got, expected, field)
+                continue
+            first = _first_position(layout)
+            m.compare(f"{what}, at position 0 (after_rotary)", got[first], expected[first], field)
+            call = ctx.attention_call(attention)
+            if call is None:
+                continue
+            interface = arrange({"q": call.query, "k": call.key}[n].transpose(1, 2))  # [b, s, h, d] arranged
+            m.compare(
+                f"{attention.prefix}.{norm.name} output vs the {n} HF passed its attention interface (after_rotary)",
+                ctx.hf_out(norm.module),
+                interface,
+                f"{bound.field}.qk_norm_at",
+            )
     if not seen:
         raise Skip("this spec declares no q/k norms")
+
+
+def _first_position(layout: str) -> tuple:
+    """The index of position 0 in a q/k norm's input of `layout` (bhsd: dim 2, otherwise dim 1)."""
+    return (slice(None), slice(None), slice(0, 1)) if layout == "bhsd" else (slice(None), slice(0, 1))
 
 
 @check(

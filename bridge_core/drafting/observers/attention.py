@@ -158,11 +158,23 @@ def _norms(ctx: DraftContext, path: str, spec: dict, h: int, kv: int, d: int) ->
             spec["qk_norm_layout"] = "bshd" if x.shape[2] == heads and x.shape[1] != heads else "bhsd"
 
 
-def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> torch.Tensor | None:
-    """The queries before rotation ([b, h, s, d]): the q norm's or q projection's output (scaled back when
-    HF pre-scales them), from the attention module at `path`."""
+def _heads(ctx: DraftContext, raw: torch.Tensor) -> torch.Tensor:
+    """A query projection or q-norm tensor ([b, s, h*d], [b, s, h, d] or [b, h, s, d]) as [b, h, s, d]."""
+    h, d = ctx.found["n_heads"], ctx.found["d_head"]
+    if raw.dim() == 3:
+        raw = raw.reshape(raw.shape[0], raw.shape[1], h, d)
+    if raw.shape[1] == h and raw.shape[2] != h:
+        raw = raw.transpose(1, 2)
+    return raw.transpose(1, 2)  # [b, h, s, d]
+
+
+def _unrotated(
+    ctx: DraftContext, path: str, spec: dict, call: AttentionCall, through_norm: bool = True
+) -> torch.Tensor | None:
+    """The queries before rotation ([b, h, s, d]): the q norm's (unless `through_norm` is False) or q
+    projection's output (scaled back when HF pre-scales them), from the attention module at `path`."""
     q = spec["qkv"].get("q")
-    norm = ctx.found.get("q_norm")
+    norm = ctx.found.get("q_norm") if through_norm else None
     if norm:
         raw = ctx.obs.output(f"{path}.{norm[0]}")
     elif q and q != "FILL_ME":
@@ -173,16 +185,22 @@ def _unrotated(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) ->
         return None
     if raw is None:
         return None
-    h, d = ctx.found["n_heads"], ctx.found["d_head"]
-    query = call.query
-    if raw.dim() == 3:
-        raw = raw.reshape(raw.shape[0], raw.shape[1], h, d)
-    if raw.shape[1] == h and raw.shape[2] != h:
-        raw = raw.transpose(1, 2)
-    raw = raw.transpose(1, 2)  # [b, h, s, d]
+    raw = _heads(ctx, raw)
     if ctx.found.get("q_prescaled"):
+        query = call.query
         raw = raw * float((raw[:, :, 0] * query[:, :, 0]).sum() / (raw[:, :, 0] ** 2).sum())
     return raw
+
+
+def _before_after(ctx: DraftContext, path: str, spec: dict, call: AttentionCall):
+    """The queries before and after rotation ([b, h, s, d]) in the attention module at `path`: the unrotated
+    queries and the attended ones, or, where the q norm comes after rotary (HunYuan), the projection's
+    output and the q norm's input."""
+    if spec.get("qk_norm_at") == "after_rotary":
+        norm = ctx.obs.input(f"{path}.{ctx.found['q_norm'][0]}")
+        raw = _unrotated(ctx, path, spec, call, through_norm=False)
+        return (raw, _heads(ctx, norm)) if raw is not None and norm is not None else (None, None)
+    return _unrotated(ctx, path, spec, call), call.query
 
 
 def _moved(raw: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
@@ -190,18 +208,49 @@ def _moved(raw: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     return ~torch.isclose(raw[:, :, -1].float(), query[:, :, -1].float(), atol=1e-5).all(dim=(0, 1))
 
 
+def _layer_calls(ctx: DraftContext, spec: dict) -> list[tuple[str, AttentionCall | None]]:
+    """Each block's attention module path and its first attention call."""
+    rel, out = spec["path"], []
+    for i in range(len(ctx.obs.module(ctx.blocks))):
+        path = f"{ctx.blocks}.{i}.{rel}" if rel not in ("", ".") else f"{ctx.blocks}.{i}"
+        calls = [c for c in ctx.obs.attention if ctx.obs.name(c.module) == path]
+        out.append((path, calls[0] if calls else None))
+    return out
+
+
+def _norm_after_rotary(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> bool:
+    """The q norm's output is the attended query at every position while its input differs from the
+    projection's output past position 0: HF normalizes after rotary (HunYuan)."""
+    norm = ctx.found.get("q_norm")
+    if not norm:
+        return False
+    out, seen = ctx.obs.output(f"{path}.{norm[0]}"), ctx.obs.input(f"{path}.{norm[0]}")
+    raw = _unrotated(ctx, path, spec, call, through_norm=False)
+    if out is None or seen is None or raw is None or not same(_heads(ctx, out), call.query):
+        return False
+    return bool(_moved(raw, _heads(ctx, seen)).any())
+
+
 def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> None:
-    """Compare the queries HF attends with with the unrotated ones at the last position: which dims turned
-    (rotary_dim) and which pairs kept their norm (rotate-half or interleaved pairing)."""
-    raw = _unrotated(ctx, path, spec, call)
-    if raw is None:
-        return
-    query = call.query
-    last_raw, last = raw[:, :, -1].float(), query[:, :, -1].float()
-    moved = _moved(raw, query)
-    if not bool(moved.any()):
+    """Compare the queries before and after rotation at the last position, in the first layer that rotates
+    (block 0 may be a NoPE layer): which dims turned (rotary_dim) and which pairs kept their norm
+    (rotate-half or interleaved pairing). Also where the q/k norms sit (qk_norm_at)."""
+    if _norm_after_rotary(ctx, path, spec, call):
+        spec["qk_norm_at"] = "after_rotary"
+        ctx.draft.note("block.attn.qk_norm_at: the q norm takes the rotated queries (rotary, then the q/k norms)")
+    for layer_path, layer_call in [(path, call), *_layer_calls(ctx, spec)]:
+        if layer_call is None:
+            continue
+        raw, query = _before_after(ctx, layer_path, spec, layer_call)
+        if raw is None:
+            return
+        moved = _moved(raw, query)
+        if bool(moved.any()):
+            break
+    else:
         return
     ctx.found["rotates"] = True
+    last_raw, last = raw[:, :, -1].float(), query[:, :, -1].float()
     rotary_dim = int(moved.nonzero().max()) + 1
     rotary_dim += rotary_dim % 2
     ctx.found["rotary_dim"] = rotary_dim
@@ -213,26 +262,44 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
 
 
 def observe_rotation_per_layer(ctx: DraftContext) -> None:
-    """Rotary positions must turn the queries of every layer: a layer left unrotated (NoPE layers) or a
-    rotary module whose effect the q norm hides (norm after rotation) is a gap."""
+    """Rotary positions turn the queries of every layer, or of the layers a per-layer config list picks
+    (NoPE layers: `block.attn.rotary`); a pattern no config list gives, or a rotary module whose effect
+    nothing shows, is a gap."""
     if not str(ctx.draft.fields.get("pos_embed", {}).get("kind", "")).startswith("rotary"):
         return
     spec = ctx.draft.fields["block"]["attn"]
-    rel = spec["path"]
     turned = []
-    for i in range(len(ctx.obs.module(ctx.blocks))):
-        path = f"{ctx.blocks}.{i}.{rel}"
-        calls = [c for c in ctx.obs.attention if ctx.obs.name(c.module) == path]
-        raw = _unrotated(ctx, path, spec, calls[0]) if calls else None
+    for path, call in _layer_calls(ctx, spec):
+        raw, query = _before_after(ctx, path, spec, call) if call is not None else (None, None)
         if raw is not None:
-            turned.append(bool(_moved(raw, calls[0].query).any()))
+            turned.append(bool(_moved(raw, query).any()))
     if turned and not any(turned):
-        ctx.draft.gap(
-            "rotary after q/k norm", "the rotary module feeds the blocks but the normed queries are unrotated"
-        )
+        ctx.draft.gap("rotary unseen", "the rotary module feeds the blocks but no layer's queries are rotated")
     elif turned and not all(turned):
-        unrotated = [i for i, t in enumerate(turned) if not t]
-        ctx.draft.gap("per-layer rotary", f"layers {unrotated} attend with unrotated queries (NoPE layers)")
+        expression = _per_layer_flag(ctx, turned)
+        if expression is None:
+            unrotated = [i for i, t in enumerate(turned) if not t]
+            ctx.draft.gap("per-layer rotary", f"layers {unrotated} attend with unrotated queries and no config list "
+                          "picks them")  # fmt: skip
+            return
+        spec["rotary"] = expression
+        ctx.draft.note(f"block.attn.rotary: layers {turned} rotate q/k; `{expression}` picks them")
+
+
+def _per_layer_flag(ctx: DraftContext, wanted: list[bool]) -> str | None:
+    """An expression `name[layer] == value` over a per-layer config list giving `wanted` on every layer:
+    lists named after rope first (SmolLM3's no_rope_layers beside its layer_types), then `layer_types`
+    (Cohere 2, EXAONE 4, Flint rotate only their sliding layers), then any other (which a tiny config may
+    match by chance: noted for review)."""
+    from ..shrink import plain_fields
+
+    lists = [(n, v) for n, v in plain_fields(ctx.config).items() if isinstance(v, list) and len(v) == len(wanted)]
+    lists.sort(key=lambda item: ("rope" not in item[0], item[0] != "layer_types"))
+    for name, values in lists:
+        for value in dict.fromkeys(v for v in values if isinstance(v, (str, int)) and not isinstance(v, bool)):
+            if [v == value for v in values] == wanted:
+                return f"{name}[layer] == {value!r}"
+    return None
 
 
 def _pair_norms(x: torch.Tensor, r: int, interleaved: bool) -> torch.Tensor:
