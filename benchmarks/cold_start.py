@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +36,11 @@ print(json.dumps({"import torch+transformers": t1 - t0, "first bridge": t3 - t2,
 """
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -47,15 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True)
         sample = json.loads(done.stdout.strip().splitlines()[-1])
         for command in ("--help", "list"):
-            start = time.perf_counter()
+            start, used = time.perf_counter(), _children_cpu()
             subprocess.run([*cli, command], capture_output=True, env=env, check=True)
             sample[f"bridge-core {command} (wall)"] = time.perf_counter() - start
+            # CPU time (user + sys) of the command: what the wall time would be on an idle core
+            sample[f"bridge-core {command} (CPU)"] = _children_cpu() - used
         if times or args.repeats == 0:
             for key, value in sample.items():
                 times.setdefault(key, []).append(value)
         else:
             times = {key: [] for key in sample}
-    lines = [f"| measure ({args.repeats} fresh processes) | median ms |", "|---|---:|"]
+    load = os.getloadavg()[0]
+    lines = [f"| measure ({args.repeats} fresh processes; load average {load:.1f}) | median ms |", "|---|---:|"]
     lines += [f"| {key} | {1e3 * statistics.median(values):.0f} |" for key, values in times.items()]
     print("\n".join(lines))
     if args.out:

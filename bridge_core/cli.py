@@ -97,12 +97,15 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .plugin_host import PluginWarning
+    from .plugin_host import PluginWarning, is_builtin
     from .registry import default_registry
 
     registry = default_registry()
+    plugins = [name for name, _ in registry.plugins.pm.list_name_plugin()]
     with warnings.catch_warnings():  # claim conflicts are listed below, as their plugins' failures
         warnings.simplefilter("ignore", PluginWarning)
+        if not all(map(is_builtin, plugins)):  # a third-party kind that clashes or misfits is its failure
+            registry.plugins.kinds  # noqa: B018  (built-ins alone: no kinds collected, so no torch)
         registry.claims()
     rows = []
     for name in registry.names():
@@ -120,7 +123,6 @@ def cmd_list(args: argparse.Namespace) -> int:
             }
         )
     failures = [f.__dict__ for f in registry.plugins.failures]
-    plugins = [name for name, _ in registry.plugins.pm.list_name_plugin()]
     if args.json:
         print(json.dumps({"specs": rows, "plugins": plugins, "failed_plugins": failures}, indent=2))
         return 0

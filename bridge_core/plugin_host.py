@@ -13,21 +13,15 @@ import importlib.metadata
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .kind_checks import contract_problems
-from .kinds import (
-    ActivationFunction,
-    CrossAttentionKind,
-    MaskFormat,
-    Norm,
-    Position,
-    ScoreBiasKind,
-)
+
+if TYPE_CHECKING:  # the contracts import torch: loaded when kinds are first collected, not with the plugins
+    from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, Norm, Position, ScoreBiasKind
 
 ENTRY_POINT_GROUP = "bridge_core"
 BUILTIN_DISTRIBUTION = "bridge-core"
@@ -154,6 +148,8 @@ class PluginHost:
     @property
     def kinds(self) -> Kinds:
         if self._kinds is None:
+            from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, Norm, Position, ScoreBiasKind
+
             origins: dict[tuple[str, str], str] = {}
 
             def collect(hook_name: str, what: str, contract: type) -> dict[str, Any]:
@@ -179,6 +175,8 @@ class PluginHost:
         left out, so it cannot break a forward later; the plugin's other kinds and the other plugins
         still load. Built-ins are collected first, then plugins in pluggy's order: the first keeps a name.
         """
+        from .kind_checks import contract_problems
+
         found: dict[str, Any] = {}
         results = sorted(self.results(hook_name, isolate=True), key=lambda pair: not is_builtin(pair[0]))
         for plugin, result in results:

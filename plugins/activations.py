@@ -5,10 +5,12 @@ Each is transformers' own implementation, so a spec's `act_fn` means exactly wha
 
 from __future__ import annotations
 
-from transformers.activations import ACT2FN
+from typing import TYPE_CHECKING
 
-from bridge_core.kinds import ActivationFunction
 from bridge_core.plugin_host import hookimpl
+
+if TYPE_CHECKING:
+    from bridge_core.kinds import ActivationFunction
 
 _NAMES = (
     "gelu",
@@ -27,4 +29,6 @@ _NAMES = (
 
 @hookimpl
 def bridge_core_activation_functions() -> dict[str, ActivationFunction]:
+    from transformers.activations import ACT2FN  # here: `bridge-core list` loads plugins without transformers
+
     return {name: ACT2FN[name] for name in _NAMES if name in ACT2FN}

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bridge_core.errors import SpecError
+
+if TYPE_CHECKING:
+    import torch
 
 # layout name -> whether it holds a batch dim (a batch-free layout cannot count real tokens)
 LAYOUTS = {"b*h 1 k": True, "b h 1 k": True, "b h q k": True, "1 h 1 k": False, "h 1 k": False, "h q k": False}
@@ -52,6 +53,8 @@ def slopes(n_heads: int, order: str, max_bias: float) -> torch.Tensor:
     """Per-head slopes 2^(-max_bias*i/n). For n not a power of two, `bloom` takes the lower power's
     slopes then every other slope of the next power; `mpt` takes the next power's slopes, the odd
     positions first, then the even ones, and keeps the first n."""
+    import torch
+
     if order == "mpt":
         power = 2 ** math.ceil(math.log2(n_heads))
         base = torch.tensor([2 ** (-max_bias * (i + 1) / power) for i in range(power)])
@@ -80,6 +83,8 @@ def alibi_bias(
     the row alone); `origin: last` measures from the last key (MPT: values <= 0). A layout with a
     query dim gets the bias repeated over the queries.
     """
+    import torch
+
     settings = _settings(params)
     head_slopes = slopes(n_heads, settings["slopes"], float(settings["max_bias"])).to(device)
     if settings["positions"] == "real_tokens" and padding_mask is not None:

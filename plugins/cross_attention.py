@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from bridge_core.kinds import CrossAttentionKind, MaskFormat
 from bridge_core.plugin_host import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from bridge_core.kinds import CrossAttentionKind, MaskFormat
 
 
 def _encoder_output_kwargs(
@@ -25,4 +29,6 @@ def _encoder_output_kwargs(
 
 @hookimpl
 def bridge_core_cross_attention_kinds() -> list[CrossAttentionKind]:
+    from bridge_core.kinds import CrossAttentionKind
+
     return [CrossAttentionKind("encoder_output", block_kwargs=_encoder_output_kwargs)]

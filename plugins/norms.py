@@ -6,12 +6,18 @@ Gemma, OLMo 2), or cast before the weight multiplies (LlamaRMSNorm; T5LayerNorm 
 
 from __future__ import annotations
 
-from bridge_core.kinds import NormKind
+from typing import TYPE_CHECKING
+
 from bridge_core.plugin_host import hookimpl
+
+if TYPE_CHECKING:
+    from bridge_core.kinds import NormKind
 
 
 @hookimpl
 def bridge_core_norm_kinds() -> list[NormKind]:
+    from bridge_core.kinds import NormKind  # here: loading the plugin must not import torch
+
     return [
         NormKind("layernorm", centered=True, upcast=True),
         NormKind("rmsnorm", centered=False, upcast=True, cast_first=True),

@@ -7,11 +7,15 @@ from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, a
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from bridge_core.errors import SpecError
-from bridge_core.kinds import PositionKind
 from bridge_core.plugin_host import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+
+    from bridge_core.kinds import PositionKind
 
 
 def _too_narrow(rotary_dim: int, width: int) -> SpecError:
@@ -28,6 +32,8 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
 
     `x` is `[b, h, s, d]`; `cos`/`sin` are the rotary module's `[b, s, >= rotary_dim]` output.
     """
+    import torch
+
     if cos.shape[-1] < rotary_dim:
         raise _too_narrow(rotary_dim, cos.shape[-1])
     cos = cos[..., :rotary_dim].unsqueeze(1)
@@ -45,6 +51,8 @@ def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ro
     (`[b, s, rotary_dim / 2]`, GPT-J's sinusoid table) or each value repeated for both dims of its pair
     (`[b, s, >= rotary_dim]`, Cohere's `repeat_interleave`). Computed in `x`'s dtype, as GPT-J does.
     """
+    import torch
+
     width = cos.shape[-1]
     if 2 * width == rotary_dim:  # one frequency per pair: spread it over both dims of the pair
         cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
@@ -80,6 +88,8 @@ def rotate_interleaved_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
 
 @hookimpl
 def bridge_core_position_kinds() -> list[PositionKind]:
+    from bridge_core.kinds import PositionKind
+
     return [
         PositionKind("learned", limits_length=True, has_table=True),
         # a fixed table computed at init (Marian, Pegasus): looked up like a learned one

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from bridge_core.errors import SpecError
-from bridge_core.kinds import ScoreBiasKind
 from bridge_core.plugin_host import hookimpl
 
 from .alibi import alibi_bias, alibi_layout
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from bridge_core.kinds import ScoreBiasKind
+
 
 def relative_buckets(relative: torch.Tensor, bidirectional: bool, num_buckets: int, max_distance: int) -> torch.Tensor:
     """Bucket of each `key - query` distance."""
+    import torch
+
     buckets = torch.zeros_like(relative)
     if bidirectional:
         num_buckets //= 2
@@ -59,6 +63,8 @@ def t5_bias(
     `params` is the spec's `score_bias.params`: `bidirectional` (encoders and T5's encoder stack),
     `num_buckets` and `max_distance` (T5's `relative_attention_num_buckets` / `_max_distance`).
     """
+    import torch
+
     missing = [key for key in T5_PARAMS if key not in params]
     if missing:
         raise SpecError(f"score bias kind 't5_buckets' needs params {', '.join(missing)}", field="score_bias.params")
@@ -77,6 +83,8 @@ def _table_as_bias(values: torch.Tensor) -> torch.Tensor:
 
 @hookimpl
 def bridge_core_score_bias_kinds() -> list[ScoreBiasKind]:
+    from bridge_core.kinds import ScoreBiasKind
+
     return [
         ScoreBiasKind("t5_buckets", compute=t5_bias, hook_view=_table_as_bias),
         ScoreBiasKind("alibi_bias", compute=alibi_bias, params_format=alibi_layout),

@@ -1,10 +1,10 @@
 """Running hook functions on a forward: PyTorch hooks attached for one call, removed after.
 
-`HookSession` groups the active entries by HF module, registers at most one forward pre-hook and
-one forward hook per module (plus attention routes), and removes all of it in `finally`. Every hook
-acts only in the context (thread, task) whose call registered it (`_ACTIVE`). Edits are detected by
-return value, by the version counter (in-place edits) or, for inference tensors, by comparing bits
-with a copy; an unedited tensor stays HF's own, so identity hooks keep logits bit-identical.
+`HookSession` takes the plan for the call's points (`_Plan`: the points grouped by HF module, at
+most one forward pre-hook and one forward hook per module, plus attention routes, with those hooks
+prepared once and kept with the plan between calls), registers the plan's hooks, and removes all of
+it in `finally`. Every hook acts only in the context (thread, task) whose call registered it
+(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`.
 """
 
 from __future__ import annotations
@@ -20,24 +20,17 @@ from torch import nn
 
 from ..errors import HookShapeError as HookShapeError  # imported from here by older code
 from .attention import AttentionRoute, attention_routed
-from .hook_points import HookEntry, HookPoint, checked_return, same_bits
+from .hook_points import HookEntry, HookPoint
 from .hook_values import HookValueGuard, Watch
-from .moe import MoEPlace, moe_output
+from .module_hooks import _attention_hook, _ModuleHooks, _PointRun
 from .places import (
     AttentionValue,
-    HeadResult,
     ModuleInput,
-    ModuleOutput,
-    NormValue,
-    Place,
     Scaled,
     ShapedView,
     TokenShape,
-    select_output,
 )
 from .reimplement import ReimplementedLayer, ReimplementRun
-from .tensor_parallel import Sharded, local_parameter
-from .weights import materialize
 
 # The plans (and gates) whose hooks act in this context, innermost call last. PyTorch hooks live on
 # modules, which every thread shares; each checks this before doing anything.
@@ -58,209 +51,6 @@ def activate(owner: object, stack: ExitStack, replaces: Callable[[object], bool]
     """Make `owner` active in this context until `stack` closes (dropping active ones `replaces` accepts)."""
     token = _ACTIVE.set((*(o for o in _ACTIVE.get() if not replaces(o)), owner))
     stack.callback(_ACTIVE.reset, token)
-
-
-class _PointRun:
-    """The fwd and bwd functions of one hook point, applied to one tensor."""
-
-    __slots__ = ("bwd", "clone", "fwd", "point", "watched", "writes")
-
-    def __init__(self, point: HookPoint) -> None:
-        self.point = point
-        self.fwd: list = []
-        self.bwd: list = []
-        self.writes = False  # whether any fwd function may edit (the bridge's own cache functions only read)
-        self.clone = False  # HF changes this point's tensor in place later: hooks get a copy (hook_values.py)
-        self.watched: Watch | None = None  # this forward's hooked tensors, checked when it is over
-
-    def apply(self, tensor: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Run the forward functions; returns the (possibly new) tensor and whether it was edited."""
-        given = tensor = tensor.clone() if self.clone else tensor
-        # Inference tensors have no version counter: an in-place edit is seen by comparing with a copy.
-        counted = not tensor.is_inference()
-        version = tensor._version if counted else 0
-        before = tensor.clone() if not counted and self.writes else None
-        for fn in self.fwd:
-            result = fn(tensor, self.point)
-            if result is not None and result is not tensor:
-                tensor = checked_return(self.point, result, tensor)
-        if tensor is not given:
-            return (tensor.clone() if self.clone else tensor), True
-        edited = tensor._version != version if counted else before is not None and not same_bits(before, tensor)
-        if counted and not edited and not self.clone and self.watched is not None:
-            self.watched.add(self, tensor, version)
-        return (tensor.clone() if self.clone and edited else tensor), edited
-
-    def attach_backward(self, tensor: torch.Tensor) -> None:
-        if not tensor.requires_grad:
-            return
-        point = self.point
-        for fn in self.bwd:
-
-            def on_grad(grad: torch.Tensor, fn=fn) -> torch.Tensor | None:
-                result = fn(grad, point)
-                return None if result is None or result is grad else checked_return(point, result, grad)
-
-            tensor.register_hook(on_grad)
-
-
-def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
-    """Apply a point's hooks to `view(base)`; returns a replacement for `base`, or None if unchanged."""
-    if isinstance(view, Sharded):  # tensor parallel: hooks see the whole tensor, this rank keeps its slice
-        replacement = _run_viewed(run, view.gather(base), view.inner)
-        return None if replacement is None else view.local(replacement)
-    if isinstance(view, Scaled):
-        return _run_scaled(run, base, view)
-    shown = view(base) if view is not None else base
-    replaces = getattr(view, "replaces_base", False)
-    if run.bwd or replaces:
-        shown = shown.clone()  # a tensor of our own: its gradient can be hooked, in-place edits are safe
-    new, edited = run.apply(shown)
-    run.attach_backward(new)
-    if not edited and not run.bwd:
-        return None
-    if view is None or replaces:
-        return new
-    replacement = base.clone()
-    view(replacement).copy_(new)
-    return replacement
-
-
-def _run_scaled(run: _PointRun, base: torch.Tensor, view: Scaled) -> torch.Tensor | None:
-    """Hooks on `base * factor` (a product of our own); an edit goes back as `edit / factor`, for HF to
-    multiply again. A replacement equal to the product bit for bit is no edit: HF's tensor stays."""
-    new, edited = run.apply(view(base))
-    run.attach_backward(new)
-    if not run.bwd and (not edited or same_bits(new, view(base))):
-        return None
-    if edited:
-        value = new / view.factor
-    else:  # only backward hooks: HF's values exactly, with the gradient routed through the hooked product
-        value = (base if view.inner is None else view.inner(base)) + (new - new.detach()) / view.factor
-    if view.inner is None:
-        return value.to(base.dtype)
-    replacement = base.clone()
-    view.inner(replacement).copy_(value)
-    return replacement
-
-
-def _replace(output: Any, index: int | None, value: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return value
-    position = 0 if index is None else index
-    items = list(output)
-    items[position] = value
-    return tuple(items)
-
-
-class _ModuleHooks:
-    """Every active point placed on one module, in the order the points were bound."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.inputs: list[tuple[ModuleInput, _PointRun]] = []
-        self.outputs: list[tuple[Place, _PointRun]] = []
-        self.gate: ReimplementRun | None = None  # held back during a reimplemented module's original forward
-
-    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
-        if self.gate is not None and self.gate.original_running:
-            return None
-        changed = False
-        for place, run in self.inputs:
-            in_kwargs = place.kwarg in kwargs
-            tensor = kwargs[place.kwarg] if in_kwargs else args[place.arg]
-            replacement = _run_viewed(run, tensor, place.view)
-            if replacement is None:
-                continue
-            if place.in_place:
-                if replacement is not tensor:
-                    tensor.copy_(replacement)  # HF holds this tensor twice: edit it where it is
-                continue
-            changed = True
-            if in_kwargs:
-                kwargs = {**kwargs, place.kwarg: replacement}
-            else:
-                args = (*args[: place.arg], replacement, *args[place.arg + 1 :])
-        return (args, kwargs) if changed else None
-
-    def post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any):
-        if self.gate is not None and self.gate.original_running:
-            return None
-        changed = False
-        norms_done = False
-        for place, run in self.outputs:
-            if isinstance(place, NormValue):
-                # scale and normalized are one computation; it runs before any other point on
-                # this module (e.g. hook_attn_out on Gemma 2's post-attention norm) sees the output.
-                if norms_done:
-                    continue
-                norms_done = True
-                runs = {p.which: r for p, r in self.outputs if isinstance(p, NormValue)}
-                new = self._norm(place, runs, args, kwargs, select_output(output, None))
-                if new is not None:
-                    output, changed = _replace(output, None, new), True
-            elif isinstance(place, ModuleOutput):
-                tensor = select_output(output, place.index)
-                replacement = _run_viewed(run, tensor, place.view)
-                if replacement is not None and replacement is not tensor:
-                    output, changed = _replace(output, place.index, replacement), True
-            elif isinstance(place, HeadResult):
-                new = self._head_result(place, run, args, kwargs)
-                if new is not None:
-                    output, changed = _replace(output, None, new.to(select_output(output, None).dtype)), True
-            elif isinstance(place, MoEPlace):  # router probabilities; experts recomputed (moe.py)
-                new = moe_output(place, run, self.outputs, args, kwargs, output)
-                if new is not None:
-                    output, changed = new, True
-        return output if changed else None
-
-    def _input(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-
-    def _norm(self, place: NormValue, runs: dict[str, _PointRun], args, kwargs, output) -> torch.Tensor | None:
-        kind = place.kind
-        view = place.view
-        prepared = kind.prepare(self._input(args, kwargs))
-        eps = kind.eps(self.module)
-        scale = kind.scale(prepared, eps)
-        edited = False
-        if "scale" in runs:
-            new_scale = _run_viewed(runs["scale"], scale, view)
-            if new_scale is not None:
-                scale, edited = new_scale, True
-        normalized = prepared / scale
-        if "normalized" in runs:
-            new_normalized = _run_viewed(runs["normalized"], normalized, view)
-            if new_normalized is not None:
-                normalized, edited = new_normalized, True
-        if not edited:
-            return None
-        weight, bias = materialize(self.module, "weight"), materialize(self.module, "bias")
-        # HF's output plus what the edit changed (the kind's arithmetic on edited minus unedited
-        # values, recomputed since hooks may edit in place): an edit that changes no value gives
-        # HF's output bit for bit, whatever its kernel does (fused LayerNorm, rsqrt), in any dtype.
-        rebuilt = kind.output(normalized, weight, bias, output.dtype)
-        unedited = kind.output(prepared / kind.scale(prepared, eps), weight, bias, output.dtype)
-        work = torch.promote_types(output.dtype, torch.float32)
-        return (output.to(work) + (rebuilt.to(work) - unedited.to(work))).to(output.dtype)
-
-    def _head_result(self, place: HeadResult, run: _PointRun, args, kwargs) -> torch.Tensor | None:
-        # -1 heads: a tensor-parallel rank holds only its own (its z, its rows of W_O)
-        z = self._input(args, kwargs).unflatten(-1, (-1, place.d_head))
-        weight = local_parameter(self.module, "weight", materialize)  # offloaded: on meta, read from the map
-        # W_O as [h, d_head, d_model] (a view of the real parameter).
-        w_o = weight if place.layout == "conv1d" else weight.t()
-        w_o = w_o.unflatten(0, (-1, place.d_head))
-        result = torch.einsum("...hd,hdm->...hm", z, w_o)
-        if isinstance(place.view, Sharded):
-            result = place.view.gather(result)
-        result, edited = run.apply(result)
-        run.attach_backward(result)
-        if not edited and not run.bwd:
-            return None
-        out = result.sum(-2)
-        bias = local_parameter(self.module, "bias", materialize)  # replicated under tensor parallelism
-        return out + bias if bias is not None else out
 
 
 class _Plan:
@@ -308,6 +98,24 @@ class _Plan:
         views = [getattr(r.point.place, "view", None) for r in order]
         views = [v.inner if isinstance(v, Scaled) else v for v in views]  # a scaled flat-token view records too
         self.recorders = {id(v.source): v for v in views if v is not None and isinstance(v, ShapedView)}
+        self.hooks = self._module_hooks()
+
+    def _module_hooks(self) -> list[tuple[nn.Module, bool, Callable[..., Any], bool]]:
+        """`(module, pre, hook, prepend)` for every PyTorch hook a call of this plan registers, gated on
+        the plan once here (a call only registers them). Order matters: a reimplemented module's
+        post-hook comes first among its hooks, so hook_attn_out sees the recomputed output."""
+        out: list[tuple[nn.Module, bool, Callable[..., Any], bool]] = []
+        for run in self.reimplement_runs.values():
+            out.append((run.layer.module, True, gated(self, run.pre_hook), False))
+            out.append((run.layer.module, False, gated(self, run.post_hook), True))
+        for view in self.recorders.values():
+            out.append((view.source, True, gated(self, _shape_recorder(view.cell)), False))
+        for hooks in self.modules.values():
+            if hooks.inputs:
+                out.append((hooks.module, True, gated(self, hooks.pre_hook), False))
+            if hooks.outputs:
+                out.append((hooks.module, False, gated(self, hooks.post_hook), False))
+        return out
 
     def fill(self, entries: Sequence[HookEntry]) -> None:
         for run in self.runs.values():
@@ -384,24 +192,13 @@ class HookSession:
         try:
             owner = self.owner
             activate(plan, stack, replaces=lambda other: getattr(other, "owner", None) is owner)
-            for run in plan.reimplement_runs.values():
-                module = run.layer.module
-                handle = module.register_forward_pre_hook(gated(plan, run.pre_hook), with_kwargs=True)
-                stack.callback(handle.remove)
-                # first among the module's forward hooks: hook_attn_out must see the recomputed output
-                handle = module.register_forward_hook(gated(plan, run.post_hook), with_kwargs=True, prepend=True)
-                stack.callback(handle.remove)
-            for view in plan.recorders.values():
-                recorder = gated(plan, _shape_recorder(view.cell))
-                handle = view.source.register_forward_pre_hook(recorder, with_kwargs=True)
-                stack.callback(handle.remove)
-            for hooks in plan.modules.values():
-                if hooks.inputs:
-                    handle = hooks.module.register_forward_pre_hook(gated(plan, hooks.pre_hook), with_kwargs=True)
-                    stack.callback(handle.remove)
-                if hooks.outputs:
-                    handle = hooks.module.register_forward_hook(gated(plan, hooks.post_hook), with_kwargs=True)
-                    stack.callback(handle.remove)
+            handles: list[Any] = []
+            stack.callback(_remove_all, handles)  # one callback for every handle (removed even if one fails)
+            for module, pre, hook, prepend in plan.hooks:
+                if pre:
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(hook, with_kwargs=True, prepend=prepend))
             # Always entered: it also hides the routes of an outer call of this bridge in this context.
             stack.enter_context(attention_routed(self.configs, plan.routes, owner))
         except BaseException:
@@ -420,23 +217,21 @@ class HookSession:
         self._stack.close()
 
 
+def _remove_all(handles: list[Any]) -> None:
+    """Remove every handle, in reverse order of registration, even if one removal raises."""
+    error: BaseException | None = None
+    while handles:
+        try:
+            handles.pop().remove()
+        except BaseException as exc:  # the others are still removed; the first error is re-raised
+            error = error or exc
+    if error is not None:
+        raise error
+
+
 def _shape_recorder(cell: TokenShape):
     def record(module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         cell.shape = tuple(hidden.shape[:-1])
 
     return record
-
-
-def _attention_hook(run: _PointRun, view: Sharded | None = None):
-    def hook(tensor: torch.Tensor) -> torch.Tensor:
-        if view is not None:  # tensor parallel: this rank's heads; hooks see them all
-            replacement = _run_viewed(run, tensor, view)
-            return tensor if replacement is None else replacement
-        if run.bwd:  # a tensor of our own that the rest of attention uses, so its gradient can be hooked
-            tensor = tensor.clone()
-        new, _ = run.apply(tensor)
-        run.attach_backward(new)
-        return new
-
-    return hook

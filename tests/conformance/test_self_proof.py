@@ -10,7 +10,7 @@ import pkgutil
 import pytest
 import torch
 
-from bridge_core.bridge import dispatch, places
+from bridge_core.bridge import dispatch, module_hooks, places
 from bridge_core.conformance import build_context, catalogue, run, run_checks
 
 # spec file -> (the check meant to catch it, other checks that legitimately fail too, text in the blamed field)
@@ -204,13 +204,13 @@ def _fault_leaky_session(monkeypatch, ctx):
 
 
 def _fault_inexact_write_back(monkeypatch, ctx):
-    original = dispatch._run_viewed
+    original = module_hooks._run_viewed
 
     def inexact(run, base, view):
         out = original(run, base, view)
         return None if out is None else out + 1e-7
 
-    monkeypatch.setattr(dispatch, "_run_viewed", inexact)
+    monkeypatch.setattr(module_hooks, "_run_viewed", inexact)
 
 
 def _fault_heads_not_a_view(monkeypatch, ctx):
@@ -251,13 +251,13 @@ def _fault_norm_recompute(monkeypatch, ctx):
 
 
 def _fault_norm_rebuild(monkeypatch, ctx):
-    original = dispatch._ModuleHooks._norm
+    original = module_hooks._ModuleHooks._norm
 
     def off_by_one_percent(self, *args):
         rebuilt = original(self, *args)
         return None if rebuilt is None else rebuilt * 1.01
 
-    monkeypatch.setattr(dispatch._ModuleHooks, "_norm", off_by_one_percent)
+    monkeypatch.setattr(module_hooks._ModuleHooks, "_norm", off_by_one_percent)
 
 
 def _fault_generation_off_by_one(monkeypatch, ctx):
@@ -286,7 +286,7 @@ def _fault_gradient_scaled(monkeypatch, ctx):
             for fn in self.bwd:
                 tensor.register_hook(lambda grad, fn=fn, point=self.point: fn(grad * 1.5, point))
 
-    monkeypatch.setattr(dispatch._PointRun, "attach_backward", attach)
+    monkeypatch.setattr(module_hooks._PointRun, "attach_backward", attach)
 
 
 # fault injected into the core -> the checks that must catch it

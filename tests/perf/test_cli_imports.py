@@ -1,5 +1,7 @@
-"""`bridge-core --help` must not import torch, transformers or the conformance checks: the property
-behind a help screen in well under a second, checked on `sys.modules` in a fresh interpreter."""
+"""`bridge-core --help` and `bridge-core list` must not import torch, transformers or the conformance
+checks: the property behind both answering in well under a second, checked on `sys.modules` in a
+fresh interpreter. `list` is checked with bridge-core's own plugins only (the dev environment also
+has the example ALiBi plugin installed, which imports torch at import, as a third-party plugin may)."""
 
 from __future__ import annotations
 
@@ -10,10 +12,18 @@ import sys
 HEAVY = ("torch", "transformers", "bridge_core.conformance")
 
 
-def _modules_after(code: str) -> set[str]:
+# Entry points narrowed to bridge-core's own distribution, as in an install with no third-party plugin.
+BUILTIN_PLUGINS_ONLY = (
+    "import importlib.metadata as md\n"
+    "_all = md.entry_points\n"
+    "md.entry_points = lambda **kw: md.EntryPoints(e for e in _all(**kw) if e.dist and e.dist.name == 'bridge-core')\n"
+)
+
+
+def _modules_after(code: str, preamble: str = "") -> set[str]:
     """The heavy modules a fresh interpreter holds after running `code` (its stdout is discarded)."""
     probe = (
-        "import contextlib, io, json, sys\n"
+        preamble + "import contextlib, io, json, sys\n"
         f"with contextlib.redirect_stdout(io.StringIO()):\n"
         f"    {code}\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
@@ -27,6 +37,26 @@ def test_help_parses_without_importing_torch_transformers_or_conformance():
         "from bridge_core.cli import main\n    try:\n        main(['--help'])\n    except SystemExit:\n        pass"
     )
     assert loaded == set()
+
+
+def test_list_with_builtin_plugins_imports_neither_torch_nor_transformers():
+    code = "from bridge_core.cli import main\n    assert main(['list', '--json']) == 0"
+    assert _modules_after(code, BUILTIN_PLUGINS_ONLY) == set()
+
+
+def test_loading_the_builtin_plugins_and_their_specs_imports_no_torch():
+    code = "from bridge_core.registry import Registry\n    assert 'gpt2' in Registry().claims().values()"
+    assert _modules_after(code, BUILTIN_PLUGINS_ONLY) == set()
+
+
+def test_the_builtin_kinds_still_load_and_fit_their_contracts_once_asked_for():
+    from bridge_core.plugin_host import PluginHost
+
+    host = PluginHost()
+    kinds = host.kinds
+    assert {"layernorm", "rmsnorm"} <= set(kinds.norms) and "gelu_new" in kinds.activations
+    assert {"rotary", "learned"} <= set(kinds.positions) and "4d_additive" in kinds.mask_formats
+    assert not [f for f in host.failures if f.distribution == "bridge-core"]
 
 
 def test_import_bridge_core_is_light_until_a_public_name_is_used():
