@@ -88,12 +88,35 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     else:
         name, roles, rcall = router
         moe["router"], moe["router_output"] = name, roles
-        logits, got = rcall.output[roles.index("logits")], rcall.output[roles.index("weights")]
-        _scoring(ctx, moe, logits, got, top_k)
+        out = _replayed(obs.module(f"{path}.{name}"), rcall)
+        logits, got = out[roles.index("logits")], out[roles.index("weights")]
+        _scoring(ctx, moe, path, logits, got, out[roles.index("indices")], top_k)
     ctx.found["d_mlp"] = d_mlp
     spec.update(kind="moe", layout="linear", moe=moe)
     spec.pop("flat_tokens", None)
     return _shared(ctx, path, moe, {experts, moe["router"]})
+
+
+def _replayed(router: torch.nn.Module, call: Call, tokens: int = 512) -> tuple:
+    """The router's output on `tokens` fresh random hidden states (its other arguments as probed): a few probed
+    tokens can route alike under two readings (a bias on scores or on logits); many tell them apart."""
+    args = list(call.args)
+    first = args[0] if args else next(iter(call.kwargs.values()))
+    generator = torch.Generator().manual_seed(0)
+    d = first.shape[-1]
+    hidden = torch.randn(tokens, d, generator=generator, dtype=torch.float32) * first.float().std()
+    hidden = hidden.to(first.dtype)
+    kwargs = dict(call.kwargs)
+    if args:
+        args[0] = hidden
+    else:
+        kwargs[next(iter(kwargs))] = hidden
+    try:
+        with torch.no_grad():
+            out = router(*args, **kwargs)
+    except Exception:
+        return call.output  # a router that refuses other shapes: the probed call is the evidence
+    return out if isinstance(out, tuple) and len(out) == len(call.output) else call.output
 
 
 def _gate_first(ctx, w_gu, w_down, hidden, index, weights, out) -> bool | None:
@@ -118,31 +141,102 @@ def _gate_first(ctx, w_gu, w_down, hidden, index, weights, out) -> bool | None:
     return None
 
 
-def _scoring(ctx: DraftContext, moe: dict, logits: torch.Tensor, got: torch.Tensor, k: int) -> None:
-    """Which of softmax-then-top-k (renormalized or not) and top-k-then-softmax gives the observed weights."""
-    probs = torch.softmax(logits.float(), dim=-1)
-    top = probs.topk(k, dim=-1).values
-    options = {
-        ("softmax_then_topk", True): top / top.sum(-1, keepdim=True),
-        ("softmax_then_topk", False): top,
-        ("topk_then_softmax", True): torch.softmax(logits.float().topk(k, dim=-1).values, dim=-1),
-    }
-    got = got.float().sort(dim=-1, descending=True).values
-    found = [key for key, value in options.items() if same(value, got, atol=1e-4)]
+_SCALING = ("routed_scaling_factor", "router_scaling_factor", "moe_routed_scaling_factor")
+_GROUPS = (("n_group", "topk_group"), ("num_expert_group", "topk_group"))
+
+
+def _bias_buffers(ctx: DraftContext, path: str, n_experts: int) -> list[str | None]:
+    """Candidate selection-only correction biases: floating buffers `[n_experts]` under the MLP (paths relative
+    to it), and None. The drafter's model has them perturbed, as conformance's, so each reroutes differently."""
+    found = [
+        name
+        for name, buffer in ctx.obs.module(path).named_buffers()
+        if buffer.dim() == 1 and buffer.shape[0] == n_experts and buffer.is_floating_point()
+    ]
+    return [None, *found]
+
+
+def _route(ctx, path, scoring, renorm, bias, on_logits, groups, top_k, logits):
+    """The bridge's own routing (bridge/moe.py) under one candidate reading of the router."""
+    from types import SimpleNamespace
+
+    from ...bridge.moe import routing
+
+    owner, _, name = (bias or "").rpartition(".")
+    n_group, topk_group = groups or (1, 1)
+    moe = SimpleNamespace(
+        sigmoid=scoring == "sigmoid",
+        softmax_first=scoring == "softmax_then_topk",
+        norm_topk_prob=renorm,
+        routed_scaling=1.0,
+        top_k=top_k,
+        n_experts=logits.shape[-1],
+        group_limited=groups is not None,
+        n_group=n_group,
+        topk_group=topk_group,
+        group_score="top2_sum",
+        bias_on_logits=on_logits,
+        correction_bias=lambda: None if bias is None else getattr(ctx.obs.module(path).get_submodule(owner), name),
+    )
+    _, weights, indices = routing(moe, logits.float())
+    order = indices.argsort(dim=-1)
+    return weights.gather(-1, order), indices.gather(-1, order)
+
+
+def _scoring(ctx: DraftContext, moe: dict, path: str, logits: torch.Tensor, got: torch.Tensor, index, k) -> None:
+    """Which scoring (softmax then top-k, top-k then softmax, sigmoid), renormalization, selection-only
+    correction bias, expert groups and routed scaling reproduce the router's own experts and weights."""
+    order = index.argsort(dim=-1)
+    got, index = got.float().gather(-1, order), index.gather(-1, order)
+    fields = {}
+    from ..shrink import plain_fields
+
+    fields = plain_fields(ctx.config)
+    groups = [
+        (a, b, fields[a], fields[b])
+        for a, b in _GROUPS
+        if isinstance(fields.get(a), int) and isinstance(fields.get(b), int) and fields[a] > 1
+    ]
+    found = []
+    for scoring in ("softmax_then_topk", "topk_then_softmax", "sigmoid"):
+        for renorm in (True, False) if scoring != "topk_then_softmax" else (True,):
+            for bias in _bias_buffers(ctx, path, logits.shape[-1]):
+                for on_logits in (False, True) if bias else (False,):
+                    for group in [None, *groups]:
+                        weights, indices = _route(
+                            ctx, path, scoring, renorm, bias, on_logits, group and group[2:], k, logits
+                        )
+                        if not torch.equal(indices, index):
+                            continue
+                        scale = float(got.sum() / weights.sum()) if weights.sum() else 1.0
+                        if same(weights * scale, got, atol=1e-4):
+                            found.append((scoring, renorm, bias, on_logits, group, scale))
     if not found:
         ctx.draft.gap("MoE scoring", "the router's weights are none of the registered scorings of its logits")
         return
-    scoring, renorm = found[0]
+    # the fewest extras that fit: no bias before a bias, no groups before groups; a bias that fits is taken
+    # over none only when none does not fit
+    scoring, renorm, bias, on_logits, group, scale = found[0]
     moe["scoring"] = scoring
-    field = ctx.attr(renorm, ("norm_topk_prob",), ("norm_topk",))
-    if scoring == "softmax_then_topk":
+    if scoring != "topk_then_softmax":
+        field = ctx.attr(renorm, ("norm_topk_prob",), ("norm_topk",))
         if field:
             moe["norm_topk_prob"] = field
         else:
             moe["norm_topk_prob"] = renorm
             ctx.draft.note(f"block.mlp.moe.norm_topk_prob: {renorm} observed; no config field holds it")
-    if len(found) > 1:
-        ctx.draft.note(f"block.mlp.moe.scoring: {[f[0] for f in found]} all fit the observed weights")
+    if bias is not None:
+        moe["correction_bias"] = bias
+        if on_logits:
+            moe["correction_bias_on"] = "logits"
+    if group is not None:
+        moe["selection"], moe["n_group"], moe["topk_group"] = "noaux_tc", group[0], group[1]
+    if abs(scale - 1.0) > 1e-4:
+        moe["routed_scaling"] = ctx.attr(scale, _SCALING, ("scaling_factor",)) or round(scale, 6)
+        if not isinstance(moe["routed_scaling"], str):
+            ctx.draft.note(f"block.mlp.moe.routed_scaling: {scale:.6g} observed; no config field holds it")
+    if len({f[:2] for f in found}) > 1:
+        ctx.draft.note(f"block.mlp.moe.scoring: {sorted({f[0] for f in found})} all fit the observed routing")
 
 
 def _shared(ctx: DraftContext, path: str, moe: dict, used: set[str]) -> dict | None:
