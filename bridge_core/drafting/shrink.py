@@ -30,6 +30,7 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("num_experts_per_tok", "moe_topk", "num_experts_per_token"), 2),
     **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32),
 }  # fmt: skip
+_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 _KV_HEADS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 _WINDOWS = ("sliding_window", "attention_window", "window_size")
 _SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}
@@ -75,6 +76,10 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SIZES[key]
+    if any(fields.get(k) is None for k in _EXPERTS if k in fields):  # unset expert counts (dots1): set them all
+        for key in (*_EXPERTS, "n_shared_experts"):
+            if key in fields and fields[key] is None:
+                out[key] = _SIZES.get(key, 1)
     if "head_dim" in fields and fields["head_dim"] is None:
         out["head_dim"] = D_HEAD  # = d_model // n_heads here; some classes use an unset head_dim as is
     heads = next((fields[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in fields), None)

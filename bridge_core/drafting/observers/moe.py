@@ -254,3 +254,84 @@ def _shared(ctx: DraftContext, path: str, moe: dict, used: set[str]) -> dict | N
         moe["shared_expert_gate"] = gate
         ctx.draft.note(f"block.mlp.moe.shared_expert_gate: '{gate}' (a Linear d -> 1) scales the shared expert")
     return {"path": f"{path}.{shared[0][0]}"}
+
+
+def moe_layers(blocks: torch.nn.ModuleList) -> list[bool] | None:
+    """Which blocks hold fused experts (3-D parameters), when that is all that tells them apart: the blocks
+    of each kind built alike. None when the blocks differ otherwise (or do not mix)."""
+    is_moe = [any(p.dim() == 3 for p in block.parameters()) for block in blocks]
+    if len(set(is_moe)) < 2:
+        return None
+    shapes = [sorted((n, type(m).__name__) for n, m in block.named_modules()) for block in blocks]
+    for kind in (True, False):
+        alike = [shape for shape, moe in zip(shapes, is_moe, strict=True) if moe is kind]
+        if any(shape != alike[0] for shape in alike):
+            return None
+    return is_moe
+
+
+# per-layer MLP kinds transformers configs write, as spec expressions over `layer` and the config
+_MIX = (
+    ("mlp_layer_types", "'moe' if mlp_layer_types[layer] == {sparse!r} else {dense!r}"),
+    ("first_k_dense_replace", "{dense!r} if layer < first_k_dense_replace else 'moe'"),
+    ("mlp_only_layers", "{dense!r} if layer in mlp_only_layers or (layer + 1) % decoder_sparse_step != 0 else 'moe'"),
+    ("moe_layer_freq", "'moe' if layer % moe_layer_freq == 0 else {dense!r}"),
+)
+
+
+def mix_expression(ctx: DraftContext, is_moe: list[bool], dense: str) -> str | None:
+    """An expression over `layer` and the config whose value per layer is the observed kind (`moe` or `dense`),
+    or None (a gap). Each candidate is evaluated by the spec's own evaluator; where several fit, a note."""
+    from ...spec.expressions import evaluate
+    from ..shrink import plain_fields
+
+    fields = plain_fields(ctx.config)
+    types = fields.get("mlp_layer_types")
+    sparse = types[is_moe.index(True)] if isinstance(types, list) and len(types) == len(is_moe) else "sparse"
+    want = ["moe" if moe else dense for moe in is_moe]
+    fits = []
+    for name, form in _MIX:
+        if name not in fields:
+            continue
+        expression = form.format(sparse=sparse, dense=dense)
+        try:
+            got = [evaluate(expression, {**fields, "layer": i}) for i in range(len(is_moe))]
+        except Exception:
+            continue
+        if got == want:
+            fits.append(expression)
+    if len(fits) > 1:
+        ctx.draft.note(f"block.mlp.kind: {fits[1:]} fit the observed layers too")
+    return fits[0] if fits else None
+
+
+def observe_moe_mix(ctx: DraftContext, spec: dict, wire: Any) -> None:
+    """Dense and MoE layers mixed: the dense MLP wired at a dense block (`wire`, the block observer's), the
+    mixture of experts at a MoE block, and `kind` an expression over `layer` giving each its own."""
+    is_moe = ctx.found["moe_layers"]
+    rel = spec["path"]
+    at = {moe: f"{ctx.blocks}.{is_moe.index(moe)}" + ("" if rel == "." else f".{rel}") for moe in (True, False)}
+    wire(ctx, at[False], spec)
+    dense, act, d_mlp = spec["kind"], ctx.found["act"], ctx.found["d_mlp"]
+    found: dict = {"path": rel}
+    shared = observe_moe(ctx, at[True], found)
+    if found.get("kind") != "moe":
+        return  # observe_moe named the gap; the draft describes the dense layers
+    if shared is not None:  # the shared expert's projections are the MLP spec's in/gate/out, the dense MLP's too
+        wired: dict = {}
+        wire(ctx, shared["path"], wired)
+        if any(wired.get(k) != spec.get(k) for k in ("in", "gate", "out", "kind")):
+            ctx.draft.gap("MoE shared expert", f"{shared['path']} is wired unlike the dense MLP ({wired} vs {spec})")
+    if ctx.found["act"] != act:
+        ctx.draft.gap("MoE experts activation", f"experts use {ctx.found['act']}, the dense MLP {act}")
+    width = ctx.found["d_mlp"]
+    if width != d_mlp:
+        keys = ("moe_intermediate_size", "expert_intermediate_size")
+        found["moe"]["d_mlp"] = ctx.attr(width, keys, ("moe", "expert")) or width
+    kind = mix_expression(ctx, is_moe, dense)
+    if kind is None:
+        moe_at = [i for i, moe in enumerate(is_moe) if moe]
+        ctx.draft.gap("per-layer structure", f"no config field gives the MoE layers {moe_at} (dense elsewhere)")
+        kind = "moe"
+    spec.update(kind=kind, moe=found["moe"])
+    ctx.found["act"], ctx.found["d_mlp"] = act, d_mlp
