@@ -92,6 +92,7 @@ class BoundLatent:
     d_nope: int  # per-head key/query width without rotary
     d_rope: int  # the rotary width, shared by every head's key
     d_head_v: int
+    rope_deinterleave: bool = False  # HF hands attention each rope part as [even dims | odd dims] (DeepSeek-V3)
 
     @property
     def query(self) -> nn.Module:

@@ -81,6 +81,12 @@ class QKVSpec(StrictModel):
         default=None,
         description="Up-projection of the kv latent to [k_nope | v] per head (kind: latent; kv_b_proj).",
     )
+    rope_deinterleave: ConfigValue = Field(
+        default=False,
+        description="kind: latent: HF reorders each rope part to [even dims | odd dims] as it rotates (DeepSeek-V3's "
+        "`rope_interleave`), so the rope part HF hands attention is that permutation of the projection's "
+        "(an expression over the HF config: `rope_interleave`).",
+    )
 
     @model_validator(mode="after")
     def _paths_match_kind(self) -> QKVSpec:
