@@ -276,6 +276,12 @@ _MIX = (
     ("first_k_dense_replace", "{dense!r} if layer < first_k_dense_replace else 'moe'"),
     ("mlp_only_layers", "{dense!r} if layer in mlp_only_layers or (layer + 1) % decoder_sparse_step != 0 else 'moe'"),
     ("moe_layer_freq", "'moe' if layer % moe_layer_freq == 0 else {dense!r}"),
+    ("moe_layers", "'moe' if layer in moe_layers else {dense!r}"),
+    (
+        "moe_layer_start_index",
+        "'moe' if (layer + 1) % moe_layer_interval == 0 and layer >= moe_layer_start_index "
+        "and layer <= moe_layer_end_index else {dense!r}",
+    ),
 )
 
 
@@ -317,14 +323,14 @@ def observe_moe_mix(ctx: DraftContext, spec: dict, wire: Any) -> None:
     shared = observe_moe(ctx, at[True], found)
     if found.get("kind") != "moe":
         return  # observe_moe named the gap; the draft describes the dense layers
+    width, experts_act = ctx.found["d_mlp"], ctx.found["act"]  # the experts'; wiring the shared expert resets them
     if shared is not None:  # the shared expert's projections are the MLP spec's in/gate/out, the dense MLP's too
         wired: dict = {}
         wire(ctx, shared["path"], wired)
         if any(wired.get(k) != spec.get(k) for k in ("in", "gate", "out", "kind")):
             ctx.draft.gap("MoE shared expert", f"{shared['path']} is wired unlike the dense MLP ({wired} vs {spec})")
-    if ctx.found["act"] != act:
-        ctx.draft.gap("MoE experts activation", f"experts use {ctx.found['act']}, the dense MLP {act}")
-    width = ctx.found["d_mlp"]
+    if experts_act != act:
+        ctx.draft.gap("MoE experts activation", f"experts use {experts_act}, the dense MLP {act}")
     if width != d_mlp:
         keys = ("moe_intermediate_size", "expert_intermediate_size")
         found["moe"]["d_mlp"] = ctx.attr(width, keys, ("moe", "expert")) or width
