@@ -140,3 +140,16 @@ def test_moe_recompute_path_reads_hook_mlp_out_at_granites_residual_multiplier()
     assert draft.fields["config"].get("residual_multiplier") == "residual_multiplier"
     report = run(to_spec(draft), checks=["moe_recompute_path"])
     assert [r.status for r in report.results] == ["pass"], [r.explain() for r in report.results]
+
+
+def test_a_correction_bias_that_is_no_buffer_of_n_experts_is_a_bind_error(tmp_path):
+    from bridge_core.errors import BindError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "extends: deepseek_v3\nname: bad_bias\nmatch: {architectures: [], model_type: [bad_bias]}\n"
+        "block: {mlp: {moe: {correction_bias: gate.weight}}}\n"  # the router's [8, 64] weight, not [8]
+    )
+    with pytest.raises(BindError, match=r"n_experts=8") as raised:
+        Bridge.from_spec(path)
+    assert "block.mlp.moe.correction_bias" in str(raised.value)
