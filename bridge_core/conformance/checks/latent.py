@@ -14,7 +14,7 @@ from ..capture import AttentionCall
 from ..catalogue import Meter
 from ..context import Attention, CheckContext
 
-FIELD = "block.attn.qkv (kind: latent; rope_deinterleave) / config.d_head / config.rotary_dim / config.d_head_v"
+FIELD = "block.attn.qkv (kind: latent) / config.d_head / config.rotary_dim / config.d_head_v / qkv.rope_deinterleave"
 
 
 def latent_weight_shapes(prefix: str, latent: BoundLatent, cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
