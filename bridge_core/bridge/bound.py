@@ -92,6 +92,7 @@ class BoundLatent:
     d_nope: int  # per-head key/query width without rotary
     d_rope: int  # the rotary width, shared by every head's key
     d_head_v: int
+    rope_deinterleave: bool = False  # HF hands attention each rope part as [even dims | odd dims] (DeepSeek-V3)
 
     @property
     def query(self) -> nn.Module:
@@ -179,6 +180,15 @@ class BoundMoE:
     topk_group: int = 1
     d_mlp: int | None = None  # the experts' width, where it differs from cfg.d_mlp (the dense layers')
     routed_scaling: float = 1.0  # multiplies the routed weights (DeepSeek routed_scaling_factor)
+    sigmoid: bool = False  # scores are sigmoid(logits), the weights the chosen scores (DeepSeek-V3)
+    group_score: str = "max"  # a group's rank: its best score (group_limited_greedy) or best two summed (noaux_tc)
+    bias_owner: nn.Module | None = None  # the module holding the selection-only correction bias buffer
+    bias_name: str | None = None
+    bias_on_logits: bool = False  # the bias is added to the logits (Kolibri), not the scores
+
+    def correction_bias(self) -> torch.Tensor | None:
+        """The selection-only bias `[n_experts]`, read now (a buffer `.to()` may have replaced)."""
+        return None if self.bias_owner is None else getattr(self.bias_owner, str(self.bias_name))
 
 
 @dataclass(frozen=True)

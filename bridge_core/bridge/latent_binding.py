@@ -57,6 +57,7 @@ def bind_latent(binder: _Binder, module: nn.Module, a: AttentionSpec, field: str
         raise Missing
     extra = cfg.extra
     q_rank = extra.get("q_lora_rank") if q_a is not None else None
+    deinterleave = binder.value(f"{at}.rope_deinterleave", spec.rope_deinterleave)
     return BoundLatent(
         q=q[0] if q else None,
         q_a=q_a[0] if q_a else None,
@@ -70,4 +71,5 @@ def bind_latent(binder: _Binder, module: nn.Module, a: AttentionSpec, field: str
         d_nope=cfg.d_head - extra["rotary_dim"],
         d_rope=extra["rotary_dim"],
         d_head_v=extra["d_head_v"],
+        rope_deinterleave=bool(deinterleave),
     )

@@ -7,9 +7,10 @@ hook on the experts module recomputes every expert from the call's own inputs (h
 selected experts and their weights, as the router handed them over), running the hooks, and the
 recomputed output replaces HF's only when a hook edited something.
 
-`hook_expert_weights` (HookedTransformer's softmax over all experts) is computed from the router's
-logits; an edit there re-routes: selection (greedy or group-limited), top-k, renormalization and the
-routed scaling factor are redone by the spec's routing settings and replace the router's weights and indices.
+`hook_expert_weights` (HookedTransformer's softmax over all experts; the sigmoid scores for scoring
+`sigmoid`) is computed from the router's logits; an edit there re-routes: selection (on the scores plus any
+correction bias; greedy or group-limited), top-k, renormalization and the routed scaling factor are redone by
+the spec's routing settings and replace the router's weights and indices.
 """
 
 from __future__ import annotations
@@ -43,35 +44,65 @@ class ExpertValue(MoEPlace):
 
 @dataclass(frozen=True, eq=False)
 class RouterProbs(MoEPlace):
-    """`hook_expert_weights` `[tokens, n_experts]`: the softmax of the router logits (HookedTransformer's)."""
+    """`hook_expert_weights` `[tokens, n_experts]`: the softmax of the router logits (HookedTransformer's), or
+    their sigmoid where the spec's scoring is `sigmoid`."""
 
     moe: BoundMoE | None = None
 
 
+def scores(moe: BoundMoE, logits: torch.Tensor) -> torch.Tensor:
+    """Every expert's score from the router logits, in float32: the softmax over all experts
+    (HookedTransformer's `hook_expert_weights`), or each logit's sigmoid (scoring `sigmoid`)."""
+    return torch.sigmoid(logits.float()) if moe.sigmoid else torch.softmax(logits, dim=-1, dtype=torch.float32)
+
+
 def routing(moe: BoundMoE, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities over all experts, top-k weights, top-k indices) from router logits, by the spec."""
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    weights, indices = route_from_probs(moe, probs)
+    """(scores over all experts, top-k weights, top-k indices) from router logits, by the spec."""
+    probs = scores(moe, logits)
+    weights, indices = route_from_probs(moe, probs, logits)
     return probs, weights, indices
 
 
-def route_from_probs(moe: BoundMoE, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k weights and indices from probabilities over all experts: selection (greedy or group-limited),
-    renormalization, then the routed scaling factor."""
-    candidates = _group_limited(moe, probs) if moe.group_limited else probs
-    top, indices = torch.topk(candidates, moe.top_k, dim=-1)
-    if moe.norm_topk_prob or not moe.softmax_first:  # a softmax over the top-k logits is renormalized top-k probs
+def route_from_probs(
+    moe: BoundMoE, probs: torch.Tensor, logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k weights and indices from the scores over all experts: selection (on the scores plus any
+    correction bias; greedy or group-limited), the chosen scores as weights, renormalization, then the
+    routed scaling factor. `logits` are the router's, where the bias is added to logits (else the scores'
+    inverse sigmoid)."""
+    choice = probs
+    bias = moe.correction_bias()
+    if bias is not None:
+        base = probs
+        if moe.bias_on_logits:
+            base = logits.float() if logits is not None else torch.logit(probs)
+        choice = base + bias.to(base.dtype)
+    if moe.group_limited:
+        choice = _group_limited(moe, choice)
+    indices = torch.topk(choice, moe.top_k, dim=-1).indices
+    # DeepSeek-V2 takes the weights from the masked scores; with a correction bias (or noaux_tc) they are the
+    # plain scores of the chosen experts
+    plain = bias is not None or moe.group_score == "top2_sum"
+    top = (probs if plain else choice).gather(-1, indices)
+    topk_softmax = not moe.softmax_first and not moe.sigmoid  # a softmax over the top-k logits: renormalized
+    if moe.norm_topk_prob or topk_softmax:
         top = top / top.sum(dim=-1, keepdim=True)
     return top * moe.routed_scaling if moe.routed_scaling != 1.0 else top, indices
 
 
-def _group_limited(moe: BoundMoE, probs: torch.Tensor) -> torch.Tensor:
-    """`probs` with every expert outside each token's `topk_group` best groups (by their best expert's
-    probability, of `n_group` equal groups) set to 0, so top-k picks only inside the kept groups."""
-    grouped = probs.reshape(*probs.shape[:-1], moe.n_group, moe.n_experts // moe.n_group)
-    kept = torch.topk(grouped.amax(dim=-1), moe.topk_group, dim=-1).indices
-    keep = torch.zeros(grouped.shape[:-1], dtype=torch.bool, device=probs.device).scatter(-1, kept, True)
-    return grouped.masked_fill(~keep.unsqueeze(-1), 0.0).reshape(probs.shape)
+def _group_limited(moe: BoundMoE, choice: torch.Tensor) -> torch.Tensor:
+    """`choice` with every expert outside each token's `topk_group` best groups (of `n_group` equal groups,
+    ranked by their best expert's score, or by their best two summed for noaux_tc) masked out, so top-k picks
+    only inside the kept groups (masked to 0 for group_limited_greedy, as DeepSeek-V2; to -inf for noaux_tc,
+    whose corrected scores may be negative)."""
+    grouped = choice.reshape(*choice.shape[:-1], moe.n_group, moe.n_experts // moe.n_group)
+    if moe.group_score == "top2_sum":
+        rank, fill = grouped.topk(2, dim=-1).values.sum(dim=-1), float("-inf")
+    else:
+        rank, fill = grouped.amax(dim=-1), 0.0
+    kept = torch.topk(rank, moe.topk_group, dim=-1).indices
+    keep = torch.zeros(grouped.shape[:-1], dtype=torch.bool, device=choice.device).scatter(-1, kept, True)
+    return grouped.masked_fill(~keep.unsqueeze(-1), fill).reshape(choice.shape)
 
 
 def expert_weights(moe: BoundMoE, e: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,7 +168,7 @@ def run_router_probs(moe: BoundMoE, run: Any, output: Any) -> Any | None:
     router's). The router's new output, or None when unedited."""
     roles = moe.router_output
     logits = select_output(output, roles.index("logits"))
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    probs = scores(moe, logits)
     new, edited = run.apply(probs.clone() if run.bwd else probs)
     run.attach_backward(new)
     if not edited:

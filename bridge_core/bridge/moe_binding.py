@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from ..errors import BindError
@@ -37,6 +38,9 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     scaling = walker.attempt(walker.value, f"{at}.routed_scaling", e.routed_scaling)
     d_mlp = walker.attempt(walker.value, f"{at}.d_mlp", e.d_mlp)
     shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
+    bias = walker.attempt(_correction_bias, walker, module, e, at, path, n_experts) if e.correction_bias else None
+    if e.correction_bias and bias is None:
+        raise Missing
     act_name, act, act_field = walker.activation(m.act_fn, field)
     if router is None or experts is None or act is None or None in (n_experts, top_k, norm_topk):
         raise Missing
@@ -93,6 +97,11 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             topk_group=grouping[2],
             d_mlp=d_mlp,
             routed_scaling=float(scaling),
+            sigmoid=e.scoring == "sigmoid",
+            group_score=grouping[3],
+            bias_owner=bias[0] if bias else None,
+            bias_name=bias[1] if bias else None,
+            bias_on_logits=e.correction_bias_on == "logits",
         ),
     )
 
@@ -154,12 +163,35 @@ def _shared(walker: SpecWalker, module: nn.Module, m: MLPSpec, field: str, inner
     )
 
 
-def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int, int]:
-    """(group-limited, n_group, topk_group) from `selection` and the group sizes, checked against n_experts."""
-    selection = walker.choice(f"{at}.selection", e.selection, ("greedy", "group_limited_greedy"))
+def _correction_bias(walker: SpecWalker, module: nn.Module, e, at: str, path: str, n_experts: Any):
+    """(owner module, buffer name) of the selection-only correction bias, checked to be `[n_experts]`."""
+    owner_path, _, name = e.correction_bias.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_path) if owner_path else module
+    except AttributeError:
+        owner = None
+    value = getattr(owner, name, None) if owner is not None else None
+    if not isinstance(value, torch.Tensor) or value.shape != (n_experts,) or not value.is_floating_point():
+        found = "absent" if value is None else f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}"
+        walker.fail(
+            BindError(
+                f"no floating tensor [n_experts={n_experts}] at '{e.correction_bias}' ({found})",
+                spec_path=f"{at}.correction_bias",
+                module_path=f"{path}.{e.correction_bias}",
+            )
+        )
+        raise Missing
+    return owner, name
+
+
+def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int, int, str]:
+    """(group-limited, n_group, topk_group, group score) from `selection` and the group sizes, checked against
+    n_experts."""
+    choices = ("greedy", "group_limited_greedy", "noaux_tc")
+    selection = walker.choice(f"{at}.selection", e.selection, choices)
     if selection == "greedy":
-        return False, 1, 1
-    if e.scoring != "softmax_then_topk":
+        return False, 1, 1, "max"
+    if selection == "group_limited_greedy" and e.scoring != "softmax_then_topk":
         raise spec_error("group_limited_greedy selects on the softmax over all experts", walker.spec, None, at)
     n_group = walker.value(f"{at}.n_group", e.n_group)
     topk_group = walker.value(f"{at}.topk_group", e.topk_group)
@@ -170,4 +202,7 @@ def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int
         raise spec_error(f"n_group {n_group} does not divide n_experts {n_experts}", walker.spec, None, f"{at}.n_group")
     if topk_group > n_group:
         raise spec_error(f"topk_group {topk_group} exceeds n_group {n_group}", walker.spec, None, f"{at}.topk_group")
-    return True, n_group, topk_group
+    if selection == "noaux_tc" and isinstance(n_experts, int) and n_experts // n_group < 2:
+        message = f"noaux_tc ranks groups by their best two experts; n_group {n_group} leaves fewer per group"
+        raise spec_error(message, walker.spec, None, f"{at}.n_group")
+    return True, n_group, topk_group, "top2_sum" if selection == "noaux_tc" else "max"

@@ -41,7 +41,8 @@ EAGER = "eager"
 PERTURBATION = 0.3
 """Std of the noise added to every 1-d parameter (norm weights and biases) of a tiny test model: HF
 initializes them to ones and zeros, where a swapped norm or a dropped bias changes nothing; buffers named
-`*logits_bias` (BART's final_logits_bias, zeros at init) likewise."""
+`*logits_bias` (BART's final_logits_bias, zeros at init) and `*correction_bias` (DeepSeek-V3's selection-only
+`e_score_correction_bias`, zeros at init) likewise."""
 
 
 def perturb(model: nn.Module, seed: int) -> None:
@@ -54,7 +55,7 @@ def perturb(model: nn.Module, seed: int) -> None:
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                 parameter.add_((noise * PERTURBATION).to(parameter.dtype))
         for name, buffer in sorted(model.named_buffers()):  # zero-initialized output biases (final_logits_bias)
-            if name.endswith("logits_bias") and buffer.dtype.is_floating_point:
+            if name.endswith(("logits_bias", "correction_bias")) and buffer.dtype.is_floating_point:
                 noise = torch.randn(buffer.shape, generator=generator, dtype=torch.float32)
                 buffer.add_((noise * PERTURBATION).to(buffer.dtype))
 

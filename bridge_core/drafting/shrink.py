@@ -27,9 +27,10 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
                      "max_seq_len"), N_CTX),
     **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"), 4),
-    **dict.fromkeys(("num_experts_per_tok", "moe_topk", "num_experts_per_token"), 2),
+    **dict.fromkeys(("num_experts_per_tok", "moe_topk", "num_experts_per_token", "moe_k"), 2),
     **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32),
 }  # fmt: skip
+_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
 _KV_HEADS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
 _WINDOWS = ("sliding_window", "attention_window", "window_size")
 _SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}
@@ -75,6 +76,10 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SIZES[key]
+    if any(fields.get(k) is None for k in _EXPERTS if k in fields):  # unset expert counts (dots1): set them all
+        for key in (*_EXPERTS, "n_shared_experts"):
+            if key in fields and fields[key] is None:
+                out[key] = _SIZES.get(key, 1)
     if "head_dim" in fields and fields["head_dim"] is None:
         out["head_dim"] = D_HEAD  # = d_model // n_heads here; some classes use an unset head_dim as is
     heads = next((fields[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in fields), None)
@@ -104,6 +109,11 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for i, key in enumerate(sorted(ones)):
         out[key] = 0.5 + 0.125 * i
     _shrink_rotary(fields, out, notes)
+    _shrink_latent(fields, out)
+    if isinstance(fields.get("n_group"), int) and fields["n_group"] > 1:
+        out["n_group"] = 2  # expert groups of the shrunk 4 experts: 2 groups of 2, one kept (DeepSeek)
+        if isinstance(fields.get("topk_group"), int):
+            out["topk_group"] = 1
     if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1
     return out, notes
@@ -123,6 +133,35 @@ def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]
             f"test_config: rope scaling '{rope['rope_type']}' replaced by the default rotary in the tiny model "
             "(its scaling is not exercised by conformance)"
         )
+
+
+# latent attention (MLA) widths, each distinct: query/key heads nope 8 + rope 8 = D_HEAD, values 12
+_LATENT = {"qk_nope_head_dim": 8, "qk_rope_head_dim": 8, "v_head_dim": 12, "kv_lora_rank": 24, "q_lora_rank": 40}
+
+
+def _shrink_latent(fields: dict[str, Any], out: dict[str, Any]) -> None:
+    """Latent attention (DeepSeek V2/V3 and kin): its widths shrink together. `qk_head_dim` is nope + rope;
+    a `head_dim` that held the rope width (DeepSeek V3 points it at `qk_rope_head_dim` for its rotary
+    module) keeps holding it; an indexer (DeepSeek V3.2) keeps a rope part inside its own heads."""
+    if not isinstance(fields.get("qk_rope_head_dim"), int):
+        return
+    for key, value in _LATENT.items():
+        if isinstance(fields.get(key), int) and not isinstance(fields.get(key), bool):
+            out[key] = value
+    nope, rope = out.get("qk_nope_head_dim", 0), out["qk_rope_head_dim"]
+    if isinstance(fields.get("qk_head_dim"), int):
+        out["qk_head_dim"] = nope + rope
+    head = fields.get("head_dim")
+    if isinstance(head, int) and head == fields["qk_rope_head_dim"]:
+        out["head_dim"] = rope
+    elif isinstance(head, int) and head == fields.get("qk_nope_head_dim", 0) + fields["qk_rope_head_dim"]:
+        out["head_dim"] = nope + rope
+    if isinstance(fields.get("index_head_dim"), int):
+        out["index_head_dim"] = 2 * rope
+    if isinstance(fields.get("index_n_heads"), int):
+        out["index_n_heads"] = 2
+    if isinstance(fields.get("index_topk"), int):
+        out["index_topk"] = WINDOW + 1  # shorter than the test sequences, so the indexer's top-k selects
 
 
 def _default_head(fields: dict[str, Any]) -> int | None:

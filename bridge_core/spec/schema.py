@@ -81,6 +81,12 @@ class QKVSpec(StrictModel):
         default=None,
         description="Up-projection of the kv latent to [k_nope | v] per head (kind: latent; kv_b_proj).",
     )
+    rope_deinterleave: ConfigValue = Field(
+        default=False,
+        description="kind: latent: HF reorders each rope part to [even dims | odd dims] as it rotates (DeepSeek-V3's "
+        "`rope_interleave`), so the rope part HF hands attention is that permutation of the projection's "
+        "(an expression over the HF config: `rope_interleave`).",
+    )
 
     @model_validator(mode="after")
     def _paths_match_kind(self) -> QKVSpec:
@@ -202,10 +208,24 @@ class MoESpec(StrictModel):
     expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")
     n_experts: ConfigValue = Field(description="Number of routed experts (`num_local_experts`).")
     top_k: ConfigValue = Field(description="Experts per token (`num_experts_per_tok`).")
-    scoring: Literal["softmax_then_topk", "topk_then_softmax"] = Field(
+    scoring: Literal["softmax_then_topk", "topk_then_softmax", "sigmoid"] = Field(
         default="softmax_then_topk",
         description="How the router turns logits into the top-k weights: softmax over all experts then top-k "
-        "(Mixtral, Qwen2-MoE, OLMoE), or top-k logits then softmax over those.",
+        "(Mixtral, Qwen2-MoE, OLMoE), top-k logits then softmax over those (GraniteMoE), or `sigmoid`: each "
+        "expert's score is the sigmoid of its logit, the top-k scores are the weights (renormalized by "
+        "`norm_topk_prob`; DeepSeek-V3, GLM-4-MoE, MiniMax-M2).",
+    )
+    correction_bias: str | None = Field(
+        default=None,
+        description="A buffer `[n_experts]` added to the scores only to *select* the experts; the weights stay the "
+        "uncorrected scores (DeepSeek-V3's `e_score_correction_bias`). A dotted path relative to the MLP module, "
+        "its last part the buffer's name: `gate.e_score_correction_bias` (on the router) or "
+        "`e_score_correction_bias` (on the MoE module, MiniMax-M2).",
+    )
+    correction_bias_on: Literal["scores", "logits"] = Field(
+        default="scores",
+        description="What the correction bias is added to for selection: the scores (DeepSeek-V3) or the raw "
+        "router logits (Kolibri).",
     )
     norm_topk_prob: ConfigValue = Field(
         default=True, description="The top-k weights are renormalized to sum to 1 (expression over the HF config)."
@@ -215,7 +235,8 @@ class MoESpec(StrictModel):
         description="How the top-k experts are picked from the softmax over all experts: `greedy` (plain top-k) or "
         "`group_limited_greedy` (DeepSeek-V2: the experts split into `n_group` groups, the `topk_group` groups with "
         "the highest best score kept, top-k among their experts), or an expression over the HF config giving one "
-        "(DeepSeek: `topk_method`). Needs scoring `softmax_then_topk`.",
+        "(DeepSeek: `topk_method`); group-limited selection needs scoring `softmax_then_topk`. `noaux_tc` "
+        "(DeepSeek-V3): the groups ranked by the sum of their two best (bias-corrected) scores, any scoring.",
     )
     n_group: ConfigValue = Field(default=1, description="Group-limited selection: number of expert groups (`n_group`).")
     topk_group: ConfigValue = Field(

@@ -55,6 +55,12 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "qwen2_moe_topk_then_softmax": ("moe_routing", {"identity_hooks"}, "scoring"),
     "deepseek_v2_no_routed_scaling": ("moe_routing", {"identity_hooks"}, "routed_scaling"),
     "deepseek_v2_greedy_not_grouped": ("moe_routing", {"identity_hooks"}, "selection"),
+    # DeepSeek-V3's sigmoid routing (decision 0022): softmax scores, no selection-only correction bias, no groups
+    "deepseek_v3_softmax_scoring": ("moe_routing", {"identity_hooks"}, "scoring"),
+    "deepseek_v3_no_correction_bias": ("moe_routing", {"identity_hooks"}, "correction_bias"),
+    "deepseek_v3_greedy_not_grouped": ("moe_routing", {"identity_hooks"}, "selection"),
+    # its rope parts reach attention de-interleaved ([even | odd] dims): position 0 shows the order
+    "deepseek_v3_rope_not_deinterleaved": ("qkv_recompute", set(), "rope_deinterleave"),
     # OLMoE's q/k norms span all heads (qk_norm_layout: flat): per head, the reimplement path cannot apply them
     "olmoe_qk_norm_per_head": ("qk_norm_layout", {"attention_paths_agree"}, ""),
     # latent attention (MLA): widths the projections cannot hold, a latent norm's kind, the two latent norms swapped

@@ -14,7 +14,7 @@ from ..capture import AttentionCall
 from ..catalogue import Meter
 from ..context import Attention, CheckContext
 
-FIELD = "block.attn.qkv (kind: latent) / config.d_head / config.rotary_dim / config.d_head_v"
+FIELD = "block.attn.qkv (kind: latent) / config.d_head / config.rotary_dim / config.d_head_v / qkv.rope_deinterleave"
 
 
 def latent_weight_shapes(prefix: str, latent: BoundLatent, cfg: Any) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -105,15 +105,19 @@ def latent_qkv(ctx: CheckContext, m: Meter, attention: Attention, call: Attentio
             f"{p}.{name} vs HF's (q: its non-rotary part)", hook[..., :nope] if name == "hook_q" else hook, hf, FIELD
         )
         m.compare(f"{p}: {name} from the factored weight views vs HF's", recomputed, hf, FIELD)
-    # position 0: rotary is the identity, so the rope parts are visible as HF handed them over
+    # position 0: rotary is the identity, so the rope parts are visible as HF handed them over (reordered to
+    # [even dims | odd dims] where HF de-interleaves them as it rotates)
     first = slice(0, 1)
+    order = torch.arange(latent.d_rope, device=hf_q.device)
+    if latent.rope_deinterleave:
+        order = torch.cat([order[0::2], order[1::2]])
     m.compare(
         f"{p}.hook_q rope part at position 0 vs HF's",
-        cache[f"{p}.hook_q"][:, first, :, nope:],
+        cache[f"{p}.hook_q"][:, first, :, nope:][..., order],
         hf_q[:, first, :, nope:],
         FIELD,
     )
-    shared = cache[f"{p}.hook_k_rope"][:, first, None, :].expand_as(hf_k[:, first, :, nope:])
+    shared = cache[f"{p}.hook_k_rope"][:, first, None, order].expand_as(hf_k[:, first, :, nope:])
     m.compare(
         f"{p}.hook_k_rope at position 0 vs the rope part of every head's key HF handed over",
         shared,

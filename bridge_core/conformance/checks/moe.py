@@ -16,7 +16,14 @@ from ...bridge.moe import routing
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
-_ROUTING = "block.mlp.moe.top_k / scoring / norm_topk_prob / selection / routed_scaling"
+_ROUTING = "block.mlp.moe.top_k / scoring / norm_topk_prob / selection / correction_bias / routed_scaling"
+
+
+def _by_expert(indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's (expert, weight) pairs ordered by expert: routers that take top-k unsorted (DeepSeek-V3's
+    noaux_tc) hand their experts the same choice in another slot order."""
+    order = indices.argsort(dim=-1)
+    return indices.gather(-1, order), weights.gather(-1, order)
 
 
 def _moe_layers(ctx: CheckContext) -> list:
@@ -61,8 +68,9 @@ def _hf_moe(ctx: CheckContext, layers: list) -> dict[str, dict[str, Any]]:
 @check(
     "moe_routing",
     statement="a mixture of experts routes as HF does: x·W_gate equals HF's router logits, the spec's top-k, "
-    "scoring, selection (greedy or group-limited), renormalization and routed scaling applied to HF's logits "
-    "give the experts and weights HF handed its experts, and "
+    "scoring (softmax or sigmoid), selection (greedy or group-limited, on the scores plus any correction bias), "
+    "renormalization and routed scaling applied to HF's logits give the experts and weights HF handed its "
+    "experts (compared per token by expert), and "
     "hook_router_logits / hook_expert_weights / hook_expert_indices / hook_routing_weights show HF's values",
     family="mlp",
     tolerance=1e-5,
@@ -76,11 +84,13 @@ def moe_routing(ctx: CheckContext, m: Meter) -> None:
         hidden, indices, weights = seen["experts_in"]
         m.compare(f"{p}: x·W_gate vs HF's router logits", hidden @ layer.weights.mlp.W_gate, logits, "block.mlp.moe")
         probs, spec_weights, spec_indices = routing(moe, logits)
-        m.compare(f"{p}: the spec's top-k experts vs HF's", spec_indices.float(), indices.float(), _ROUTING, 0)
-        m.compare(f"{p}: the spec's top-k weights vs HF's", spec_weights.to(weights.dtype), weights, _ROUTING)
+        spec_indices, spec_weights = _by_expert(spec_indices, spec_weights)
+        hf_indices, hf_weights = _by_expert(indices, weights)
+        m.compare(f"{p}: the spec's top-k experts vs HF's", spec_indices.float(), hf_indices.float(), _ROUTING, 0)
+        m.compare(f"{p}: the spec's top-k weights vs HF's", spec_weights.to(weights.dtype), hf_weights, _ROUTING)
         m.compare(f"{p}: hook_router_logits vs HF's", ctx.cache[f"{p}.hook_router_logits"], logits, "block.mlp.moe")
         m.compare(
-            f"{p}: hook_expert_weights vs softmax(HF's logits)",
+            f"{p}: hook_expert_weights vs the scores (softmax or sigmoid) of HF's logits",
             ctx.cache[f"{p}.hook_expert_weights"],
             probs,
             "block.mlp.moe",
@@ -150,7 +160,6 @@ def moe_experts(ctx: CheckContext, m: Meter) -> None:
 )
 def moe_recompute_path(ctx: CheckContext, m: Meter) -> None:
     layers = _moe_layers(ctx)
-    hf = _hf_moe(ctx, layers)
     seen: dict[str, torch.Tensor] = {}
     recomputed: set[str] = set()
 
@@ -168,7 +177,7 @@ def moe_recompute_path(ctx: CheckContext, m: Meter) -> None:
     m.count(expected - len(recomputed), "expert hook_post points not recomputed", "block.mlp.moe")
     m.compare("logits with every expert recomputed vs HF's", logits, ctx.plain_logits, "block.mlp.moe")
     for layer in layers:
-        out = hf[layer.prefix]["mlp"]
-        out = out[0] if isinstance(out, tuple) else out
+        # HF's MLP contribution where the bound model locates it (times Granite's residual multiplier)
+        out = ctx.hf_at(layer.block.mlp_out)
         name = f"{layer.prefix}.hook_mlp_out"
         m.compare(f"{name} with every expert recomputed vs HF's", seen[name], out, "block.mlp.moe")

@@ -9,7 +9,7 @@ from transformers.activations import ACT2FN
 from ..draft import DraftContext
 from ..probe import same, tensor_at
 from .modules import eps_of, is_linear, is_norm, layout, norm_kind, under
-from .moe import observe_moe
+from .moe import observe_moe, observe_moe_mix
 
 
 def _sum(*tensors: torch.Tensor | None) -> torch.Tensor | None:
@@ -35,6 +35,10 @@ def observe_mlp(ctx: DraftContext) -> None:
     mlp = obs.module(path)
     spec: dict = {"path": ctx.relative(path, block) if path != block else "."}
     ctx.found["mlp"] = path
+    if ctx.found.get("moe_layers"):
+        observe_moe_mix(ctx, spec, _wire)
+        ctx.draft.fields.setdefault("block", {})["mlp"] = spec
+        return
     if any("expert" in n.lower() for n, _ in mlp.named_modules()):
         shared = observe_moe(ctx, path, spec)
         if spec.get("kind") == "moe":

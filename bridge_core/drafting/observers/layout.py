@@ -9,6 +9,7 @@ from ..draft import DraftContext
 from ..errors import DraftingError, OutOfScopeError
 from ..probe import same
 from .modules import is_norm, norm_kind, under
+from .moe import moe_layers
 
 
 def observe_blocks(ctx: DraftContext) -> None:
@@ -35,7 +36,8 @@ def observe_blocks(ctx: DraftContext) -> None:
     ctx.draft.fields["blocks"] = path
     shapes = [sorted((n, type(m).__name__) for n, m in block.named_modules()) for block in blocks]
     differ = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
-    if differ:
+    ctx.found["moe_layers"] = moe_layers(blocks) if differ else None  # dense and MoE layers mixed
+    if differ and ctx.found["moe_layers"] is None:
         ctx.draft.gap("per-layer structure", f"blocks {differ} are built differently from block 0 (dense/MoE mix?)")
 
 
