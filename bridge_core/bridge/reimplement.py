@@ -22,7 +22,7 @@ from torch import nn
 
 from ..kinds import PositionKind
 from ..spec.schema import Spec
-from .attention import AttentionRoute, _eager, _rotated
+from .attention import AttentionRoute, _eager, _rotated, as_additive_mask
 from .bound import BoundModel
 
 
@@ -53,6 +53,7 @@ class ReimplementedLayer:
     residual_position: int | None = None  # where the residual sits among positional arguments
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
+    window: int | None = None  # call.window of this layer: keys further back than this are masked here
     submodules: set[int] = field(default_factory=set)
 
 
@@ -79,6 +80,8 @@ class ReimplementRun:
         if mask is not None and layer.read_mask is not None:  # the declared format says what a bool means
             mask = layer.read_mask(mask, hidden.dtype)
         query, key, value = self._project(hidden)
+        if layer.window is not None:  # a window the module applies itself, not in the mask it is handed (GPT-Neo)
+            mask = _windowed(mask, module, query.shape[2], key.shape[2], layer.window, hidden.dtype, hidden.device)
         if not layer.norm_after_rotary:
             query, key = self._normed(query, key)
         if layer.position is not None and layer.position.rotate is not None:  # None on NoPE layers too
@@ -162,6 +165,19 @@ def _position_of(module: nn.Module, name: str | None) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _windowed(
+    mask: torch.Tensor | None, module: nn.Module, q_len: int, k_len: int, window: int, dtype: torch.dtype, device
+) -> torch.Tensor:
+    """`mask` (additive, or None for causal) with every key `window` or more positions before its query masked
+    too (query `i` is key position `k_len - q_len + i`): HF's sliding-window rule, `q - k < window`."""
+    additive = as_additive_mask(mask, module, q_len, k_len, dtype, device)
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    inside = (q_pos - torch.arange(k_len, device=device)[None, :]) < window
+    if additive is None:
+        return torch.where(inside, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    return torch.where(inside, additive[..., :k_len], torch.finfo(additive.dtype).min)
+
+
 def _real_keys(mask: torch.Tensor | None) -> torch.Tensor | None:
     """`[b, k]` True at keys some query may attend, from the model's 4D mask (None: no padding)."""
     if mask is None:
@@ -215,6 +231,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             residual_position=_position_of(attn.module, attn.residual_kwarg),
             score_bias=score_bias,
             read_mask=bound.call.mask_format.to_additive,
+            window=bound.call.windows[block.index] if block.stack == "decoder" else None,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
         )
     return out

@@ -447,8 +447,10 @@ def mutate(
     registry: Registry | None = None,
     operators: Sequence[str] | None = None,
     progress: Callable[[MutantResult], None] | None = None,
+    only: Callable[[Mutant], bool] | None = None,
 ) -> MutationReport:
-    """Run every mutant of `spec` through the catalogue; each is killed by its first failing check."""
+    """Run every mutant of `spec` through the catalogue; each is killed by its first failing check.
+    `only` keeps the mutants it accepts (tests mutate a spec that `extends` another on its own fields)."""
     registry = registry or default_registry()
     raw = merged_data(spec, registry)
     report = MutationReport(raw.name)
@@ -456,6 +458,8 @@ def mutate(
     spec_ = validate_spec(raw)
     original, acts = spec_.model_dump(), _activations(spec_)
     for mutant in mutants(raw.data, operators):
+        if only is not None and not only(mutant):
+            continue
         began = time.perf_counter()
         try:
             candidate = validate_spec(RawSpec(raw.file, mutant.data, raw.lines))

@@ -69,6 +69,22 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "mla_latent_norms_swapped": ("shapes", {"qkv_recompute", "variant_coverage"}, "block.attn.qkv (kind: latent)"),
     # reimplement-path formats (issue 16): MPT's True = masked boolean mask declared additive reads as
     # "attend to the masked keys"; BLOOM's ALiBi layout handed to MPT's [heads, 1, k] attention
+    # GPT-Neo's local window, applied by the module from its own buffer, left out of call.window: the
+    # reimplement path (every hook that sees attention internals) attends past the window
+    "gpt_neo_no_window": (
+        "attention_paths_agree",
+        {
+            "cache_completeness",
+            "norms",
+            "residual_stream",
+            "mlp",
+            "unembed",
+            "identity_hooks",
+            "delta_once",
+            "padding",
+        },
+        "block.attn",
+    ),
     "mpt_bool_mask_as_additive": (
         "attention_paths_agree",
         {

@@ -188,9 +188,13 @@ def _config_has_the_implementation_attribute() -> bool:
 
 
 def _every_builtin_family_defines_its_eager_function() -> bool:
+    # Only families whose attention goes through AttentionInterface read it: those on the reimplement path
+    # (GPT-Neo, MPT, Falcon) compute attention in their own module code and define none.
     registry = default_registry()
     classes = [
-        getattr(transformers, registry.get(n).hf_class) for n in registry.names() if registry.origin(n) == "builtin"
+        getattr(transformers, registry.get(n).hf_class)
+        for n in registry.names()
+        if registry.origin(n) == "builtin" and registry.get(n).block.attn.implementation == "interface"
     ]
     return bool(classes) and all(
         callable(getattr(sys.modules[cls.__module__], hf.MODEL_EAGER_FUNCTION, None)) for cls in classes

@@ -28,7 +28,10 @@ def use_heavily(bridge: Bridge) -> None:
         assert patterns
         bridge.run_with_hooks(toks, fwd_hooks=[(n, lambda t, h: t * 1.0) for n in patterns], **kwargs)
         bridge.add_hook(lambda n: True, lambda t, h: None)
-        bridge.generate(toks[:1, :4], max_new_tokens=3)
+        # internal attention hooks on the reimplement path (GPT-Neo, MPT, Falcon) do not support a KV cache yet
+        reimplemented = any(b.attn.implementation == "reimplement" for b in bridge.bound.all_blocks())
+        cache = bridge.is_encoder_decoder or not reimplemented
+        bridge.generate(toks[:1, :4], max_new_tokens=3, use_past_kv_cache=cache)
         bridge.reset_hooks()
     with torch.enable_grad():
         logits = bridge.run_with_hooks(toks, bwd_hooks=[(lambda n: True, lambda g, h: None)], **kwargs)

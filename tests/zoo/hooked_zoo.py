@@ -145,3 +145,32 @@ def hooked_phi3(hf_model: Any):
 
 def reference_cache(model: Any, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     return run_reference(model, tokens)
+
+
+def hooked_gpt_neo(hf_model: Any):
+    """GPT-Neo as TransformerLens 3.9 configures it (unscaled scores, alternating global and local attention).
+    TransformerLens's d_mlp is 4 * d_model: build the HF model with intermediate_size=None."""
+    from transformer_lens.pretrained.weight_conversions import convert_neo_weights
+
+    hf = hf_model.config
+    cfg = {
+        "model_name": "hf-gpt-neo-reference",
+        "original_architecture": "GPTNeoForCausalLM",
+        "d_model": hf.hidden_size,
+        "d_head": hf.hidden_size // hf.num_heads,
+        "n_heads": hf.num_heads,
+        "d_mlp": 4 * hf.hidden_size,
+        "n_layers": hf.num_layers,
+        "n_ctx": hf.max_position_embeddings,
+        "eps": hf.layer_norm_epsilon,
+        "d_vocab": hf.vocab_size,
+        "attn_types": hf.attention_layers,
+        "act_fn": hf.activation_function,
+        "use_attn_scale": False,
+        "use_local_attn": True,
+        "window_size": hf.window_size,
+        "scale_attn_by_inverse_layer_idx": False,
+        "normalization_type": "LN",
+        "positional_embedding_type": "standard",
+    }
+    return build_loaded(cfg, _detached(convert_neo_weights, hf_model))

@@ -21,7 +21,7 @@ from bridge_core.errors import BindError, SpecError
 from bridge_core.registry import default_registry
 from bridge_core.spec.loader import RawSpec, validate_spec
 
-ZOO = Path(__file__).parent / "specs"
+ZOO = Path(__file__).resolve().parents[2] / "adapter_specs"  # the family, built in
 FAMILY = ("mbart", "marian", "pegasus", "plbart", "blenderbot")
 SPECS = {"bart": "bart", **{name: ZOO / f"{name}.yaml" for name in FAMILY}}
 # (spec, variant) -> (post-norm blocks, embedding norm after positions, position offset, scaled inside the module)
@@ -34,8 +34,8 @@ CASES = {
     ("marian", None): (True, False, 0, False),
     ("marian", "separate"): (True, False, 0, False),
     ("pegasus", None): (False, False, 0, False),
-    ("plbart", None): (True, True, 2, True),
-    ("plbart", "unscaled"): (True, True, 2, False),
+    ("plbart", None): (True, True, 2, False),
+    ("plbart", "scaled"): (True, True, 2, True),  # released PLBart checkpoints (variant inherited from bart)
     ("blenderbot", None): (False, False, 0, False),
     ("blenderbot", "scaled"): (False, False, 0, True),
 }

@@ -15,7 +15,7 @@ from bridge_core import Bridge
 from bridge_core.bridge.latent_attention import LatentWeightError
 from bridge_core.conformance.runner import run_variants
 
-MINICPM3 = Path(__file__).parent / "specs" / "minicpm3.yaml"
+MINICPM3 = Path(__file__).resolve().parents[2] / "adapter_specs" / "minicpm3.yaml"
 
 
 @pytest.fixture(scope="module", params=["deepseek_v2", "deepseek_v2:no_q_lora", "minicpm3"])

@@ -17,7 +17,7 @@ from bridge_core.conformance.runner import run_variants
 from bridge_core.registry import default_registry
 from tests.reference import hooked_transformer as reference
 
-SPECS = Path(__file__).parent / "specs"
+SPECS = Path(__file__).resolve().parents[2] / "adapter_specs"
 
 
 def _mixtral(seed: int = 0) -> MixtralForCausalLM:

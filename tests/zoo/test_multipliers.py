@@ -23,7 +23,7 @@ from bridge_core.conformance.runner import run_variants
 from bridge_core.spec.config import normalize_config
 from bridge_core.spec.loader import load_spec
 
-SPEC = Path(__file__).parent / "specs" / "granite.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "adapter_specs" / "granite.yaml"
 MULTIPLIERS = dict(embedding_multiplier=6.5, residual_multiplier=0.22, attention_multiplier=0.09, logits_scaling=3.3)
 CONFIG = dict(
     num_hidden_layers=2,

@@ -23,7 +23,7 @@ from bridge_core.conformance.runner import run_variants
 from bridge_core.errors import SpecError
 from bridge_core.spec.loader import load_spec
 
-SPECS = Path(__file__).parent / "specs"
+SPECS = Path(__file__).resolve().parents[2] / "adapter_specs"
 MPT = SPECS / "mpt.yaml"
 FALCON = SPECS / "falcon.yaml"
 

@@ -17,12 +17,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from bridge_core import Bridge
 from bridge_core.conformance.runner import run_variants
 
-SPECS = Path(__file__).parent / "specs"  # zoo specs not (yet) built in
 BUILT_IN = Path(__file__).resolve().parents[2] / "adapter_specs"  # the zoo specs promoted after `conform --mutate`
 
 
 def _spec(name: str) -> Path:
-    return SPECS / f"{name}.yaml" if (SPECS / f"{name}.yaml").exists() else BUILT_IN / f"{name}.yaml"
+    return BUILT_IN / f"{name}.yaml"
 
 
 @pytest.mark.parametrize("name", ["gptj", "phi", "olmo2", "cohere", "stablelm"])
