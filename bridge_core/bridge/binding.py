@@ -54,7 +54,17 @@ class _Binder(SpecWalker):
             module, path = found
         else:
             module, path = self.resolve(root, n.path, f"{field}.path", prefix)
-        return BoundNorm(module, path, self.kind(f"{field}.kind"), name, field, feeds)
+        kind = self.kind(f"{field}.kind")
+        try:  # a kind reading an epsilon the module does not keep (OLMo's LayerNorm) fails here, not per call
+            kind.eps(module)
+        except AttributeError as exc:
+            raise BindError(
+                f"{exc}; a norm whose forward fixes its epsilon needs a kind that fixes it too "
+                "(layernorm_fixed_eps: 1e-5)",
+                spec_path=f"{field}.kind",
+                module_path=path,
+            ) from None
+        return BoundNorm(module, path, kind, name, field, feeds)
 
     def attention(self, block: nn.Module, a: AttentionSpec, field: str, prefix: str) -> BoundAttention:
         module, path = self.resolve(block, a.path, f"{field}.path", prefix)

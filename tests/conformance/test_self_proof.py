@@ -108,6 +108,9 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
     "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
     "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
+    # norm kinds of drafted families (issue 17): Nemotron's (1 + w) LayerNorm, OLMo's LayerNorm without an eps
+    "nemotron_plain_layernorm": ("norms", set(), "ln1.kind"),
+    "olmo_layernorm_without_eps": ("bind", set(), ".kind"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

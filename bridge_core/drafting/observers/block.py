@@ -8,7 +8,7 @@ from transformers.activations import ACT2FN
 
 from ..draft import DraftContext
 from ..probe import same, tensor_at
-from .modules import eps_of, is_linear, is_norm, layout, norm_kind, under
+from .modules import eps_of, is_linear, is_norm, kind_without_eps, layout, norm_kind, under
 from .moe import observe_moe
 
 
@@ -185,11 +185,13 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
     for role in ("ln1", "ln2", "ln1_post", "ln2_post"):
         if role in roles:
             full = f"{block}.{roles[role]}"
-            spec[role] = {"path": roles[role], "kind": norm_kind(obs.module(full), obs.input(full), obs.output(full))}
-            if eps_of(obs.module(full)) is None and spec[role]["kind"] is not None:
-                ctx.draft.gap("norm without eps attribute", f"{full} ({type(obs.module(full)).__name__}) keeps no eps")
+            module, nin, nout = obs.module(full), obs.input(full), obs.output(full)
+            spec[role] = {"path": roles[role], "kind": norm_kind(module, nin, nout)}
+            if spec[role]["kind"] is None and eps_of(module) is None and kind_without_eps(module, nin, nout):
+                spec[role]["kind"] = kind_without_eps(module, nin, nout)
+                ctx.draft.gap("norm without eps attribute", f"{full} ({type(module).__name__}) keeps no eps")
             if spec[role]["kind"] is None:
-                ctx.draft.gap("norm kind", f"{full} ({type(obs.module(full)).__name__}) matches no registered norm")
+                ctx.draft.gap("norm kind", f"{full} ({type(module).__name__}) matches no registered norm")
                 spec[role]["kind"] = "rmsnorm"
     _check_output(ctx, kind, x, mid, out, mlp_out, roles)
 
