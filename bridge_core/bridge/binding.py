@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, SpecError
@@ -85,6 +86,7 @@ class _Binder(SpecWalker):
         q_norm = self.attempt(self.norm, module, a.q_norm, f"{field}.q_norm", inner, "q_norm", "q")
         k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
+        sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
         if None in qkv.values() or o is None:
             raise Missing
         cfg = self.cfg
@@ -106,6 +108,7 @@ class _Binder(SpecWalker):
             residual_kwarg=a.residual_kwarg,
             q_prescaled=a.q_prescaled,
             softcap=softcap,
+            sinks=sinks,
             q_norm=q_norm,
             k_norm=k_norm,
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
@@ -452,3 +455,18 @@ def collect_problems(
     except BridgeCoreError as error:
         binder.problems.append(error)
     return binder.problems
+
+
+def _sinks(module: nn.Module, name: str | None, field: str, path: str) -> torch.Tensor | None:
+    """The attention module's per-head sink logits (`block.attn.sinks` names the parameter), or None."""
+    if name is None:
+        return None
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor) or value.dim() != 1:
+        raise BindError(
+            f"{type(module).__name__} has no 1-D parameter {name!r} of per-head sink logits",
+            spec_path=field,
+            module_path=f"{path}.{name}",
+            suggestions=[n for n, p in module.named_parameters(recurse=False) if p.dim() == 1],
+        )
+    return value

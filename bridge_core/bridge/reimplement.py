@@ -53,6 +53,7 @@ class ReimplementedLayer:
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
     submodules: set[int] = field(default_factory=set)
+    sinks: torch.Tensor | None = None  # per-head attention-sink logits (GPT-OSS, Granite SWA)
 
 
 class ReimplementRun:
@@ -106,6 +107,7 @@ class ReimplementRun:
             softcap=layer.softcap,
             position_bias=bias,
             route=self.route,
+            s_aux=layer.sinks,
         )
         new = layer.o(out.reshape(*out.shape[:2], -1))
         if layer.residual_kwarg is not None:  # the module adds the residual itself (BLOOM)
@@ -205,6 +207,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             score_bias=score_bias,
             read_mask=bound.call.mask_format.to_additive,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
+            sinks=attn.sinks,
         )
     return out
 

@@ -106,7 +106,10 @@ def _probe(module, query, key, value, attention_mask, **kwargs):
 
 
 def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention for what `sdpa` refuses (a softcap): GQA repeat, scale, softcap, mask, softmax."""
+    """Plain attention for what `sdpa` refuses (a softcap, sinks): GQA repeat, scale, softcap, mask, softmax
+    (with the per-head sink logits `s_aux` as one more column, dropped after the softmax)."""
+    from ..bridge.attention import softmax_with_sinks
+
     repeat = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
     scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
@@ -120,7 +123,7 @@ def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Ten
         scores = scores.masked_fill(~mask[..., : scores.shape[-1]], float("-inf"))
     else:
         scores = scores + mask[..., : scores.shape[-1]]
-    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    probs = softmax_with_sinks(scores.float(), kwargs.get("s_aux"), None).to(query.dtype)
     return (probs @ value).transpose(1, 2).contiguous(), probs
 
 

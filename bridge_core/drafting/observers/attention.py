@@ -76,7 +76,23 @@ def observe_attention(ctx: DraftContext) -> None:
         name = ctx.attr(call.kwargs["softcap"], keyword=("softcap",))
         spec["softcap"] = name or call.kwargs["softcap"]
         ctx.draft.fields.setdefault("config", {})["attn_softcap"] = spec["softcap"]
+    _sinks(ctx, call, spec)
     ctx.draft.fields.setdefault("block", {})["attn"] = spec
+
+
+def _sinks(ctx: DraftContext, call: AttentionCall, spec: dict) -> None:
+    """Per-head sink logits HF passes its attention function (`s_aux`): the module's parameter holding them."""
+    sinks = call.kwargs.get("s_aux")
+    if not isinstance(sinks, torch.Tensor):
+        return
+    own = call.module.named_parameters(recurse=False)
+    name = next((n for n, p in own if p.shape == sinks.shape and same(p.detach(), sinks.detach())), None)
+    if name is None:
+        ctx.draft.gap(
+            "attention sinks", "HF passes sink logits (s_aux) that no parameter of the attention module holds"
+        )
+    else:
+        spec["sinks"] = name
 
 
 def _projection_for(ctx, path, outs, target, heads, d, what, exclude=None, also=None) -> str | None:
