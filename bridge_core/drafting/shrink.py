@@ -52,9 +52,39 @@ def _layer_count(fields: dict[str, Any]) -> int | None:
 
 def _per_layer(values: list[Any], n: int) -> list[Any]:
     """`n` entries of a per-layer list, keeping each distinct value seen (sliding and full layers both)."""
-    distinct = list(dict.fromkeys(map(repr, values)))
-    chosen = [next(v for v in values if repr(v) == r) for r in distinct[:n]]
-    return (chosen + values[: n - len(chosen)])[:n] if len(chosen) < n else chosen
+    return [values[i] for i in _kept_layers(values, n)]
+
+
+def _kept_layers(values: list[Any], n: int) -> list[int]:
+    """The original layers `_per_layer` keeps: the first of each distinct value, then the first layers."""
+    firsts = list({repr(v): i for i, v in reversed(list(enumerate(values)))}.values())[::-1]
+    chosen = sorted(firsts, key=lambda i: i)[:n]
+    return (chosen + list(range(n - len(chosen))))[:n] if len(chosen) < n else chosen
+
+
+def _per_layer_config(fields: dict[str, Any], out: dict[str, Any], layers: int) -> None:
+    """A `per_layer_config` ({layer index: overrides}, Gemma 4, dots3) kept for the layers the tiny model keeps
+    (as `layer_types` is shrunk), re-indexed, its sizes shrunk like the config's own (a per-layer head_dim that
+    differs from the config's stays different: twice the tiny one)."""
+    table = fields.get("per_layer_config")
+    if not isinstance(table, dict) or not table:
+        return
+    types = fields.get("layer_types")
+    kept = _kept_layers(types, N_LAYERS) if isinstance(types, list) and len(types) == layers else list(range(N_LAYERS))
+    by_index = {int(k): v for k, v in table.items() if str(k).lstrip("-").isdigit() and isinstance(v, dict)}
+    new: dict[int, dict[str, Any]] = {}
+    for position, old in enumerate(kept):
+        if old not in by_index:
+            continue
+        entry = {}
+        for key, value in by_index[old].items():
+            if key in out and isinstance(value, int) and not isinstance(value, bool):
+                differs = key in ("head_dim", "global_head_dim") and value != fields.get(key)
+                entry[key] = out[key] * 2 if differs else out[key]
+            else:
+                entry[key] = value
+        new[position] = entry
+    out["per_layer_config"] = new
 
 
 def _remap_id(value: Any, default: int) -> Any:
@@ -99,6 +129,8 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if isinstance(value, list) and layers and len(value) == layers and layers != N_LAYERS:
             out[key] = _per_layer(value, N_LAYERS)
+    if layers and layers != N_LAYERS:
+        _per_layer_config(fields, out, layers)
     # multipliers left at 1.0 are invisible to observation: distinct values show where each one acts
     ones = [k for k, v in fields.items() if "multiplier" in k and isinstance(v, float) and v == 1.0]
     for i, key in enumerate(sorted(ones)):
