@@ -149,7 +149,14 @@ def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]
     if isinstance(rotary, int) and old_head and new_head:
         out["rotary_dim"] = max(2, round(rotary / old_head * new_head / 2) * 2)
     rope = fields.get("rope_parameters")
-    if isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
+    types = fields.get("layer_types")
+    if rope == {} and isinstance(types, list) and types:  # rotary per layer type, none given (Cohere Compass)
+        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in dict.fromkeys(types)}
+        notes.append(
+            "test_config: the config's defaults give no rope_parameters for its layer types: the default rotary "
+            "(theta 10000) is given to each in the tiny model"
+        )
+    elif isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
         out["rope_parameters"] = {**rope, "rope_type": "default"}  # other keys stay: attention may read them
         notes.append(
             f"test_config: rope scaling '{rope['rope_type']}' replaced by the default rotary in the tiny model "

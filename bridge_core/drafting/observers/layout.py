@@ -138,15 +138,17 @@ def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -
 
 
 def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) -> None:
-    """A rotary module called once per layer type (Gemma 3): which per-layer config list picks the call
-    each block's position embeddings came from, and under which parameter name."""
+    """A rotary module called once per layer type (Gemma 3; Mellum and Cohere Compass, whose tiny models may
+    have one layer type, so one call, whose layer-type argument a block called alone must still pass): which
+    per-layer config list picks the call each block's position embeddings came from, and under which parameter
+    name."""
     import inspect
 
     from ..shrink import plain_fields
 
     obs = ctx.obs
     calls = obs.calls.get(name, [])
-    if len(calls) < 2:
+    if not calls:
         return
     params = list(inspect.signature(module.forward).parameters)
     for position, param in enumerate(params):
@@ -164,7 +166,8 @@ def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) ->
             if ok:
                 ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
                 return
-    ctx.draft.gap("rotary per layer", f"{name} is called {len(calls)} times; no per-layer config list picks the call")
+    if len(calls) > 1:
+        ctx.draft.gap("rotary per layer", f"{name} is called {len(calls)} times; no per-layer config list picks the call")
 
 
 def _same_pair(a, b) -> bool:
