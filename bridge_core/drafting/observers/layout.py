@@ -167,7 +167,8 @@ def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) ->
                 ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
                 return
     if len(calls) > 1:
-        ctx.draft.gap("rotary per layer", f"{name} is called {len(calls)} times; no per-layer config list picks the call")
+        detail = f"{name} is called {len(calls)} times; no per-layer config list picks the call"
+        ctx.draft.gap("rotary per layer", detail)
 
 
 def _same_pair(a, b) -> bool:
