@@ -136,6 +136,11 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for i, key in enumerate(sorted(ones)):
         out[key] = 0.5 + 0.125 * i
     _shrink_rotary(fields, out, notes)
+    shared = fields.get("num_kv_shared_layers")
+    if isinstance(shared, int) and not isinstance(shared, bool) and shared > 0 and layers != N_LAYERS:
+        out["num_kv_shared_layers"] = 0  # 2 layers cannot keep a producer of every layer type before the sharers
+        notes.append(f"test_config: num_kv_shared_layers {shared} -> 0 (layers reusing earlier layers' keys and "
+                     "values are not exercised by conformance)")  # fmt: skip
     if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1
     return out, notes
