@@ -113,6 +113,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "olmo_layernorm_without_eps": ("bind", set(), ".kind"),
     # attention sinks (issue 17: Granite SWA, Flint, GPT-OSS): left out, the pattern's rows are a plain softmax
     "granite_swa_no_sinks": ("attention_semantics", {"attention_paths_agree"}, "block.attn.sinks"),
+    # post-sublayer norms whose outputs enter the residual × residual_multiplier (HyperCLOVA X), swapped
+    "hyperclovax_post_norms_swapped": ("norm_roles", {"residual_stream", "delta_once"}, "ln1_post.path"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

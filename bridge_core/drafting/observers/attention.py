@@ -39,7 +39,10 @@ def observe_attention(ctx: DraftContext) -> None:
     linears = [(n, m) for n, m in call.module.named_modules() if is_linear(m)]
     outs = {n: obs.output(f"{path}.{n}") for n, _ in linears}
     spec: dict = {"path": ctx.relative(path, ctx.block)}
-    v_flat = call.value.transpose(1, 2).reshape(b, s, kv * d)
+    dv = call.value.shape[-1]  # value heads may be narrower than query/key heads (MiMo-V2-Flash)
+    if dv != d:  # separate or fused projections have one head width (cfg.d_head) in the vocabulary
+        ctx.draft.gap("value head width", f"values have {dv} dims per head, queries and keys {d}")
+    v_flat = call.value.transpose(1, 2).reshape(b, s, kv * dv)
     v = next((n for n, o in outs.items() if same(o, v_flat)), None)
     q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
     if v is not None:
@@ -62,7 +65,7 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["qkv"] = {"kind": "fused", "path": name, "order": order}
             ctx.found["fused_q0"] = _fused_q(outs[name], order, h, kv, d)
             _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
-    o_in = call.output.reshape(b, s, h * d)
+    o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
     if o is None:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
