@@ -144,7 +144,8 @@ def _unnormalized_mlp_input(ctx: CheckContext, layer: Layer, m: Meter) -> int:
     if block.kind != "parallel":
         residual = residual + ctx.hf_at(block.attn_out)
     what = f"{layer.prefix}.mlp input (no norm before it) vs the {block.kind} block's residual before the MLP"
-    m.compare(what, ctx.hf_in(block.mlp.w_in), residual, f"{block.field}.kind")
+    reads = block.mlp.w_in if block.mlp.moe is None else block.mlp.module  # a MoE: the whole MLP reads it (FlexOlmo)
+    m.compare(what, ctx.hf_in(reads), residual, f"{block.field}.kind")
     return 1
 
 
