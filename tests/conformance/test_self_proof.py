@@ -115,6 +115,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "granite_swa_no_sinks": ("attention_semantics", {"attention_paths_agree"}, "block.attn.sinks"),
     # post-sublayer norms whose outputs enter the residual × residual_multiplier (HyperCLOVA X), swapped
     "hyperclovax_post_norms_swapped": ("norm_roles", {"residual_stream", "delta_once"}, "ln1_post.path"),
+    # a fused projection whose q and k pass LayerNorms before rotary (Persimmon): hook_q/k are the norms' inputs
+    "persimmon_fused_order_qkv": ("qkv_recompute", {"attention_paths_agree", "qk_norm_layout"}, "block.attn.qkv"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

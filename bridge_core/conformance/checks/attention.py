@@ -194,6 +194,12 @@ def _pre_position(
     if n in attention.bound.qkv:
         out = ctx.hf_out(attention.bound.qkv[n])
         return out.unflatten(-1, (-1, ctx.bridge.cfg.d_head)), slice(None), False
+    norm = attention.bound.q_norm if n == "q" else attention.bound.k_norm
+    if norm is not None:  # a fused projection's q/k pass a norm before the interface (Persimmon): the norm's input
+        seen, layout = ctx.hf_in(norm.module), attention.bound.qk_norm_layout
+        if layout == "flat":
+            return seen.unflatten(-1, (-1, ctx.bridge.cfg.d_head)), slice(None), False
+        return (seen.transpose(1, 2) if layout == "bhsd" else seen), slice(None), False
     return hf, slice(0, 1), True
 
 
