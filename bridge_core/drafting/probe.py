@@ -129,7 +129,7 @@ def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Ten
 
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return value.detach().clone()  # what the module returned then: HF may edit it in place later (CTRL)
     if isinstance(value, tuple):
         return tuple(_detach(v) for v in value)
     if isinstance(value, list):

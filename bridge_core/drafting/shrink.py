@@ -21,7 +21,7 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads",
                      "encoder_attention_heads"), N_HEADS),
     **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim"), D_HEAD),
-    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
+    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "dff", "decoder_ffn_dim", "encoder_ffn_dim",
                      "ffn_hidden_size", "mlp_dim"), D_MLP),
     **dict.fromkeys(("vocab_size", "padded_vocab_size"), D_VOCAB),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",

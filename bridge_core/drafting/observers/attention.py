@@ -56,8 +56,12 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
     else:
         fused = _fused(call, outs, h, kv, d)
+        grouped = _grouped(call, outs, h, kv, d) if fused is None else None
+        if grouped is not None:
+            ctx.draft.gap("fused q/k/v order", grouped)
         if fused is None:
-            ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
+            if grouped is None:
+                ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
             spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
         else:
             name, order = fused
@@ -151,6 +155,27 @@ def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
             return name, "qkv"
         if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
             return name, "per_head_interleaved"
+    return None
+
+
+def _grouped(call: AttentionCall, outs, h, kv, d) -> str | None:
+    """A fused projection holding q, k and v in G groups of three slices in some order (CodeGen: 4 groups of
+    [q | v | k]), which neither fused order describes: what it holds, for the gap."""
+    value = call.value.transpose(1, 2)  # [b, s, kv, d]
+    b, s = value.shape[:2]
+    q0 = call.query[:, :, 0].reshape(b, h * d)  # position 0: rotary is the identity there
+    for name, out in outs.items():
+        if out is None or h != kv or out.shape[-1] != 3 * h * d:
+            continue
+        for groups in (g for g in range(1, h * d + 1) if (h * d) % g == 0):
+            parts = out.reshape(b, s, groups, 3, h * d // groups)
+            slots = [parts[..., i, :].reshape(b, s, h * d) for i in range(3)]
+            v = next((i for i in range(3) if same(slots[i], value.reshape(b, s, h * d))), None)
+            q = next((i for i in range(3) if i != v and same(slots[i][:, 0], q0)), None)
+            if v is not None and q is not None:
+                order = ["k"] * 3
+                order[v], order[q] = "v", "q"
+                return f"{name} holds {groups} groups of [{' | '.join(order)}], each slice {h * d // groups} wide"
     return None
 
 

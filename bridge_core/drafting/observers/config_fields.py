@@ -17,7 +17,7 @@ _PREFER = {
     "n_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"),
     "n_kv_heads": ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"),
     "d_head": ("head_dim", "kv_channels", "attention_head_dim"),
-    "d_mlp": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "ffn_hidden_size"),
+    "d_mlp": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "dff", "decoder_ffn_dim", "ffn_hidden_size"),
     "d_vocab": ("vocab_size", "padded_vocab_size"),
     "n_ctx": ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"),
 }

@@ -111,6 +111,13 @@ def observe_positions(ctx: DraftContext) -> None:
             "rotary inside attention", "queries are rotated but no model-level rotary module feeds the blocks"
         )
     ctx.draft.fields["pos_embed"] = {"kind": "none"}
+    raw = model.get_input_embeddings().weight.detach()[obs.inputs["input_ids"]]
+    block_in, embedded = obs.input(ctx.block), ctx.found.get("embed_final")
+    if embedded is not None and _ratio(raw, block_in) is None and not same(embedded, block_in):
+        ctx.draft.gap(  # CTRL adds a sinusoidal buffer of the model in its forward
+            "positions outside a module",
+            "the first block's input is the embedding plus something no module returned (a position table buffer?)",
+        )
 
 
 def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -> dict:

@@ -1,0 +1,31 @@
+"""Drafts that cannot pass yet name what is missing precisely (issue 17), read from HF's own modules."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from bridge_core.drafting.drafter import draft_model_type
+
+
+def _tiny(model_type: str, test_config: dict) -> torch.nn.Module:
+    config = transformers.AutoConfig.for_model(model_type, **test_config)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_codegen_grouped_fused_projection_is_named_with_hfs_grouping():
+    draft = draft_model_type("codegen")
+    attn = _tiny("codegen", draft.fields["test_config"]).transformer.h[0].attn
+    local = attn.embed_dim // attn.mp_num  # CodeGen splits qkv_proj into mp_num groups of [q | v | k]
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["fused q/k/v order"] == f"qkv_proj holds {attn.mp_num} groups of [q | v | k], each slice {local} wide"
+    assert "q/k/v projections" not in gaps
+
+
+def test_ctrl_positions_added_in_the_forward_are_a_named_gap_and_dff_is_d_mlp():
+    draft = draft_model_type("ctrl")
+    model = _tiny("ctrl", draft.fields["test_config"])
+    assert draft.fields["config"]["d_mlp"] == "dff"
+    assert model.transformer.h[0].ffn[0].out_features == draft.fields["test_config"]["dff"]
+    assert "pos_encoding" in dict(model.transformer.named_buffers())  # a buffer, not a module
+    assert any(g.item == "positions outside a module" for g in draft.gaps), draft.gaps
