@@ -71,7 +71,11 @@ def observe_attention(ctx: DraftContext) -> None:
             _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
     o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
-    if o is None:
+    sub = None if o is not None else _sub_norm(ctx, path, o_in, [n for n, _ in linears])
+    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj
+        o = sub[1]
+        ctx.draft.gap("norm before the output projection", f"{path}.{sub[0]} normalizes the attention output for {o}")
+    elif o is None:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
     spec["o"] = o or "FILL_ME"
     ctx.found["o"] = f"{path}.{o}" if o else None
@@ -155,6 +159,18 @@ def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
             return name, "qkv"
         if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
             return name, "per_head_interleaved"
+    return None
+
+
+def _sub_norm(ctx: DraftContext, path: str, x: torch.Tensor, linears: list[str]) -> tuple[str, str] | None:
+    """A norm under `path` reading `x` whose output a projection reads: (norm, projection), relative to `path`."""
+    obs = ctx.obs
+    for name, module in obs.module(path).named_modules():
+        if name and is_norm(module) and same(obs.input(f"{path}.{name}"), x):
+            out = obs.output(f"{path}.{name}")
+            reader = next((n for n in linears if same(obs.input(f"{path}.{n}"), out)), None)
+            if reader is not None:
+                return name, reader
     return None
 
 

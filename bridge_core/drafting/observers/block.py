@@ -115,8 +115,25 @@ def _activation(ctx, rest, full, down_in):
     if unknown:
         ctx.draft.gap("activation kind", f"the config's activation {unknown[0]!r} is no registered activation")
     else:
+        normed = _mlp_sub_norm(ctx, down_in)
+        if normed is not None:  # the wiring is read at the sub-norm's input instead
+            return _activation(ctx, rest, full, normed)
         ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
     return None, "plain", {"in": rest[0]} if rest else {}
+
+
+def _mlp_sub_norm(ctx: DraftContext, down_in: torch.Tensor | None) -> torch.Tensor | None:
+    """A norm inside the MLP whose output is the down projection's input (BitNet's ffn_sub_norm): a named gap;
+    its input, or None."""
+    obs = ctx.obs
+    mlp = ctx.found.get("mlp")
+    if down_in is None or not mlp:
+        return None
+    for name, module in obs.module(mlp).named_modules():
+        if name and is_norm(module) and same(obs.output(f"{mlp}.{name}"), down_in):
+            ctx.draft.gap("norm before the MLP's output projection", f"{mlp}.{name} normalizes the activations")
+            return obs.input(f"{mlp}.{name}")
+    return None
 
 
 def observe_norms_and_kind(ctx: DraftContext) -> None:
