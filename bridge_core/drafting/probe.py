@@ -37,6 +37,7 @@ class AttentionCall:
     value: torch.Tensor
     kwargs: dict[str, Any]
     output: torch.Tensor  # [batch, pos, heads, d_head], as returned to the module
+    mask: torch.Tensor | None = None  # the attention mask the module passed
 
 
 @dataclass
@@ -100,7 +101,15 @@ def _probe(module, query, key, value, attention_mask, **kwargs):
         output, weights = AttentionInterface()["sdpa"](module, query, key, value, attention_mask, **kwargs)
     if _ACTIVE:
         _ACTIVE[-1].append(
-            AttentionCall(module, query.detach(), key.detach(), value.detach(), dict(kwargs), output.detach())
+            AttentionCall(
+                module,
+                query.detach(),
+                key.detach(),
+                value.detach(),
+                dict(kwargs),
+                output.detach(),
+                attention_mask.detach() if isinstance(attention_mask, torch.Tensor) else None,
+            )
         )
     return output, weights
 

@@ -44,3 +44,16 @@ def test_bitnet_sub_norms_are_named_and_the_mlp_read_through_them():
     assert (mlp["kind"], mlp["in"], mlp["gate"], mlp["out"]) == ("gated", "up_proj", "gate_proj", "down_proj")
     assert draft.fields["block"]["attn"]["o"] == "o_proj"
     assert draft.fields["config"]["act_fn"] == "hidden_act" and model.config.hidden_act == "relu2"
+
+
+def test_doge_residual_scale_and_computed_mask_are_named():
+    draft = draft_model_type("doge")
+    layer = _tiny("doge", draft.fields["test_config"]).model.layers[0]
+    assert layer.input_residual.shape == (layer.input_residual.numel(),)  # HF's per-channel residual weight
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["learned residual scale"] == "model.layers.0.input_residual multiplies the residual before the add"
+    assert gaps["score bias in the mask"].startswith("model.layers.0.self_attn")
+
+
+def test_a_plain_causal_mask_is_no_score_bias():
+    assert not [g for g in draft_model_type("llama").gaps if g.item == "score bias in the mask"]

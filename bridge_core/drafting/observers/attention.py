@@ -88,7 +88,19 @@ def observe_attention(ctx: DraftContext) -> None:
         spec["softcap"] = name or call.kwargs["softcap"]
         ctx.draft.fields.setdefault("config", {})["attn_softcap"] = spec["softcap"]
     _sinks(ctx, call, spec)
+    _computed_mask(ctx, call)
     ctx.draft.fields.setdefault("block", {})["attn"] = spec
+
+
+def _computed_mask(ctx: DraftContext, call: AttentionCall) -> None:
+    """An additive mask holding values besides 0 and the blocked value: a score bias the module computed into the
+    mask (Doge's dynamic mask from the values), which no spec field describes."""
+    mask = call.mask
+    if mask is None or not mask.is_floating_point():
+        return
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    if bool((mask[~blocked] != 0).any()):
+        ctx.draft.gap("score bias in the mask", f"{ctx.obs.name(call.module)} passes a mask with computed values")
 
 
 def _sinks(ctx: DraftContext, call: AttentionCall, spec: dict) -> None:

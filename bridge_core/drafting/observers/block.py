@@ -225,6 +225,10 @@ def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch
                 ctx.draft.fields.setdefault("config", {})["residual_multiplier"] = name
                 ctx.found["residual_multiplier"] = s
             return
+        for name, param in ctx.obs.module(ctx.block).named_parameters(recurse=False):  # Doge: w * x + attention
+            if param.shape == x.shape[-1:] and same(x * param.detach() + branch, seen):
+                ctx.draft.gap("learned residual scale", f"{ctx.block}.{name} multiplies the residual before the add")
+                return
     ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
 
 
