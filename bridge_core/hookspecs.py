@@ -38,7 +38,7 @@ def bridge_core_spec_dirs() -> list[str | Path]:
 
 @hookspec
 def bridge_core_norm_kinds() -> list[Norm]:
-    """Norm kinds this plugin provides (built-ins: `layernorm`, `rmsnorm`, `rmsnorm_offset`).
+    """Norm kinds this plugin provides (built-ins: `layernorm`, `rmsnorm`, `rmsnorm_offset`, ...).
 
     :returns: Objects fitting `bridge_core.kinds.Norm`, usually `NormKind` records. A spec selects
         one with `kind: NAME` on any norm.

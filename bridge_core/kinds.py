@@ -339,8 +339,12 @@ class NormKind:
     upcast: bool = False  # compute in float32 and cast back (F.layer_norm in half precision, RMSNorm families)
     cast_first: bool = False  # cast to the output dtype before the weight multiplies (Llama, T5), not after (Gemma)
     eps_attributes: tuple[str, ...] = ("eps", "variance_epsilon", "epsilon")
+    # an epsilon the module's forward passes as a literal, keeping no attribute (OLMo's OlmoLayerNorm: 1e-5)
+    fixed_eps: float | None = None
 
     def eps(self, module: nn.Module) -> float:
+        if self.fixed_eps is not None:
+            return self.fixed_eps
         for name in self.eps_attributes:
             value = getattr(module, name, None)
             if isinstance(value, (int, float)):

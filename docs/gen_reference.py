@@ -458,12 +458,13 @@ def _kinds_section() -> str:
         builtin = [n for n in getattr(kinds, table) if is_builtin(kinds.origins.get((what, n), ""))]
         lines.append(f"| {what} | {field} | {', '.join(f'`{n}`' for n in builtin)} |")
     lines += ["", "Built-in norm kinds (`NormKind`), as registered:", ""]
-    lines += ["| norm | subtracts the mean | weight offset | arithmetic |", "|---|---|---|---|"]
+    lines += ["| norm | subtracts the mean | weight offset | epsilon | arithmetic |", "|---|---|---|---|---|"]
     for name, norm in kinds.norms.items():
         if not is_builtin(kinds.origins.get(("norm", name), "")):
             continue
         order = "float32, cast to the output dtype, then the weight" if norm.cast_first else "float32, cast last"
-        lines.append(f"| `{name}` | {'yes' if norm.centered else 'no'} | {norm.weight_offset:g} | {order} |")
+        eps = "the module's" if norm.fixed_eps is None else f"{norm.fixed_eps:g}, fixed"
+        lines.append(f"| `{name}` | {'yes' if norm.centered else 'no'} | {norm.weight_offset:g} | {eps} | {order} |")
     lines += ["", "Built-in position kinds (`PositionKind`), as registered:", ""]
     lines += ["| position | learned table | limits length to `n_ctx` | rotates q and k |", "|---|---|---|---|"]
     for name, position in kinds.positions.items():

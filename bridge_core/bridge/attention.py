@@ -134,6 +134,17 @@ def as_additive_mask(
     return mask
 
 
+def softmax_with_sinks(scores: torch.Tensor, sinks: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor:
+    """softmax over the keys, with one extra logit per head (`sinks`, `[heads]`) in every row when given
+    (GPT-OSS, Granite SWA): the probabilities of the real keys, which then sum to less than 1."""
+    if sinks is None:
+        return nn.functional.softmax(scores, dim=-1, dtype=dtype)
+    sink = sinks.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    combined = torch.cat([scores, sink], dim=-1)
+    combined = combined - combined.max(dim=-1, keepdim=True).values  # as HF's eager: no overflow in exp
+    return nn.functional.softmax(combined, dim=-1, dtype=dtype)[..., :-1]
+
+
 def _eager(
     module: nn.Module,
     query: torch.Tensor,
@@ -145,6 +156,7 @@ def _eager(
     softcap: float | None = None,
     position_bias: torch.Tensor | None = None,
     route: AttentionRoute | None = None,
+    s_aux: torch.Tensor | None = None,
     **_: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention with the bridge's score and pattern hooks (same op order as HF's eager)."""
@@ -166,7 +178,7 @@ def _eager(
     if route is not None and route.on_scores is not None:
         scores = route.on_scores(scores)
     float32 = route is not None and route.softmax_float32
-    pattern = nn.functional.softmax(scores, dim=-1, dtype=torch.float32 if float32 else None).to(value.dtype)
+    pattern = softmax_with_sinks(scores, s_aux, torch.float32 if float32 else None).to(value.dtype)
     if route is not None and route.on_pattern is not None:
         pattern = route.on_pattern(pattern)
     weights = nn.functional.dropout(pattern, p=dropout, training=module.training)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, SpecError
@@ -64,7 +65,17 @@ class _Binder(SpecWalker):
             module, path = found
         else:
             module, path = self.resolve(root, n.path, f"{field}.path", prefix)
-        return BoundNorm(module, path, self.kind(f"{field}.kind"), name, field, feeds)
+        kind = self.kind(f"{field}.kind")
+        try:  # a kind reading an epsilon the module does not keep (OLMo's LayerNorm) fails here, not per call
+            kind.eps(module)
+        except AttributeError as exc:
+            raise BindError(
+                f"{exc}; a norm whose forward fixes its epsilon needs a kind that fixes it too "
+                "(layernorm_fixed_eps: 1e-5)",
+                spec_path=f"{field}.kind",
+                module_path=path,
+            ) from None
+        return BoundNorm(module, path, kind, name, field, feeds)
 
     def attention(
         self, block: nn.Module, a: AttentionSpec, field: str, prefix: str, layer: int | None = None
@@ -88,6 +99,7 @@ class _Binder(SpecWalker):
         k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
         rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
+        sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
         if None in qkv.values() or o is None or rotary is None:
             raise Missing
         cfg = self.cfg
@@ -109,6 +121,7 @@ class _Binder(SpecWalker):
             residual_kwarg=a.residual_kwarg,
             q_prescaled=a.q_prescaled,
             softcap=softcap,
+            sinks=sinks,
             q_norm=q_norm,
             k_norm=k_norm,
             qk_norm_heads_first=a.qk_norm_layout == "bhsd",
@@ -493,3 +506,18 @@ def collect_problems(
     except BridgeCoreError as error:
         binder.problems.append(error)
     return binder.problems
+
+
+def _sinks(module: nn.Module, name: str | None, field: str, path: str) -> torch.Tensor | None:
+    """The attention module's per-head sink logits (`block.attn.sinks` names the parameter), or None."""
+    if name is None:
+        return None
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor) or value.dim() != 1:
+        raise BindError(
+            f"{type(module).__name__} has no 1-D parameter {name!r} of per-head sink logits",
+            spec_path=field,
+            module_path=f"{path}.{name}",
+            suggestions=[n for n, p in module.named_parameters(recurse=False) if p.dim() == 1],
+        )
+    return value

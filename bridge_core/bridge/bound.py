@@ -119,6 +119,7 @@ class BoundAttention:
     residual_kwarg: str | None = None  # the module adds this residual itself (BLOOM)
     q_prescaled: bool = False
     softcap: float | None = None
+    sinks: torch.Tensor | None = None  # per-head attention-sink logits [n_heads] (the module's own parameter)
     q_norm: BoundNorm | None = None
     k_norm: BoundNorm | None = None
     qk_norm_heads_first: bool = True  # q/k norms receive [b, h, s, d]

@@ -55,6 +55,7 @@ class ReimplementedLayer:
     read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
     window: int | None = None  # call.window of this layer: keys further back than this are masked here
     submodules: set[int] = field(default_factory=set)
+    sinks: torch.Tensor | None = None  # per-head attention-sink logits (GPT-OSS, Granite SWA)
 
 
 class ReimplementRun:
@@ -114,6 +115,7 @@ class ReimplementRun:
             softcap=layer.softcap,
             position_bias=bias,
             route=self.route,
+            s_aux=layer.sinks,
         )
         new = layer.o(out.reshape(*out.shape[:2], -1))
         if layer.residual_kwarg is not None:  # the module adds the residual itself (BLOOM)
@@ -233,6 +235,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             read_mask=bound.call.mask_format.to_additive,
             window=bound.call.windows[block.index] if block.stack == "decoder" else None,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
+            sinks=attn.sinks,
         )
     return out
 

@@ -107,7 +107,19 @@ def build(cls: type[nn.Module], config: Any, seed: int = 0) -> nn.Module:
         try:
             return cls(config).eval()
         except Exception as exc:
-            raise DraftingError("build", f"{cls.__name__}(tiny config) failed: {type(exc).__name__}: {exc}") from None
+            raise DraftingError(
+                "build", f"{cls.__name__}(tiny config) failed{_where(exc)}: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+def builds_on_meta(cls: type[nn.Module], config: Any) -> bool:
+    """Whether `cls` builds from `config` at full size (on the meta device: no memory, no initialization)."""
+    try:
+        with torch.device("meta"):
+            cls(config)
+    except Exception:
+        return False
+    return True
 
 
 def example_inputs(model: nn.Module, seq: int = 6) -> dict[str, torch.Tensor]:
@@ -126,5 +138,16 @@ def forward(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Any:
             return model(**inputs, use_cache=False)
     except Exception as exc:
         raise DraftingError(
-            "forward", f"the tiny {type(model).__name__} failed to run: {type(exc).__name__}: {exc}"
+            "forward", f"the tiny {type(model).__name__} failed to run{_where(exc)}: {type(exc).__name__}: {exc}"
         ) from None
+
+
+def _where(exc: BaseException) -> str:
+    """Where in transformers an exception was raised (` in modeling_x.py:123 (Cls.__init__)`), or ''."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "transformers" in f.filename]
+    if not frames:
+        return ""
+    last = frames[-1]
+    return f" in {last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"

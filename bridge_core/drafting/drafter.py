@@ -36,7 +36,16 @@ def draft_model_type(model_type: str) -> Draft:
     if reason:
         raise OutOfScopeError(reason)
     overrides, notes = shrink(base)
-    return _draft(cls, complete(cls.config_class, base, overrides), notes, model_type)
+    try:
+        return _draft(cls, complete(cls.config_class, base, overrides), notes, model_type)
+    except DraftingError as exc:
+        if exc.step == "build" and not build.builds_on_meta(cls, base):
+            raise DraftingError(
+                "build",
+                f"{exc.reason} (transformers' default {cls.config_class.__name__} does not build at full size either: "
+                "its defaults leave this unset, a checkpoint's config sets it)",
+            ) from None
+        raise
 
 
 def draft_config(config: Any, cls: type[nn.Module] | None = None) -> Draft:

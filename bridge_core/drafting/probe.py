@@ -37,6 +37,7 @@ class AttentionCall:
     value: torch.Tensor
     kwargs: dict[str, Any]
     output: torch.Tensor  # [batch, pos, heads, d_head], as returned to the module
+    mask: torch.Tensor | None = None  # the attention mask the module passed
 
 
 @dataclass
@@ -100,13 +101,24 @@ def _probe(module, query, key, value, attention_mask, **kwargs):
         output, weights = AttentionInterface()["sdpa"](module, query, key, value, attention_mask, **kwargs)
     if _ACTIVE:
         _ACTIVE[-1].append(
-            AttentionCall(module, query.detach(), key.detach(), value.detach(), dict(kwargs), output.detach())
+            AttentionCall(
+                module,
+                query.detach(),
+                key.detach(),
+                value.detach(),
+                dict(kwargs),
+                output.detach(),
+                attention_mask.detach() if isinstance(attention_mask, torch.Tensor) else None,
+            )
         )
     return output, weights
 
 
 def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention for what `sdpa` refuses (a softcap): GQA repeat, scale, softcap, mask, softmax."""
+    """Plain attention for what `sdpa` refuses (a softcap, sinks): GQA repeat, scale, softcap, mask, softmax
+    (with the per-head sink logits `s_aux` as one more column, dropped after the softmax)."""
+    from ..bridge.attention import softmax_with_sinks
+
     repeat = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(repeat, 1), value.repeat_interleave(repeat, 1)
     scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
@@ -120,13 +132,13 @@ def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Ten
         scores = scores.masked_fill(~mask[..., : scores.shape[-1]], float("-inf"))
     else:
         scores = scores + mask[..., : scores.shape[-1]]
-    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    probs = softmax_with_sinks(scores.float(), kwargs.get("s_aux"), None).to(query.dtype)
     return (probs @ value).transpose(1, 2).contiguous(), probs
 
 
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
-        return value.detach()
+        return value.detach().clone()  # what the module returned then: HF may edit it in place later (CTRL)
     if isinstance(value, tuple):
         return tuple(_detach(v) for v in value)
     if isinstance(value, list):

@@ -21,7 +21,7 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads",
                      "encoder_attention_heads"), N_HEADS),
     **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim"), D_HEAD),
-    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "encoder_ffn_dim",
+    **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "dff", "decoder_ffn_dim", "encoder_ffn_dim",
                      "ffn_hidden_size", "mlp_dim"), D_MLP),
     **dict.fromkeys(("vocab_size", "padded_vocab_size"), D_VOCAB),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
@@ -53,9 +53,39 @@ def _layer_count(fields: dict[str, Any]) -> int | None:
 
 def _per_layer(values: list[Any], n: int) -> list[Any]:
     """`n` entries of a per-layer list, keeping each distinct value seen (sliding and full layers both)."""
-    distinct = list(dict.fromkeys(map(repr, values)))
-    chosen = [next(v for v in values if repr(v) == r) for r in distinct[:n]]
-    return (chosen + values[: n - len(chosen)])[:n] if len(chosen) < n else chosen
+    return [values[i] for i in _kept_layers(values, n)]
+
+
+def _kept_layers(values: list[Any], n: int) -> list[int]:
+    """The original layers `_per_layer` keeps: the first of each distinct value, then the first layers."""
+    firsts = list({repr(v): i for i, v in reversed(list(enumerate(values)))}.values())[::-1]
+    chosen = sorted(firsts, key=lambda i: i)[:n]
+    return (chosen + list(range(n - len(chosen))))[:n] if len(chosen) < n else chosen
+
+
+def _per_layer_config(fields: dict[str, Any], out: dict[str, Any], layers: int) -> None:
+    """A `per_layer_config` ({layer index: overrides}, Gemma 4, dots3) kept for the layers the tiny model keeps
+    (as `layer_types` is shrunk), re-indexed, its sizes shrunk like the config's own (a per-layer head_dim that
+    differs from the config's stays different: twice the tiny one)."""
+    table = fields.get("per_layer_config")
+    if not isinstance(table, dict) or not table:
+        return
+    types = fields.get("layer_types")
+    kept = _kept_layers(types, N_LAYERS) if isinstance(types, list) and len(types) == layers else list(range(N_LAYERS))
+    by_index = {int(k): v for k, v in table.items() if str(k).lstrip("-").isdigit() and isinstance(v, dict)}
+    new: dict[int, dict[str, Any]] = {}
+    for position, old in enumerate(kept):
+        if old not in by_index:
+            continue
+        entry = {}
+        for key, value in by_index[old].items():
+            if key in out and isinstance(value, int) and not isinstance(value, bool):
+                differs = key in ("head_dim", "global_head_dim") and value != fields.get(key)
+                entry[key] = out[key] * 2 if differs else out[key]
+            else:
+                entry[key] = value
+        new[position] = entry
+    out["per_layer_config"] = new
 
 
 def _remap_id(value: Any, default: int) -> Any:
@@ -104,6 +134,8 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if isinstance(value, list) and layers and len(value) == layers and layers != N_LAYERS:
             out[key] = _per_layer(value, N_LAYERS)
+    if layers and layers != N_LAYERS:
+        _per_layer_config(fields, out, layers)
     # multipliers left at 1.0 are invisible to observation: distinct values show where each one acts
     ones = [k for k, v in fields.items() if "multiplier" in k and isinstance(v, float) and v == 1.0]
     for i, key in enumerate(sorted(ones)):
@@ -114,6 +146,11 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
         out["n_group"] = 2  # expert groups of the shrunk 4 experts: 2 groups of 2, one kept (DeepSeek)
         if isinstance(fields.get("topk_group"), int):
             out["topk_group"] = 1
+    shared = fields.get("num_kv_shared_layers")
+    if isinstance(shared, int) and not isinstance(shared, bool) and shared > 0 and layers != N_LAYERS:
+        out["num_kv_shared_layers"] = 0  # 2 layers cannot keep a producer of every layer type before the sharers
+        notes.append(f"test_config: num_kv_shared_layers {shared} -> 0 (layers reusing earlier layers' keys and "
+                     "values are not exercised by conformance)")  # fmt: skip
     if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1
     return out, notes
@@ -127,7 +164,14 @@ def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]
     if isinstance(rotary, int) and old_head and new_head:
         out["rotary_dim"] = max(2, round(rotary / old_head * new_head / 2) * 2)
     rope = fields.get("rope_parameters")
-    if isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
+    types = fields.get("layer_types")
+    if rope == {} and isinstance(types, list) and types:  # rotary per layer type, none given (Cohere Compass)
+        out["rope_parameters"] = {t: {"rope_type": "default", "rope_theta": 10000.0} for t in dict.fromkeys(types)}
+        notes.append(
+            "test_config: the config's defaults give no rope_parameters for its layer types: the default rotary "
+            "(theta 10000) is given to each in the tiny model"
+        )
+    elif isinstance(rope, dict) and rope.get("rope_type") not in (None, "default"):
         out["rope_parameters"] = {**rope, "rope_type": "default"}  # other keys stay: attention may read them
         notes.append(
             f"test_config: rope scaling '{rope['rope_type']}' replaced by the default rotary in the tiny model "

@@ -154,6 +154,13 @@ class AttentionSpec(StrictModel):
     softcap: ConfigValue = Field(
         default=None, description="Attention logit softcap for the reimplement path (Gemma 2: attn_logit_softcapping)."
     )
+    sinks: str | None = Field(
+        default=None,
+        description="Name of the attention module's per-head attention-sink parameter `[n_heads]` (GPT-OSS, Granite "
+        "SWA, Flint `sinks`, passed to the attention function as `s_aux`): one extra logit per head in every "
+        "softmax row, attending to nothing. hook_attn_scores leaves it out; hook_pattern is the probabilities of the "
+        "real keys (what multiplies the values), so its rows sum to less than 1.",
+    )
     q_norm: NormSpec | None = Field(default=None, description="Norm applied to queries per head (Gemma 3).")
     k_norm: NormSpec | None = Field(default=None, description="Norm applied to keys per head (Gemma 3).")
     qk_norm_layout: Literal["bhsd", "bshd", "flat"] = Field(

@@ -140,6 +140,15 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "smollm3_rotary_every_layer": ("attention_paths_agree", set(), "block.attn.rotary"),
     "hunyuan_norm_before_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "qk_norm_at"),
     "gemma3_norm_after_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_at"),
+    # norm kinds of drafted families (issue 17): Nemotron's (1 + w) LayerNorm, OLMo's LayerNorm without an eps
+    "nemotron_plain_layernorm": ("norms", set(), "ln1.kind"),
+    "olmo_layernorm_without_eps": ("bind", set(), ".kind"),
+    # attention sinks (issue 17: Granite SWA, Flint, GPT-OSS): left out, the pattern's rows are a plain softmax
+    "granite_swa_no_sinks": ("attention_semantics", {"attention_paths_agree"}, "block.attn.sinks"),
+    # post-sublayer norms whose outputs enter the residual × residual_multiplier (HyperCLOVA X), swapped
+    "hyperclovax_post_norms_swapped": ("norm_roles", {"residual_stream", "delta_once"}, "ln1_post.path"),
+    # a fused projection whose q and k pass LayerNorms before rotary (Persimmon): hook_q/k are the norms' inputs
+    "persimmon_fused_order_qkv": ("qkv_recompute", {"attention_paths_agree", "qk_norm_layout"}, "block.attn.qkv"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -20,7 +20,7 @@ def tiny(model_type: str):
     return base, config, model
 
 
-@pytest.mark.parametrize("model_type", ["gptj", "gpt_bigcode", "gemma3_text", "opt", "phi"])
+@pytest.mark.parametrize("model_type", ["gptj", "gpt_bigcode", "gemma3_text", "opt", "phi", "gemma3n_text"])
 def test_tiny_config_builds_and_forwards(model_type):
     _, config, model = tiny(model_type)
     tokens = torch.randint(0, config.vocab_size, (2, 7))
@@ -51,3 +51,28 @@ def test_layer_types_are_resized_and_keep_both_kinds():
     assert len(config.layer_types) == N_LAYERS == config.num_hidden_layers
     assert set(config.layer_types) == set(base.layer_types) == {"sliding_attention", "full_attention"}
     assert config.sliding_window < 6  # shorter than the test sequences: the window is exercised
+
+
+def test_per_layer_config_follows_the_layers_kept():
+    """Gemma 4's per_layer_config gives its full-attention layers (5, 11, ...) a wider head: the tiny model
+    keeps one sliding and one full layer, and the full one (now layer 1) keeps a head twice the tiny one."""
+    base, config, model = tiny("gemma4_text")
+    assert base.layer_types[5] == "full_attention" and 5 in {int(k) for k in base.to_dict()["per_layer_config"]}
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    widths = [layer.self_attn.q_proj.out_features // config.num_attention_heads for layer in model.model.layers]
+    assert widths == [16, 32]
+    with torch.no_grad():
+        logits = model(torch.randint(0, config.vocab_size, (1, 5))).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_a_class_whose_defaults_do_not_build_is_named_so():
+    """Lfm2-MoE's default config leaves layer_types unset and its layers read them: the draft fails at 'build'
+    saying where, and that transformers' own default config does not build at full size either."""
+    from bridge_core.drafting.drafter import draft_model_type
+    from bridge_core.drafting.errors import DraftingError
+
+    with pytest.raises(DraftingError) as err:
+        draft_model_type("lfm2_moe")
+    assert err.value.step == "build"
+    assert "modeling_lfm2_moe.py" in err.value.reason and "does not build at full size either" in err.value.reason

@@ -43,6 +43,14 @@ def allowed_keys(q_mask: torch.Tensor, k_mask: torch.Tensor, causal: bool, windo
     return allowed[None, None] & k_mask.bool()[:, None, None, :]
 
 
+def softmax_over_keys(scores: torch.Tensor, sinks: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scores) over the keys; with sink logits `[heads]`, each row's denominator also holds exp(sink)."""
+    if sinks is None:
+        return scores.softmax(-1)
+    sink = sinks.detach().to(scores.dtype)[None, :, None, None].expand(*scores.shape[:-1], 1)
+    return (scores - torch.cat([scores, sink], dim=-1).logsumexp(-1, keepdim=True)).exp()
+
+
 def spec_softcap(ctx: CheckContext, attention: Attention) -> float | None:
     value = attention.bound.softcap
     return None if value is None else float(value)
@@ -81,6 +89,10 @@ def _kwargs_agree(ctx: CheckContext, m: Meter, attention: Attention, call: Atten
             f"{p}: the spec's softcap {cap} vs the softcap HF passed {hf_cap}",
             "block.attn.softcap",
         )
+    sinks, hf_sinks = attention.bound.sinks, call.tensors.get("s_aux")
+    if sinks is not None or hf_sinks is not None:
+        agree = sinks is not None and hf_sinks is not None and torch.equal(sinks.detach(), hf_sinks.detach())
+        m.require(agree, f"{p}: the spec's sink logits vs the s_aux HF passed", "block.attn.sinks")
     if "sliding_window" in call.kwargs:
         window = ctx.window(attention)
         m.require(
@@ -92,7 +104,8 @@ def _kwargs_agree(ctx: CheckContext, m: Meter, attention: Attention, call: Atten
 
 @check(
     "attention_semantics",
-    statement="softmax(hook_attn_scores) == hook_pattern, rows sum to 1, masked (causal, window and padded) keys "
+    statement="softmax(hook_attn_scores) == hook_pattern (with the sink logits in each row's denominator where the "
+    "spec declares sinks), rows sum to 1 (less the sink's share), masked (causal, window and padded) keys "
     "get 0, scores == q·k / cfg.attn_scale (softcap, position bias), scale/softcap/window agree with HF's kwargs, "
     "and the pattern equals HF's eager probabilities from the untouched copy (every attention of every stack)",
     family="attention",
@@ -109,8 +122,13 @@ def attention_semantics(ctx: CheckContext, m: Meter) -> None:
         p = attention.prefix
         scores, pattern = cache[f"{p}.hook_attn_scores"], cache[f"{p}.hook_pattern"]
         _kwargs_agree(ctx, m, attention, call)
+        sinks = attention.bound.sinks
+        expected = softmax_over_keys(scores, sinks)
         m.compare(
-            f"{p}: softmax(hook_attn_scores) vs hook_pattern", scores.softmax(-1), pattern, "block.attn.softmax_dtype"
+            f"{p}: softmax(hook_attn_scores{' with sinks' if sinks is not None else ''}) vs hook_pattern",
+            expected,
+            pattern,
+            "block.attn.softmax_dtype / block.attn.sinks",
         )
         if pattern.shape != call.weights.shape:  # the head structure is wrong: nothing below can be compared
             m.compare(f"{p}.hook_pattern vs HF's eager probabilities", pattern, call.weights, HEADS)
@@ -118,12 +136,16 @@ def attention_semantics(ctx: CheckContext, m: Meter) -> None:
         q_mask, k_mask = ctx.masks_of(attention, mask)
         real = q_mask.bool()[:, None, :, None]  # real query rows
         rows = real.expand_as(pattern)
+        sums = torch.ones(()).expand(int(rows[..., 0].sum())) if sinks is None else expected.sum(-1)[rows[..., 0]]
         m.compare(
-            f"{p}: pattern rows sum",
+            f"{p}: pattern rows sum (1 less the sink's share)",
             pattern.sum(-1)[rows[..., 0]],
-            torch.ones(()).expand(int(rows[..., 0].sum())),
+            sums,
             "block.attn.implementation",
         )
+        hf_weights = call.weights
+        if sinks is not None and torch.allclose(hf_weights.sum(-1)[rows[..., 0]], torch.ones(()), atol=1e-5):
+            pattern = pattern / pattern.sum(-1, keepdim=True)  # HF's eager leaves the sink out (Granite SWA)
         allowed = allowed_keys(q_mask, k_mask, ctx.causal(attention), ctx.window(attention))
         blocked = (~allowed & real).expand_as(pattern)
         m.compare(
@@ -135,7 +157,7 @@ def attention_semantics(ctx: CheckContext, m: Meter) -> None:
         m.compare(
             f"{p}.hook_pattern vs HF eager probabilities",
             pattern[rows],
-            call.weights[rows],
+            hf_weights[rows],
             "block.attn.qkv / block.attn.softmax_dtype",
         )
         rot = "rot_" if f"{p}.hook_rot_q" in cache else ""  # q and k after the position transform
@@ -172,6 +194,12 @@ def _pre_position(
     if n in attention.bound.qkv:
         out = ctx.hf_out(attention.bound.qkv[n])
         return out.unflatten(-1, (-1, ctx.bridge.cfg.d_head)), slice(None), False
+    norm = attention.bound.q_norm if n == "q" else attention.bound.k_norm
+    if norm is not None:  # a fused projection's q/k pass a norm before the interface (Persimmon): the norm's input
+        seen, layout = ctx.hf_in(norm.module), attention.bound.qk_norm_layout
+        if layout == "flat":
+            return seen.unflatten(-1, (-1, ctx.bridge.cfg.d_head)), slice(None), False
+        return (seen.transpose(1, 2) if layout == "bhsd" else seen), slice(None), False
     return hf, slice(0, 1), True
 
 

@@ -85,7 +85,7 @@ def _has_mlp_norm(layer: Layer) -> bool:
     "norm_roles",
     statement="each norm's output is what HF feeds the sublayer of its role: ln1 the attention's query projection, "
     "ln2 the MLP's in-projection (a norm shared by a parallel block's sublayers: both), the cross-attention norm "
-    "the cross attention, post norms the residual update, "
+    "the cross attention, post norms the residual update (× cfg.residual_multiplier), "
     "the final norm the unembedding (encoder: the cross attention's keys); each pre-norm's input is the residual "
     "of its place in a block of the declared kind (parallel: the block input before the MLP too); with no norm "
     "before the MLP (OLMo 2), the MLP's own input is that residual",
@@ -100,9 +100,13 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
             if not fed:
                 continue
             seen += 1
+            out = ctx.hf_out(norm.module)
+            spot = {"attn_out": layer.block.attn_out, "mlp_out": layer.block.mlp_out}.get(norm.feeds)
+            if spot is not None and spot.module is norm.module and spot.scale is not None:
+                out = out * spot.scale  # a post norm's output enters the residual scaled (HyperCLOVA X)
             for expected in fed:
                 what = f"{layer.prefix}.{norm.name} output ({norm.path}) vs {_FEEDS[norm.feeds]}"
-                m.compare(what, ctx.hf_out(norm.module).expand_as(expected), expected, f"{norm.field}.path")
+                m.compare(what, out.expand_as(expected), expected, f"{norm.field}.path")
             residual = _residual_into(ctx, layer, norm)
             if residual is not None:
                 what = f"{layer.prefix}.{norm.name} input vs the {layer.block.kind} block's residual before it"
@@ -140,7 +144,8 @@ def _unnormalized_mlp_input(ctx: CheckContext, layer: Layer, m: Meter) -> int:
     if block.kind != "parallel":
         residual = residual + ctx.hf_at(block.attn_out)
     what = f"{layer.prefix}.mlp input (no norm before it) vs the {block.kind} block's residual before the MLP"
-    m.compare(what, ctx.hf_in(block.mlp.w_in), residual, f"{block.field}.kind")
+    reads = block.mlp.w_in if block.mlp.moe is None else block.mlp.module  # a MoE: the whole MLP reads it (FlexOlmo)
+    m.compare(what, ctx.hf_in(reads), residual, f"{block.field}.kind")
     return 1
 
 

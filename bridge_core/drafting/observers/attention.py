@@ -39,11 +39,11 @@ def observe_attention(ctx: DraftContext) -> None:
     linears = [(n, m) for n, m in call.module.named_modules() if is_linear(m)]
     outs = {n: obs.output(f"{path}.{n}") for n, _ in linears}
     spec: dict = {"path": ctx.relative(path, ctx.block)}
-    dv = call.value.shape[-1]  # latent attention (MLA): values narrower than queries and keys
+    dv = call.value.shape[-1]  # value heads may be narrower than query/key heads (MiMo-V2-Flash, MLA)
+    if dv != d:  # separate or fused projections have one head width (cfg.d_head) in the vocabulary
+        ctx.draft.gap("value head width", f"values have {dv} dims per head, queries and keys {d}")
     v_flat = call.value.transpose(1, 2).reshape(b, -1, kv * dv)  # cross attention: keys' own length
-    v = next((n for n, o in outs.items() if same(o, v_flat)), None) if dv == d else None
-    if dv != d:
-        ctx.draft.gap("latent attention", f"{path}: value heads {dv} wide, query/key heads {d} (MLA not drafted)")
+    v = next((n for n, o in outs.items() if same(o, v_flat)), None)
     q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
     if v is not None:
         q = _projection_for(ctx, path, outs, q0, h, d, "q", exclude=v)
@@ -56,8 +56,12 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
     else:
         fused = _fused(call, outs, h, kv, d)
+        grouped = _grouped(call, outs, h, kv, d) if fused is None else None
+        if grouped is not None:
+            ctx.draft.gap("fused q/k/v order", grouped)
         if fused is None:
-            ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
+            if grouped is None:
+                ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
             spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
         else:
             name, order = fused
@@ -67,7 +71,11 @@ def observe_attention(ctx: DraftContext) -> None:
             _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
     o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
-    if o is None:
+    sub = None if o is not None else _sub_norm(ctx, path, o_in, [n for n, _ in linears])
+    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj
+        o = sub[1]
+        ctx.draft.gap("norm before the output projection", f"{path}.{sub[0]} normalizes the attention output for {o}")
+    elif o is None:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
     spec["o"] = o or "FILL_ME"
     ctx.found["o"] = f"{path}.{o}" if o else None
@@ -79,7 +87,35 @@ def observe_attention(ctx: DraftContext) -> None:
         name = ctx.attr(call.kwargs["softcap"], keyword=("softcap",))
         spec["softcap"] = name or call.kwargs["softcap"]
         ctx.draft.fields.setdefault("config", {})["attn_softcap"] = spec["softcap"]
+    _sinks(ctx, call, spec)
+    _computed_mask(ctx, call)
     ctx.draft.fields.setdefault("block", {})["attn"] = spec
+
+
+def _computed_mask(ctx: DraftContext, call: AttentionCall) -> None:
+    """An additive mask holding values besides 0 and the blocked value: a score bias the module computed into the
+    mask (Doge's dynamic mask from the values), which no spec field describes."""
+    mask = call.mask
+    if mask is None or not mask.is_floating_point():
+        return
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    if bool((mask[~blocked] != 0).any()):
+        ctx.draft.gap("score bias in the mask", f"{ctx.obs.name(call.module)} passes a mask with computed values")
+
+
+def _sinks(ctx: DraftContext, call: AttentionCall, spec: dict) -> None:
+    """Per-head sink logits HF passes its attention function (`s_aux`): the module's parameter holding them."""
+    sinks = call.kwargs.get("s_aux")
+    if not isinstance(sinks, torch.Tensor):
+        return
+    own = call.module.named_parameters(recurse=False)
+    name = next((n for n, p in own if p.shape == sinks.shape and same(p.detach(), sinks.detach())), None)
+    if name is None:
+        ctx.draft.gap(
+            "attention sinks", "HF passes sink logits (s_aux) that no parameter of the attention module holds"
+        )
+    else:
+        spec["sinks"] = name
 
 
 def _projection_for(ctx, path, outs, target, heads, d, what, exclude=None, also=None) -> str | None:
@@ -135,6 +171,39 @@ def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
             return name, "qkv"
         if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
             return name, "per_head_interleaved"
+    return None
+
+
+def _sub_norm(ctx: DraftContext, path: str, x: torch.Tensor, linears: list[str]) -> tuple[str, str] | None:
+    """A norm under `path` reading `x` whose output a projection reads: (norm, projection), relative to `path`."""
+    obs = ctx.obs
+    for name, module in obs.module(path).named_modules():
+        if name and is_norm(module) and same(obs.input(f"{path}.{name}"), x):
+            out = obs.output(f"{path}.{name}")
+            reader = next((n for n in linears if same(obs.input(f"{path}.{n}"), out)), None)
+            if reader is not None:
+                return name, reader
+    return None
+
+
+def _grouped(call: AttentionCall, outs, h, kv, d) -> str | None:
+    """A fused projection holding q, k and v in G groups of three slices in some order (CodeGen: 4 groups of
+    [q | v | k]), which neither fused order describes: what it holds, for the gap."""
+    value = call.value.transpose(1, 2)  # [b, s, kv, d]
+    b, s = value.shape[:2]
+    q0 = call.query[:, :, 0].reshape(b, h * d)  # position 0: rotary is the identity there
+    for name, out in outs.items():
+        if out is None or h != kv or out.shape[-1] != 3 * h * d:
+            continue
+        for groups in (g for g in range(1, h * d + 1) if (h * d) % g == 0):
+            parts = out.reshape(b, s, groups, 3, h * d // groups)
+            slots = [parts[..., i, :].reshape(b, s, h * d) for i in range(3)]
+            v = next((i for i in range(3) if same(slots[i], value.reshape(b, s, h * d))), None)
+            q = next((i for i in range(3) if i != v and same(slots[i][:, 0], q0)), None)
+            if v is not None and q is not None:
+                order = ["k"] * 3
+                order[v], order[q] = "v", "q"
+                return f"{name} holds {groups} groups of [{' | '.join(order)}], each slice {h * d // groups} wide"
     return None
 
 

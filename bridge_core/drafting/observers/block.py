@@ -8,7 +8,7 @@ from transformers.activations import ACT2FN
 
 from ..draft import DraftContext
 from ..probe import same, tensor_at
-from .modules import eps_of, is_linear, is_norm, layout, norm_kind, under
+from .modules import eps_of, is_linear, is_norm, kind_without_eps, layout, norm_kind, under
 from .moe import observe_moe, observe_moe_mix
 
 
@@ -131,8 +131,25 @@ def _activation(ctx, rest, full, down_in):
     if unknown:
         ctx.draft.gap("activation kind", f"the config's activation {unknown[0]!r} is no registered activation")
     else:
+        normed = _mlp_sub_norm(ctx, down_in)
+        if normed is not None:  # the wiring is read at the sub-norm's input instead
+            return _activation(ctx, rest, full, normed)
         ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
     return None, "plain", {"in": rest[0]} if rest else {}
+
+
+def _mlp_sub_norm(ctx: DraftContext, down_in: torch.Tensor | None) -> torch.Tensor | None:
+    """A norm inside the MLP whose output is the down projection's input (BitNet's ffn_sub_norm): a named gap;
+    its input, or None."""
+    obs = ctx.obs
+    mlp = ctx.found.get("mlp")
+    if down_in is None or not mlp:
+        return None
+    for name, module in obs.module(mlp).named_modules():
+        if name and is_norm(module) and same(obs.output(f"{mlp}.{name}"), down_in):
+            ctx.draft.gap("norm before the MLP's output projection", f"{mlp}.{name} normalizes the activations")
+            return obs.input(f"{mlp}.{name}")
+    return None
 
 
 def observe_norms_and_kind(ctx: DraftContext) -> None:
@@ -201,11 +218,13 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
     for role in ("ln1", "ln2", "ln1_post", "ln2_post"):
         if role in roles:
             full = f"{block}.{roles[role]}"
-            spec[role] = {"path": roles[role], "kind": norm_kind(obs.module(full), obs.input(full), obs.output(full))}
-            if eps_of(obs.module(full)) is None and spec[role]["kind"] is not None:
-                ctx.draft.gap("norm without eps attribute", f"{full} ({type(obs.module(full)).__name__}) keeps no eps")
+            module, nin, nout = obs.module(full), obs.input(full), obs.output(full)
+            spec[role] = {"path": roles[role], "kind": norm_kind(module, nin, nout)}
+            if spec[role]["kind"] is None and eps_of(module) is None and kind_without_eps(module, nin, nout):
+                spec[role]["kind"] = kind_without_eps(module, nin, nout)
+                ctx.draft.gap("norm without eps attribute", f"{full} ({type(module).__name__}) keeps no eps")
             if spec[role]["kind"] is None:
-                ctx.draft.gap("norm kind", f"{full} ({type(obs.module(full)).__name__}) matches no registered norm")
+                ctx.draft.gap("norm kind", f"{full} ({type(module).__name__}) matches no registered norm")
                 spec[role]["kind"] = "rmsnorm"
     _check_output(ctx, kind, x, mid, out, mlp_out, roles)
 
@@ -222,6 +241,10 @@ def _residual_gap(ctx: DraftContext, seen: torch.Tensor, x: torch.Tensor, branch
                 ctx.draft.fields.setdefault("config", {})["residual_multiplier"] = name
                 ctx.found["residual_multiplier"] = s
             return
+        for name, param in ctx.obs.module(ctx.block).named_parameters(recurse=False):  # Doge: w * x + attention
+            if param.shape == x.shape[-1:] and same(x * param.detach() + branch, seen):
+                ctx.draft.gap("learned residual scale", f"{ctx.block}.{name} multiplies the residual before the add")
+                return
     ctx.draft.gap("residual", "the MLP's norm reads neither the block input nor input + attention output")
 
 

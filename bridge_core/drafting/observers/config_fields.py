@@ -3,8 +3,10 @@ attributes) whose value equals a shape or number the observed forward showed."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
+from ...registry import default_registry
 from ..draft import DraftContext
 from ..shrink import plain_fields
 from .modules import eps_of
@@ -15,7 +17,7 @@ _PREFER = {
     "n_heads": ("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads"),
     "n_kv_heads": ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num"),
     "d_head": ("head_dim", "kv_channels", "attention_head_dim"),
-    "d_mlp": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "decoder_ffn_dim", "ffn_hidden_size"),
+    "d_mlp": ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "dff", "decoder_ffn_dim", "ffn_hidden_size"),
     "d_vocab": ("vocab_size", "padded_vocab_size"),
     "n_ctx": ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length"),
 }
@@ -102,10 +104,15 @@ def _derived(ctx, key, value, cfg, fields) -> str | None:
 
 def _eps(ctx: DraftContext, cfg: dict[str, Any]) -> None:
     block = ctx.draft.fields.get("block", {})
-    norm = next((block[r]["path"] for r in ("ln1", "ln2", "ln1_post", "ln2_post") if r in block), None)
-    if norm is None:
+    role = next((r for r in ("ln1", "ln2", "ln1_post", "ln2_post") if r in block), None)
+    if role is None:
         return
-    eps = eps_of(ctx.obs.module(f"{ctx.block}.{norm}"))
+    module = ctx.obs.module(f"{ctx.block}.{block[role]['path']}")
+    eps = eps_of(module)
+    kind = default_registry().plugins.kinds.norms.get(block[role]["kind"])
+    if eps is None and kind is not None:  # a kind with a fixed epsilon (OLMo's LayerNorm keeps none)
+        with contextlib.suppress(AttributeError):
+            eps = kind.eps(module)
     if eps is None:
         return
     name = ctx.attr(eps, ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"), ("eps", "epsilon"))

@@ -113,6 +113,13 @@ def observe_positions(ctx: DraftContext) -> None:
             "rotary inside attention", "queries are rotated but no model-level rotary module feeds the blocks"
         )
     ctx.draft.fields["pos_embed"] = {"kind": "none"}
+    raw = model.get_input_embeddings().weight.detach()[obs.inputs["input_ids"]]
+    block_in, embedded = obs.input(ctx.block), ctx.found.get("embed_final")
+    if embedded is not None and _ratio(raw, block_in) is None and not same(embedded, block_in):
+        ctx.draft.gap(  # CTRL adds a sinusoidal buffer of the model in its forward
+            "positions outside a module",
+            "the first block's input is the embedding plus something no module returned (a position table buffer?)",
+        )
 
 
 def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -> dict:
@@ -143,15 +150,17 @@ def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -
 
 
 def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) -> None:
-    """A rotary module called once per layer type (Gemma 3): which per-layer config list picks the call
-    each block's position embeddings came from, and under which parameter name."""
+    """A rotary module called once per layer type (Gemma 3; Mellum and Cohere Compass, whose tiny models may
+    have one layer type, so one call, whose layer-type argument a block called alone must still pass): which
+    per-layer config list picks the call each block's position embeddings came from, and under which parameter
+    name."""
     import inspect
 
     from ..shrink import plain_fields
 
     obs = ctx.obs
     calls = obs.calls.get(name, [])
-    if len(calls) < 2:
+    if not calls:
         return
     params = list(inspect.signature(module.forward).parameters)
     for position, param in enumerate(params):
@@ -169,7 +178,9 @@ def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) ->
             if ok:
                 ctx.draft.fields["call"]["rotary_args"] = {param: f"{list_name}[layer]"}
                 return
-    ctx.draft.gap("rotary per layer", f"{name} is called {len(calls)} times; no per-layer config list picks the call")
+    if len(calls) > 1:
+        detail = f"{name} is called {len(calls)} times; no per-layer config list picks the call"
+        ctx.draft.gap("rotary per layer", detail)
 
 
 def _same_pair(a, b) -> bool:

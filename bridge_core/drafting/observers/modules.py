@@ -33,29 +33,42 @@ def eps_of(module: nn.Module) -> float | None:
 
 
 def norm_kind(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | None:
-    """The registered norm kind whose formula reproduces this module's output on its observed input."""
-    for eps in dict.fromkeys((eps_of(module), 1e-5, 1e-6)):
-        if eps is not None:
-            found = _kind_at(module, x, y, eps)
-            if found:
-                return found
+    """The registered norm kind whose arithmetic reproduces this module's output on its observed input, with
+    the epsilon the kind reads (the module's attribute, or the kind's fixed one: OLMo's LayerNorm)."""
+    from ...registry import default_registry
+
+    for name, kind in default_registry().plugins.kinds.norms.items():
+        try:
+            eps = kind.eps(module)
+        except AttributeError:  # the module keeps no epsilon and the kind fixes none
+            continue
+        if _reproduces(kind, module, x, y, eps):
+            return name
     return None
 
 
-def _kind_at(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> str | None:
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    w = weight.detach().float() if isinstance(weight, torch.Tensor) else torch.ones(x.shape[-1])
+def kind_without_eps(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str | None:
+    """For a module keeping no epsilon that no kind matched: the kind that would match at a common epsilon
+    (what a gap names), or None."""
+    from ...registry import default_registry
+
+    for name, kind in default_registry().plugins.kinds.norms.items():
+        for eps in (1e-5, 1e-6):
+            if _reproduces(kind, module, x, y, eps):
+                return name
+    return None
+
+
+def _reproduces(kind: Any, module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> bool:
+    if x is None or y is None or x.shape != y.shape:
+        return False
     xf = x.float()
-    centered = xf - xf.mean(-1, keepdim=True)
-    layer = centered / torch.sqrt(centered.pow(2).mean(-1, keepdim=True) + eps) * w
-    if isinstance(bias, torch.Tensor):
-        layer = layer + bias.detach().float()
-    rms = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    for kind, value in (("layernorm", layer), ("rmsnorm", rms * w), ("rmsnorm_offset", rms * (1.0 + w))):
-        if same(value, y.float(), atol=1e-5):
-            return kind
-    return None
+    prepared = kind.prepare(xf)
+    try:
+        value = kind.output(prepared / kind.scale(prepared, eps), kind.weight(module), kind.bias(module), xf.dtype)
+    except RuntimeError:  # a weight of another width: not this kind's arithmetic
+        return False
+    return same(value, y.float(), atol=1e-5)
 
 
 def leaves(root: nn.Module, prefix: str, test) -> list[tuple[str, nn.Module]]:

@@ -1,0 +1,59 @@
+"""Drafts that cannot pass yet name what is missing precisely (issue 17), read from HF's own modules."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+from bridge_core.drafting.drafter import draft_model_type
+
+
+def _tiny(model_type: str, test_config: dict) -> torch.nn.Module:
+    config = transformers.AutoConfig.for_model(model_type, **test_config)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_codegen_grouped_fused_projection_is_named_with_hfs_grouping():
+    draft = draft_model_type("codegen")
+    attn = _tiny("codegen", draft.fields["test_config"]).transformer.h[0].attn
+    local = attn.embed_dim // attn.mp_num  # CodeGen splits qkv_proj into mp_num groups of [q | v | k]
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["fused q/k/v order"] == f"qkv_proj holds {attn.mp_num} groups of [q | v | k], each slice {local} wide"
+    assert "q/k/v projections" not in gaps
+
+
+def test_ctrl_positions_added_in_the_forward_are_a_named_gap_and_dff_is_d_mlp():
+    draft = draft_model_type("ctrl")
+    model = _tiny("ctrl", draft.fields["test_config"])
+    assert draft.fields["config"]["d_mlp"] == "dff"
+    assert model.transformer.h[0].ffn[0].out_features == draft.fields["test_config"]["dff"]
+    assert "pos_encoding" in dict(model.transformer.named_buffers())  # a buffer, not a module
+    assert any(g.item == "positions outside a module" for g in draft.gaps), draft.gaps
+
+
+def test_bitnet_sub_norms_are_named_and_the_mlp_read_through_them():
+    draft = draft_model_type("bitnet")
+    model = _tiny("bitnet", draft.fields["test_config"])
+    layer = model.model.layers[0]
+    assert type(layer.self_attn.attn_sub_norm).__name__.endswith("RMSNorm")  # HF's own sub-norms
+    assert type(layer.mlp.ffn_sub_norm).__name__.endswith("RMSNorm")
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["norm before the output projection"].startswith("model.layers.0.self_attn.attn_sub_norm")
+    assert gaps["norm before the MLP's output projection"].startswith("model.layers.0.mlp.ffn_sub_norm")
+    mlp = draft.fields["block"]["mlp"]
+    assert (mlp["kind"], mlp["in"], mlp["gate"], mlp["out"]) == ("gated", "up_proj", "gate_proj", "down_proj")
+    assert draft.fields["block"]["attn"]["o"] == "o_proj"
+    assert draft.fields["config"]["act_fn"] == "hidden_act" and model.config.hidden_act == "relu2"
+
+
+def test_doge_residual_scale_and_computed_mask_are_named():
+    draft = draft_model_type("doge")
+    layer = _tiny("doge", draft.fields["test_config"]).model.layers[0]
+    assert layer.input_residual.shape == (layer.input_residual.numel(),)  # HF's per-channel residual weight
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["learned residual scale"] == "model.layers.0.input_residual multiplies the residual before the add"
+    assert gaps["score bias in the mask"].startswith("model.layers.0.self_attn")
+
+
+def test_a_plain_causal_mask_is_no_score_bias():
+    assert not [g for g in draft_model_type("llama").gaps if g.item == "score bias in the mask"]
