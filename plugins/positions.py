@@ -74,6 +74,8 @@ def rotate_interleaved_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     ERNIE 4.5: `cos[..., :d // 2].repeat_interleave(2)`). Computed in the table's dtype (ERNIE keeps it in
     float32), cast back to `x`'s dtype.
     """
+    import torch
+
     if cos.shape[-1] < rotary_dim:
         raise _too_narrow(rotary_dim, cos.shape[-1])
     half = rotary_dim // 2
