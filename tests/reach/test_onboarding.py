@@ -63,8 +63,8 @@ def test_unsupported_model_is_refused_with_the_reason():
 
 
 def test_draft_failing_its_checks_is_refused_naming_them():
-    glm = tiny(
-        "glm",
+    apertus = tiny(
+        "apertus",
         num_hidden_layers=2,
         hidden_size=64,
         num_attention_heads=4,
@@ -75,6 +75,6 @@ def test_draft_failing_its_checks_is_refused_naming_them():
         pad_token_id=0,
         eos_token_id=0,
     )
-    with pytest.raises(DraftRefusedError) as info:  # one matrix holds gate and up: no spec field says so yet
-        Bridge.from_hf(glm)
-    assert "bind" in info.value.failing and "fused gate/up projection" in str(info.value)
+    with pytest.raises(DraftRefusedError) as info:  # Apertus's xIELU activation: no registered activation kind
+        Bridge.from_hf(apertus)
+    assert "bind" in info.value.failing and "activation kind" in str(info.value)
