@@ -104,7 +104,7 @@ CASES = [
     Case("extends_missing_spec", "load", SpecError, "extends", 3, "names 'gpt9', which is not a registered spec"),
     Case("extends_not_a_name", "load", SpecError, "extends", 3, "must be the name of another spec"),
     # ------------------------------------------------------------------ unknown kinds
-    Case("kind_unknown_norm", "kinds", UnknownKindError, "block.ln2.kind", 54, "Did you mean: layernorm?"),
+    Case("kind_unknown_norm", "kinds", UnknownKindError, "block.ln2.kind", 54, "Did you mean: layernorm,"),
     Case("kind_unknown_final_norm", "kinds", UnknownKindError, "ln_final.kind", 62, "unknown norm kind 'batchnorm'"),
     Case("kind_unknown_position", "kinds", UnknownKindError, "pos_embed.kind", 39, "Did you mean: learned?"),
     Case("kind_unknown_activation", "kinds", UnknownKindError, "block.mlp.act_fn", 61, "Did you mean: gelu_new"),
