@@ -10,6 +10,7 @@ import torch
 
 from ..draft import DraftContext
 from ..probe import AttentionCall, same
+from .latent import is_latent, observe_latent
 from .modules import is_linear, is_norm, layout, norm_kind, under
 
 
@@ -42,8 +43,11 @@ def observe_attention(ctx: DraftContext) -> None:
     dv = call.value.shape[-1]  # latent attention (MLA): values narrower than queries and keys
     v_flat = call.value.transpose(1, 2).reshape(b, -1, kv * dv)  # cross attention: keys' own length
     v = next((n for n, o in outs.items() if same(o, v_flat)), None) if dv == d else None
-    if dv != d:
-        ctx.draft.gap("latent attention", f"{path}: value heads {dv} wide, query/key heads {d} (MLA not drafted)")
+    latent = dv != d and is_latent(call) and observe_latent(ctx, path, spec)  # MLA: observers/latent.py
+    if dv != d and not is_latent(call):
+        ctx.draft.gap("narrow values", f"{path}: value heads {dv} wide, query/key heads {d}, not latent attention")
+    if dv != d and not latent:
+        spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
     q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
     if v is not None:
         q = _projection_for(ctx, path, outs, q0, h, d, "q", exclude=v)
@@ -54,7 +58,7 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["qkv"] = {"kind": "separate", "q": q or "FILL_ME", "k": k or "FILL_ME", "v": v}
         else:
             spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
-    else:
+    elif dv == d:
         fused = _fused(call, outs, h, kv, d)
         if fused is None:
             ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
@@ -74,7 +78,8 @@ def observe_attention(ctx: DraftContext) -> None:
     spec["softmax_dtype"] = _softmax_dtype(call.module)
     ctx.draft.note(f"block.attn.softmax_dtype: '{spec['softmax_dtype']}' read from the eager attention's source")
     _norms(ctx, path, spec, h, kv, d)
-    _rotation(ctx, path, spec, call)
+    if not latent:  # latent attention's rope part was placed by observe_latent
+        _rotation(ctx, path, spec, call)
     if call.kwargs.get("softcap") is not None:
         name = ctx.attr(call.kwargs["softcap"], keyword=("softcap",))
         spec["softcap"] = name or call.kwargs["softcap"]
