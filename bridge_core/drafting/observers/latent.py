@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..draft import DraftContext
+from ..errors import DraftingError
 from ..probe import AttentionCall, Observation, same
 from ..shrink import plain_fields
 from .modules import is_linear, is_norm, norm_kind
@@ -142,11 +143,20 @@ def identify(obs: Observation, path: str) -> Latent | str:
     )  # fmt: skip
 
 
-def _observe_with(ctx: DraftContext, delta: dict[str, Any]) -> Observation:
-    """The drafter's tiny model with `delta` applied to its config, observed the same way."""
+def _observe_with(ctx: DraftContext, delta: dict[str, Any]) -> Observation | str:
+    """The drafter's tiny model with `delta` applied to its config, observed the same way (or why the config
+    refuses it: AXK1's config requires a query latent)."""
     from ..drafter import _observe  # the drafter imports the observers: import when drawing, not at load
 
-    return _observe(ctx.cls, {**ctx.test_config, **delta})[1]
+    try:
+        return _observe(ctx.cls, {**ctx.test_config, **delta})[1]
+    except DraftingError as exc:
+        return exc.reason[:160]
+
+
+def _identify_with(ctx: DraftContext, delta: dict[str, Any], path: str) -> tuple[Observation | None, Latent | str]:
+    obs = _observe_with(ctx, delta)
+    return (None, obs) if isinstance(obs, str) else (obs, identify(obs, path))
 
 
 def _q_lora_field(ctx: DraftContext, lat: Latent) -> str | None:
@@ -164,7 +174,7 @@ def _interleave_field(ctx: DraftContext, path: str, lat: Latent) -> str | bool:
     for name, value in fields.items():
         if not isinstance(value, bool) or value is not lat.deinterleave or "interleave" not in name:
             continue
-        other = identify(_observe_with(ctx, {name: not value}), path)
+        other = _identify_with(ctx, {name: not value}, path)[1]
         if isinstance(other, Latent) and other.deinterleave is not lat.deinterleave:
             if lat.deinterleave:
                 ctx.found.setdefault("variants", {})[f"no_{name}"] = {name: False}
@@ -184,9 +194,10 @@ def observe_latent(ctx: DraftContext, path: str, spec: dict) -> bool:
     other_obs = ctx.obs
     if q_field is not None:
         delta = {q_field: None if lat.q_rank is not None else _Q_RANK_WHEN_ADDED}
-        other_obs = _observe_with(ctx, delta)
-        other = identify(other_obs, path)
-        ctx.found.setdefault("variants", {})["no_q_lora" if lat.q_rank is not None else "q_lora"] = delta
+        seen, other = _identify_with(ctx, delta, path)
+        if isinstance(other, Latent) and seen is not None:
+            other_obs = seen
+            ctx.found.setdefault("variants", {})["no_q_lora" if lat.q_rank is not None else "q_lora"] = delta
     if not isinstance(other, Latent):
         ctx.draft.note(f"block.attn.qkv: the other query form (q latent vs plain q) was not observed ({other})")
         other, other_obs = lat, ctx.obs
