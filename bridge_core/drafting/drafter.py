@@ -160,7 +160,9 @@ def _variants(ctx: DraftContext, cls, overrides, notes, model_type) -> None:
             if ours != theirs:
                 ctx.draft.gap("conditional layout", f"block.attn.{part} is {ours} here but {theirs} with {delta}")
     kv = next((k for k in ("num_key_value_heads", "n_kv_heads", "num_kv_heads") if k in overrides), None)
-    if kv and ctx.found["n_kv_heads"] not in (1, ctx.found["n_heads"]):
+    if ctx.found.get("latent"):
+        pass  # latent attention expands its keys to every head: no kv-head variant
+    elif kv and ctx.found["n_kv_heads"] not in (1, ctx.found["n_heads"]):
         variants["mha"] = {kv: ctx.found["n_heads"]}  # one kv head per query head: n_kv_heads both ways
     elif kv and ctx.found["n_kv_heads"] == ctx.found["n_heads"]:
         variants["gqa"] = {kv: 2}

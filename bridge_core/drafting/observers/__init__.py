@@ -11,6 +11,7 @@ from .attention import observe_attention, observe_rotation_per_layer
 from .block import observe_mlp, observe_norms_and_kind
 from .calls import observe_call, observe_scale, observe_window
 from .config_fields import observe_config
+from .latent import observe_latent_config
 from .layout import observe_blocks, observe_embedding, observe_final, observe_positions
 
 OBSERVERS = (
@@ -26,4 +27,5 @@ OBSERVERS = (
     observe_scale,
     observe_window,
     observe_config,
+    observe_latent_config,
 )

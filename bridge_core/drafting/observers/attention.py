@@ -10,6 +10,7 @@ import torch
 
 from ..draft import DraftContext
 from ..probe import AttentionCall, same
+from .latent import is_latent, observe_latent
 from .modules import is_linear, is_norm, layout, norm_kind, under
 
 
@@ -40,10 +41,13 @@ def observe_attention(ctx: DraftContext) -> None:
     outs = {n: obs.output(f"{path}.{n}") for n, _ in linears}
     spec: dict = {"path": ctx.relative(path, ctx.block)}
     dv = call.value.shape[-1]  # value heads may be narrower than query/key heads (MiMo-V2-Flash, MLA)
-    if dv != d:  # separate or fused projections have one head width (cfg.d_head) in the vocabulary
-        ctx.draft.gap("value head width", f"values have {dv} dims per head, queries and keys {d}")
     v_flat = call.value.transpose(1, 2).reshape(b, -1, kv * dv)  # cross attention: keys' own length
-    v = next((n for n, o in outs.items() if same(o, v_flat)), None)
+    v = next((n for n, o in outs.items() if same(o, v_flat)), None) if dv == d else None
+    latent = dv != d and is_latent(call) and observe_latent(ctx, path, spec)  # MLA: observers/latent.py
+    if dv != d and not is_latent(call):  # separate or fused projections have one head width (cfg.d_head)
+        ctx.draft.gap("value head width", f"values have {dv} dims per head, queries and keys {d}")
+    if dv != d and not latent:
+        spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
     q0, k0 = call.query[:, :, 0], call.key[:, :, 0]
     if v is not None:
         q = _projection_for(ctx, path, outs, q0, h, d, "q", exclude=v)
@@ -54,7 +58,7 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["qkv"] = {"kind": "separate", "q": q or "FILL_ME", "k": k or "FILL_ME", "v": v}
         else:
             spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
-    else:
+    elif dv == d:
         fused = _fused(call, outs, h, kv, d)
         grouped = _grouped(call, outs, h, kv, d) if fused is None else None
         if grouped is not None:
@@ -82,7 +86,8 @@ def observe_attention(ctx: DraftContext) -> None:
     spec["softmax_dtype"] = _softmax_dtype(call.module)
     ctx.draft.note(f"block.attn.softmax_dtype: '{spec['softmax_dtype']}' read from the eager attention's source")
     _norms(ctx, path, spec, h, kv, d)
-    _rotation(ctx, path, spec, call)
+    if not latent:  # latent attention's rope part was placed by observe_latent
+        _rotation(ctx, path, spec, call)
     if call.kwargs.get("softcap") is not None:
         name = ctx.attr(call.kwargs["softcap"], keyword=("softcap",))
         spec["softcap"] = name or call.kwargs["softcap"]

@@ -108,6 +108,14 @@ def observe_positions(ctx: DraftContext) -> None:
                     ctx.found["rotary_module"] = name
                     _rotary_args(ctx, name, module, key)
                     return
+        calls = obs.calls.get(name, [])
+        complex_tables = [c.output for c in calls if torch.is_tensor(c.output) and c.output.is_complex()]
+        key = next((k for k, v in block_kwargs.items() if any(same(t, v) for t in complex_tables)), None)
+        if key is not None:  # one complex table the blocks receive (DeepSeek V2's freqs_cis): HF rotates itself
+            ctx.draft.fields["pos_embed"] = {"kind": "rotary", "path": name}
+            ctx.draft.fields.setdefault("call", {})["position_embeddings_kwarg"] = key
+            ctx.found["rotary_module"] = name
+            return
     if ctx.found.get("rotates"):
         ctx.draft.gap(
             "rotary inside attention", "queries are rotated but no model-level rotary module feeds the blocks"
