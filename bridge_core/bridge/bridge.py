@@ -21,7 +21,7 @@ from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
 from ..transformers_internals import config_objects
-from . import analysis, hook_handles, loading, processing, running
+from . import hook_handles, loading, running
 from .binding import bind
 from .bound import BoundModel
 from .cache import ActivationCache
@@ -404,10 +404,14 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         A transform left at None is applied where it is exact on this model and skipped with a
         `ProcessingSkipped` warning where not (as HookedTransformer does); True insists (ProcessingError).
         """
+        from . import processing  # imported on first use: a first bridge does not need it
+
         return processing.processed_copy(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
 
     def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
         """The unembedding directions `W_U[:, token]` of tokens (ids or strings)."""
+        from . import analysis  # imported on first use
+
         return analysis.residual_directions(self, tokens)
 
     def to(self, *args: Any, **kwargs: Any) -> Bridge:
