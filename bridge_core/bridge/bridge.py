@@ -7,7 +7,6 @@ one call and removed in `finally` (see `dispatch.py`), so the model is always le
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -366,9 +365,14 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         }
         cache: dict[str, torch.Tensor] = {}
 
-        def save(tensor: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
-            value = tensor.detach()
-            cache[hook.name + suffix] = value if device is None else value.to(device)
+        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
+            # `detach` only where there is a graph to cut: without grad the tensor is HF's value as it is
+            value = tensor.detach() if tensor.requires_grad else tensor
+            cache[hook.name] = value if device is None else value.to(device)
+
+        def save_grad(grad: torch.Tensor, hook: HookPoint) -> None:
+            value = grad.detach()
+            cache[hook.name + "_grad"] = value if device is None else value.to(device)
 
         if names_filter is None:
             points = list(self._points.values())
@@ -378,7 +382,7 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
             points = [self.hook_point(name) for name in names_filter]
         entries = [HookEntry(p, save, reads_only=True) for p in points]
         if incl_bwd:
-            entries += [HookEntry(p, functools.partial(save, suffix="_grad"), "bwd") for p in points]
+            entries += [HookEntry(p, save_grad, "bwd") for p in points]
         learned = self._hook_values.learned
         out = self._forward(tokens, attention_mask, entries, dict(kwargs), **forward_options)
         if self._hook_values.learned != learned:  # HF changed a cached tensor later: again, with copies there
