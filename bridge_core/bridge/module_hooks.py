@@ -212,6 +212,8 @@ class _ModuleHooks:
             new_scale = _run_viewed(runs["scale"], scale, view)
             if new_scale is not None:
                 scale, edited = new_scale, True
+        if not edited and "normalized" not in runs:
+            return None  # only the scale is hooked, and kept: the normalized value is not needed
         normalized = prepared / scale
         if "normalized" in runs:
             new_normalized = _run_viewed(runs["normalized"], normalized, view)
