@@ -44,6 +44,8 @@ class Registry:
         self._entries: dict[str, SpecEntry] = {}
         self._specs: dict[str, Spec] = {}
         self._claims: dict[tuple[str, str], str] | None = None
+        self._unusable: set[str] = set()  # third-party specs found not to validate: they claim nothing
+        self._warned: set[str] = set()
         found = self.plugins.results("bridge_core_spec_dirs", isolate=True)
         for plugin_name, dirs in sorted(found, key=lambda pair: not is_builtin(pair[0])):  # built-ins first
             origin = "builtin" if is_builtin(plugin_name) else plugin_name.split(":", 1)[0]
@@ -92,6 +94,7 @@ class Registry:
         else:
             self.plugins.spec_owners.pop(name, None)
         self._specs.clear()
+        self._unusable.discard(name)
         self._claims = None
         return entry
 
@@ -155,15 +158,35 @@ class Registry:
             return None
 
     # ----------------------------------------------------------------- lookup
-    def _plugin_loses(self, name: str, other: str, key: tuple[str, str]) -> str | None:
+    def _claim_fields(self, name: str) -> tuple[list[str], list[str], bool] | None:
+        """`name`'s claimed architectures and model types and its `override`, as its own file states them.
+
+        `match` and `override` are never inherited, so a well-formed raw `match:` is the claim; indexing
+        from it validates no spec (a first bridge validates only the spec it uses). Anything the raw
+        reading does not recognise goes through full validation instead, so a malformed `match` still
+        gets its typed error. None: a third-party plugin's spec that does not validate (its failure).
+        """
+        data = self._entries[name].raw.data
+        match, override = data.get("match", {}), data.get("override", False)
+        if isinstance(match, dict) and set(match) <= {"architectures", "model_type"} and type(override) is bool:
+            architectures, model_type = match.get("architectures", []), match.get("model_type", [])
+            if _strings(architectures) and _strings(model_type):
+                return list(architectures), list(model_type), override
+        spec = self.usable(name)
+        if spec is None:
+            self._unusable.add(name)
+            return None
+        return spec.match.architectures, spec.match.model_type, spec.override
+
+    def _plugin_loses(self, name: str, other: str, key: tuple[str, str], overrides: dict[str, bool]) -> str | None:
         """Which of two specs claiming `key` loses, when a third-party plugin's spec is one of them:
         the plugin's wins only with `override: true` against a spec without it. None: neither is a plugin's."""
         mine, theirs = self._entries[name], self._entries[other]
         if not (_third_party(mine.origin) or _third_party(theirs.origin)):
             return None
-        if _third_party(mine.origin) and self.get(name).override and not self.get(other).override:
+        if _third_party(mine.origin) and overrides[name] and not overrides[other]:
             return other  # an explicit override: no warning
-        if _third_party(theirs.origin) and self.get(other).override and not self.get(name).override:
+        if _third_party(theirs.origin) and overrides[other] and not overrides[name]:
             return name
         # no override (or both): the spec that is not a plugin's wins, else the one registered first
         loser, winner = (name, other) if _third_party(mine.origin) else (other, name)
@@ -172,33 +195,41 @@ class Registry:
             f"spec '{loser}' ({loser_entry.origin}) claims {key[0]} '{key[1]}', which spec '{winner}' "
             f"({self._entries[winner].origin}) keeps; a plugin's spec takes a claim only with `override: true`"
         )
-        warnings.warn(message, PluginWarning, stacklevel=4)
+        if message not in self._warned:  # once per registry, though claims are indexed again after a failure
+            self._warned.add(message)
+            warnings.warn(message, PluginWarning, stacklevel=4)
         if _third_party(loser_entry.origin):
             self.plugins.record(loser_entry.origin, Path(loser_entry.raw.file).name, f"match: {message}")
         return loser
 
     def claims(self) -> dict[tuple[str, str], str]:
         """Which spec holds each claim, `("architectures" or "model_type", value) -> spec name`, after
-        conflicts are settled (a plugin's spec that loses one is recorded as its failure)."""
+        conflicts are settled. Every spec is validated here: a plugin's spec that does not validate, or
+        that loses a claim, is recorded as its plugin's failure (`bridge-core list`)."""
+        for name in list(self._entries):
+            if name not in self._unusable and self.usable(name) is None:
+                self._unusable.add(name)
+                self._claims = None
         return dict(self._index_claims())
 
     def _index_claims(self) -> dict[tuple[str, str], str]:
         if self._claims is None:
             claims: dict[tuple[str, str], str] = {}
+            overrides: dict[str, bool] = {}
             for name in list(self._entries):  # registration order: built-ins first
-                spec = self.usable(name)
-                if spec is None:
+                fields = None if name in self._unusable else self._claim_fields(name)
+                if fields is None:
                     continue
-                keys = [("architectures", a) for a in spec.match.architectures]
-                keys += [("model_type", m) for m in spec.match.model_type]
+                architectures, model_types, overrides[name] = fields
+                keys = [("architectures", a) for a in architectures] + [("model_type", m) for m in model_types]
                 for key in keys:
                     other = claims.get(key)
                     if other is not None and other != name:
-                        loser = self._plugin_loses(name, other, key)
+                        loser = self._plugin_loses(name, other, key, overrides)
                         if loser is not None:
                             claims[key] = other if loser == name else name
                             continue
-                        mine, theirs = spec.override, self.get(other).override
+                        mine, theirs = overrides[name], overrides[other]
                         if mine == theirs:
                             raise SpecError(
                                 f"claims {key[0]} '{key[1]}', already claimed by spec '{other}' "
@@ -213,16 +244,30 @@ class Registry:
             self._claims = claims
         return self._claims
 
+    def _claimed(self, key: tuple[str, str]) -> Spec | None:
+        """The validated spec holding `key`, or None. A third-party spec that turns out not to validate
+        is its plugin's failure and loses its claims, as if `claims()` had left it out."""
+        while True:
+            name = self._index_claims().get(key)
+            if name is None:
+                return None
+            spec = self.usable(name)
+            if spec is not None:
+                return spec
+            self._unusable.add(name)
+            self._claims = None
+
     def resolve(self, hf_config: Any) -> Spec:
         """The spec for an HF config: its `architectures` first, then its `model_type`."""
-        claims = self._index_claims()
         architectures = list(getattr(hf_config, "architectures", None) or [])
         model_type = getattr(hf_config, "model_type", None)
-        for arch in architectures:
-            if ("architectures", arch) in claims:
-                return self.get(claims[("architectures", arch)])
-        if model_type and ("model_type", model_type) in claims:
-            return self.get(claims[("model_type", model_type)])
+        keys = [("architectures", arch) for arch in architectures]
+        keys += [("model_type", model_type)] if model_type else []
+        for key in keys:
+            spec = self._claimed(key)
+            if spec is not None:
+                return spec
+        claims = self._index_claims()
         known_types = sorted({v for k, v in claims if k == "model_type"})
         failed = sorted({f.distribution for f in self.plugins.failures})
         also = f" Plugins that failed (`bridge-core list`): {', '.join(failed)}." if failed else ""
@@ -236,11 +281,8 @@ class Registry:
     def resolve_for_model(self, model: Any) -> Spec:
         """The spec for a model object: its own class name first (a model built from a config has
         no `architectures`), then what its config says."""
-        claim = ("architectures", type(model).__name__)
-        claims = self._index_claims()
-        if claim in claims:
-            return self.get(claims[claim])
-        return self.resolve(model.config)
+        spec = self._claimed(("architectures", type(model).__name__))
+        return spec if spec is not None else self.resolve(model.config)
 
     def origin(self, name: str) -> str:
         return self.entry(name).origin
@@ -256,6 +298,10 @@ class Registry:
             found = getattr(kinds, table)
             if name not in found:
                 raise unknown_kind(spec, raw.file, found, name, what, field, ", ".join(kinds_plugins(kinds)) or "none")
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def _third_party(origin: str) -> bool:

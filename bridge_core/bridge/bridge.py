@@ -7,7 +7,6 @@ one call and removed in `finally` (see `dispatch.py`), so the model is always le
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,7 +20,7 @@ from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
 from ..spec.schema import Spec
 from ..transformers_internals import config_objects
-from . import analysis, hook_handles, loading, processing, running
+from . import hook_handles, loading, running
 from .binding import bind
 from .bound import BoundModel
 from .cache import ActivationCache
@@ -366,9 +365,14 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         }
         cache: dict[str, torch.Tensor] = {}
 
-        def save(tensor: torch.Tensor, hook: HookPoint, suffix: str = "") -> None:
-            value = tensor.detach()
-            cache[hook.name + suffix] = value if device is None else value.to(device)
+        def save(tensor: torch.Tensor, hook: HookPoint) -> None:
+            # `detach` only where there is a graph to cut: without grad the tensor is HF's value as it is
+            value = tensor.detach() if tensor.requires_grad else tensor
+            cache[hook.name] = value if device is None else value.to(device)
+
+        def save_grad(grad: torch.Tensor, hook: HookPoint) -> None:
+            value = grad.detach()
+            cache[hook.name + "_grad"] = value if device is None else value.to(device)
 
         if names_filter is None:
             points = list(self._points.values())
@@ -378,7 +382,7 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
             points = [self.hook_point(name) for name in names_filter]
         entries = [HookEntry(p, save, reads_only=True) for p in points]
         if incl_bwd:
-            entries += [HookEntry(p, functools.partial(save, suffix="_grad"), "bwd") for p in points]
+            entries += [HookEntry(p, save_grad, "bwd") for p in points]
         learned = self._hook_values.learned
         out = self._forward(tokens, attention_mask, entries, dict(kwargs), **forward_options)
         if self._hook_values.learned != learned:  # HF changed a cached tensor later: again, with copies there
@@ -404,10 +408,14 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         A transform left at None is applied where it is exact on this model and skipped with a
         `ProcessingSkipped` warning where not (as HookedTransformer does); True insists (ProcessingError).
         """
+        from . import processing  # imported on first use: a first bridge does not need it
+
         return processing.processed_copy(self, fold_ln, center_writing_weights, center_unembed, fold_value_biases)
 
     def tokens_to_residual_directions(self, tokens: Any) -> torch.Tensor:
         """The unembedding directions `W_U[:, token]` of tokens (ids or strings)."""
+        from . import analysis  # imported on first use
+
         return analysis.residual_directions(self, tokens)
 
     def to(self, *args: Any, **kwargs: Any) -> Bridge:

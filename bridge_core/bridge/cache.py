@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import HookNameError, close_matches
-from . import analysis
-from .analysis import PosSlice
+
+if TYPE_CHECKING:
+    from .analysis import PosSlice
 
 _ALIASES = {
     "attn": "pattern",
@@ -114,7 +115,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return_labels: bool = False,
     ) -> Any:
         """The residual entering each block up to `layer`, stacked (logit lens); see `analysis.accumulated_resid`."""
-        return analysis.accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels)
+        return _analysis().accumulated_resid(self, layer, incl_mid, apply_ln, pos_slice, mlp_input, return_labels)
 
     def decompose_resid(
         self,
@@ -127,7 +128,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return_labels: bool = False,
     ) -> Any:
         """The residual at `layer` split into embeddings and attention / MLP outputs; they sum to it."""
-        return analysis.decompose_resid(self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels)
+        return _analysis().decompose_resid(
+            self, layer, mlp_input, mode, apply_ln, pos_slice, incl_embeds, return_labels
+        )
 
     def stack_head_results(
         self,
@@ -138,11 +141,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         apply_ln: bool = False,
     ) -> Any:
         """Every head's output `[n_layers * n_heads, batch, pos, d_model]` (from hook_result, else hook_z @ W_O)."""
-        return analysis.stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln)
+        return _analysis().stack_head_results(self, layer, return_labels, incl_remainder, pos_slice, apply_ln)
 
     def stack_activation(self, activation_name: str, layer: int = -1, sublayer_type: str | None = None) -> torch.Tensor:
         """One activation of every block below `layer`, stacked on a new first dimension."""
-        return analysis.stack_activation(self, activation_name, layer, sublayer_type)
+        return _analysis().stack_activation(self, activation_name, layer, sublayer_type)
 
     def apply_ln_to_stack(
         self,
@@ -154,7 +157,9 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         has_batch_dim: bool | None = None,
     ) -> torch.Tensor:
         """Components normalized by the cached scale of the norm reading `layer` (ln_final by default)."""
-        return analysis.apply_ln_to_stack(self, residual_stack, layer, mlp_input, pos_slice, batch_slice, has_batch_dim)
+        return _analysis().apply_ln_to_stack(
+            self, residual_stack, layer, mlp_input, pos_slice, batch_slice, has_batch_dim
+        )
 
     def logit_attrs(
         self,
@@ -166,18 +171,18 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         has_batch_dim: bool | None = None,
     ) -> torch.Tensor:
         """Direct logit attribution of each component to `tokens` (minus `incorrect_tokens`)."""
-        return analysis.logit_attrs(
+        return _analysis().logit_attrs(
             self, residual_stack, tokens, incorrect_tokens, pos_slice, batch_slice, has_batch_dim
         )
 
     def compute_head_results(self) -> None:
         """Add each block's per-head outputs `blocks.{l}.attn.hook_result` `[batch, pos, n_heads, d_model]`
         (`hook_z` times each head's W_O, no b_O), as TransformerLens does."""
-        analysis.compute_head_results(self)
+        _analysis().compute_head_results(self)
 
     def get_neuron_results(self, layer: int, neuron_slice: PosSlice = None, pos_slice: PosSlice = None) -> torch.Tensor:
         """Each neuron's contribution to the residual in block `layer`: `[batch, pos, d_mlp, d_model]`."""
-        return analysis.neuron_results(self, layer, neuron_slice, pos_slice)
+        return _analysis().neuron_results(self, layer, neuron_slice, pos_slice)
 
     def stack_neuron_results(
         self,
@@ -189,7 +194,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         apply_ln: bool = False,
     ) -> Any:
         """Every neuron's output in blocks 0..layer-1, `[layer * d_mlp (+1), batch, pos, d_model]` (`L{l}N{n}`)."""
-        return analysis.stack_neuron_results(
+        return _analysis().stack_neuron_results(
             self, layer, pos_slice, neuron_slice, return_labels, incl_remainder, apply_ln
         )
 
@@ -203,9 +208,16 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         return_labels: bool = False,
     ) -> Any:
         """The residual at `layer` as heads, neurons (or MLPs), embeddings and the summed biases; sums to it."""
-        return analysis.full_resid_decomposition(
+        return _analysis().full_resid_decomposition(
             self, layer, mlp_input, expand_neurons, apply_ln, pos_slice, return_labels
         )
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} tensors: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"
+
+
+def _analysis() -> Any:
+    """`analysis.py`, imported on first use: a first bridge and a plain cache do not need it."""
+    from . import analysis
+
+    return analysis

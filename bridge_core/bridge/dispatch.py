@@ -71,6 +71,8 @@ class _Plan:
                 run = self.runs[id(point)] = _PointRun(point)
                 run.watched = self.watched
                 order.append(run)
+        # the run and direction of each entry, in the order of the entries the plan is kept for (its key)
+        self.slots = [(self.runs[id(point)], direction == "fwd") for point, direction in points]
         self.modules: dict[int, _ModuleHooks] = {}
         routes: dict[int, AttentionRoute] = {}
         for run in order:
@@ -118,15 +120,20 @@ class _Plan:
         return out
 
     def fill(self, entries: Sequence[HookEntry]) -> None:
+        """Give each point run the functions of `entries` (the entries of this plan's key, or none)."""
         for run in self.runs.values():
             run.fwd.clear()
             run.bwd.clear()
             run.writes = False
         self.watched.clear()
-        for entry in entries:
-            run = self.runs[id(entry.point)]
-            (run.fwd if entry.direction == "fwd" else run.bwd).append(entry.fn)
-            run.writes = run.writes or (entry.direction == "fwd" and not entry.reads_only)
+        if not entries:
+            return
+        for (run, forward), entry in zip(self.slots, entries, strict=True):
+            if forward:
+                run.fwd.append(entry.fn)
+                run.writes = run.writes or not entry.reads_only
+            else:
+                run.bwd.append(entry.fn)
 
 
 class HookSession:
@@ -160,7 +167,7 @@ class HookSession:
     @property
     def recomputes_attention(self) -> bool:
         """Whether an internal hook sits on a reimplement-path attention module (no KV cache then)."""
-        return any(
+        return bool(self.reimplemented) and any(
             isinstance(e.point.place, AttentionValue) and id(e.point.place.module) in self.reimplemented
             for e in self.entries
         )

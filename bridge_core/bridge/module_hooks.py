@@ -81,13 +81,15 @@ class _PointRun:
 
 def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None:
     """Apply a point's hooks to `view(base)`; returns a replacement for `base`, or None if unchanged."""
-    if isinstance(view, Sharded):  # tensor parallel: hooks see the whole tensor, this rank keeps its slice
-        replacement = _run_viewed(run, view.gather(base), view.inner)
-        return None if replacement is None else view.local(replacement)
-    if isinstance(view, Scaled):
-        return _run_scaled(run, base, view)
-    shown = view(base) if view is not None else base
-    replaces = getattr(view, "replaces_base", False)
+    if view is None:
+        shown, replaces = base, False
+    else:
+        if isinstance(view, Sharded):  # tensor parallel: hooks see the whole tensor, this rank keeps its slice
+            replacement = _run_viewed(run, view.gather(base), view.inner)
+            return None if replacement is None else view.local(replacement)
+        if isinstance(view, Scaled):
+            return _run_scaled(run, base, view)
+        shown, replaces = view(base), getattr(view, "replaces_base", False)
     if not (run.writes or run.bwd or run.clone or replaces):  # only the cache's own functions: no edit possible
         point = run.point
         for fn in run.fwd:
@@ -210,6 +212,8 @@ class _ModuleHooks:
             new_scale = _run_viewed(runs["scale"], scale, view)
             if new_scale is not None:
                 scale, edited = new_scale, True
+        if not edited and "normalized" not in runs:
+            return None  # only the scale is hooked, and kept: the normalized value is not needed
         normalized = prepared / scale
         if "normalized" in runs:
             new_normalized = _run_viewed(runs["normalized"], normalized, view)

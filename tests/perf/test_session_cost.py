@@ -79,3 +79,24 @@ def test_every_handle_is_removed_even_when_one_removal_raises():
     with pytest.raises(RuntimeError, match="handle 2 failed"):  # the first failure, in removal order
         dispatch._remove_all(handles)
     assert removed == [3, 2, 1, 0] and handles == []
+
+
+def test_cached_tensors_hold_no_graph_with_grad_on_and_are_hf_s_values_either_way(tiny):
+    # `save` skips `detach` when the tensor has no graph (grad off); with grad on it must still cut it
+    model, bridge, tokens = tiny
+    seen: dict[str, torch.Tensor] = {}
+    handle = model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda m, a, out: seen.__setitem__("pre", out))
+    try:
+        logits, with_grad = bridge.run_with_cache(tokens)
+        hf_pre = seen.pop("pre")
+        with torch.no_grad():
+            _, without_grad = bridge.run_with_cache(tokens)
+    finally:
+        handle.remove()
+    assert logits.requires_grad and hf_pre.requires_grad  # the forward did build a graph
+    assert not any(t.requires_grad or t.grad_fn is not None for t in with_grad.values())
+    assert torch.equal(with_grad["blocks.0.mlp.hook_pre"], hf_pre.detach())
+    assert set(without_grad) == set(with_grad)
+    assert all(torch.equal(without_grad[name], with_grad[name]) for name in with_grad)
+    _, grads = bridge.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post", incl_bwd=True, return_type="loss")
+    assert not grads["blocks.1.hook_resid_post_grad"].requires_grad
