@@ -155,7 +155,7 @@ class _Binder(SpecWalker):
             else:
                 w_gate = self.attempt(self.resolve, module, m.gate, f"{field}.mlp.gate", inner)
         w_out = self.attempt(self.resolve, module, m.out, f"{field}.mlp.out", inner)
-        act_name, act, act_field = self.activation(m.act_fn, field)
+        act_name, act, act_field = self.activation(m, field, module, inner)
         if w_in is None or w_out is None or (gated and w_gate is None) or act is None:
             raise Missing
         own = module is not block  # OPT's MLP lives in the block itself: its input is fc1's
@@ -187,7 +187,7 @@ class _Binder(SpecWalker):
             )
         fused = self.attempt(self.resolve, module, m.gate_up.path, f"{field}.mlp.gate_up.path", inner)
         w_out = self.attempt(self.resolve, module, m.out, f"{field}.mlp.out", inner)
-        act_name, act, act_field = self.activation(m.act_fn, field)
+        act_name, act, act_field = self.activation(m, field, module, inner)
         if fused is None or w_out is None or act is None:
             raise Missing
         d_mlp = self.cfg.d_mlp if self.cfg else fused[0].weight.shape[0 if m.layout == "linear" else 1] // 2

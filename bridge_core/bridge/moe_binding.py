@@ -41,7 +41,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     bias = walker.attempt(_correction_bias, walker, module, e, at, path, n_experts) if e.correction_bias else None
     if e.correction_bias and bias is None:
         raise Missing
-    act_name, act, act_field = walker.activation(m.act_fn, field)
+    act_name, act, act_field = walker.activation(m, field, module, inner)
     if router is None or experts is None or act is None or None in (n_experts, top_k, norm_topk):
         raise Missing
     if e.shared_expert and shared is None:

@@ -16,7 +16,7 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, config_lookup, spec_error
 from ..spec.expressions import ExpressionError, evaluate
 from ..spec.kind_fields import kind_references, kinds_plugins, unknown_kind
-from ..spec.schema import ModulePath, Spec
+from ..spec.schema import MLPSpec, ModulePath, Spec
 
 
 def resolve_path(root: nn.Module, path: ModulePath, spec_field: str, prefix: str = "") -> tuple[nn.Module, str]:
@@ -115,10 +115,23 @@ class SpecWalker:
             raise Missing
         return self._kinds[field]
 
-    def activation(self, act_fn: str | None, field: str) -> tuple[str, Any, str]:
+    def activation(self, m: MLPSpec, field: str, mlp: nn.Module, inner: str) -> tuple[str, Any, str]:
         """An MLP's activation: (name, kind or None after a recorded problem, the spec field that chose it).
 
-        `act_fn` is the MLP's own `act_fn` field; without one, the normalized `config.act_fn` chooses."""
+        `mlp.act_module` names the MLP's own activation module (learned parameters, Apertus's xIELU): the bound
+        activation is that module, called as HF calls it. Otherwise `mlp.act_fn` names a kind; without one,
+        the normalized `config.act_fn` chooses."""
+        if m.act_module is not None:
+            chosen_by = f"{field}.mlp.act_module"
+            found = self.attempt(self.resolve, mlp, m.act_module, chosen_by, inner)
+            if found is None:  # its problem is recorded
+                return str(m.act_module), None, chosen_by
+            own, path = found
+            if not callable(own):
+                self.fail(spec_error(f"'{path}' is no callable module", self.spec, self.spec_file, chosen_by))
+                return path, None, chosen_by
+            return f"{type(own).__name__} at {path}", own, chosen_by
+        act_fn = m.act_fn
         name = act_fn or (self.cfg.act_fn if self.cfg else None)
         chosen_by = f"{field}.mlp.act_fn" if act_fn else "config.act_fn"
         act = self._kinds.get(chosen_by) if act_fn else self.kinds.activations.get(name)

@@ -308,6 +308,11 @@ class MLPSpec(StrictModel):
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )
+    act_module: ModulePath | None = Field(
+        default=None,
+        description="The MLP's own activation module (relative to the MLP), called as HF calls it, instead of an "
+        "activation kind: for activations with learned parameters per MLP (Apertus's xIELU, `act_fn`).",
+    )
     flat_tokens: bool = Field(
         default=False,
         description="The MLP runs on [batch*pos, d] (OPT flattens before fc1); hooks still show [batch, pos, ...].",
@@ -326,6 +331,8 @@ class MLPSpec(StrictModel):
 
     @model_validator(mode="after")
     def _gate_matches_kind(self) -> MLPSpec:
+        if self.act_fn is not None and self.act_module is not None:
+            raise ValueError("'act_fn' (an activation kind) and 'act_module' (the MLP's own module) exclude each other")
         if self.gate_up is not None:
             if self.in_ is not None or self.gate is not None:
                 raise ValueError("'gate_up' (the fused gate and up projection) takes the place of 'in' and 'gate'")

@@ -26,6 +26,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "ln2_path_is_ln1": ("bind", set(), "block.ln2"),  # the core refuses two norm roles on one module
     "pos_offset": ("pos_embed", {"shapes", "config_fields"}, "pos_embed.offset"),
     "relu_activation": ("mlp", {"activation_grid"}, "act_fn"),
+    # the silu kind where each Apertus MLP runs its own xIELU module (`act_module`, learned parameters)
+    "apertus_silu_for_xielu": ("mlp", {"activation_grid"}, "block.mlp.act_fn"),
     "wrong_eps": ("norms", {"config_fields"}, "config.eps"),
     "embed_scale": ("embed", set(), "config.embed_scale"),
     "dead_pos_hook": ("hook_fire_counts", {"shapes", "cache_completeness", "embed", "pos_embed"}, "pos_embed"),

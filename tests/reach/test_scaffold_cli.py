@@ -17,6 +17,6 @@ def test_scaffold_yaml_validates_and_conforms_unedited(tmp_path, capsys):
 
 
 def test_scaffold_names_missing_vocabulary(tmp_path, capsys):
-    assert main(["scaffold", "--model-type", "apertus"]) == 0
+    assert main(["scaffold", "--model-type", "codegen"]) == 0
     out = capsys.readouterr().out
-    assert "# NOTE: MISSING VOCABULARY (activation kind)" in out
+    assert "# NOTE: MISSING VOCABULARY (fused q/k/v order)" in out

@@ -78,8 +78,10 @@ def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
         ctx.draft.note(f"block.mlp.out: '{down}' (the last projection) guessed")
     rest = [n for n, _ in linears if n != down]
     down_in = obs.input(full[down]) if down else None
-    act, kind, proj = _activation(ctx, rest, full, down_in)
+    act, kind, proj = _activation(ctx, rest, full, down_in, path)
     spec["kind"] = kind
+    if proj.get("act_module"):  # the MLP's own activation module (learned parameters)
+        spec["act_module"] = proj["act_module"]
     spec["layout"] = layout(mlp.get_submodule(down)) if down else "linear"
     fused = proj.get("gate_up")
     if fused is not None:  # gate and up in one module (Phi-3): HF chunks its output in two
@@ -97,14 +99,17 @@ def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
         spec["flat_tokens"] = bool(obs.input(full[first]).dim() == 2) if first in full else False
 
 
-def _activation(ctx, rest, full, down_in):
+def _activation(ctx, rest, full, down_in, path=None):
     """Which activation and wiring reproduce the down projection's input: act(in) or act(gate) * in."""
     obs = ctx.obs
     from ..shrink import plain_fields
 
     declared = [v for v in plain_fields(ctx.config).values() if isinstance(v, str) and v in ACT2FN]
     names = [*declared, "silu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "gelu_fast", "quick_gelu", "relu2"]
-    names = list(dict.fromkeys(names))
+    from ...registry import default_registry
+
+    known = default_registry().plugins.kinds.activations
+    names = [n for n in dict.fromkeys(names) if n in known]  # an unregistered name could not bind
     outs = {n: obs.output(full[n]) for n in rest}
     for act in names:
         fn = ACT2FN[act]
@@ -123,19 +128,46 @@ def _activation(ctx, rest, full, down_in):
                     return act, "gated", {"gate_up": a, "order": "gate_up"}
                 if same(fn(y) * x, down_in, atol=1e-4):
                     return act, "gated", {"gate_up": a, "order": "up_gate"}
-    from ...registry import default_registry
-
-    known = default_registry().plugins.kinds.activations
     fields = plain_fields(ctx.config)
     unknown = [v for k, v in fields.items() if "act" in k and isinstance(v, str) and v not in known]
+    own = _own_activation(ctx, path, rest, full, down_in) if unknown and path else None
+    if own is not None:
+        ctx.draft.note(
+            f"block.mlp.act_module: the MLP's own '{own[1]['act_module']}' module (the config's activation "
+            f"{unknown[0]!r} is no registered kind; it holds learned parameters)"
+        )
+        return None, *own
     if unknown:
         ctx.draft.gap("activation kind", f"the config's activation {unknown[0]!r} is no registered activation")
     else:
         normed = _mlp_sub_norm(ctx, down_in)
         if normed is not None:  # the wiring is read at the sub-norm's input instead
-            return _activation(ctx, rest, full, normed)
+            return _activation(ctx, rest, full, normed, path)
         ctx.draft.gap("MLP wiring", f"no known activation of {rest} reproduces the output projection's input")
     return None, "plain", {"in": rest[0]} if rest else {}
+
+
+def _own_activation(ctx: DraftContext, mlp: str, rest: list[str], full: dict[str, str], down_in: torch.Tensor | None):
+    """The MLP's own activation module (Apertus's xIELU, learned parameters): (kind, projections with
+    `act_module`) where its observed call turns a projection's output into the output projection's input,
+    alone or times another projection's; None otherwise."""
+    obs = ctx.obs
+    if down_in is None or not rest:
+        return None
+    outs = {n: obs.output(full[n]) for n in rest}
+    for name, module in obs.module(mlp).named_children():
+        seen_in, seen_out = obs.input(f"{mlp}.{name}"), obs.output(f"{mlp}.{name}")
+        if is_linear(module) or is_norm(module) or seen_in is None or seen_out is None:
+            continue
+        for a in rest:
+            if not same(seen_in, outs[a]):
+                continue
+            if same(seen_out, down_in, atol=1e-6):
+                return "plain", {"in": a, "act_module": name}
+            for g in rest:  # the module read the gate: act(gate) * in
+                if g != a and outs[g] is not None and same(seen_out * outs[g], down_in, atol=1e-6):
+                    return "gated", {"in": g, "gate": a, "act_module": name}
+    return None
 
 
 def _mlp_sub_norm(ctx: DraftContext, down_in: torch.Tensor | None) -> torch.Tensor | None:
