@@ -212,6 +212,21 @@ def _same_pair(a, b) -> bool:
     return isinstance(a, tuple) and isinstance(b, tuple) and all(same(x, y) for x, y in zip(a, b, strict=True))
 
 
+def _norm_in_two_roles(ctx: DraftContext, head_in: torch.Tensor | None) -> None:
+    """One norm module called as the embedding norm and again as the final norm (NanoChat's `model.norm`): a
+    hook on a module fires on every call, so `embed.ln` and `ln_final` hooks could not tell the two apart."""
+    name = ctx.found.get("embed_norm")
+    calls = ctx.obs.calls.get(name, []) if name else []
+    if "ln_final" in ctx.draft.fields or len(calls) < 2:
+        return
+    if any(same(c.output, head_in) for c in calls[1:]):
+        ctx.draft.gap(
+            "one norm module in two roles",
+            f"{name} is called {len(calls)} times in one forward: as the embedding norm (embed.norm) and again as "
+            "the final norm (ln_final); the spec language binds one role per module, so its hooks would fire twice",
+        )
+
+
 def _table_offset(module: nn.Embedding, out: torch.Tensor) -> int:
     row = out.reshape(-1, out.shape[-1])[0]
     matches = [i for i in range(min(8, module.weight.shape[0])) if same(module.weight[i], row)]
@@ -239,6 +254,7 @@ def observe_final(ctx: DraftContext) -> None:
                 if same(out * scale, head_in):
                     ctx.draft.fields["ln_final"] = {"path": name, "kind": norm_kind(module, obs.input(name), out)}
                     unembed["pre_scale"] = _scale_expr(ctx, scale)
+    _norm_in_two_roles(ctx, head_in)
     logits = obs.logits
     bias = _logits_bias(ctx, head_out, logits)
     if bias is not None:  # a model tensor added to the head's output (BART's final_logits_bias): b_U
