@@ -3,7 +3,8 @@
 `rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
 from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them),
 `rotary_interleaved_halves` (adjacent pairs, frequencies read from the first half of a rotate-half
-`cat(freqs, freqs)` table: GLM, Helium, ERNIE 4.5) and `none`."""
+`cat(freqs, freqs)` table: GLM, Helium, ERNIE 4.5), `rotary_reversed` (rotate-half pairing turned by -theta:
+NanoChat's `rotate_half` is `cat(x2, -x1)`) and `none`."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_di
     first, second = rot[..., : rotary_dim // 2], rot[..., rotary_dim // 2 :]
     rotated = rot * cos + torch.cat((-second, first), dim=-1) * sin
     return torch.cat((rotated, rest), dim=-1)
+
+
+def rotate_half_reversed(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
+    """Rotate-half pairing (dim j with j + rotary_dim/2) turned the other way, by -theta: NanoChat's
+    `rotate_half` returns `cat(x2, -x1)` where Llama's returns `cat(-x2, x1)`, i.e. the sine enters negated."""
+    return rotate_half(x, cos, -sin, rotary_dim)
 
 
 def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
@@ -109,6 +116,9 @@ def bridge_core_position_kinds() -> list[PositionKind]:
             has_table=False,
             rotates_qk=True,
             rotate=rotate_interleaved_halves,
+        ),
+        PositionKind(
+            "rotary_reversed", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half_reversed
         ),
         PositionKind("none", limits_length=False, has_table=False),
     ]

@@ -39,6 +39,7 @@ _POSITIONS = (
     "rotary_interleaved",
     "rotary_interleaved_table",
     "rotary_interleaved_halves",
+    "rotary_reversed",
     "none",
 )
 _ROTARY_OUTPUTS = ("cos_sin", "sin_cos")  # the order of the rotary module's pair (cos_sin when not given)

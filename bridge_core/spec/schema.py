@@ -458,7 +458,8 @@ class PosEmbedSpec(StrictModel):
         description="Position kind, registered by a plugin (`learned`, `rotary` (rotate-half: dim j paired with "
         "j + rotary_dim/2), `rotary_interleaved` (adjacent pairs 2j, 2j+1: Cohere), `rotary_interleaved_table` (the "
         "same from a precomputed table of n_ctx positions: GPT-J), `rotary_interleaved_halves` (adjacent pairs, "
-        "frequencies from the first half of a rotate-half table: GLM, Helium), `none`).",
+        "frequencies from the first half of a rotate-half table: GLM, Helium), `rotary_reversed` (rotate-half turned "
+        "by -theta, `rotate_half = cat(x2, -x1)`: NanoChat), `none`).",
     )
     path: ModulePath | None = Field(
         default=None, description="The position table (learned) or the model's rotary module (rotary)."

@@ -131,6 +131,14 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "glm_rotate_half": ("attention_paths_agree", set(), "pos_embed.kind"),
     "glm_interleaved_repeated": ("attention_paths_agree", set(), "pos_embed.kind"),
     "phi3_gate_up_swapped": ("mlp", set(), "block.mlp.gate_up.order"),
+    # NanoChat's rotate_half turns by -theta (rotary_reversed), read as Llama's; its model.norm in two roles (embedding
+    # and final norm, missing vocabulary) fails the same five checks under either kind, and its twice-fired
+    # embed.ln hook differs first, so the blame reads "block.attn (reimplement path)", not pos_embed.kind
+    "nanochat_llama_rotary": (
+        "attention_paths_agree",
+        {"embed", "hook_fire_counts", "layer_ranges", "norms", "unembed"},
+        "block.attn",
+    ),
     # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
     "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
     "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),

@@ -327,6 +327,7 @@ def _rotation(ctx: DraftContext, path: str, spec: dict, call: AttentionCall) -> 
     else:
         return
     ctx.found["rotates"] = True
+    ctx.found["rotated_queries"] = (layer_path, raw, query)  # the positions observer reads the turn's direction
     last_raw, last = raw[:, :, -1].float(), query[:, :, -1].float()
     rotary_dim = int(moved.nonzero().max()) + 1
     rotary_dim += rotary_dim % 2

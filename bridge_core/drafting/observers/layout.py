@@ -135,7 +135,7 @@ def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -
     or computed (a 2-D buffer with one row per position of the context), and the order of the pair the
     module returns: at position 0 the cosine is 1 and the sine 0."""
     if not ctx.found.get("rotary_interleaved"):
-        return {"kind": "rotary", "path": name}
+        return {"kind": "rotary_reversed" if _turns_backwards(ctx, pair) else "rotary", "path": name}
     spec: dict = {"kind": "rotary_interleaved", "path": name}
     rows = {b.shape[0] for b in module.buffers() if b.dim() == 2}
     if any(ctx.attr(r, ("max_position_embeddings", "n_positions", "n_ctx"), ("position",)) for r in rows):
@@ -155,6 +155,23 @@ def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -
             f"{name} returns frequencies in two halves; attention pairs adjacent dims from its first half",
         )
     return spec
+
+
+def _turns_backwards(ctx: DraftContext, pair: tuple) -> bool:
+    """The rotated queries are the unrotated ones turned by -theta, not +theta, with the rotary module's
+    (cos, sin): HF's `rotate_half` is `cat(x2, -x1)` (NanoChat). Only when +theta does not match and -theta does."""
+    seen = ctx.found.get("rotated_queries")
+    r = ctx.found.get("rotary_dim")
+    if seen is None or not r or pair[0].shape[-1] < r:
+        return False
+    _, raw, query = seen
+    cos, sin = (t[..., :r].unsqueeze(1).to(raw.dtype) for t in pair)
+    if cos.shape[-2] != raw.shape[-2]:
+        return False
+    first, second = raw[..., : r // 2], raw[..., r // 2 : r]
+    turned = torch.cat((-second, first), dim=-1)
+    forward, backward = raw[..., :r] * cos + turned * sin, raw[..., :r] * cos - turned * sin
+    return not same(forward, query[..., :r]) and same(backward, query[..., :r])
 
 
 def _rotary_args(ctx: DraftContext, name: str, module: nn.Module, kwarg: str) -> None:
@@ -195,6 +212,21 @@ def _same_pair(a, b) -> bool:
     return isinstance(a, tuple) and isinstance(b, tuple) and all(same(x, y) for x, y in zip(a, b, strict=True))
 
 
+def _norm_in_two_roles(ctx: DraftContext, head_in: torch.Tensor | None) -> None:
+    """One norm module called as the embedding norm and again as the final norm (NanoChat's `model.norm`): a
+    hook on a module fires on every call, so `embed.ln` and `ln_final` hooks could not tell the two apart."""
+    name = ctx.found.get("embed_norm")
+    calls = ctx.obs.calls.get(name, []) if name else []
+    if "ln_final" in ctx.draft.fields or len(calls) < 2:
+        return
+    if any(same(c.output, head_in) for c in calls[1:]):
+        ctx.draft.gap(
+            "one norm module in two roles",
+            f"{name} is called {len(calls)} times in one forward: as the embedding norm (embed.norm) and again as "
+            "the final norm (ln_final); the spec language binds one role per module, so its hooks would fire twice",
+        )
+
+
 def _table_offset(module: nn.Embedding, out: torch.Tensor) -> int:
     row = out.reshape(-1, out.shape[-1])[0]
     matches = [i for i in range(min(8, module.weight.shape[0])) if same(module.weight[i], row)]
@@ -222,6 +254,7 @@ def observe_final(ctx: DraftContext) -> None:
                 if same(out * scale, head_in):
                     ctx.draft.fields["ln_final"] = {"path": name, "kind": norm_kind(module, obs.input(name), out)}
                     unembed["pre_scale"] = _scale_expr(ctx, scale)
+    _norm_in_two_roles(ctx, head_in)
     logits = obs.logits
     bias = _logits_bias(ctx, head_out, logits)
     if bias is not None:  # a model tensor added to the head's output (BART's final_logits_bias): b_U
