@@ -88,6 +88,7 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     else:
         name, roles, rcall = router
         moe["router"], moe["router_output"] = name, roles
+        _router_weight(ctx, moe, path, name, n_experts)
         out = _replayed(obs.module(f"{path}.{name}"), rcall)
         logits, got = out[roles.index("logits")], out[roles.index("weights")]
         _scoring(ctx, moe, path, logits, got, out[roles.index("indices")], top_k)
@@ -95,6 +96,21 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     spec.update(kind="moe", layout="linear", moe=moe)
     spec.pop("flat_tokens", None)
     return _shared(ctx, path, moe, {experts, moe["router"]})
+
+
+def _router_weight(ctx: DraftContext, moe: dict, path: str, router: str, n_experts: int) -> None:
+    """`router_weight` where the router keeps its weight in a linear child (HunYuan-MoE's `gate.wg`)."""
+    module = ctx.obs.module(f"{path}.{router}")
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts:
+        return
+    linears = ((n, m) for n, m in module.named_modules() if n and isinstance(m, torch.nn.Linear))
+    found = [n for n, m in linears if m.out_features == n_experts]
+    if len(found) == 1:
+        moe["router_weight"] = f"{router}.{found[0]}"
+    else:
+        message = f"{path}.{router} has no weight and {len(found)} linear children to n_experts"
+        ctx.draft.gap("MoE router weight", message)
 
 
 def _replayed(router: torch.nn.Module, call: Call, tokens: int = 512) -> tuple:
