@@ -12,7 +12,7 @@ from transformers.activations import ACT2FN
 
 from ..draft import DraftContext
 from ..probe import Call, same
-from .modules import is_linear
+from .modules import is_linear, is_norm, norm_kind
 
 _N_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K = ("num_experts_per_tok", "top_k", "moe_topk", "moe_k", "num_selected_experts")
@@ -93,9 +93,30 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
         logits, got = out[roles.index("logits")], out[roles.index("weights")]
         _scoring(ctx, moe, path, logits, got, out[roles.index("indices")], top_k)
     ctx.found["d_mlp"] = d_mlp
+    _post_norm(ctx, path, spec["path"])
     spec.update(kind="moe", layout="linear", moe=moe)
     spec.pop("flat_tokens", None)
     return _shared(ctx, path, moe, {experts, moe["router"]})
+
+
+def _post_norm(ctx: DraftContext, path: str, rel: str) -> None:
+    """A norm child of the MoE MLP whose output is the MLP's (A.X-K1's `post_mlp_layernorm` on routed + shared):
+    the block's `ln2_post`, at a path inside the MLP; optional where dense layers have no such norm."""
+    obs = ctx.obs
+    out = obs.output(path)
+    for name, module in obs.module(path).named_children():
+        full = f"{path}.{name}"
+        if not is_norm(module) or obs.first(full) is None or not same(obs.output(full), out):
+            continue
+        kind = norm_kind(module, obs.input(full), obs.output(full))
+        if kind is None:
+            ctx.draft.gap("norm kind", f"{full} ({type(module).__name__}) matches no registered norm")
+            kind = "rmsnorm"
+        norm: dict[str, Any] = {"path": f"{rel}.{name}" if rel != "." else name, "kind": kind}
+        if ctx.found.get("moe_layers"):
+            norm["optional"] = True  # the dense layers' MLPs have none
+        ctx.draft.fields.setdefault("block", {})["ln2_post"] = norm
+        return
 
 
 def _router_weight(ctx: DraftContext, moe: dict, path: str, router: str, n_experts: int) -> None:
