@@ -82,3 +82,48 @@ def test_a_router_weight_not_shaped_n_experts_is_a_bind_error(tmp_path):
     with pytest.raises(BindError, match="router has no weight") as raised:
         Bridge.from_spec(spec)
     assert "router_weight" in str(raised.value)
+
+
+def test_axk1_moe_output_is_normalized_inside_the_mlp_as_ln2_post():
+    """A.X-K1: routed experts (from the weight views, on the tokens HF routed) plus HF's shared expert equal
+    what HF's post_mlp_layernorm takes; hook_mlp_out is that norm's output, written out by hand."""
+    bridge = Bridge.from_spec(SPECS / "axk1.yaml")
+    twin = copy.deepcopy(bridge.model)
+    mlp = twin.model.layers[1].mlp
+    seen: dict = {}
+    handles = [
+        mlp.experts.register_forward_hook(lambda m, a, k, out: seen.__setitem__("experts", a), with_kwargs=True),
+        mlp.shared_experts.register_forward_hook(lambda m, a, out: seen.__setitem__("shared", out)),
+        mlp.post_mlp_layernorm.register_forward_hook(lambda m, a, out: seen.__setitem__("norm", (a[0], out))),
+    ]
+    tokens = _tokens()
+    try:
+        with torch.no_grad():
+            twin(tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    _, cache = bridge.run_with_cache(tokens)
+    hidden, indices, weights = seen["experts"]
+    views = bridge.blocks[1].mlp
+    routed = torch.zeros_like(hidden)
+    act = torch.nn.functional.silu
+    for e, expert in enumerate(views.experts):
+        token, slot = torch.where(indices == e)
+        x = hidden[token]
+        out = (act(x @ expert.W_gate) * (x @ expert.W_in)) @ expert.W_out
+        routed.index_add_(0, token, out * weights[token, slot, None])
+    norm_in, norm_out = seen["norm"]
+    torch.testing.assert_close(routed.view(norm_in.shape) + seen["shared"], norm_in)
+    norm = twin.model.layers[1].mlp.post_mlp_layernorm
+    by_hand = norm_in * torch.rsqrt(norm_in.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon) * norm.weight
+    torch.testing.assert_close(by_hand, norm_out)
+    torch.testing.assert_close(cache["blocks.1.hook_mlp_out"], norm_out)
+    assert not torch.allclose(cache["blocks.1.hook_mlp_out"], norm_in, atol=1e-3)  # the norm does change it
+
+
+def test_axk1_draft_declares_the_post_mlp_norm_and_passes_the_moe_checks():
+    draft = draft_model_type("axk1")
+    assert draft.fields["block"]["ln2_post"] == {"path": "mlp.post_mlp_layernorm", "kind": "rmsnorm", "optional": True}
+    report = run(to_spec(draft), checks=["bind", "norms", "moe_routing", "moe_experts", "moe_recompute_path"])
+    assert not report.failed(), [r.explain() for r in report.failed()]
