@@ -186,6 +186,7 @@ class BoundMoE:
     bias_owner: nn.Module | None = None  # the module holding the selection-only correction bias buffer
     bias_name: str | None = None
     bias_on_logits: bool = False  # the bias is added to the logits (Kolibri), not the scores
+    router_linear: nn.Module | None = None  # holds the router weight [n_experts, d]: the router or its linear child
 
     def correction_bias(self) -> torch.Tensor | None:
         """The selection-only bias `[n_experts]`, read now (a buffer `.to()` may have replaced)."""

@@ -65,6 +65,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
         walker.fail(spec_error(f"evaluates to {d_mlp!r}; expected an integer >= 1", walker.spec, None, f"{at}.d_mlp"))
         raise Missing
     expert_modules = _experts(walker, experts, e, at, n_experts)
+    router_linear = _router_linear(walker, module, router, e, at, inner, n_experts)
     return BoundMLP(
         module=module,
         path=path,
@@ -102,8 +103,34 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             bias_owner=bias[0] if bias else None,
             bias_name=bias[1] if bias else None,
             bias_on_logits=e.correction_bias_on == "logits",
+            router_linear=router_linear,
         ),
     )
+
+
+def _router_linear(
+    walker: SpecWalker, module: nn.Module, router: tuple[nn.Module, str], e, at: str, inner: str, n_experts: int
+) -> nn.Module:
+    """The module holding the router weight `[n_experts, d]`: `router_weight` (under the MLP), else the router."""
+    owner, owner_path = router
+    if e.router_weight is not None:
+        found = walker.attempt(walker.resolve, module, e.router_weight, f"{at}.router_weight", inner)
+        if found is None:
+            raise Missing
+        owner, owner_path = found
+    weight = getattr(owner, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != n_experts:
+        found = "absent" if weight is None else f"shaped {tuple(getattr(weight, 'shape', ()))}"
+        hint = "" if e.router_weight else "; name the router's linear layer in router_weight"
+        walker.fail(
+            BindError(
+                f"the router has no weight [n_experts={n_experts}, d_model] ({found}){hint}",
+                spec_path=f"{at}.router_weight" if e.router_weight else f"{at}.router",
+                module_path=f"{owner_path}.weight",
+            )
+        )
+        raise Missing
+    return owner
 
 
 def _experts(walker: SpecWalker, experts: tuple[nn.Module, str], e, at: str, n_experts: int):

@@ -71,7 +71,8 @@ class MoEWeights(HookAttributes):
     @property
     def W_gate(self) -> torch.Tensor:
         """The router `[d_model, n_experts]` (HookedTransformer's `W_gate.weight`, transposed)."""
-        return in_out(self.bound.moe.router, "linear")
+        moe = self.bound.moe
+        return in_out(moe.router_linear if moe.router_linear is not None else moe.router, "linear")
 
     @property
     def W_shared_gate(self) -> torch.Tensor | None:

@@ -192,6 +192,11 @@ class MoESpec(StrictModel):
     router: ModulePath = Field(
         default="gate", description="The router module; element `router_logits_index` of its output is the logits."
     )
+    router_weight: ModulePath | None = Field(
+        default=None,
+        description="The router's linear layer `[n_experts, d]` where the router module holds none itself "
+        "(HunYuan-MoE: `gate.wg`); null: the router's own `weight`.",
+    )
     router_output: list[Literal["logits", "weights", "indices"]] = Field(
         default_factory=lambda: ["logits", "weights", "indices"],
         description="What each element of the router's output tuple is (Mixtral: logits, top-k weights, indices).",

@@ -149,6 +149,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # layer rotated; HunYuan's after-rotary norms declared before; Gemma 3's before-rotary norms declared after
     "smollm3_rotary_every_layer": ("attention_paths_agree", set(), "block.attn.rotary"),
     "hunyuan_norm_before_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "qk_norm_at"),
+    "hunyuan_moe_no_router_weight": ("bind", set(), "block.mlp.moe.router"),  # the router holds no weight itself
+    "axk1_no_post_mlp_norm": ("moe_experts", set(), "block.mlp.moe"),  # the MoE output is normalized in the MLP
     "gemma3_norm_after_rotary": ("qk_norm_layout", {"attention_paths_agree"}, "block.attn.qk_norm_at"),
     # norm kinds of drafted families (issue 17): Nemotron's (1 + w) LayerNorm, OLMo's LayerNorm without an eps
     "nemotron_plain_layernorm": ("norms", set(), "ln1.kind"),

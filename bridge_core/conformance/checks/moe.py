@@ -57,12 +57,31 @@ def _hf_moe(ctx: CheckContext, layers: list) -> dict[str, dict[str, Any]]:
                 handles.append(twin(ctx.name_of(module)).register_forward_hook(hook, with_kwargs=True))
             mlp = twin(ctx.name_of(layer.block.mlp.module))
             handles.append(mlp.register_forward_hook(keep(layer.prefix, "mlp"), with_kwargs=True))
+            post = _norm_inside_mlp(ctx, layer.block)
+            if post is not None:  # the MoE output is what that norm takes (A.X-K1's post_mlp_layernorm)
+                hook = _keep_input(seen[layer.prefix], "moe_out")
+                handles.append(twin(ctx.name_of(post)).register_forward_hook(hook, with_kwargs=True))
         with torch.no_grad():
             ctx.copy(input_ids=ctx.tokens, use_cache=False, **ctx.inputs)
     finally:
         for handle in handles:
             handle.remove()
     return seen
+
+
+def _norm_inside_mlp(ctx: CheckContext, block: Any) -> torch.nn.Module | None:
+    """The block's `ln2_post` where it lives inside the MLP module (A.X-K1 normalizes the MoE output there)."""
+    post = block.ln2_post
+    if post is None:
+        return None
+    return post.module if ctx.name_of(post.module).startswith(f"{ctx.name_of(block.mlp.module)}.") else None
+
+
+def _keep_input(seen: dict[str, Any], key: str):
+    def hook(module, args, kwargs, output):
+        seen[key] = (args[0] if args else next(iter(kwargs.values()))).detach().clone()
+
+    return hook
 
 
 @check(
@@ -119,7 +138,7 @@ def _expert_values(moe, weights, act, hidden, indices, top_weights):
     "moe_experts",
     statement="each expert recomputed from its weight views (experts[e].W_gate, W_in, W_out) on the tokens HF "
     "routed to it gives experts.{e}.hook_gate / hook_pre / hook_post, the routed sum equals HF's experts output, "
-    "and with the shared expert (sigmoid-gated) the MoE output HF's",
+    "and with the shared expert (sigmoid-gated) the MoE output HF's (the input of an ln2_post inside the MLP)",
     family="mlp",
     tolerance=1e-5,
 )
@@ -147,7 +166,8 @@ def moe_experts(ctx: CheckContext, m: Meter) -> None:
             if weights.W_shared_gate is not None:
                 contribution = torch.sigmoid(hidden @ weights.W_shared_gate) * contribution
             out = out + contribution
-        hf_out = seen["mlp"][0] if isinstance(seen["mlp"], tuple) else seen["mlp"]
+        hf_out = seen.get("moe_out", seen["mlp"])
+        hf_out = hf_out[0] if isinstance(hf_out, tuple) else hf_out
         m.compare(f"{p}: MoE output from weight views vs HF's", out, hf_out.reshape(out.shape), "block.mlp.moe")
 
 

@@ -12,7 +12,7 @@ from transformers.activations import ACT2FN
 
 from ..draft import DraftContext
 from ..probe import Call, same
-from .modules import is_linear
+from .modules import is_linear, is_norm, norm_kind
 
 _N_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K = ("num_experts_per_tok", "top_k", "moe_topk", "moe_k", "num_selected_experts")
@@ -88,13 +88,50 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     else:
         name, roles, rcall = router
         moe["router"], moe["router_output"] = name, roles
+        _router_weight(ctx, moe, path, name, n_experts)
         out = _replayed(obs.module(f"{path}.{name}"), rcall)
         logits, got = out[roles.index("logits")], out[roles.index("weights")]
         _scoring(ctx, moe, path, logits, got, out[roles.index("indices")], top_k)
     ctx.found["d_mlp"] = d_mlp
+    _post_norm(ctx, path, spec["path"])
     spec.update(kind="moe", layout="linear", moe=moe)
     spec.pop("flat_tokens", None)
     return _shared(ctx, path, moe, {experts, moe["router"]})
+
+
+def _post_norm(ctx: DraftContext, path: str, rel: str) -> None:
+    """A norm child of the MoE MLP whose output is the MLP's (A.X-K1's `post_mlp_layernorm` on routed + shared):
+    the block's `ln2_post`, at a path inside the MLP; optional where dense layers have no such norm."""
+    obs = ctx.obs
+    out = obs.output(path)
+    for name, module in obs.module(path).named_children():
+        full = f"{path}.{name}"
+        if not is_norm(module) or obs.first(full) is None or not same(obs.output(full), out):
+            continue
+        kind = norm_kind(module, obs.input(full), obs.output(full))
+        if kind is None:
+            ctx.draft.gap("norm kind", f"{full} ({type(module).__name__}) matches no registered norm")
+            kind = "rmsnorm"
+        norm: dict[str, Any] = {"path": f"{rel}.{name}" if rel != "." else name, "kind": kind}
+        if ctx.found.get("moe_layers"):
+            norm["optional"] = True  # the dense layers' MLPs have none
+        ctx.draft.fields.setdefault("block", {})["ln2_post"] = norm
+        return
+
+
+def _router_weight(ctx: DraftContext, moe: dict, path: str, router: str, n_experts: int) -> None:
+    """`router_weight` where the router keeps its weight in a linear child (HunYuan-MoE's `gate.wg`)."""
+    module = ctx.obs.module(f"{path}.{router}")
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == n_experts:
+        return
+    linears = ((n, m) for n, m in module.named_modules() if n and isinstance(m, torch.nn.Linear))
+    found = [n for n, m in linears if m.out_features == n_experts]
+    if len(found) == 1:
+        moe["router_weight"] = f"{router}.{found[0]}"
+    else:
+        message = f"{path}.{router} has no weight and {len(found)} linear children to n_experts"
+        ctx.draft.gap("MoE router weight", message)
 
 
 def _replayed(router: torch.nn.Module, call: Call, tokens: int = 512) -> tuple:
