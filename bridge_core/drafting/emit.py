@@ -15,10 +15,15 @@ def to_yaml(draft: Draft) -> str:
         "# Check every note below, then run",
         "#   bridge-core validate THIS.yaml && bridge-core conform THIS.yaml",
     ]
-    header += [f"# NOTE: {note}" for note in draft.notes]
-    header += [f"# NOTE: MISSING VOCABULARY ({gap.item}): {gap.detail}" for gap in draft.gaps]
+    header += [_comment(f"NOTE: {note}") for note in draft.notes]
+    header += [_comment(f"NOTE: MISSING VOCABULARY ({gap.item}): {gap.detail}") for gap in draft.gaps]
     body = yaml.safe_dump(draft.fields, sort_keys=False, default_flow_style=None, width=110)
     return "\n".join(header) + "\n" + body
+
+
+def _comment(text: str) -> str:
+    """One YAML comment, however many lines the text has (a note may quote a multi-line HF error)."""
+    return "\n".join(f"# {line}" if i == 0 else f"#   {line}" for i, line in enumerate(text.splitlines() or [""]))
 
 
 def to_spec(draft: Draft) -> Spec:

@@ -20,3 +20,16 @@ def test_scaffold_names_missing_vocabulary(tmp_path, capsys):
     assert main(["scaffold", "--model-type", "codegen"]) == 0
     out = capsys.readouterr().out
     assert "# NOTE: MISSING VOCABULARY (fused q/k/v order)" in out
+
+
+def test_a_multi_line_note_stays_a_comment():
+    from bridge_core.drafting.draft import Draft
+    from bridge_core.drafting.emit import to_yaml
+
+    draft = Draft(fields={"name": "x"})
+    draft.notes.append("HF refused it:\nValueError: q_lora_rank must be set\n  (second line)")
+    text = to_yaml(draft)
+    import yaml
+
+    assert yaml.safe_load(text) == {"name": "x"}
+    assert "#   ValueError: q_lora_rank must be set" in text
