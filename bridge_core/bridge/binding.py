@@ -425,9 +425,10 @@ class _Binder(SpecWalker):
         scale = None  # HF multiplies the embedding's output outside the module (Granite): hook_embed shows the product
         if embed_spec.scale_at == "forward" and self.cfg is not None and self.cfg.embed_scale != 1:
             scale = self.cfg.embed_scale
-            if embed_spec.norm is not None:  # HF's order of scale and norm is not declared anywhere
-                self.fail(spec_error("embed.scale_at 'forward' with an embedding norm is not supported: the spec "
-                                     "cannot say whether HF scales before or after the norm",
+            # a norm on embeddings + positions reads the scaled embedding; otherwise HF's order is not declared
+            if embed_spec.norm is not None and not embed_spec.norm_after_pos:
+                self.fail(spec_error("embed.scale_at 'forward' with an embedding norm before the positions is not "
+                                     "supported: the spec cannot say whether HF scales before or after the norm",
                                      self.spec, self.spec_file, f"{at}embed.scale_at"))  # fmt: skip
         if embed is None or found is None:
             raise Missing
