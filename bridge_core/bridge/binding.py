@@ -18,6 +18,7 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
 from ..spec.schema import (
     BLOCK_KINDS,
+    QKV_ORDERS,
     AttentionSpec,
     BlockSpec,
     MLPSpec,
@@ -100,10 +101,11 @@ class _Binder(SpecWalker):
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
         rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
         sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
-        if None in qkv.values() or o is None or rotary is None:
+        order = self.attempt(self.choice, f"{field}.qkv.order", a.qkv.order, QKV_ORDERS, layer)
+        if None in qkv.values() or o is None or rotary is None or order is None:
             raise Missing
         cfg = self.cfg
-        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, a.qkv.order) if cfg else {}
+        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, order) if cfg else {}
         if latent is not None:
             views = latent_views(cfg.n_heads, cfg.d_head, latent, module)
         return BoundAttention(
@@ -114,7 +116,7 @@ class _Binder(SpecWalker):
             views=views,
             o=o[0],
             layout=a.layout,
-            order=a.qkv.order,
+            order=order,
             implementation=a.implementation,
             softmax_float32=a.softmax_dtype == "float32",
             output_index=a.output_index,
