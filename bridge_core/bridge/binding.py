@@ -18,6 +18,7 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
 from ..spec.schema import (
     BLOCK_KINDS,
+    QKV_ORDERS,
     AttentionSpec,
     BlockSpec,
     MLPSpec,
@@ -100,10 +101,11 @@ class _Binder(SpecWalker):
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
         rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
         sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
-        if None in qkv.values() or o is None or rotary is None:
+        order = self.attempt(self.choice, f"{field}.qkv.order", a.qkv.order, QKV_ORDERS, layer)
+        if None in qkv.values() or o is None or rotary is None or order is None:
             raise Missing
         cfg = self.cfg
-        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, a.qkv.order) if cfg else {}
+        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, order) if cfg else {}
         if latent is not None:
             views = latent_views(cfg.n_heads, cfg.d_head, latent, module)
         return BoundAttention(
@@ -114,7 +116,7 @@ class _Binder(SpecWalker):
             views=views,
             o=o[0],
             layout=a.layout,
-            order=a.qkv.order,
+            order=order,
             implementation=a.implementation,
             softmax_float32=a.softmax_dtype == "float32",
             output_index=a.output_index,
@@ -425,9 +427,10 @@ class _Binder(SpecWalker):
         scale = None  # HF multiplies the embedding's output outside the module (Granite): hook_embed shows the product
         if embed_spec.scale_at == "forward" and self.cfg is not None and self.cfg.embed_scale != 1:
             scale = self.cfg.embed_scale
-            if embed_spec.norm is not None:  # HF's order of scale and norm is not declared anywhere
-                self.fail(spec_error("embed.scale_at 'forward' with an embedding norm is not supported: the spec "
-                                     "cannot say whether HF scales before or after the norm",
+            # a norm on embeddings + positions reads the scaled embedding; otherwise HF's order is not declared
+            if embed_spec.norm is not None and not embed_spec.norm_after_pos:
+                self.fail(spec_error("embed.scale_at 'forward' with an embedding norm before the positions is not "
+                                     "supported: the spec cannot say whether HF scales before or after the norm",
                                      self.spec, self.spec_file, f"{at}embed.scale_at"))  # fmt: skip
         if embed is None or found is None:
             raise Missing

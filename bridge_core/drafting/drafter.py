@@ -155,8 +155,10 @@ def _variants(ctx: DraftContext, cls, overrides, notes, model_type) -> None:
         except DraftingError as exc:
             ctx.draft.gap("variant", f"{name} ({delta}) did not draft: {exc.reason[:100]}")
             continue
+        attn, other_attn = ctx.draft.fields["block"]["attn"], other.draft.fields["block"]["attn"]
+        _conditional_qkv_order(attn, other_attn, delta)
         for part in ("qkv", "path", "o", "layout"):
-            ours, theirs = ctx.draft.fields["block"]["attn"].get(part), other.draft.fields["block"]["attn"].get(part)
+            ours, theirs = attn.get(part), other_attn.get(part)
             if ours != theirs:
                 ctx.draft.gap("conditional layout", f"block.attn.{part} is {ours} here but {theirs} with {delta}")
     kv = next((k for k in ("num_key_value_heads", "n_kv_heads", "num_kv_heads") if k in overrides), None)
@@ -168,3 +170,17 @@ def _variants(ctx: DraftContext, cls, overrides, notes, model_type) -> None:
         variants["gqa"] = {kv: 2}
     if variants:
         ctx.draft.fields["variants"] = variants
+
+
+def _conditional_qkv_order(attn: dict, other: dict, delta: dict) -> None:
+    """A fused projection laid out by a boolean config field (GPTBigCode's c_attn: [q | k | v] with
+    multi_query, per-head [q k v] without) becomes an expression giving the order on both settings."""
+    ours, theirs = attn.get("qkv", {}), other.get("qkv", {})
+    if len(delta) != 1 or ours.get("kind") != "fused" or theirs.get("kind") != "fused":
+        return
+    (key, flipped), order, other_order = *delta.items(), ours.get("order", "qkv"), theirs.get("order", "qkv")
+    if not isinstance(flipped, bool) or order == other_order or {**ours, "order": 0} != {**theirs, "order": 0}:
+        return
+    true, false = (other_order, order) if flipped else (order, other_order)
+    ours["order"] = f"'{true}' if {key} else '{false}'"
+    theirs["order"] = ours["order"]  # the same expression on both settings: no conditional layout left

@@ -128,6 +128,9 @@ def _conditional_scales(cls: type[nn.Module], overrides: dict[str, Any], notes: 
         except DraftingError as exc:
             draft.note(f"variants: flipping {key} did not draft ({exc.reason[:80]})")
             continue
+        for gap in other.gaps:  # what the flipped branch cannot say, the variant cannot pass: name it
+            if gap not in draft.gaps:
+                draft.gap(gap.item, f"with {key}={not value}: {gap.detail}")
         changed = False
         for where, field, default in (("config", "embed_scale", 1.0), ("unembed", "pre_scale", None)):
             ours, theirs = draft.fields[where].get(field, default), other.fields[where].get(field, default)
@@ -245,10 +248,10 @@ def _config(ctx: DraftContext, enc: DraftContext, dec: DraftContext) -> None:
     enc_scale = enc.draft.fields.get("config", {}).get("attn_scale")
     if enc_scale != cfg.get("attn_scale"):
         ctx.draft.gap("per-stack attention scale", f"encoder {enc_scale}, decoder {cfg.get('attn_scale')}")
-    scales = {enc.found.get("embed_scale", 1.0), dec.found.get("embed_scale", 1.0)}
-    if len(scales) > 1:
-        ctx.draft.gap("per-stack embedding scale", f"the stacks scale their embeddings by {sorted(scales)}")
-    scale = scales.pop()
+    enc_embed, scale = enc.found.get("embed_scale", 1.0), dec.found.get("embed_scale", 1.0)
+    if abs(enc_embed - scale) > 1e-4 * max(abs(scale), 1.0):  # observed ratios: float noise is no difference
+        ctx.draft.gap("per-stack embedding scale", f"the stacks scale their embeddings by {[enc_embed, scale]}")
+        scale = max(enc_embed, scale, key=lambda s: abs(s - 1.0))  # written, so a variant shows the stack it misses
     if abs(scale - 1.0) > 1e-6:
         d_model = ctx.attr(ctx.obs.input(dec.block).shape[-1], ("d_model", "hidden_size"))
         if d_model and abs(scale - ctx.obs.input(dec.block).shape[-1] ** 0.5) < 1e-4 * scale:

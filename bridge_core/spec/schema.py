@@ -19,6 +19,7 @@ ConfigValue = str | int | float | bool | None
 
 REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
 BLOCK_KINDS = ("sequential", "parallel", "post_norm")
+QKV_ORDERS = ("qkv", "per_head_interleaved")
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
@@ -49,10 +50,11 @@ class QKVSpec(StrictModel):
         "MiniCPM3: queries through a low-rank latent, keys and values expanded from one compressed latent)."
     )
     path: ModulePath | None = Field(default=None, description="The fused projection (kind: fused).")
-    order: Literal["qkv", "per_head_interleaved"] = Field(
+    order: str = Field(
         default="qkv",
         description="Fused layout: `qkv` = [q | k | v] along the output; `per_head_interleaved` = "
-        "[h0: q k v | h1: q k v | ...] (GPT-NeoX).",
+        "[h0: q k v | h1: q k v | ...] (GPT-NeoX); or an expression over the HF config giving one "
+        "(GPTBigCode: `\"'qkv' if multi_query else 'per_head_interleaved'\"`).",
     )
     q: ModulePath | None = Field(
         default=None,

@@ -89,7 +89,8 @@ def embed(ctx: CheckContext, m: Meter) -> None:
 
 @check(
     "pos_embed",
-    statement="W_pos[positions] and hook_pos_embed equal what HF added to the token embeddings for positions",
+    statement="W_pos[positions] and hook_pos_embed equal what HF added to the token embeddings for positions (to "
+    "the embedding norm's output when the norm comes before the position add)",
     family="embedding",
     tolerance=1e-5,
 )
@@ -103,7 +104,9 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
         prefix = "decoder." if encoder_decoder and stack.name == "decoder" else ""
         field = "encoder.pos_embed" if stack.name == "encoder" else "pos_embed"
         summed = _summed(ctx, stack)
-        if not encoder_decoder and bound.embed_project is not None:
+        if stack.embed_norm is not None and not stack.norm_after_pos:  # positions join the norm's output
+            pos_part = summed - ctx.hf_out(stack.embed_norm.module)  # (BlenderbotSmall's decoder)
+        elif not encoder_decoder and bound.embed_project is not None:
             pos_part = summed - ctx.hf_out(bound.embed_project)
         elif encoder_decoder:
             pos_part = summed - ctx.hf_out(stack.embed) * (stack.embed_scale or 1.0)  # scale_at: forward (Marian)

@@ -244,13 +244,8 @@ def _embed_norm(ctx: DraftContext, embed: dict, x0: torch.Tensor, pos: torch.Ten
             ctx.found["embed_norm"] = name
             return nin - pos if pos is not None else nin
         if pos is not None and nout.shape == x0.shape and same(nout + pos, x0):
-            embed["norm"] = spec
+            embed["norm"] = spec  # norm_after_pos stays false: positions join the norm's output
             ctx.found["embed_norm"] = name
-            ctx.draft.gap(
-                "embedding norm before positions",
-                f"{name} normalizes {ctx.blocks}'s token embedding and positions are added after it; the "
-                "pos_embed check reads positions as what joins the embedding module's output",
-            )
             return nin
     return x0 - pos if pos is not None else x0
 
