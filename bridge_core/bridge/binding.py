@@ -440,11 +440,12 @@ class _Binder(SpecWalker):
                           embed_scale=scale)  # fmt: skip
 
     def _check_table(self, module: nn.Module, kind: Position, field: str) -> None:
-        """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`)."""
-        if not isinstance(getattr(module, kind.table_attr, None), torch.Tensor):
-            held = [n for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+        """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`). A module
+        holding no tensors at all is a wrong path, left to the checks (hook_fire_counts names a dead one)."""
+        held = [n for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+        if held and not isinstance(getattr(module, kind.table_attr, None), torch.Tensor):
             self.fail(spec_error(f"position kind '{kind.name}' reads its table from {type(module).__name__}."
-                                 f"{kind.table_attr}, which it does not have (it holds {held or 'no tensors'})",
+                                 f"{kind.table_attr}, which it does not have (it holds {held})",
                                  self.spec, self.spec_file, f"{field}.kind"))  # fmt: skip
 
     def model_(self) -> BoundModel:

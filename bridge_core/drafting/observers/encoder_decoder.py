@@ -209,8 +209,9 @@ def observe_stack_embedding(ctx: DraftContext, ids: torch.Tensor) -> tuple[dict,
 
 def _position_module(ctx: DraftContext, root: str, x0: torch.Tensor, token: str) -> tuple[dict | None, object]:
     """A module outside the blocks, not an embedding table, whose output has the shape of the positions the
-    first block reads (M2M100's table computed from the token ids). With its table in a `weights` buffer
-    whose rows from some offset on are its output, it is `sinusoidal_from_ids`; otherwise a gap."""
+    first block reads (M2M100's table computed from the token ids). Called with `input_ids` and with its table
+    in a `weights` buffer whose rows from some offset on are its output, it is `sinusoidal_from_ids`;
+    otherwise a gap."""
     obs = ctx.obs
     for name, module in ctx.model.named_modules():
         if not name or not under(name, root) or under(name, ctx.blocks) or under(name, token) or is_norm(module):
@@ -223,7 +224,9 @@ def _position_module(ctx: DraftContext, root: str, x0: torch.Tensor, token: str)
         ):
             continue
         table = getattr(module, "weights", None)
-        if isinstance(table, torch.Tensor) and table.dim() == 2 and table.shape[-1] == out.shape[-1]:
+        # counted from the token ids (M2M100), not from position ids (XGLM's module: no padding awareness)
+        reads_ids = next(iter(inspect.signature(module.forward).parameters), None) == "input_ids"
+        if reads_ids and isinstance(table, torch.Tensor) and table.dim() == 2 and table.shape[-1] == out.shape[-1]:
             offset = _offset(table.detach(), out)
             rows = out.reshape(-1, *out.shape[-2:])[0]
             end = offset + rows.shape[0]
