@@ -305,6 +305,15 @@ class Position(Protocol):
         """Whether `pos_embed.path` is a learned table (`W_pos`, `hook_pos_embed`)."""
 
     @property
+    def table_attr(self) -> str:
+        """The attribute of the `pos_embed.path` module that holds the table when `has_table` (`weight`)."""
+
+    @property
+    def from_ids(self) -> bool:
+        """Whether the module numbers positions from the token ids (M2M100): tokens equal to `pos_embed.offset`
+        - 1 (the padding index) read that row, the others count from the offset over non-pad tokens only."""
+
+    @property
     def rotates_qk(self) -> bool:
         """Whether queries and keys are rotated inside attention (`hook_rot_q` / `hook_rot_k` exist)."""
 
@@ -389,6 +398,8 @@ class PositionKind:
     has_table: bool
     rotates_qk: bool = False
     rotate: Rotate | None = None
+    table_attr: str = "weight"  # the module attribute holding the table (M2M100 keeps a `weights` buffer)
+    from_ids: bool = False  # positions counted from the token ids: pad tokens (id offset - 1) read row offset - 1
 
     def table_rows(self, weight: torch.Tensor, offset: int, n_ctx: int | None) -> torch.Tensor:
         end = None if n_ctx is None else offset + n_ctx

@@ -4,7 +4,8 @@
 from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them),
 `rotary_interleaved_halves` (adjacent pairs, frequencies read from the first half of a rotate-half
 `cat(freqs, freqs)` table: GLM, Helium, ERNIE 4.5), `rotary_reversed` (rotate-half pairing turned by -theta:
-NanoChat's `rotate_half` is `cat(x2, -x1)`) and `none`."""
+NanoChat's `rotate_half` is `cat(x2, -x1)`), `sinusoidal_from_ids` (a fixed table in a `weights` buffer, read
+at positions counted from the token ids and grown for longer inputs: M2M100, NLLB-MoE) and `none`."""
 
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ def bridge_core_position_kinds() -> list[PositionKind]:
         PositionKind("learned", limits_length=True, has_table=True),
         # a fixed table computed at init (Marian, Pegasus): looked up like a learned one
         PositionKind("sinusoidal", limits_length=True, has_table=True),
+        # M2M100's module: the table is its `weights` buffer; real tokens count from padding_idx + 1 (the
+        # spec's offset), pad tokens read the zero row padding_idx; it grows the table for longer inputs
+        PositionKind("sinusoidal_from_ids", limits_length=False, has_table=True, table_attr="weights", from_ids=True),
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
         PositionKind(
             "rotary_interleaved", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_interleaved

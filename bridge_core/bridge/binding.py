@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError, SpecError
+from ..kinds import Position
 from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, spec_error
 from ..spec.schema import (
@@ -421,6 +422,8 @@ class _Binder(SpecWalker):
         embed_norm = self.attempt(self.norm, self.model, embed_spec.norm, f"{at}embed.norm", "", norm_name, "embed")
         position_kind = self.attempt(self.kind, f"{at}pos_embed.kind") if pos is not None or not at else None
         table = self.attempt(self.resolve, self.model, pos.path, f"{at}pos_embed.path") if pos and pos.path else None
+        if table and position_kind is not None and position_kind.has_table:
+            self._check_table(table[0], position_kind, f"{at}pos_embed")
         if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
             self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
                                  self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
@@ -438,6 +441,15 @@ class _Binder(SpecWalker):
         return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
                           pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos,
                           embed_scale=scale)  # fmt: skip
+
+    def _check_table(self, module: nn.Module, kind: Position, field: str) -> None:
+        """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`). A module
+        holding no tensors at all is a wrong path, left to the checks (hook_fire_counts names a dead one)."""
+        held = [n for n, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]]
+        if held and not isinstance(getattr(module, kind.table_attr, None), torch.Tensor):
+            self.fail(spec_error(f"position kind '{kind.name}' reads its table from {type(module).__name__}."
+                                 f"{kind.table_attr}, which it does not have (it holds {held})",
+                                 self.spec, self.spec_file, f"{field}.kind"))  # fmt: skip
 
     def model_(self) -> BoundModel:
         spec, cfg = self.spec, self.cfg

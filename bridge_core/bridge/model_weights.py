@@ -36,7 +36,9 @@ class ModelWeights:
                 f"'{self.position_kind.name}'"
             )
         bound = self.bound
-        return bound.position_kind.table_rows(materialize(bound.pos_embed, "weight"), bound.pos_offset, self.cfg.n_ctx)
+        return bound.position_kind.table_rows(
+            materialize(bound.pos_embed, bound.position_kind.table_attr), bound.pos_offset, self.cfg.n_ctx
+        )
 
     @property
     def W_U(self) -> torch.Tensor:

@@ -183,7 +183,7 @@ def _center_writing_weights(bridge: Any) -> None:
     bound = bridge.bound
     _center(bound.embed.weight)
     if bound.pos_embed is not None and bridge.position_kind.has_table:
-        _center(bound.pos_embed.weight)
+        _center(getattr(bound.pos_embed, bridge.position_kind.table_attr))
     for block in bound.blocks:
         for module, layout in ((block.attn.o, block.attn.layout), (block.mlp.w_out, block.mlp.layout)):
             _center(in_out(module, layout))

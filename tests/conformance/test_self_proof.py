@@ -39,6 +39,9 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "neox_rotary_dim": ("attention_paths_agree", {"config_fields"}, "config.rotary_dim"),
     "t5_decoder_bidirectional": ("rel_pos_bias", {"block_alone", "attention_alone"}, "score_bias.params"),
     "opt_pos_offset": ("pos_embed", {"config_fields"}, "pos_embed.offset"),
+    # M2M100's positions counted from the token ids in a `weights` buffer (sinusoidal_from_ids), on its draft
+    "m2m_100_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
+    "m2m_100_plain_sinusoidal": ("bind", set(), "encoder.pos_embed.kind"),
     # mistakes a spec author makes that pass `validate`, shown on the test model itself (issue 14)
     "neox_ln_swap": ("norm_roles", set(), "block.ln1.path"),
     "t5_encoder_ln_swap": ("norm_roles", set(), "encoder.block.ln1.path"),

@@ -100,7 +100,7 @@ def config_fields(ctx: CheckContext, m: Meter) -> None:
             _same(m, f"{layer.prefix}: d_mlp", cfg.d_mlp, width, "config.d_mlp")
         _same(m, f"{layer.prefix}: d_model", cfg.d_model, ctx.hf_in(layer.block.module).shape[-1], "config.d_model")
     _same(m, "d_vocab", cfg.d_vocab, ctx.reference.logits.shape[-1], "config.d_vocab")
-    table = getattr(bound.pos_embed, "weight", None)
+    table = getattr(bound.pos_embed, bound.position_kind.table_attr, None)
     if isinstance(table, torch.Tensor) and bound.position_kind.has_table:
         # learned positions: n_ctx is the table's usable rows (inputs beyond them are refused, not indexed)
         rows = int(table.shape[0]) - bound.pos_offset

@@ -90,7 +90,8 @@ def embed(ctx: CheckContext, m: Meter) -> None:
 @check(
     "pos_embed",
     statement="W_pos[positions] and hook_pos_embed equal what HF added to the token embeddings for positions (to "
-    "the embedding norm's output when the norm comes before the position add)",
+    "the embedding norm's output when the norm comes before the position add; sinusoidal_from_ids: the table read "
+    "at positions counted from the token ids, pad tokens at the padding row)",
     family="embedding",
     tolerance=1e-5,
 )
@@ -116,13 +117,27 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
         if stack is bound.decoder:
             w_pos = bridge.W_pos
         else:
-            w_pos = stack.position_kind.table_rows(stack.pos_embed.weight, stack.pos_offset, bridge.cfg.n_ctx)
+            w_pos = stack.position_kind.table_rows(
+                getattr(stack.pos_embed, stack.position_kind.table_attr), stack.pos_offset, bridge.cfg.n_ctx
+            )
         m.require(
             w_pos.shape[0] >= seq,
             f"{prefix}W_pos has {w_pos.shape[0]} rows, fewer than the {seq} test positions",
             f"{field}.offset / config.n_ctx",
         )
-        if w_pos.shape[0] >= seq:
+        if stack.position_kind.from_ids:  # M2M100: pad tokens keep the padding row, the others count from offset
+            table = getattr(stack.pos_embed, stack.position_kind.table_attr)
+            tokens = ctx.decoder_tokens if encoder_decoder and stack.name == "decoder" else ctx.tokens
+            pad = stack.pos_offset - 1
+            real = (tokens != pad).long()
+            expected = table[(real.cumsum(-1) * real + pad).clamp(min=0)]
+            m.compare(
+                f"{stack.name} table[positions counted from the ids] vs HF's positional contribution",
+                expected,
+                pos_part,
+                f"{field}.offset / {field}.kind",
+            )
+        elif w_pos.shape[0] >= seq:
             m.compare(
                 f"{stack.name} W_pos[positions] vs HF's positional contribution",
                 w_pos[:seq].expand_as(pos_part),

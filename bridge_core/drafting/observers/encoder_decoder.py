@@ -194,7 +194,7 @@ def observe_stack_embedding(ctx: DraftContext, ids: torch.Tensor) -> tuple[dict,
         ctx.found["n_ctx_rows"] = table.shape[0] - offset
         break
     if pos is None:
-        _position_module_gap(ctx, root, x0, token)
+        pos, pos_out = _position_module(ctx, root, x0, token)
     tok_part = _embed_norm(ctx, embed, x0, pos_out)
     scale, at_module = _ratio(raw, tok_part), _ratio(raw, tok_out)
     if scale is None:
@@ -207,23 +207,35 @@ def observe_stack_embedding(ctx: DraftContext, ids: torch.Tensor) -> tuple[dict,
     return embed, pos
 
 
-def _position_module_gap(ctx: DraftContext, root: str, x0: torch.Tensor, token: str) -> None:
+def _position_module(ctx: DraftContext, root: str, x0: torch.Tensor, token: str) -> tuple[dict | None, object]:
     """A module outside the blocks, not an embedding table, whose output has the shape of the positions the
-    first block reads (M2M100's table computed from the token ids): the vocabulary reads tables' `weight`."""
+    first block reads (M2M100's table computed from the token ids). Called with `input_ids` and with its table
+    in a `weights` buffer whose rows from some offset on are its output, it is `sinusoidal_from_ids`;
+    otherwise a gap."""
     obs = ctx.obs
     for name, module in ctx.model.named_modules():
         if not name or not under(name, root) or under(name, ctx.blocks) or under(name, token) or is_norm(module):
             continue
         out = obs.output(name)
-        if (
+        if not (
             isinstance(out, torch.Tensor)
             and out.shape[-2:] == x0.shape[-2:]
             and "posit" in type(module).__name__.lower()
         ):
-            ctx.draft.gap(
-                "position module", f"{name} ({type(module).__name__}) adds positions but is no embedding table"
-            )
-            return
+            continue
+        table = getattr(module, "weights", None)
+        # counted from the token ids (M2M100), not from position ids (XGLM's module: no padding awareness)
+        reads_ids = next(iter(inspect.signature(module.forward).parameters), None) == "input_ids"
+        if reads_ids and isinstance(table, torch.Tensor) and table.dim() == 2 and table.shape[-1] == out.shape[-1]:
+            offset = _offset(table.detach(), out)
+            rows = out.reshape(-1, *out.shape[-2:])[0]
+            end = offset + rows.shape[0]
+            if offset and end <= table.shape[0] and same(table[offset:end], rows):
+                ctx.found["n_ctx_rows"] = table.shape[0] - offset
+                return {"kind": "sinusoidal_from_ids", "path": name, "offset": offset}, out
+        ctx.draft.gap("position module", f"{name} ({type(module).__name__}) adds positions but is no embedding table")
+        break
+    return None, None
 
 
 def _embed_norm(ctx: DraftContext, embed: dict, x0: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
