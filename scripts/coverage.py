@@ -138,7 +138,7 @@ def all_types() -> list[str]:
     return sorted({*causal, *seq2seq})
 
 
-def table(results: dict[str, dict], seconds: float | None) -> str:
+def table(results: dict[str, dict], seconds: float | None, jobs: int = 2, timeout: int = 300) -> str:
     counts: dict[str, int] = {}
     for result in results.values():
         counts[result.get("status", "failing")] = counts.get(result.get("status", "failing"), 0) + 1
@@ -146,7 +146,7 @@ def table(results: dict[str, dict], seconds: float | None) -> str:
     lines = [HEADER, f"{len(results)} model types — {summary}."]
     if seconds is not None:
         lines.append(
-            f"A full run (`--jobs 2`, 120 s per type) took {seconds / 60:.0f} min on a shared 2-core CPU machine."
+            f"A full run (`--jobs {jobs}`, {timeout} s per type) took {seconds / 60:.0f} min on a shared 2-core CPU machine."
         )
     lines += ["", "| model type | coverage |", "|---|---|"]
     lines += [row(t, results[t]) for t in sorted(results)]
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rows:
         print("\n".join(row(t, results[t]) for t in sorted(results)))
         return 0
-    args.out.write_text(table(results, total if not args.types else None))
+    args.out.write_text(table(results, total if not args.types else None, args.jobs, args.timeout))
     return 0
 
 
