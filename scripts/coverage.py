@@ -146,7 +146,8 @@ def table(results: dict[str, dict], seconds: float | None, jobs: int = 2, timeou
     lines = [HEADER, f"{len(results)} model types — {summary}."]
     if seconds is not None:
         lines.append(
-            f"A full run (`--jobs {jobs}`, {timeout} s per type) took {seconds / 60:.0f} min on a shared 2-core CPU machine."
+            f"A full run (`--jobs {jobs}`, {timeout} s per type) took {seconds / 60:.0f} min "
+            "on a shared 2-core CPU machine."
         )
     lines += ["", "| model type | coverage |", "|---|---|"]
     lines += [row(t, results[t]) for t in sorted(results)]
