@@ -5,7 +5,8 @@ from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, a
 `rotary_interleaved_halves` (adjacent pairs, frequencies read from the first half of a rotate-half
 `cat(freqs, freqs)` table: GLM, Helium, ERNIE 4.5), `rotary_reversed` (rotate-half pairing turned by -theta:
 NanoChat's `rotate_half` is `cat(x2, -x1)`), `sinusoidal_from_ids` (a fixed table in a `weights` buffer, read
-at positions counted from the token ids and grown for longer inputs: M2M100, NLLB-MoE) and `none`."""
+at positions counted from the token ids and grown for longer inputs: M2M100, NLLB-MoE),
+`sinusoidal_from_positions` (the same buffer read at the position ids, offset added: XGLM) and `none`."""
 
 from __future__ import annotations
 
@@ -107,6 +108,9 @@ def bridge_core_position_kinds() -> list[PositionKind]:
         # M2M100's module: the table is its `weights` buffer; real tokens count from padding_idx + 1 (the
         # spec's offset), pad tokens read the zero row padding_idx; it grows the table for longer inputs
         PositionKind("sinusoidal_from_ids", limits_length=False, has_table=True, table_attr="weights", from_ids=True),
+        # XGLM's module: the same `weights` buffer, read at the position ids (row offset + position) whatever
+        # the tokens are; it grows the table for longer inputs
+        PositionKind("sinusoidal_from_positions", limits_length=False, has_table=True, table_attr="weights"),
         PositionKind("rotary", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_half),
         PositionKind(
             "rotary_interleaved", limits_length=False, has_table=False, rotates_qk=True, rotate=rotate_interleaved

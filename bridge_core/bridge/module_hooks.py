@@ -134,7 +134,7 @@ def _replace(output: Any, index: int | None, value: torch.Tensor) -> Any:
     position = 0 if index is None else index
     items = list(output)
     items[position] = value
-    return tuple(items)
+    return items if isinstance(output, list) else tuple(items)  # a list stays a list (OpenAI GPT)
 
 
 class _ModuleHooks:

@@ -125,7 +125,7 @@ class ReimplementRun:
             return new
         items = list(output)
         items[0 if layer.output_index is None else layer.output_index] = new
-        return tuple(items)
+        return items if isinstance(output, list) else tuple(items)  # a list stays a list (OpenAI GPT)
 
     def _project(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v as `[b, heads, s, d]` from the module's own projections (their hooks fire here)."""

@@ -83,6 +83,12 @@ def observe_attention(ctx: DraftContext) -> None:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
     spec["o"] = o or "FILL_ME"
     ctx.found["o"] = f"{path}.{o}" if o else None
+    if ctx.found.get("reimplement"):
+        spec["implementation"] = "reimplement"
+        ctx.draft.note(
+            "block.attn.implementation: reimplement; q/k/v, scale and mask were found by recomputing the module's "
+            f"own attention (scale {call.kwargs['scaling']:.4g}, {_mask_seen(ctx, call)})"
+        )
     spec["softmax_dtype"] = _softmax_dtype(call.module)
     ctx.draft.note(f"block.attn.softmax_dtype: '{spec['softmax_dtype']}' read from the eager attention's source")
     _norms(ctx, path, spec, h, kv, d)
@@ -95,6 +101,11 @@ def observe_attention(ctx: DraftContext) -> None:
     _sinks(ctx, call, spec)
     _computed_mask(ctx, call)
     ctx.draft.fields.setdefault("block", {})["attn"] = spec
+
+
+def _mask_seen(ctx: DraftContext, call: AttentionCall) -> str:
+    handed = ctx.obs.first(ctx.obs.name(call.module)).kwargs.values()
+    return "the mask it is handed" if any(m is call.mask for m in handed) else "its own causal mask"
 
 
 def _computed_mask(ctx: DraftContext, call: AttentionCall) -> None:

@@ -193,11 +193,11 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
     x = obs.input(block)
     out_raw = call.output
     out = tensor_at(out_raw)
-    spec["output_index"] = 0 if isinstance(out_raw, tuple) else None
+    spec["output_index"] = 0 if isinstance(out_raw, (tuple, list)) else None
     attn_call = obs.first(attn)
     attn_in = obs.input(attn)
     attn_out = tensor_at(attn_call.output)
-    ctx.found["attn_output_index"] = 0 if isinstance(attn_call.output, tuple) else None
+    ctx.found["attn_output_index"] = 0 if isinstance(attn_call.output, (tuple, list)) else None
     mlp_in = obs.input(mlp) if mlp != block else obs.input(_mlp_in_proj(ctx))
     mlp_out = obs.output(mlp) if mlp != block else obs.output(_mlp_out_proj(ctx))
     norms = [

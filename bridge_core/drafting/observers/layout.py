@@ -15,6 +15,16 @@ from .moe import moe_layers
 def observe_blocks(ctx: DraftContext) -> None:
     """The ModuleList holding the attention modules the probe saw; every block must have attention."""
     obs, model = ctx.obs, ctx.model
+    if not obs.attention:  # attention in the model's own code: found by value (observers/reimplemented.py)
+        from .reimplemented import synthesize_attention
+
+        why = synthesize_attention(ctx)
+        if why is not None and any("attn" in n.lower() or "attention" in n.lower() for n, _ in model.named_modules()):
+            raise DraftingError(
+                "observe",
+                f"no call reached transformers' AttentionInterface, and no recomputation reproduced the model's "
+                f"own attention (reimplement path): {why}",
+            )
     attended = [obs.name(call.module) for call in obs.attention]
     lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
     holding = [(n, m) for n, m in lists if any(under(a, n) for a in attended)]
@@ -99,6 +109,15 @@ def observe_positions(ctx: DraftContext) -> None:
             ctx.draft.fields["pos_embed"] = {"kind": "learned", "path": name, "offset": offset}
             ctx.found["n_ctx_rows"] = module.weight.shape[0] - offset
             return
+        buffered = _buffer_table(module, out)
+        if buffered is not None:  # XGLM: a fixed `weights` buffer read at the position ids
+            ctx.draft.fields["pos_embed"] = {"kind": "sinusoidal_from_positions", "path": name, "offset": buffered}
+            ctx.draft.note(
+                f"pos_embed.kind: {name} reads its `weights` buffer from row {buffered} at the position "
+                "ids (observed without padding; a padding-aware module would be sinusoidal_from_ids)"
+            )
+            ctx.found["n_ctx_rows"] = module.weights.shape[0] - buffered
+            return
         outputs = [c.output for c in obs.calls.get(name, []) if isinstance(c.output, tuple) and len(c.output) == 2]
         if outputs:
             for key, value in block_kwargs.items():
@@ -128,6 +147,21 @@ def observe_positions(ctx: DraftContext) -> None:
             "positions outside a module",
             "the first block's input is the embedding plus something no module returned (a position table buffer?)",
         )
+
+
+def _buffer_table(module: nn.Module, out: torch.Tensor | None) -> int | None:
+    """The row offset at which a module's 2-D `weights` buffer (not a parameter) holds its output, one row per
+    position (XGLM's sinusoidal module), or None."""
+    table = getattr(module, "weights", None)
+    if not isinstance(table, torch.Tensor) or isinstance(table, nn.Parameter) or table.dim() != 2:
+        return None
+    if out is None or out.dim() != 3 or out.shape[-1] != table.shape[-1]:
+        return None
+    rows = out[0]
+    for offset in range(min(8, table.shape[0] - rows.shape[0] + 1)):
+        if same(table[offset : offset + rows.shape[0]], rows):
+            return offset
+    return None
 
 
 def _rotary_kind(ctx: DraftContext, name: str, module: nn.Module, pair: tuple) -> dict:
