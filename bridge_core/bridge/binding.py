@@ -122,6 +122,8 @@ class _Binder(SpecWalker):
             softmax_float32=a.softmax_dtype == "float32",
             output_index=a.output_index,
             residual_kwarg=a.residual_kwarg,
+            hidden_kwarg=_hidden_param(module),
+            own_causal_mask=a.own_causal_mask,
             q_prescaled=a.q_prescaled,
             softcap=softcap,
             sinks=sinks,
@@ -536,3 +538,12 @@ def _sinks(module: nn.Module, name: str | None, field: str, path: str) -> torch.
             suggestions=[n for n, p in module.named_parameters(recurse=False) if p.dim() == 1],
         )
     return value
+
+
+def _hidden_param(module: nn.Module) -> str:
+    """The attention forward's parameter taking the hidden states: `hidden_states`, or else its first one
+    (OpenAI GPT's `x`), read once from the signature at bind time."""
+    import inspect
+
+    names = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    return "hidden_states" if "hidden_states" in names or not names else names[0]

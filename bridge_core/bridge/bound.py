@@ -117,6 +117,7 @@ class BoundAttention:
     output_index: int | None
     hidden_kwarg: str = "hidden_states"
     residual_kwarg: str | None = None  # the module adds this residual itself (BLOOM)
+    own_causal_mask: bool = False  # the module masks future keys itself (OpenAI GPT); reimplement path only
     q_prescaled: bool = False
     softcap: float | None = None
     sinks: torch.Tensor | None = None  # per-head attention-sink logits [n_heads] (the module's own parameter)

@@ -53,6 +53,7 @@ class ReimplementedLayer:
     residual_position: int | None = None  # where the residual sits among positional arguments
     score_bias: Callable[..., torch.Tensor] | None = None  # the spec's score-bias kind, bound to its inputs
     read_mask: Callable[[torch.Tensor, torch.dtype], torch.Tensor] | None = None  # call.mask_format's reader
+    own_causal_mask: bool = False  # the module masks future keys itself (OpenAI GPT), whatever it is handed
     window: int | None = None  # call.window of this layer: keys further back than this are masked here
     submodules: set[int] = field(default_factory=set)
     sinks: torch.Tensor | None = None  # per-head attention-sink logits (GPT-OSS, Granite SWA)
@@ -81,6 +82,8 @@ class ReimplementRun:
         if mask is not None and layer.read_mask is not None:  # the declared format says what a bool means
             mask = layer.read_mask(mask, hidden.dtype)
         query, key, value = self._project(hidden)
+        if layer.own_causal_mask:
+            mask = _causal(mask, module, query.shape[2], key.shape[2], hidden.dtype, hidden.device)
         if layer.window is not None:  # a window the module applies itself, not in the mask it is handed (GPT-Neo)
             mask = _windowed(mask, module, query.shape[2], key.shape[2], layer.window, hidden.dtype, hidden.device)
         if not layer.norm_after_rotary:
@@ -180,6 +183,16 @@ def _windowed(
     return torch.where(inside, additive[..., :k_len], torch.finfo(additive.dtype).min)
 
 
+def _causal(mask: torch.Tensor | None, module: nn.Module, q_len: int, k_len: int, dtype: torch.dtype, device):
+    """`mask` (additive, or None) with every key after its query masked too (query `i` is key position
+    `k_len - q_len + i`)."""
+    additive = as_additive_mask(mask, module, q_len, k_len, dtype, device)
+    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(k_len - q_len)
+    if additive is None:
+        return torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[None, None]
+    return torch.where(allowed, additive[..., :k_len], torch.finfo(additive.dtype).min)
+
+
 def _real_keys(mask: torch.Tensor | None) -> torch.Tensor | None:
     """`[b, k]` True at keys some query may attend, from the model's 4D mask (None: no padding)."""
     if mask is None:
@@ -233,6 +246,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             residual_position=_position_of(attn.module, attn.residual_kwarg),
             score_bias=score_bias,
             read_mask=bound.call.mask_format.to_additive,
+            own_causal_mask=attn.own_causal_mask,
             window=bound.call.windows[block.index] if block.stack == "decoder" else None,
             submodules={id(m) for m in attn.module.modules() if m is not attn.module},
             sinks=attn.sinks,

@@ -148,6 +148,12 @@ class AttentionSpec(StrictModel):
         description="Keyword of a residual the module adds to its own output (BLOOM's attention adds `residual`); "
         "hook_attn_out then sits on the output projection (block.attn_out_at).",
     )
+    own_causal_mask: bool = Field(
+        default=False,
+        description="The module masks future keys itself, on top of any mask it is handed (OpenAI GPT's `bias` "
+        "buffer: the model hands no causal mask); the reimplement path adds a causal mask. Only with "
+        "`implementation: reimplement` (on the interface path HF builds the mask).",
+    )
     q_prescaled: bool = Field(
         default=False,
         description="HF multiplies the queries by the score scale before the attention function and passes "
@@ -185,6 +191,12 @@ class AttentionSpec(StrictModel):
         "`layer_types[layer] == 'sliding_attention'`). A layer where it is false attends with unrotated q/k "
         "(NoPE); its hook_rot_q / hook_rot_k equal the q/k the scores are made of, unrotated.",
     )
+
+    @model_validator(mode="after")
+    def _own_mask_on_reimplement(self) -> AttentionSpec:
+        if self.own_causal_mask and self.implementation != "reimplement":
+            raise ValueError("'own_causal_mask' is for 'implementation: reimplement' (HF builds the mask otherwise)")
+        return self
 
 
 class MoESpec(StrictModel):

@@ -85,7 +85,9 @@ def delta_once(ctx: CheckContext, m: Meter) -> None:
         step = delta / (layer.block.attn_out.scale or 1.0)
 
         def add_to_output(module, args, output, step=step):
-            return (output[0] + step, *output[1:]) if isinstance(output, tuple) else output + step
+            if isinstance(output, (tuple, list)):  # a list stays a list (OpenAI GPT's attention)
+                return type(output)([output[0] + step, *output[1:]])
+            return output + step
 
         expected = ctx.reference_run(edits=[(attn, "post", add_to_output)], capture=False).logits
         seen.clear()

@@ -125,7 +125,7 @@ def backward_hooks(ctx: CheckContext, m: Meter) -> None:
             module = reference.get_submodule(ctx.name_of(layer.block.module))
 
             def keep(mod, args, output, index=layer.index):
-                tensor = output[0] if isinstance(output, tuple) else output
+                tensor = output[0] if isinstance(output, (tuple, list)) else output
                 tensor.retain_grad()
                 seen[index] = tensor
 

@@ -85,6 +85,8 @@ def observe_attention(ctx: DraftContext) -> None:
     ctx.found["o"] = f"{path}.{o}" if o else None
     if ctx.found.get("reimplement"):
         spec["implementation"] = "reimplement"
+        if _mask_seen(ctx, call) == "its own causal mask":
+            spec["own_causal_mask"] = True
         ctx.draft.note(
             "block.attn.implementation: reimplement; q/k/v, scale and mask were found by recomputing the module's "
             f"own attention (scale {call.kwargs['scaling']:.4g}, {_mask_seen(ctx, call)})"

@@ -20,12 +20,22 @@ def observe_call(ctx: DraftContext) -> None:
             break
     if "position_ids" in kwargs and "position_embeddings_kwarg" in call_spec:
         call_spec["position_ids_kwarg"] = "position_ids"
-    if "hidden_states" not in kwargs and not ctx.obs.first(ctx.block).args:
+    first = _first_param(ctx.obs.module(ctx.block))
+    if ctx.obs.first(ctx.block).args and first not in (None, "hidden_states"):
+        ctx.draft.fields["block"]["hidden_states_kwarg"] = first  # called positionally (OpenAI GPT's `x`)
+    elif "hidden_states" not in kwargs and not ctx.obs.first(ctx.block).args:
         tensor_kw = next((k for k, v in kwargs.items() if hasattr(v, "dim") and v.is_floating_point()), None)
         if tensor_kw:
             ctx.draft.fields["block"]["hidden_states_kwarg"] = tensor_kw
     if not call_spec:
         ctx.draft.fields.pop("call")
+
+
+def _first_param(module) -> str | None:
+    import inspect
+
+    names = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    return names[0] if names else None
 
 
 def observe_scale(ctx: DraftContext) -> None:
