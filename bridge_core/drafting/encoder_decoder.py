@@ -234,7 +234,11 @@ def _stack(ctx: DraftContext, blocks: str, ids, decoder: bool) -> DraftContext:
 def _same_blocks(ctx: DraftContext, blocks: str) -> None:
     """A stack whose blocks are built differently (Switch Transformers: a sparse MLP every other block) is one
     the spec's single block description cannot say."""
-    shapes = [sorted((n, type(m).__name__) for n, m in b.named_modules()) for b in ctx.obs.module(blocks)]
+    # embeddings aside: T5's first block alone holds the stack's relative-position table (a score bias)
+    shapes = [
+        sorted((n, type(m).__name__) for n, m in b.named_modules() if not isinstance(m, nn.Embedding))
+        for b in ctx.obs.module(blocks)
+    ]
     differ = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
     if differ:
         kinds = sorted({type(m).__name__ for i in differ for m in ctx.obs.module(f"{blocks}.{i}").modules()})
