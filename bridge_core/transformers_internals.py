@@ -99,15 +99,22 @@ def register_implementation(name: str, attention: Callable[..., Any], mask: Call
 
 
 @contextmanager
-def temporary_implementation(name: str, attention: Callable[..., Any]) -> Iterator[None]:
-    """`attention` registered under `name` while the block runs, then removed again (the drafter's probe:
-    bridge_core/drafting/probe.py), so the process's attention registry is left as found."""
+def temporary_implementation(
+    name: str, attention: Callable[..., Any], mask: Callable[..., Any] | None = None
+) -> Iterator[None]:
+    """`attention` (and `mask`, the mask builder transformers uses for `name`) registered under `name` while
+    the block runs, then removed again (the drafter's probe: bridge_core/drafting/probe.py), so the process's
+    attention registries are left as found."""
     AttentionInterface.register(name, attention)
+    if mask is not None:
+        AttentionMaskInterface.register(name, mask)
     try:
         yield
     finally:
-        # transformers has no public way to unregister; its registry is this class-level mapping
+        # transformers has no public way to unregister; its registries are these class-level mappings
         AttentionInterface._global_mapping.pop(name, None)
+        if mask is not None:
+            AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 # ------------------------------------------------------------------ config objects of a model

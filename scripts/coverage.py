@@ -34,7 +34,10 @@ from its config class and checked the way `bridge-core conform --model-type TYPE
 - **failing**: the drafted spec fails the named checks, or drafting stopped at the named step; *missing
   vocabulary* names what the spec schema cannot say yet;
 - **out of scope**: not a text transformer the vocabulary describes (no attention, hybrid, multimodal wrapper,
-  encoder-only, audio), with the reason observed.
+  encoder-only, audio), with the reason observed. A model whose layers keep a recurrent state (transformers'
+  `layer_types` `conv` / `linear_attention` / `hybrid`, or a state-space config's `state_size` / `mamba_*` /
+  `ssm_*` fields) is "no attention" without an attention head count and "hybrid" with one
+  (`bridge_core/drafting/scope.py`): the spec describes blocks that all attend over keys and values.
 
 """
 

@@ -196,6 +196,7 @@ def _hidden(output: Any):
 
 def _stack(ctx: DraftContext, blocks: str, ids, decoder: bool) -> DraftContext:
     sub = stack_context(ctx, blocks)
+    _same_blocks(sub, blocks)
     observe_attention(sub)
     attention = [sub.found["attn"]]
     cross_spec, cross_path = None, None
@@ -228,6 +229,21 @@ def _stack(ctx: DraftContext, blocks: str, ids, decoder: bool) -> DraftContext:
         sub.draft.fields["score_bias"] = bias
     observe_scale(sub)
     return sub
+
+
+def _same_blocks(ctx: DraftContext, blocks: str) -> None:
+    """A stack whose blocks are built differently (Switch Transformers: a sparse MLP every other block) is one
+    the spec's single block description cannot say."""
+    # embeddings aside: T5's first block alone holds the stack's relative-position table (a score bias)
+    shapes = [
+        sorted((n, type(m).__name__) for n, m in b.named_modules() if not isinstance(m, nn.Embedding))
+        for b in ctx.obs.module(blocks)
+    ]
+    differ = [i for i, shape in enumerate(shapes) if shape != shapes[0]]
+    if differ:
+        kinds = sorted({type(m).__name__ for i in differ for m in ctx.obs.module(f"{blocks}.{i}").modules()})
+        kinds = [k for k in kinds if "Sparse" in k or "MoE" in k or "Moe" in k or "Expert" in k][:2]
+        ctx.draft.gap("per-layer structure", f"{blocks} blocks {differ} are built differently from block 0 {kinds}")
 
 
 def _config(ctx: DraftContext, enc: DraftContext, dec: DraftContext) -> None:

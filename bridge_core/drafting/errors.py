@@ -8,11 +8,13 @@ from ..errors import BridgeCoreError, SpecNotFoundError
 
 
 class DraftingError(BridgeCoreError, ValueError):
-    """A drafting step failed (`step`: model class, config, shrink, build, forward, observe, spec)."""
+    """A drafting step failed (`step`: model class, config, shrink, build, forward, observe, spec); `gaps`
+    ("item: detail") name the missing vocabulary that stopped it, when that is known."""
 
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: str, message: str, gaps: Sequence[str] = ()) -> None:
         self.step = step
         self.reason = message
+        self.gaps = list(gaps)
         super().__init__(f"drafting ({step}): {message}")
 
 

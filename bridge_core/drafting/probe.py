@@ -95,10 +95,12 @@ def same(a: Any, b: Any, atol: float = 1e-5) -> bool:
 def _probe(module, query, key, value, attention_mask, **kwargs):
     from transformers import AttentionInterface
 
+    mask = _selected_keys(attention_mask, kwargs.get("indices"), key.shape[-2])
+    passed = {k: v for k, v in kwargs.items() if k != "indices"}
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        output, weights = _reference(query, key, value, attention_mask, kwargs)
+        output, weights = _reference(query, key, value, mask, passed)
     else:
-        output, weights = AttentionInterface()["sdpa"](module, query, key, value, attention_mask, **kwargs)
+        output, weights = AttentionInterface()["sdpa"](module, query, key, value, mask, **passed)
     if _ACTIVE:
         _ACTIVE[-1].append(
             AttentionCall(
@@ -112,6 +114,22 @@ def _probe(module, query, key, value, attention_mask, **kwargs):
             )
         )
     return output, weights
+
+
+def _selected_keys(mask: Any, indices: Any, keys: int) -> Any:
+    """`mask` narrowed to the keys a sparse-attention indexer selected per query (`indices`, [batch, q, top-k],
+    DeepSeek V3.2 and kin), as the model's own eager / sdpa path applies them; `mask` itself when there is
+    no selection. Only implementations outside eager / sdpa (this probe's) are handed the indices."""
+    if not isinstance(indices, torch.Tensor):
+        return mask
+    batch, q = indices.shape[:2]
+    keep = torch.zeros(batch, q, keys, dtype=torch.bool, device=indices.device)
+    keep = keep.scatter(-1, indices.long(), True).unsqueeze(1)
+    if mask is None:
+        return keep & torch.ones(q, keys, dtype=torch.bool, device=indices.device).tril(keys - q)
+    if mask.dtype == torch.bool:
+        return mask[..., :keys] & keep
+    return mask[..., :keys].masked_fill(~keep, torch.finfo(mask.dtype).min)
 
 
 def _reference(query, key, value, mask, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,7 +168,10 @@ def _detach(value: Any) -> Any:
 
 def observe(model: nn.Module, inputs: dict[str, torch.Tensor]) -> Observation:
     """Run `model` (the drafter's own tiny model) once under hooks and the attention probe."""
-    with temporary_implementation(PROBE, _probe):
+    from transformers.masking_utils import sdpa_mask
+
+    # the probe's masks are sdpa's: a model that reads the mask itself (an indexer scoring keys) gets one
+    with temporary_implementation(PROBE, _probe, sdpa_mask):
         return _observe(model, inputs)
 
 

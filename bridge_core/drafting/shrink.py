@@ -20,7 +20,7 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("hidden_size", "n_embd", "d_model", "dim", "embed_dim", "word_embed_proj_dim"), D_MODEL),
     **dict.fromkeys(("num_attention_heads", "n_head", "num_heads", "n_heads", "decoder_attention_heads",
                      "encoder_attention_heads"), N_HEADS),
-    **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim"), D_HEAD),
+    **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim", "d_head"), D_HEAD),
     **dict.fromkeys(("intermediate_size", "n_inner", "ffn_dim", "d_ff", "dff", "decoder_ffn_dim", "encoder_ffn_dim",
                      "ffn_hidden_size", "mlp_dim"), D_MLP),
     **dict.fromkeys(("vocab_size", "padded_vocab_size"), D_VOCAB),
@@ -134,14 +134,14 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     for key, value in fields.items():
         if isinstance(value, list) and layers and len(value) == layers and layers != N_LAYERS:
             out[key] = _per_layer(value, N_LAYERS)
-    if layers and layers != N_LAYERS:
-        _per_layer_config(fields, out, layers)
     # multipliers left at 1.0 are invisible to observation: distinct values show where each one acts
     ones = [k for k, v in fields.items() if "multiplier" in k and isinstance(v, float) and v == 1.0]
     for i, key in enumerate(sorted(ones)):
         out[key] = 0.5 + 0.125 * i
     _shrink_rotary(fields, out, notes)
     _shrink_latent(fields, out)
+    if layers and layers != N_LAYERS:  # after the latent widths: a layer's own widths shrink with them (dots3)
+        _per_layer_config(fields, out, layers)
     if isinstance(fields.get("n_group"), int) and fields["n_group"] > 1:
         out["n_group"] = 2  # expert groups of the shrunk 4 experts: 2 groups of 2, one kept (DeepSeek)
         if isinstance(fields.get("topk_group"), int):

@@ -13,6 +13,7 @@ from .calls import observe_call, observe_scale, observe_window
 from .config_fields import observe_config
 from .latent import observe_latent_config
 from .layout import observe_blocks, observe_embedding, observe_final, observe_positions
+from .selection import observe_key_selection
 
 OBSERVERS = (
     observe_blocks,
@@ -26,6 +27,7 @@ OBSERVERS = (
     observe_call,
     observe_scale,
     observe_window,
+    observe_key_selection,
     observe_config,
     observe_latent_config,
 )

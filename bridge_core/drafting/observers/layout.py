@@ -42,6 +42,7 @@ def observe_blocks(ctx: DraftContext) -> None:
     missing = [i for i, _ in enumerate(blocks) if not any(under(a, f"{path}.{i}") for a in attended)]
     if missing:
         raise OutOfScopeError(f"hybrid: blocks {missing} of {path} call no attention (Mamba / linear-attention layers)")
+    _one_stream(ctx, path)
     ctx.blocks, ctx.block = path, f"{path}.0"
     ctx.draft.fields["blocks"] = path
     shapes = [sorted((n, type(m).__name__) for n, m in block.named_modules()) for block in blocks]
@@ -49,6 +50,17 @@ def observe_blocks(ctx: DraftContext) -> None:
     ctx.found["moe_layers"] = moe_layers(blocks) if differ else None  # dense and MoE layers mixed
     if differ and ctx.found["moe_layers"] is None:
         ctx.draft.gap("per-layer structure", f"blocks {differ} are built differently from block 0 (dense/MoE mix?)")
+
+
+def _one_stream(ctx: DraftContext, path: str) -> None:
+    """Blocks must read the one residual stream the embedding gives: hyper-connections (DeepSeek V4, HY V4) carry
+    several streams ([batch, pos, streams, d_model]) mixed by learned weights, which no spec field describes."""
+    obs = ctx.obs
+    x, embedded = obs.input(f"{path}.0"), obs.output(obs.name(ctx.model.get_input_embeddings()))
+    if x is None or embedded is None or x.dim() != embedded.dim() + 1:
+        return
+    detail = f"{path}.0 reads {x.shape[-2]} residual streams {list(x.shape)} where the embedding gives one"
+    raise DraftingError("observe", detail, gaps=[f"hyper-connection residual streams: {detail}"])
 
 
 def observe_embedding(ctx: DraftContext) -> None:

@@ -1,0 +1,59 @@
+"""Scope read from the config and class before anything is built (issue 17): recurrent-state models are out of
+scope as 'no attention' or 'hybrid', audio codebook models as such; transformers stay in scope."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from bridge_core.drafting import build
+from bridge_core.drafting.scope import codebook_reason, recurrent_reason
+
+
+def _reason(model_type: str, **overrides) -> str | None:
+    cls = build.model_class_for(model_type)
+    config = transformers.AutoConfig.for_model(model_type, **overrides)
+    return build.out_of_scope(cls, config)
+
+
+@pytest.mark.parametrize("model_type", ["mamba", "mamba2", "rwkv", "xlstm"])
+def test_models_without_attention_are_out_of_scope(model_type):
+    reason = _reason(model_type)
+    assert reason is not None and reason.startswith("no attention: every layer keeps a recurrent state")
+    model = build.model_class_for(model_type)  # HF's own modules: no attention function is ever called
+    assert not any("Attention" in type(m).__name__ and hasattr(m, "q_proj") for m in _meta(model_type, model))
+
+
+@pytest.mark.parametrize("model_type", ["bamba", "zamba2", "granitemoehybrid", "qwen3_next", "zaya"])
+def test_hybrids_are_out_of_scope_as_hybrid(model_type):
+    assert _reason(model_type).startswith("hybrid: state-space / linear-attention layers beside attention")
+
+
+def test_layer_types_decide_between_hybrid_and_attention_only():
+    # Qwen3-Next with only full-attention layers is a plain transformer; one linear-attention layer makes a hybrid
+    assert recurrent_reason(transformers.Qwen3NextForCausalLM, _config("qwen3_next", ["full_attention"] * 2)) is None
+    hybrid = _config("qwen3_next", ["linear_attention", "full_attention"])
+    assert recurrent_reason(transformers.Qwen3NextForCausalLM, hybrid).startswith("hybrid")
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "gpt2", "lfm2", "deepseek_v32"])
+def test_transformers_stay_in_scope(model_type):
+    assert _reason(model_type) is None
+
+
+def test_musicgen_reads_codebooks_and_moshi_text_does_not():
+    config = transformers.AutoConfig.for_model("musicgen").decoder
+    reason = codebook_reason(transformers.MusicgenForCausalLM, config)
+    assert reason == "audio codebooks: one token embedding per codebook (num_codebooks 4), not a text token stream"
+    moshi = transformers.AutoConfig.for_model("moshi")
+    assert moshi.num_codebooks > 1 and codebook_reason(transformers.MoshiForCausalLM, moshi) is None
+
+
+def _config(model_type: str, layer_types: list[str]):
+    return transformers.AutoConfig.for_model(model_type, num_hidden_layers=len(layer_types), layer_types=layer_types)
+
+
+def _meta(model_type: str, cls) -> list[torch.nn.Module]:
+    with torch.device("meta"):
+        return list(cls(build.default_config(cls, model_type)).modules())
