@@ -111,7 +111,7 @@ class BoundAttention:
     views: Mapping[str, View]  # q/k/v `[b, s, h, d]` views over the projection outputs
     o: nn.Module
     layout: str  # conv1d | linear
-    order: str  # qkv | per_head_interleaved
+    order: str  # qkv | per_head_interleaved | grouped_<parts> (views then GroupedHeads, by qkv.groups)
     implementation: str  # interface | reimplement
     softmax_float32: bool
     output_index: int | None
