@@ -182,6 +182,7 @@ class BoundMoE:
     d_mlp: int | None = None  # the experts' width, where it differs from cfg.d_mlp (the dense layers')
     routed_scaling: float = 1.0  # multiplies the routed weights (DeepSeek routed_scaling_factor)
     sigmoid: bool = False  # scores are sigmoid(logits), the weights the chosen scores (DeepSeek-V3)
+    sparsemixer_eps: float | None = None  # scoring sparsemixer (PhiMoE): its masks' ε (else None)
     group_score: str = "max"  # a group's rank: its best score (group_limited_greedy) or best two summed (noaux_tc)
     bias_owner: nn.Module | None = None  # the module holding the selection-only correction bias buffer
     bias_name: str | None = None

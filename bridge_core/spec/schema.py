@@ -232,12 +232,19 @@ class MoESpec(StrictModel):
     expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")
     n_experts: ConfigValue = Field(description="Number of routed experts (`num_local_experts`).")
     top_k: ConfigValue = Field(description="Experts per token (`num_experts_per_tok`).")
-    scoring: Literal["softmax_then_topk", "topk_then_softmax", "sigmoid"] = Field(
+    scoring: Literal["softmax_then_topk", "topk_then_softmax", "sigmoid", "sparsemixer"] = Field(
         default="softmax_then_topk",
         description="How the router turns logits into the top-k weights: softmax over all experts then top-k "
         "(Mixtral, Qwen2-MoE, OLMoE), top-k logits then softmax over those (GraniteMoE), or `sigmoid`: each "
         "expert's score is the sigmoid of its logit, the top-k scores are the weights (renormalized by "
-        "`norm_topk_prob`; DeepSeek-V3, GLM-4-MoE, MiniMax-M2).",
+        "`norm_topk_prob`; DeepSeek-V3, GLM-4-MoE, MiniMax-M2), or `sparsemixer` (PhiMoE, eval mode; top_k 2): the "
+        "best logit, weighted by its softmax over the experts within `jitter_eps` of it, then the best other logit, "
+        "weighted likewise among the rest.",
+    )
+    jitter_eps: ConfigValue = Field(
+        default=None,
+        description="scoring `sparsemixer`: the ε of its masks, which keep expert j beside the best logit m while "
+        "(m - logit_j) / max(|logit_j|, m) <= 2ε (PhiMoE: `router_jitter_noise`).",
     )
     correction_bias: str | None = Field(
         default=None,
