@@ -25,6 +25,7 @@ from ..spec.schema import (
     MLPSpec,
     ModulePath,
     NormSpec,
+    QKVSpec,
     ScoreBiasSpec,
     Spec,
     StackSpec,
@@ -105,8 +106,9 @@ class _Binder(SpecWalker):
         order = self.attempt(self.choice, f"{field}.qkv.order", a.qkv.order, QKV_ORDERS, layer)
         if None in qkv.values() or o is None or rotary is None or order is None:
             raise Missing
+        groups = self.attempt(self._qkv_groups, a.qkv, order, f"{field}.qkv.groups", layer)
         cfg = self.cfg
-        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, order) if cfg else {}
+        views = qkv_views(cfg.n_heads, cfg.n_kv_heads, cfg.d_head, "qkv" in qkv, order, groups) if cfg else {}
         if latent is not None:
             views = latent_views(cfg.n_heads, cfg.d_head, latent, module)
         return BoundAttention(
@@ -135,6 +137,29 @@ class _Binder(SpecWalker):
             rotary=rotary,
             latent=latent,
         )
+
+    def _qkv_groups(self, qkv: QKVSpec, order: str, field: str, layer: int | None) -> int | None:
+        """`qkv.groups` for a `grouped_*` order: a count that splits the q width evenly (CodeGen: 4)."""
+        grouped = order.startswith("grouped_")
+        if qkv.groups is None:
+            if grouped:
+                raise spec_error(f"order '{order}' needs 'groups'", self.spec, self.spec_file, field)
+            return None
+        groups = self.value(field, qkv.groups, layer)
+        cfg = self.cfg
+        if not grouped or not isinstance(groups, int) or groups < 1:
+            raise spec_error(
+                f"evaluates to {groups!r}; expected a positive int, with an order grouped_*", self.spec, None, field
+            )
+        if cfg is not None and ((cfg.n_heads * cfg.d_head) % groups or cfg.n_kv_heads != cfg.n_heads):
+            raise spec_error(
+                f"{groups} groups cannot split {cfg.n_heads} query and {cfg.n_kv_heads} key/value heads"
+                f" of {cfg.d_head} evenly",
+                self.spec,
+                None,
+                field,
+            )
+        return groups
 
     def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:
         m = b.mlp

@@ -111,7 +111,7 @@ class BoundAttention:
     views: Mapping[str, View]  # q/k/v `[b, s, h, d]` views over the projection outputs
     o: nn.Module
     layout: str  # conv1d | linear
-    order: str  # qkv | per_head_interleaved
+    order: str  # qkv | per_head_interleaved | grouped_<parts> (views then GroupedHeads, by qkv.groups)
     implementation: str  # interface | reimplement
     softmax_float32: bool
     output_index: int | None
@@ -183,6 +183,7 @@ class BoundMoE:
     d_mlp: int | None = None  # the experts' width, where it differs from cfg.d_mlp (the dense layers')
     routed_scaling: float = 1.0  # multiplies the routed weights (DeepSeek routed_scaling_factor)
     sigmoid: bool = False  # scores are sigmoid(logits), the weights the chosen scores (DeepSeek-V3)
+    sparsemixer_eps: float | None = None  # scoring sparsemixer (PhiMoE): its masks' ε (else None)
     group_score: str = "max"  # a group's rank: its best score (group_limited_greedy) or best two summed (noaux_tc)
     bias_owner: nn.Module | None = None  # the module holding the selection-only correction bias buffer
     bias_name: str | None = None

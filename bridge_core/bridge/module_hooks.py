@@ -106,7 +106,7 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
     if view is None or replaces:
         return new
     replacement = base.clone()
-    view(replacement).copy_(new)
+    view.write(replacement, new)
     return replacement
 
 

@@ -70,6 +70,10 @@ def route_from_probs(
     correction bias; greedy or group-limited), the chosen scores as weights, renormalization, then the
     routed scaling factor. `logits` are the router's, where the bias is added to logits (else the scores'
     inverse sigmoid)."""
+    if moe.sparsemixer_eps is not None:  # PhiMoE: its weights come from the logits, not from the scores
+        top, indices = sparsemixer(logits.float() if logits is not None else torch.log(probs), moe.sparsemixer_eps)
+        top = top / top.sum(dim=-1, keepdim=True) if moe.norm_topk_prob else top
+        return top * moe.routed_scaling if moe.routed_scaling != 1.0 else top, indices
     choice = probs
     bias = moe.correction_bias()
     if bias is not None:
@@ -88,6 +92,20 @@ def route_from_probs(
     if moe.norm_topk_prob or topk_softmax:
         top = top / top.sum(dim=-1, keepdim=True)
     return top * moe.routed_scaling if moe.routed_scaling != 1.0 else top, indices
+
+
+def sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's sparsemixer as it runs in eval mode: the best expert, weighted by its softmax among the experts
+    whose logit is within `2 eps` (relative) of the best; then the best of the others, weighted by its softmax
+    among those within `2 eps` of it. Returns ([.., 2] weights, [.., 2] indices)."""
+    weights, indices, rest = [], [], logits
+    for _ in range(2):
+        best, index = rest.max(dim=-1, keepdim=True)
+        far = (best - logits) / logits.abs().clamp(min=best) > 2 * eps
+        weights.append(torch.softmax(rest.masked_fill(far, float("-inf")), dim=-1).gather(-1, index))
+        indices.append(index)
+        rest = rest.scatter(-1, index, float("-inf"))
+    return torch.cat(weights, dim=-1), torch.cat(indices, dim=-1)
 
 
 def _group_limited(moe: BoundMoE, choice: torch.Tensor) -> torch.Tensor:
@@ -178,7 +196,11 @@ def run_router_probs(moe: BoundMoE, run: Any, output: Any) -> Any | None:
             f"editing hook_expert_weights needs a router returning its top-k weights and indices; "
             f"{moe.router_path} returns {', '.join(roles)}"
         )
-    top, indices = route_from_probs(moe, new)
+    # sparsemixer weighs by logits: the edited scores are read back as logits with the router's own normalizer
+    raw = None
+    if moe.sparsemixer_eps is not None:
+        raw = torch.log(new.float()) + torch.logsumexp(logits.float(), -1, keepdim=True)
+    top, indices = route_from_probs(moe, new, raw)
     items = list(output)
     old = items[roles.index("weights")]
     items[roles.index("weights")] = top.to(old.dtype)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import BindError
 from ..spec.config import spec_error
-from ..spec.schema import MLPSpec
+from ..spec.schema import MLPSpec, MoESpec
 from .bound import BoundMLP, BoundMoE, BoundSharedExpert, Spot
 from .spec_walker import Missing
 
@@ -36,6 +36,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     norm_topk = walker.attempt(walker.value, f"{at}.norm_topk_prob", e.norm_topk_prob)
     grouping = walker.attempt(_grouping, walker, e, at, n_experts)
     scaling = walker.attempt(walker.value, f"{at}.routed_scaling", e.routed_scaling)
+    eps = walker.attempt(_sparsemixer_eps, walker, e, at, top_k)
     d_mlp = walker.attempt(walker.value, f"{at}.d_mlp", e.d_mlp)
     shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
     bias = walker.attempt(_correction_bias, walker, module, e, at, path, n_experts) if e.correction_bias else None
@@ -46,7 +47,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
         raise Missing
     if e.shared_expert and shared is None:
         raise Missing
-    if grouping is None or scaling is None:
+    if grouping is None or scaling is None or (e.scoring == "sparsemixer" and eps is None):
         raise Missing
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
         message = f"evaluates to {scaling!r}; expected a number"
@@ -99,6 +100,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             d_mlp=d_mlp,
             routed_scaling=float(scaling),
             sigmoid=e.scoring == "sigmoid",
+            sparsemixer_eps=eps,
             group_score=grouping[3],
             bias_owner=bias[0] if bias else None,
             bias_name=bias[1] if bias else None,
@@ -233,3 +235,19 @@ def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int
         message = f"noaux_tc ranks groups by their best two experts; n_group {n_group} leaves fewer per group"
         raise spec_error(message, walker.spec, None, f"{at}.n_group")
     return True, n_group, topk_group, "top2_sum" if selection == "noaux_tc" else "max"
+
+
+def _sparsemixer_eps(walker: SpecWalker, e: MoESpec, at: str, top_k: int | None) -> float | None:
+    """`moe.jitter_eps`, read for scoring `sparsemixer` only (which picks exactly two experts)."""
+    if e.scoring != "sparsemixer":
+        if e.jitter_eps is not None:
+            raise spec_error("jitter_eps is read by scoring sparsemixer only", walker.spec, None, f"{at}.jitter_eps")
+        return None
+    if top_k is not None and top_k != 2:
+        raise spec_error(f"scoring sparsemixer picks 2 experts; top_k is {top_k}", walker.spec, None, f"{at}.top_k")
+    eps = walker.value(f"{at}.jitter_eps", e.jitter_eps)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps < 0:
+        raise spec_error(
+            f"evaluates to {eps!r}; scoring sparsemixer needs a number >= 0", walker.spec, None, f"{at}.jitter_eps"
+        )
+    return float(eps)

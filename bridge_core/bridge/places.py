@@ -24,6 +24,10 @@ class View:
     def __call__(self, base: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def write(self, base: torch.Tensor, value: torch.Tensor) -> None:
+        """Write `value` (the shape this view shows) into `base`, where the view took it from."""
+        self(base).copy_(value)
+
 
 @dataclass(frozen=True)
 class SplitHeads(View):
@@ -51,6 +55,31 @@ class InterleavedHeads(View):
 
     def __call__(self, base: torch.Tensor) -> torch.Tensor:
         return base.unflatten(-1, (self.n_heads, self.parts, self.d_head))[..., self.index, :]
+
+
+@dataclass(frozen=True)
+class GroupedHeads(View):
+    """`[..., groups*(3*w)]` laid out `[g0: p0 p1 p2 | g1: ...]`, each part `w = n_heads*d_head/groups` wide
+    (CodeGen's 4 groups of [q | v | k]); selects part `index` of every group, as `[..., n_heads, d_head]`.
+
+    Not a true view: heads of different groups are not one stride apart, so the value is a copy
+    (as HF's own reshape of the split is); `write` puts an edit back into the strided parts."""
+
+    n_heads: int
+    d_head: int
+    groups: int
+    index: int
+
+    def parts(self, base: torch.Tensor) -> torch.Tensor:
+        """The true view `[..., groups, w]` of this part in every group."""
+        width = self.n_heads * self.d_head // self.groups
+        return base.unflatten(-1, (self.groups, 3, width))[..., self.index, :]
+
+    def __call__(self, base: torch.Tensor) -> torch.Tensor:
+        return self.parts(base).reshape(*base.shape[:-1], self.n_heads, self.d_head)
+
+    def write(self, base: torch.Tensor, value: torch.Tensor) -> None:
+        self.parts(base).copy_(value.reshape(*value.shape[:-2], self.groups, -1))
 
 
 @dataclass(frozen=True)
@@ -132,11 +161,15 @@ class Scaled(View):
         return (base if self.inner is None else self.inner(base)) * self.factor
 
 
-def qkv_views(n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str) -> dict[str, View]:
+def qkv_views(
+    n_heads: int, n_kv_heads: int, d_head: int, fused: bool, order: str, groups: int | None = None
+) -> dict[str, View]:
     """The views that take q, k and v heads out of a projection's last dim (hook points and weights)."""
     h, kv, d = n_heads, n_kv_heads, d_head
     if not fused:
         return {"q": SplitHeads(h, d), "k": SplitHeads(kv, d), "v": SplitHeads(kv, d)}
+    if order.startswith("grouped_"):  # `grouped_qvk`: the parts of each group in that order
+        return {n: GroupedHeads(h, d, groups or 1, order.index(n) - len("grouped_")) for n in "qkv"}
     if order == "per_head_interleaved":
         return {n: InterleavedHeads(h, 3, i, d) for i, n in enumerate("qkv")}
     starts = {"q": (0, h), "k": (h * d, kv), "v": ((h + kv) * d, kv)}

@@ -19,7 +19,8 @@ ConfigValue = str | int | float | bool | None
 
 REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
 BLOCK_KINDS = ("sequential", "parallel", "post_norm")
-QKV_ORDERS = ("qkv", "per_head_interleaved")
+GROUPED_QKV_ORDERS = ("grouped_qkv", "grouped_qvk", "grouped_kqv", "grouped_kvq", "grouped_vqk", "grouped_vkq")
+QKV_ORDERS = ("qkv", "per_head_interleaved", *GROUPED_QKV_ORDERS)
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
@@ -54,7 +55,14 @@ class QKVSpec(StrictModel):
         default="qkv",
         description="Fused layout: `qkv` = [q | k | v] along the output; `per_head_interleaved` = "
         "[h0: q k v | h1: q k v | ...] (GPT-NeoX); or an expression over the HF config giving one "
-        "(GPTBigCode: `\"'qkv' if multi_query else 'per_head_interleaved'\"`).",
+        "(GPTBigCode: `\"'qkv' if multi_query else 'per_head_interleaved'\"`). `grouped_<parts>` (`grouped_qvk`): "
+        "the output holds `groups` equal groups, each three slices in that order, q heads in group order (CodeGen: "
+        "4 groups of [q | v | k]; its q/k/v hooks and W_Q/W_K/W_V are then copies, not views).",
+    )
+    groups: ConfigValue = Field(
+        default=None,
+        description="order `grouped_*`: how many groups the fused output holds (an int or an expression over the HF "
+        "config; CodeGen: 4, its `mp_num`).",
     )
     q: ModulePath | None = Field(
         default=None,
@@ -107,6 +115,8 @@ class QKVSpec(StrictModel):
             if self.path is not None or self.k is not None or self.v is not None:
                 raise ValueError("qkv kind 'latent' takes no 'path', 'k' or 'v'")
             return self
+        if self.groups is not None and self.kind != "fused":
+            raise ValueError(f"qkv kind '{self.kind}' takes no 'groups' (a fused projection of order grouped_* does)")
         if any(getattr(self, n) is not None for n in latent_parts):
             raise ValueError(f"qkv kind '{self.kind}' takes none of {', '.join(latent_parts)} (kind: latent does)")
         if self.kind == "fused":
@@ -234,12 +244,19 @@ class MoESpec(StrictModel):
     expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")
     n_experts: ConfigValue = Field(description="Number of routed experts (`num_local_experts`).")
     top_k: ConfigValue = Field(description="Experts per token (`num_experts_per_tok`).")
-    scoring: Literal["softmax_then_topk", "topk_then_softmax", "sigmoid"] = Field(
+    scoring: Literal["softmax_then_topk", "topk_then_softmax", "sigmoid", "sparsemixer"] = Field(
         default="softmax_then_topk",
         description="How the router turns logits into the top-k weights: softmax over all experts then top-k "
         "(Mixtral, Qwen2-MoE, OLMoE), top-k logits then softmax over those (GraniteMoE), or `sigmoid`: each "
         "expert's score is the sigmoid of its logit, the top-k scores are the weights (renormalized by "
-        "`norm_topk_prob`; DeepSeek-V3, GLM-4-MoE, MiniMax-M2).",
+        "`norm_topk_prob`; DeepSeek-V3, GLM-4-MoE, MiniMax-M2), or `sparsemixer` (PhiMoE, eval mode; top_k 2): the "
+        "best logit, weighted by its softmax over the experts within `jitter_eps` of it, then the best other logit, "
+        "weighted likewise among the rest.",
+    )
+    jitter_eps: ConfigValue = Field(
+        default=None,
+        description="scoring `sparsemixer`: the ε of its masks, which keep expert j beside the best logit m while "
+        "(m - logit_j) / max(|logit_j|, m) <= 2ε (PhiMoE: `router_jitter_noise`).",
     )
     correction_bias: str | None = Field(
         default=None,

@@ -164,6 +164,11 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "hyperclovax_post_norms_swapped": ("norm_roles", {"residual_stream", "delta_once"}, "ln1_post.path"),
     # a fused projection whose q and k pass LayerNorms before rotary (Persimmon): hook_q/k are the norms' inputs
     "persimmon_fused_order_qkv": ("qkv_recompute", {"attention_paths_agree", "qk_norm_layout"}, "block.attn.qkv"),
+    # CodeGen's qkv_proj holds 4 groups of [q | v | k] (qkv.order grouped_qvk); declared [q | k | v] per group
+    "codegen_grouped_qkv": ("qkv_recompute", {"attention_paths_agree"}, "block.attn.qkv"),
+    # PhiMoE's sparsemixer masks each weight's softmax at 2 * router_jitter_noise; declared 0.5 (identity hooks on
+    # hook_expert_weights re-route by the spec, so they fail too)
+    "phimoe_jitter_eps": ("moe_routing", {"identity_hooks"}, "jitter_eps"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

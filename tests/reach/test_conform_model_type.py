@@ -18,9 +18,9 @@ def test_conform_model_type_json(capsys):
 
 
 def test_conform_model_type_uses_the_registered_spec_and_fails_with_exit_1(capsys):
-    assert main(["conform", "--model-type", "codegen", "--check", "bind"]) == 1
+    assert main(["conform", "--model-type", "diffllama", "--check", "bind"]) == 1
     out = capsys.readouterr().out
-    assert "codegen: failing; failing checks: bind" in out and "missing vocabulary: fused q/k/v order" in out
+    assert "diffllama: failing; failing checks: bind" in out and "missing vocabulary: output projection" in out
     assert main(["conform", "--model-type", "gptj", "--check", "bind"]) == 0
     assert "gptj: builtin (spec gptj)" in capsys.readouterr().out
     assert main(["conform", "--model-type", "llama", "--check", "bind"]) == 0

@@ -13,13 +13,13 @@ def _tiny(model_type: str, test_config: dict) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).eval()
 
 
-def test_codegen_grouped_fused_projection_is_named_with_hfs_grouping():
+def test_codegen_grouped_fused_projection_is_drafted_with_hfs_grouping():
+    # once a named gap (fused q/k/v order), now vocabulary: qkv.order grouped_qvk, qkv.groups (decision 0025)
     draft = draft_model_type("codegen")
     attn = _tiny("codegen", draft.fields["test_config"]).transformer.h[0].attn
-    local = attn.embed_dim // attn.mp_num  # CodeGen splits qkv_proj into mp_num groups of [q | v | k]
-    gaps = {g.item: g.detail for g in draft.gaps}
-    assert gaps["fused q/k/v order"] == f"qkv_proj holds {attn.mp_num} groups of [q | v | k], each slice {local} wide"
-    assert "q/k/v projections" not in gaps
+    qkv = draft.fields["block"]["attn"]["qkv"]  # CodeGen splits qkv_proj into mp_num groups of [q | v | k]
+    assert (qkv["order"], qkv["groups"]) == ("grouped_qvk", attn.mp_num)
+    assert not draft.gaps, draft.gaps
 
 
 def test_ctrl_positions_added_in_the_forward_are_a_named_gap_and_dff_is_d_mlp():

@@ -63,7 +63,8 @@ def test_unsupported_model_is_refused_with_the_reason():
 
 
 def test_draft_failing_its_checks_is_refused_naming_them():
-    codegen = tiny("codegen", n_layer=2, n_embd=64, n_head=4, rotary_dim=8, n_positions=64, vocab_size=50)
-    with pytest.raises(DraftRefusedError) as info:  # CodeGen's fused qkv_proj order: no vocabulary for it
-        Bridge.from_hf(codegen)
-    assert "bind" in info.value.failing and "fused q/k/v order" in str(info.value)
+    diffllama = tiny("diffllama", num_hidden_layers=2, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=50)  # fmt: skip
+    with pytest.raises(DraftRefusedError) as info:  # DiffLlama's differential attention: no vocabulary for it
+        Bridge.from_hf(diffllama)
+    assert "bind" in info.value.failing and "output projection" in str(info.value)

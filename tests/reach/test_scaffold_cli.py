@@ -17,9 +17,9 @@ def test_scaffold_yaml_validates_and_conforms_unedited(tmp_path, capsys):
 
 
 def test_scaffold_names_missing_vocabulary(tmp_path, capsys):
-    assert main(["scaffold", "--model-type", "codegen"]) == 0
+    assert main(["scaffold", "--model-type", "diffllama"]) == 0
     out = capsys.readouterr().out
-    assert "# NOTE: MISSING VOCABULARY (fused q/k/v order)" in out
+    assert "# NOTE: MISSING VOCABULARY (output projection)" in out
 
 
 def test_a_multi_line_note_stays_a_comment():

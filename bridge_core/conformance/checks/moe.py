@@ -16,7 +16,7 @@ from ...bridge.moe import routing
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
-_ROUTING = "block.mlp.moe.top_k / scoring / norm_topk_prob / selection / correction_bias / routed_scaling"
+_ROUTING = "block.mlp.moe.top_k / scoring / jitter_eps / norm_topk_prob / selection / correction_bias / routed_scaling"
 
 
 def _by_expert(indices: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +87,8 @@ def _keep_input(seen: dict[str, Any], key: str):
 @check(
     "moe_routing",
     statement="a mixture of experts routes as HF does: x·W_gate equals HF's router logits, the spec's top-k, "
-    "scoring (softmax or sigmoid), selection (greedy or group-limited, on the scores plus any correction bias), "
+    "scoring (softmax, sigmoid, or PhiMoE's sparsemixer on the logits), selection (greedy or group-limited, on the "
+    "scores plus any correction bias), "
     "renormalization and routed scaling applied to HF's logits give the experts and weights HF handed its "
     "experts (compared per token by expert), and "
     "hook_router_logits / hook_expert_weights / hook_expert_indices / hook_routing_weights show HF's values",

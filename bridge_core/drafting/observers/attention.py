@@ -59,19 +59,18 @@ def observe_attention(ctx: DraftContext) -> None:
         else:
             spec["qkv"] = {"kind": "separate", "q": q, "k": k, "v": v}
     elif dv == d:
-        fused = _fused(call, outs, h, kv, d)
-        grouped = _grouped(call, outs, h, kv, d) if fused is None else None
-        if grouped is not None:
-            ctx.draft.gap("fused q/k/v order", grouped)
+        fused = _fused(call, outs, h, kv, d) or _grouped(call, outs, h, kv, d)
         if fused is None:
-            if grouped is None:
-                ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
+            ctx.draft.gap("q/k/v projections", f"no projection in {path} yields the values HF attends over")
             spec["layout"], spec["qkv"] = "linear", {"kind": "separate", "q": "FILL_ME", "k": "FILL_ME", "v": "FILL_ME"}
         else:
-            name, order = fused
+            name, order, groups = fused
             spec["layout"] = layout(call.module.get_submodule(name))
             spec["qkv"] = {"kind": "fused", "path": name, "order": order}
-            ctx.found["fused_q0"] = _fused_q(outs[name], order, h, kv, d)
+            if groups is not None:
+                spec["qkv"]["groups"] = groups
+                ctx.draft.note(f"block.attn.qkv: {name} holds {groups} groups of [{' | '.join(order[8:])}]")
+            ctx.found["fused_q0"] = _fused_q(outs[name], order, h, kv, d, groups)
             _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
     o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
@@ -179,16 +178,16 @@ def _fused_norms(ctx: DraftContext, path: str, call: AttentionCall, fused_q, q0,
         ctx.found["fused_q0"] = obs.output(ctx.found["q_norm"][1])
 
 
-def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str] | None:
+def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str, None] | None:
     value = call.value.transpose(1, 2)  # [b, s, kv, d]
     b, s = value.shape[:2]
     for name, out in outs.items():
         if out is None or out.shape[-1] != (h + 2 * kv) * d:
             continue
         if same(out[..., (h + kv) * d :], value.reshape(b, s, kv * d)):
-            return name, "qkv"
+            return name, "qkv", None
         if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
-            return name, "per_head_interleaved"
+            return name, "per_head_interleaved", None
     return None
 
 
@@ -204,16 +203,16 @@ def _sub_norm(ctx: DraftContext, path: str, x: torch.Tensor, linears: list[str])
     return None
 
 
-def _grouped(call: AttentionCall, outs, h, kv, d) -> str | None:
+def _grouped(call: AttentionCall, outs, h, kv, d) -> tuple[str, str, int] | None:
     """A fused projection holding q, k and v in G groups of three slices in some order (CodeGen: 4 groups of
-    [q | v | k]), which neither fused order describes: what it holds, for the gap."""
+    [q | v | k]): (path, order `grouped_<parts>`, G), the fewest groups whose q and v slices are HF's."""
     value = call.value.transpose(1, 2)  # [b, s, kv, d]
     b, s = value.shape[:2]
     q0 = call.query[:, :, 0].reshape(b, h * d)  # position 0: rotary is the identity there
     for name, out in outs.items():
         if out is None or h != kv or out.shape[-1] != 3 * h * d:
             continue
-        for groups in (g for g in range(1, h * d + 1) if (h * d) % g == 0):
+        for groups in (g for g in range(2, h * d + 1) if (h * d) % g == 0):  # 1 group is order `qkv`
             parts = out.reshape(b, s, groups, 3, h * d // groups)
             slots = [parts[..., i, :].reshape(b, s, h * d) for i in range(3)]
             v = next((i for i in range(3) if same(slots[i], value.reshape(b, s, h * d))), None)
@@ -221,14 +220,17 @@ def _grouped(call: AttentionCall, outs, h, kv, d) -> str | None:
             if v is not None and q is not None:
                 order = ["k"] * 3
                 order[v], order[q] = "v", "q"
-                return f"{name} holds {groups} groups of [{' | '.join(order)}], each slice {h * d // groups} wide"
+                return name, "grouped_" + "".join(order), groups
     return None
 
 
-def _fused_q(out: torch.Tensor, order: str, h: int, kv: int, d: int) -> torch.Tensor:
+def _fused_q(out: torch.Tensor, order: str, h: int, kv: int, d: int, groups: int | None = None) -> torch.Tensor:
     b, s = out.shape[:2]
     if order == "qkv":
         return out[..., : h * d].reshape(b, s, h, d)
+    if groups is not None:  # grouped_<parts>: the q slice of every group
+        q = order.index("q") - len("grouped_")
+        return out.reshape(b, s, groups, 3, -1)[..., q, :].reshape(b, s, h, d)
     return out.reshape(b, s, h, 3, d)[..., 0, :]
 
 

@@ -193,7 +193,7 @@ def _bias_buffers(ctx: DraftContext, path: str, n_experts: int) -> list[str | No
     return [None, *found]
 
 
-def _route(ctx, path, scoring, renorm, bias, on_logits, groups, top_k, logits):
+def _route(ctx, path, scoring, renorm, bias, on_logits, groups, top_k, logits, eps=None):
     """The bridge's own routing (bridge/moe.py) under one candidate reading of the router."""
     from types import SimpleNamespace
 
@@ -203,6 +203,7 @@ def _route(ctx, path, scoring, renorm, bias, on_logits, groups, top_k, logits):
     n_group, topk_group = groups or (1, 1)
     moe = SimpleNamespace(
         sigmoid=scoring == "sigmoid",
+        sparsemixer_eps=eps if scoring == "sparsemixer" else None,
         softmax_first=scoring == "softmax_then_topk",
         norm_topk_prob=renorm,
         routed_scaling=1.0,
@@ -248,6 +249,11 @@ def _scoring(ctx: DraftContext, moe: dict, path: str, logits: torch.Tensor, got:
                         scale = float(got.sum() / weights.sum()) if weights.sum() else 1.0
                         if same(weights * scale, got, atol=1e-4):
                             found.append((scoring, renorm, bias, on_logits, group, scale))
+    if not found and k == 2:
+        eps = _sparsemixer(ctx, path, fields, logits, got, index)
+        if eps is not None:
+            moe["scoring"], moe["jitter_eps"], moe["norm_topk_prob"] = "sparsemixer", eps, False
+            return
     if not found:
         ctx.draft.gap("MoE scoring", "the router's weights are none of the registered scorings of its logits")
         return
@@ -274,6 +280,18 @@ def _scoring(ctx: DraftContext, moe: dict, path: str, logits: torch.Tensor, got:
             ctx.draft.note(f"block.mlp.moe.routed_scaling: {scale:.6g} observed; no config field holds it")
     if len({f[:2] for f in found}) > 1:
         ctx.draft.note(f"block.mlp.moe.scoring: {sorted({f[0] for f in found})} all fit the observed routing")
+
+
+def _sparsemixer(ctx: DraftContext, path: str, fields: dict, logits, got, index) -> str | None:
+    """PhiMoE's sparsemixer (top 2, each weighted by a softmax masked around it): the config field holding its ε
+    (a float whose name says jitter) under which the bridge's sparsemixer reproduces the router's routing."""
+    for name, value in fields.items():
+        if "jitter" not in name or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        weights, indices = _route(ctx, path, "sparsemixer", False, None, False, None, 2, logits, float(value))
+        if torch.equal(indices, index) and same(weights, got, atol=1e-4):
+            return name
+    return None
 
 
 def _shared(ctx: DraftContext, path: str, moe: dict, used: set[str]) -> dict | None:
