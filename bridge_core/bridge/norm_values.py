@@ -36,7 +36,7 @@ class DeferredNorms:
     __slots__ = ("items",)
 
     def __init__(self) -> None:
-        # (kind, eps, input, its version, {which: run}, view)
+        # (kind, eps, input, its version at the hook, {"scale" | "normalized": run})
         self.items: list[tuple[NormKind, float, torch.Tensor, int, dict[str, Any]]] = []
 
     @staticmethod
