@@ -23,6 +23,7 @@ from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
 from .hook_values import HookValueGuard, Watch
 from .module_hooks import _attention_hook, _ModuleHooks, _PointRun
+from .norm_values import DeferredNorms
 from .places import (
     AttentionValue,
     ModuleInput,
@@ -74,6 +75,7 @@ class _Plan:
         # the run and direction of each entry, in the order of the entries the plan is kept for (its key)
         self.slots = [(self.runs[id(point)], direction == "fwd") for point, direction in points]
         self.modules: dict[int, _ModuleHooks] = {}
+        self.deferred = DeferredNorms()  # norm values only the cache reads, computed after the forward
         routes: dict[int, AttentionRoute] = {}
         for run in order:
             place = run.point.place
@@ -88,6 +90,7 @@ class _Plan:
             hooks = self.modules.get(id(place.module))
             if hooks is None:
                 hooks = self.modules[id(place.module)] = _ModuleHooks(place.module)
+                hooks.deferred = self.deferred
             (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
         self.reimplement_runs: dict[int, ReimplementRun] = {}
         for key in [k for k in routes if k in reimplemented]:
@@ -126,6 +129,7 @@ class _Plan:
             run.bwd.clear()
             run.writes = False
         self.watched.clear()
+        self.deferred.clear()
         if not entries:
             return
         for (run, forward), entry in zip(self.slots, entries, strict=True):
@@ -221,7 +225,11 @@ class HookSession:
             self._plan.in_use = False
 
     def __exit__(self, *exc_info: Any) -> None:
-        self._stack.close()
+        try:
+            if self._plan is not None:
+                self._plan.deferred.flush()  # also after stop_at_layer's early stop: the norms that ran
+        finally:
+            self._stack.close()
 
 
 def _remove_all(handles: list[Any]) -> None:

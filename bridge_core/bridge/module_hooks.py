@@ -21,6 +21,7 @@ from ..errors import HookShapeError as HookShapeError  # imported from here by o
 from .hook_points import HookPoint, checked_return, same_bits
 from .hook_values import Watch
 from .moe import MoEPlace, moe_output
+from .norm_values import DeferredNorms
 from .places import (
     HeadResult,
     ModuleInput,
@@ -145,6 +146,7 @@ class _ModuleHooks:
         self.inputs: list[tuple[ModuleInput, _PointRun]] = []
         self.outputs: list[tuple[Place, _PointRun]] = []
         self.gate: ReimplementRun | None = None  # held back during a reimplemented module's original forward
+        self.deferred: DeferredNorms | None = None  # the plan's norms computed after the forward (norm_values.py)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.gate is not None and self.gate.original_running:
@@ -204,8 +206,13 @@ class _ModuleHooks:
     def _norm(self, place: NormValue, runs: dict[str, _PointRun], args, kwargs, output) -> torch.Tensor | None:
         kind = place.kind
         view = place.view
-        prepared = kind.prepare(self._input(args, kwargs))
+        x = self._input(args, kwargs)
         eps = kind.eps(self.module)
+        deferred = self.deferred
+        if deferred is not None and view is None and deferred.accepts(kind, x, runs):
+            deferred.add(kind, eps, x, runs)  # only the cache reads them: computed after the forward
+            return None
+        prepared = kind.prepare(x)
         scale = kind.scale(prepared, eps)
         edited = False
         if "scale" in runs:
