@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import BridgeCoreError, SpecError, SpecNotFoundError, close_matches
 from .plugin_host import PluginHost, PluginWarning, is_builtin
-from .spec import validated_cache
+from .spec import parsed_cache, validated_cache
 from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
 from .spec.schema import Spec
@@ -61,9 +61,11 @@ class Registry:
         if not directory.is_dir():
             self._fail(origin, SpecError(f"spec directory does not exist (from {origin})", file=directory))
             return
+        # an unchanged built-in file is read from its stored parse (spec/parsed_cache.py)
+        read = parsed_cache.read_builtin_raw if origin == "builtin" else read_raw_spec
         for path in sorted(directory.glob("*.yaml")):
             try:
-                self._add_raw(read_raw_spec(path), origin)
+                self._add_raw(read(path), origin)
             except BridgeCoreError as exc:
                 self._fail(origin, exc, path.name)
 

@@ -20,7 +20,7 @@ from bridge_core import registry as registry_module
 from bridge_core.bridge.loading import random_model
 from bridge_core.errors import SpecError
 from bridge_core.registry import Registry, SpecEntry
-from bridge_core.spec import validated_cache
+from bridge_core.spec import parsed_cache, validated_cache
 from bridge_core.spec.loader import read_raw_spec, resolve_extends, validate_spec
 
 _REGISTRY = Registry(use_spec_path=False)
@@ -154,6 +154,37 @@ def test_a_first_bridge_with_a_warm_cache_builds_no_validator(cache):
         """
     )
     Registry(use_spec_path=False).get("gpt2")  # validated here, stored for the fresh process
-    assert sorted(path.name.split("-")[0] for path in cache.iterdir()) == ["gpt2"]
+    assert [path.name.split("-")[0] for path in cache.glob("*.json") if not path.name.startswith("parsed-")] == ["gpt2"]
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # no schema class built its validator
+
+
+BUILTIN_FILES = sorted({_REGISTRY.file(name) for name in BUILTIN_NAMES})
+
+
+def test_a_stored_parse_is_what_the_yaml_parser_makes_of_every_builtin_file(cache):
+    for file in BUILTIN_FILES:
+        parsed_cache.read_builtin_raw(file)  # parses and stores
+    stored = sorted(cache.glob("parsed-*.json"))
+    assert len(stored) == len(BUILTIN_FILES)
+    for file in BUILTIN_FILES:
+        fast, parsed = parsed_cache.read_builtin_raw(file), read_raw_spec(file)
+        assert validated_cache.same_model(fast.data, parsed.data) and fast.lines == parsed.lines
+        assert fast.file == parsed.file and fast.lines  # lines give file:line errors as before
+    # the fast reads came from the stored entries: a damaged entry is parsed again, not trusted
+    for entry in stored:
+        entry.write_text('{"data": {"name": "damaged"}}')
+    assert parsed_cache.read_builtin_raw(BUILTIN_FILES[0]).data == read_raw_spec(BUILTIN_FILES[0]).data
+
+
+def test_an_edited_file_is_parsed_again_with_the_parsers_errors(cache, tmp_path):
+    source = Path(_REGISTRY.file("gpt2"))
+    edited = tmp_path / "gpt2.yaml"
+    edited.write_text(source.read_text())
+    assert parsed_cache.read_builtin_raw(edited).data == read_raw_spec(source).data
+    edited.write_text(source.read_text().replace("description:", "description: edited", 1))
+    assert parsed_cache.read_builtin_raw(edited).data["description"].startswith("edited")
+    edited.write_text(source.read_text() + "\nname: again\n")  # a duplicate key: the parser's typed error
+    with pytest.raises(SpecError) as caught:
+        parsed_cache.read_builtin_raw(edited)
+    assert caught.value.file == str(edited) and caught.value.field == "name" and "duplicate key" in str(caught.value)
