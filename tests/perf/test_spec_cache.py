@@ -25,6 +25,7 @@ from bridge_core.spec.loader import read_raw_spec, resolve_extends, validate_spe
 
 _REGISTRY = Registry(use_spec_path=False)
 BUILTIN_NAMES = [name for name in _REGISTRY.names() if _REGISTRY.origin(name) == "builtin"]
+BUILTIN_FILES = sorted({_REGISTRY.file(name) for name in BUILTIN_NAMES})
 
 
 @pytest.fixture
@@ -139,27 +140,29 @@ def test_an_empty_cache_variable_turns_the_cache_off(monkeypatch, count_validati
     assert count_validations == ["gpt2", "gpt2"]
 
 
-def test_a_first_bridge_with_a_warm_cache_builds_no_validator(cache):
+def test_a_first_bridge_with_a_warm_cache_parses_no_builtin_yaml_and_builds_no_validator(cache):
     probe = textwrap.dedent(
         """
         import json, torch
         from transformers import GPT2Config, GPT2LMHeadModel
         model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100)).eval()
+        from bridge_core.spec import loader, schema
+        parsed, parse = [], loader.parse_raw_spec
+        loader.parse_raw_spec = lambda text, file: parsed.append(file) or parse(text, file)
         from bridge_core import Bridge
-        from bridge_core.spec import schema
         bridge = Bridge.from_hf(model)
         assert bridge.cfg.n_layers == 2
         built = [n for n in dir(schema) if getattr(getattr(schema, n), "__pydantic_complete__", False)]
-        print(json.dumps(built))
+        print(json.dumps({"built": built, "parsed": parsed}))
         """
     )
-    Registry(use_spec_path=False).get("gpt2")  # validated here, stored for the fresh process
+    Registry(use_spec_path=False).get("gpt2")  # validated and parsed here, stored for the fresh process
     assert [path.name.split("-")[0] for path in cache.glob("*.json") if not path.name.startswith("parsed-")] == ["gpt2"]
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # no schema class built its validator
-
-
-BUILTIN_FILES = sorted({_REGISTRY.file(name) for name in BUILTIN_NAMES})
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["built"] == []  # no schema class built its validator
+    assert not set(seen["parsed"]) & set(BUILTIN_FILES)  # only plugins' spec files are parsed as YAML
+    assert seen["parsed"] or _REGISTRY.names() == BUILTIN_NAMES  # the probe does see a parse where one happens
 
 
 def test_a_stored_parse_is_what_the_yaml_parser_makes_of_every_builtin_file(cache):
