@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import BridgeCoreError, SpecError, SpecNotFoundError, close_matches
 from .plugin_host import PluginHost, PluginWarning, is_builtin
+from .spec import parsed_cache, validated_cache
 from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
 from .spec.schema import Spec
@@ -60,9 +61,11 @@ class Registry:
         if not directory.is_dir():
             self._fail(origin, SpecError(f"spec directory does not exist (from {origin})", file=directory))
             return
+        # an unchanged built-in file is read from its stored parse (spec/parsed_cache.py)
+        read = parsed_cache.read_builtin_raw if origin == "builtin" else read_raw_spec
         for path in sorted(directory.glob("*.yaml")):
             try:
-                self._add_raw(read_raw_spec(path), origin)
+                self._add_raw(read(path), origin)
             except BridgeCoreError as exc:
                 self._fail(origin, exc, path.name)
 
@@ -141,8 +144,12 @@ class Registry:
         if name not in self._specs:
             entry = self.entry(name)
             merged = resolve_extends(entry.raw, self.raw_spec)
-            spec = validate_spec(merged)
-            if entry.origin != "builtin":
+            if entry.origin == "builtin":  # an unchanged built-in spec skips pydantic (spec/validated_cache.py)
+                spec, cached = validated_cache.validated(merged.name, merged.data, lambda: validate_spec(merged))
+                if cached:
+                    spec._source = merged
+            else:
+                spec = validate_spec(merged)
                 self._check_kinds(spec, merged)
             self._specs[name] = spec
         return self._specs[name]

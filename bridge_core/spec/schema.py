@@ -25,7 +25,9 @@ _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # defer_build: the validators are built on the first validation, not at import; a built-in spec
+    # read from spec/validated_cache.py never needs them (a first bridge pays only for what it uses)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, defer_build=True)
 
 
 class Match(StrictModel):

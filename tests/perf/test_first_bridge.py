@@ -58,6 +58,7 @@ def test_a_first_bridge_imports_none_of_the_tools_it_does_not_use():
 
 
 def test_resolving_a_model_validates_only_the_spec_it_uses(monkeypatch):
+    monkeypatch.setenv("BRIDGE_CORE_CACHE_DIR", "")  # no stored validated forms: count real validations
     validated: list[str] = []
     real = registry_module.validate_spec
 

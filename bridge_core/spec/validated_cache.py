@@ -1,0 +1,163 @@
+"""A built-in spec's validated form, kept as plain JSON so an unchanged spec skips pydantic validation.
+
+Validating a spec makes pydantic build the schema's validators (tens of ms, most of a first bridge).
+A built-in spec validates to the same `Spec` every time until its YAML or the schema changes, so the
+first validation writes the validated object as tagged plain data (models by class name, the fields
+that were set, values as JSON; never pickle, nothing executed) under a key hashing the merged YAML
+data, `schema.py`'s source and pydantic's version. Later processes rebuild the very same `Spec` with
+`model_construct` from it. Nothing here reads a spec field: the encoding walks whatever models and
+fields the schema has, so new schema fields need no code here (docs/decisions/0027-cold-start.md).
+
+A stored form is written only when it decodes back equal to the validated object (same classes, field
+values and set fields); anything it cannot represent exactly (a non-string key, a date) is simply not
+stored. A missing, stale or unreadable entry means full validation. The cache lives in
+`$BRIDGE_CORE_CACHE_DIR` (empty: off), else `$XDG_CACHE_HOME/bridge-core`, else `~/.cache/bridge-core`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from . import schema
+from .schema import Spec
+
+CACHE_VARIABLE = "BRIDGE_CORE_CACHE_DIR"
+_FORMAT = 1  # bump when the encoding below changes
+_MODEL, _DICT = "$model", "$dict"
+
+
+class _NotPlain(Exception):
+    """A value the JSON form cannot hold exactly: the spec is validated every time instead."""
+
+
+def cache_dir() -> Path | None:
+    chosen = os.environ.get(CACHE_VARIABLE)
+    if chosen is not None:
+        return Path(chosen) if chosen else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bridge-core"
+
+
+_schema_hash: str | None = None
+
+
+def _schema_fingerprint() -> str:
+    """What validation depends on besides the data: the schema's source and pydantic's version."""
+    global _schema_hash
+    if _schema_hash is None:
+        import pydantic
+
+        digest = hashlib.sha256(Path(schema.__file__).read_bytes())
+        digest.update(f"|pydantic {pydantic.VERSION}|format {_FORMAT}".encode())
+        _schema_hash = digest.hexdigest()
+    return _schema_hash
+
+
+def cache_key(name: str, data: dict[str, Any]) -> str | None:
+    """The key of a spec's merged data (None: data JSON cannot state exactly, never cached)."""
+    try:
+        text = json.dumps(data, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    digest = hashlib.sha256(f"{_schema_fingerprint()}|{name}|".encode() + text.encode()).hexdigest()
+    return f"{name}-{digest[:32]}"
+
+
+def encode(value: Any) -> Any:
+    """Tagged plain data of a validated value: models by class name with their set fields."""
+    if isinstance(value, BaseModel):
+        if getattr(schema, type(value).__name__, None) is not type(value):
+            raise _NotPlain(f"{type(value).__name__} is not a schema class")
+        fields = {name: encode(getattr(value, name)) for name in type(value).model_fields}
+        return {_MODEL: type(value).__name__, "set": sorted(value.model_fields_set), "fields": fields}
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise _NotPlain("a mapping with a key that is not a string")
+        return {_DICT: {key: encode(item) for key, item in value.items()}}
+    if isinstance(value, list):
+        return [encode(item) for item in value]
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    raise _NotPlain(f"a {type(value).__name__} value")
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [decode(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if _DICT in value:
+        return {key: decode(item) for key, item in value[_DICT].items()}
+    model = getattr(schema, value[_MODEL])
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise _NotPlain(f"{value[_MODEL]} is not a schema class")
+    fields = {name: decode(item) for name, item in value["fields"].items()}
+    return model.model_construct(_fields_set=set(value["set"]), **fields)
+
+
+def same_model(a: Any, b: Any) -> bool:
+    """Equal as validated objects: classes, field values and set fields, at every depth."""
+    if isinstance(a, BaseModel) or isinstance(b, BaseModel):
+        return (
+            type(a) is type(b)
+            and a.model_fields_set == b.model_fields_set
+            and all(same_model(getattr(a, name), getattr(b, name)) for name in type(a).model_fields)
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_model(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_model(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def load(key: str) -> Spec | None:
+    """The stored validated spec under `key`, or None (absent, unreadable, or not a spec)."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        spec = decode(json.loads((directory / f"{key}.json").read_text(encoding="utf-8")))
+    except Exception:  # any unreadable entry means full validation; the entry is rewritten then
+        return None
+    return spec if type(spec) is Spec else None
+
+
+def store(key: str, spec: Spec) -> None:
+    """Write `spec`'s plain form under `key` when it decodes back to the same object; failures are silent
+    (a read-only home only costs the validation)."""
+    directory = cache_dir()
+    if directory is None:
+        return
+    try:
+        text = json.dumps(encode(spec), allow_nan=False)
+        if not same_model(decode(json.loads(text)), spec):
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8") as out:
+            out.write(text)
+        os.replace(out.name, directory / f"{key}.json")  # readers see the old entry or the whole new one
+    except (_NotPlain, OSError, ValueError, TypeError):
+        return
+
+
+def validated(name: str, data: dict[str, Any], validate: Callable[[], Spec]) -> tuple[Spec, bool]:
+    """The validated spec of merged `data`: from the cache when stored for exactly this data and schema,
+    else `validate()` (stored for next time). The flag says whether it came from the cache; the caller
+    attaches the source (file and lines) either way."""
+    key = cache_key(name, data)
+    if key is not None:
+        spec = load(key)
+        if spec is not None:
+            return spec, True
+    spec = validate()
+    if key is not None:
+        store(key, spec)
+    return spec, False
