@@ -5,11 +5,23 @@ bound to a call shaped exactly as the core makes it. Called once per kind by the
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import typing
 from typing import Any, Protocol
 
-from torch import nn
+
+class _AnyAttributes:
+    """Stands for `torch`/`nn` in the contracts' annotations: every name reads as `Any`."""
+
+    def __getattr__(self, name: str) -> object:
+        return Any
+
+
+def _type_hints(obj: object) -> dict[str, Any]:
+    """`typing.get_type_hints` without loading torch: `kinds.py` names torch in annotations only, and the
+    check needs only which members are callables, so a torch type is as good as `Any` here."""
+    return typing.get_type_hints(obj, localns={"torch": _AnyAttributes(), "nn": _AnyAttributes()})
 
 
 def contract_problems(kind: object, contract: type) -> list[str]:
@@ -23,11 +35,11 @@ def contract_problems(kind: object, contract: type) -> list[str]:
         problem = _call_problem(kind, contract.__call__)  # type: ignore[operator]
         return [f"does not fit {contract.__name__}: {problem}"] if problem else []
     problems: list[str] = []
-    hints = typing.get_type_hints(contract)
+    hints = _type_hints(contract)
     methods = {}
     for member, value in vars(contract).items():
         if isinstance(value, property) and value.fget is not None:
-            hints[member] = typing.get_type_hints(value.fget).get("return", Any)
+            hints[member] = _type_hints(value.fget).get("return", Any)
         elif inspect.isfunction(value) and not member.startswith("_"):
             methods[member] = value
     for member, hint in hints.items():
@@ -64,7 +76,8 @@ def _call_problem(function: object, template: Any) -> str | None:
     if not callable(function):
         return f"{function!r} is not callable"
     # An nn.Module's __call__ takes anything; its forward says what it really accepts.
-    target = function.forward if isinstance(function, nn.Module) else function
+    nn = sys.modules.get("torch.nn")  # an nn.Module exists only once torch is loaded: never load it here
+    target = function.forward if nn is not None and isinstance(function, nn.Module) else function
     params = list(inspect.signature(template).parameters.values())[1:]
     positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     keywords = [p.name for p in params if p.kind is p.KEYWORD_ONLY]

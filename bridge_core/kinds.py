@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # annotations only: importing the contracts (a plugin does) must not load torch
+    import torch
+    from torch import nn
 
 # --------------------------------------------------------------------------- callable contracts
 

@@ -1,7 +1,8 @@
 """`bridge-core --help` and `bridge-core list` must not import torch, transformers or the conformance
 checks: the property behind both answering in well under a second, checked on `sys.modules` in a
 fresh interpreter. `list` is checked with bridge-core's own plugins only (the dev environment also
-has the example ALiBi plugin installed, which imports torch at import, as a third-party plugin may)."""
+has the example ALiBi plugin installed; a third-party plugin's kinds are checked against the built-in ones
+when `list` runs, and the built-in activations come from transformers, so that listing loads it)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,13 @@ def test_the_builtin_kinds_still_load_and_fit_their_contracts_once_asked_for():
     assert {"layernorm", "rmsnorm"} <= set(kinds.norms) and "gelu_new" in kinds.activations
     assert {"rotary", "learned"} <= set(kinds.positions) and "4d_additive" in kinds.mask_formats
     assert not [f for f in host.failures if f.distribution == "bridge-core"]
+
+
+def test_the_kind_contracts_a_plugin_imports_load_no_torch():
+    """A plugin module imports `bridge_core.kinds` for its records; the example plugin loads torch only when a
+    bias is computed. Seen failing while `kinds.py` imported torch at module level."""
+    assert _modules_after("import bridge_core.kinds, bridge_core.kind_checks") == set()
+    assert _modules_after("import bridge_core_alibi") == set()
 
 
 def test_import_bridge_core_is_light_until_a_public_name_is_used():

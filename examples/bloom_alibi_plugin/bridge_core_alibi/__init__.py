@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bridge_core import hookimpl
 from bridge_core.errors import SpecError
 from bridge_core.kinds import ScoreBiasKind
+
+if TYPE_CHECKING:  # torch loads when a bias is first computed, so `bridge-core list` stays fast
+    import torch
 
 __all__ = ["alibi_bias", "alibi_slopes"]
 
@@ -29,6 +30,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
     if nearest < n_heads:
         extra = [2 ** (-8 * (i + 1) / (2 * nearest)) for i in range(2 * nearest)][0::2]
         slopes += extra[: n_heads - nearest]
+    import torch
+
     return torch.tensor(slopes)
 
 
@@ -52,6 +55,8 @@ def alibi_bias(
     """
     if params:
         raise SpecError(f"score bias kind 'alibi' takes no params (got {', '.join(params)})", field="score_bias.params")
+    import torch
+
     slopes = alibi_slopes(n_heads).to(device)
     if padding_mask is None:
         positions = torch.arange(k_len, device=device)[None, :].float()
