@@ -24,8 +24,24 @@ def observe_call(ctx: DraftContext) -> None:
         tensor_kw = next((k for k, v in kwargs.items() if hasattr(v, "dim") and v.is_floating_point()), None)
         if tensor_kw:
             ctx.draft.fields["block"]["hidden_states_kwarg"] = tensor_kw
+    elif ctx.obs.first(ctx.block).args:  # passed by position: the block's first parameter names it (CTRL's `x`)
+        first = _first_parameter(ctx.obs.module(ctx.block))
+        if first not in (None, "hidden_states"):
+            ctx.draft.fields["block"]["hidden_states_kwarg"] = first
     if not call_spec:
         ctx.draft.fields.pop("call")
+
+
+def _first_parameter(module: Any) -> str | None:
+    """The name of the first parameter of `module.forward` (after self), or None when it takes none by name."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameters[0].name if parameters and parameters[0].kind in named else None
 
 
 def observe_scale(ctx: DraftContext) -> None:
