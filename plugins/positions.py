@@ -1,5 +1,6 @@
 """Built-in position kinds: `learned` (a table, with an offset), `sinusoidal` (a fixed table), `rotary`
-(q and k rotated inside attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module),
+(q and k rotated inside attention, dim j paired with j + rotary_dim/2, cos/sin from the model's rotary module,
+full width or one value per pair: GPT-OSS),
 `rotary_interleaved` (adjacent dims 2j, 2j+1 paired: Cohere), `rotary_interleaved_table` (the same rotation
 from a precomputed table of n_ctx positions, GPT-J: longer inputs are refused, as HF cannot run them),
 `rotary_interleaved_halves` (adjacent pairs, frequencies read from the first half of a rotate-half
@@ -33,10 +34,13 @@ def _too_narrow(rotary_dim: int, width: int) -> SpecError:
 def rotate_half(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotary_dim: int) -> torch.Tensor:
     """Rotary embedding on the first `rotary_dim` dims of each head, pairing dim j with j + rotary_dim/2.
 
-    `x` is `[b, h, s, d]`; `cos`/`sin` are the rotary module's `[b, s, >= rotary_dim]` output.
+    `x` is `[b, h, s, d]`; `cos`/`sin` are the rotary module's `[b, s, >= rotary_dim]` output, or one value per
+    pair `[b, s, rotary_dim / 2]` (GPT-OSS, whose attention rotates the halves by that table).
     """
     import torch
 
+    if 2 * cos.shape[-1] == rotary_dim:  # one frequency per pair (j, j + rotary_dim/2): the same for both halves
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
     if cos.shape[-1] < rotary_dim:
         raise _too_narrow(rotary_dim, cos.shape[-1])
     cos = cos[..., :rotary_dim].unsqueeze(1)

@@ -189,6 +189,12 @@ class BoundMoE:
     bias_name: str | None = None
     bias_on_logits: bool = False  # the bias is added to the logits (Kolibri), not the scores
     router_linear: nn.Module | None = None  # holds the router weight [n_experts, d]: the router or its linear child
+    fused_layout: str = "linear"  # fused storage: linear [E, out, in] (Mixtral) or conv1d [E, in, out] (GPT-OSS)
+    interleaved: bool = False  # gate and up alternate along gate_up's outputs (GPT-OSS), else halves
+    gate_up_bias: str | None = None  # fused bias parameter names ([E, 2*d_mlp], [E, d]) on the experts module
+    down_bias: str | None = None
+    clamp_limit: float | None = None  # clamped GLU (GPT-OSS): gate <= limit, -limit <= up <= limit
+    up_offset: float = 0.0  # act(gate) * (up + up_offset)
 
     def correction_bias(self) -> torch.Tensor | None:
         """The selection-only bias `[n_experts]`, read now (a buffer `.to()` may have replaced)."""

@@ -129,10 +129,38 @@ def expert_weights(moe: BoundMoE, e: int) -> tuple[torch.Tensor, torch.Tensor, t
     if moe.storage == "modules":
         w_in, w_gate, w_out = moe.expert_modules[e]
         return w_gate.weight, w_in.weight, w_out.weight
-    gate_up = getattr(moe.experts, moe.gate_up)[e]
-    first, second = gate_up.chunk(2, dim=0)
-    gate, up = (first, second) if moe.gate_first else (second, first)
-    return gate, up, getattr(moe.experts, moe.down)[e]
+    gate_up, down = getattr(moe.experts, moe.gate_up)[e], getattr(moe.experts, moe.down)[e]
+    if moe.fused_layout == "conv1d":  # [in, out] (GPT-OSS): transposed views
+        gate_up, down = gate_up.t(), down.t()
+    gate, up = _split_gate_up(moe, gate_up)
+    return gate, up, down
+
+
+def expert_biases(moe: BoundMoE, e: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Expert `e`'s (gate, up, down) biases `[d_mlp]`, `[d_mlp]`, `[d]`: views of the fused bias parameters, or
+    the expert modules' own biases; None where there is none."""
+    if moe.storage == "modules":
+        w_in, w_gate, w_out = moe.expert_modules[e]
+        return getattr(w_gate, "bias", None), getattr(w_in, "bias", None), getattr(w_out, "bias", None)
+    down = getattr(moe.experts, moe.down_bias)[e] if moe.down_bias else None
+    if not moe.gate_up_bias:
+        return None, None, down
+    gate, up = _split_gate_up(moe, getattr(moe.experts, moe.gate_up_bias)[e])
+    return gate, up, down
+
+
+def _split_gate_up(moe: BoundMoE, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gate, up) views of a fused gate|up tensor along dim 0: its halves, or its even and odd rows."""
+    first, second = (fused[0::2], fused[1::2]) if moe.interleaved else fused.chunk(2, dim=0)
+    return (first, second) if moe.gate_first else (second, first)
+
+
+def glu(moe: BoundMoE, act: Callable[[torch.Tensor], torch.Tensor], gate: torch.Tensor, up: torch.Tensor):
+    """An expert's hook_post from its hook_gate and hook_pre: `act(gate) * up`, or GPT-OSS's clamped form
+    `act(min(gate, limit)) * (clamp(up, -limit, limit) + up_offset)`."""
+    if moe.clamp_limit is not None:
+        gate, up = gate.clamp(max=moe.clamp_limit), up.clamp(-moe.clamp_limit, moe.clamp_limit)
+    return act(gate) * (up + moe.up_offset if moe.up_offset else up)
 
 
 def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,6 +189,7 @@ def run_experts(
         slot, token = torch.where(mask[e])
         x = hidden[token]
         w_gate, w_in, w_out = expert_weights(moe, e)
+        b_gate, b_in, b_out = expert_biases(moe, e)
         values: dict[str, torch.Tensor] = {}
 
         def point(which: str, tensor: torch.Tensor, e: int = e) -> torch.Tensor:
@@ -173,10 +202,10 @@ def run_experts(
             edited = edited or changed or bool(run.bwd)
             return new
 
-        values["gate"] = point("gate", nn.functional.linear(x, w_gate))
-        values["pre"] = point("pre", nn.functional.linear(x, w_in))
-        post = point("post", act(values["gate"]) * values["pre"])
-        out = nn.functional.linear(post, w_out) * weights[token, slot, None]
+        values["gate"] = point("gate", nn.functional.linear(x, w_gate, b_gate))
+        values["pre"] = point("pre", nn.functional.linear(x, w_in, b_in))
+        post = point("post", glu(moe, act, values["gate"], values["pre"]))
+        out = nn.functional.linear(post, w_out, b_out) * weights[token, slot, None]
         result.index_add_(0, token, out.to(result.dtype))
     return result.to(output.dtype) if edited else None
 

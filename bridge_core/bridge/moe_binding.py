@@ -38,6 +38,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
     scaling = walker.attempt(walker.value, f"{at}.routed_scaling", e.routed_scaling)
     eps = walker.attempt(_sparsemixer_eps, walker, e, at, top_k)
     d_mlp = walker.attempt(walker.value, f"{at}.d_mlp", e.d_mlp)
+    glu = walker.attempt(_clamped_glu, walker, e, at)
     shared = walker.attempt(_shared, walker, module, m, field, inner) if e.shared_expert else None
     bias = walker.attempt(_correction_bias, walker, module, e, at, path, n_experts) if e.correction_bias else None
     if e.correction_bias and bias is None:
@@ -47,7 +48,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
         raise Missing
     if e.shared_expert and shared is None:
         raise Missing
-    if grouping is None or scaling is None or (e.scoring == "sparsemixer" and eps is None):
+    if grouping is None or scaling is None or glu is None or (e.scoring == "sparsemixer" and eps is None):
         raise Missing
     if isinstance(scaling, bool) or not isinstance(scaling, (int, float)):
         message = f"evaluates to {scaling!r}; expected a number"
@@ -106,6 +107,12 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             bias_name=bias[1] if bias else None,
             bias_on_logits=e.correction_bias_on == "logits",
             router_linear=router_linear,
+            fused_layout=e.fused_layout,
+            interleaved=e.gate_up_split == "interleaved",
+            gate_up_bias=e.gate_up_bias,
+            down_bias=e.down_bias,
+            clamp_limit=glu[0],
+            up_offset=glu[1],
         ),
     )
 
@@ -150,7 +157,18 @@ def _experts(walker: SpecWalker, experts: tuple[nn.Module, str], e, at: str, n_e
                     )
                 )
                 raise Missing
+        for name, field in ((e.gate_up_bias, "gate_up_bias"), (e.down_bias, "down_bias")):
+            bias = getattr(module, name, None) if name else None
+            if name and (not isinstance(bias, nn.Parameter) or bias.dim() != 2 or bias.shape[0] != n_experts):
+                found = "absent" if bias is None else f"shaped {tuple(getattr(bias, 'shape', ()))}"
+                message = f"the experts module has no 2-D parameter '{name}' [n_experts={n_experts}, ...] ({found})"
+                walker.fail(BindError(message, spec_path=f"{at}.{field}", module_path=f"{path}.{name}"))
+                raise Missing
         return ()
+    fused_only = {"fused_layout": "linear", "gate_up_split": "halves", "gate_up_bias": None, "down_bias": None}
+    for name, default in fused_only.items():
+        if getattr(e, name) != default:
+            raise spec_error(f"{name} describes fused storage; storage is 'modules'", walker.spec, None, f"{at}.{name}")
     if not isinstance(module, nn.ModuleList) or len(module) != n_experts:
         walker.fail(
             BindError(
@@ -251,3 +269,14 @@ def _sparsemixer_eps(walker: SpecWalker, e: MoESpec, at: str, top_k: int | None)
             f"evaluates to {eps!r}; scoring sparsemixer needs a number >= 0", walker.spec, None, f"{at}.jitter_eps"
         )
     return float(eps)
+
+
+def _clamped_glu(walker: SpecWalker, e: MoESpec, at: str) -> tuple[float | None, float]:
+    """(clamp limit or None, up offset) of the experts' GLU, each a number (GPT-OSS: `swiglu_limit`, 1)."""
+    limit = walker.value(f"{at}.clamp_limit", e.clamp_limit)
+    offset = walker.value(f"{at}.up_offset", e.up_offset)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise spec_error(f"evaluates to {limit!r}; expected a number > 0", walker.spec, None, f"{at}.clamp_limit")
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+        raise spec_error(f"evaluates to {offset!r}; expected a number", walker.spec, None, f"{at}.up_offset")
+    return (None if limit is None else float(limit)), float(offset)

@@ -12,12 +12,13 @@ import torch
 from torch import nn
 
 from .bound import BoundMLP, BoundMoE, BoundSharedExpert
-from .moe import expert_weights
+from .moe import expert_biases, expert_weights
 from .weights import HookAttributes, in_out
 
 
 class ExpertWeights:
-    """One routed expert: `W_gate`, `W_in` `[d_model, d_mlp]`, `W_out` `[d_mlp, d_model]` (no biases)."""
+    """One routed expert: `W_gate`, `W_in` `[d_model, d_mlp]`, `W_out` `[d_mlp, d_model]`, and `b_gate`, `b_in`,
+    `b_out` where the experts have biases (None otherwise)."""
 
     def __init__(self, moe: BoundMoE, expert: int) -> None:
         self._moe, self.expert = moe, expert
@@ -33,6 +34,19 @@ class ExpertWeights:
     @property
     def W_out(self) -> torch.Tensor:
         return expert_weights(self._moe, self.expert)[2].t()
+
+    @property
+    def b_gate(self) -> torch.Tensor | None:
+        """The gate bias `[d_mlp]` (GPT-OSS's fused `gate_up_proj_bias`), or None."""
+        return expert_biases(self._moe, self.expert)[0]
+
+    @property
+    def b_in(self) -> torch.Tensor | None:
+        return expert_biases(self._moe, self.expert)[1]
+
+    @property
+    def b_out(self) -> torch.Tensor | None:
+        return expert_biases(self._moe, self.expert)[2]
 
     def __repr__(self) -> str:
         return f"ExpertWeights(expert={self.expert})"
@@ -73,6 +87,13 @@ class MoEWeights(HookAttributes):
         """The router `[d_model, n_experts]` (HookedTransformer's `W_gate.weight`, transposed)."""
         moe = self.bound.moe
         return in_out(moe.router_linear if moe.router_linear is not None else moe.router, "linear")
+
+    @property
+    def b_gate(self) -> torch.Tensor | None:
+        """The router's bias `[n_experts]` (GPT-OSS), or None."""
+        moe = self.bound.moe
+        bias = getattr(moe.router_linear if moe.router_linear is not None else moe.router, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
 
     @property
     def W_shared_gate(self) -> torch.Tensor | None:

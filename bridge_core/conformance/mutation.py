@@ -224,6 +224,7 @@ def _kinds(data: Data) -> Iterator[Mutant]:
             yield from flip((*moe, "gate_first"), (True, False), "setting")
             yield from flip((*moe, "norm_topk_prob"), (True, False), "setting")
             yield from _moe_routing(data, moe)
+            yield from _moe_experts(data, moe)
     for path in norms:
         if isinstance(_get(data, path), dict):
             current = _get(data, (*path, "kind"))
@@ -273,6 +274,22 @@ def _moe_routing(data: Data, moe: tuple[str, ...]) -> Iterator[Mutant]:
         mutated = _with(_with(data, (*moe, "n_group"), groups[1]), (*moe, "topk_group"), groups[0])
         yield Mutant(f"swap {dotted}.n_group <-> topk_group", "swap", f"{dotted}.n_group",
                      f"swapped {dotted}.n_group <-> topk_group", mutated)  # fmt: skip
+
+
+def _moe_experts(data: Data, moe: tuple[str, ...]) -> Iterator[Mutant]:
+    """GPT-OSS-style expert storage mistakes: interleaved gate|up read as halves (or the reverse), `[E, in, out]`
+    read as `[E, out, in]`, an expert bias, the GLU's clamp or its up offset left out."""
+    for name, values in (("gate_up_split", ("halves", "interleaved")), ("fused_layout", ("linear", "conv1d"))):
+        current = _get(data, (*moe, name))
+        if current is not None and current != values[0]:  # only where the spec departs from the default
+            dotted = ".".join((*moe, name))
+            yield Mutant(f"{dotted}: {current} -> {values[0]}", "setting", dotted,
+                         f"{dotted} {current!r} -> {values[0]!r}", _with(data, (*moe, name), values[0]))  # fmt: skip
+    for name in ("gate_up_bias", "down_bias", "clamp_limit", "up_offset"):
+        if _get(data, (*moe, name)) not in (None, 0):
+            dotted = ".".join((*moe, name))
+            mutated = _with(data, (*moe, name), None, drop=True)
+            yield Mutant(f"drop {dotted}", "drop", dotted, f"{dotted} left out", mutated)
 
 
 def _drops(data: Data) -> Iterator[Mutant]:

@@ -39,7 +39,8 @@ EAGER = "eager"
 `test_config` already names an attention implementation)."""
 
 PERTURBATION = 0.3
-"""Std of the noise added to every 1-d parameter (norm weights and biases) of a tiny test model: HF
+"""Std of the noise added to every 1-d parameter (norm weights and biases) and 2-d `*_bias` parameter (fused
+experts' biases) of a tiny test model: HF
 initializes them to ones and zeros, where a swapped norm or a dropped bias changes nothing; buffers named
 `*logits_bias` (BART's final_logits_bias, zeros at init) and `*correction_bias` (DeepSeek-V3's selection-only
 `e_score_correction_bias`, zeros at init) likewise."""
@@ -50,8 +51,10 @@ def perturb(model: nn.Module, seed: int) -> None:
     model the user passed in); done before the snapshot and the untouched copy are taken."""
     generator = torch.Generator().manual_seed(seed + 1009)
     with torch.no_grad():
-        for _, parameter in sorted(model.named_parameters()):
-            if parameter.dim() == 1 and parameter.dtype.is_floating_point:
+        for name, parameter in sorted(model.named_parameters()):
+            # fused experts' biases are [n_experts, width] (GPT-OSS's gate_up_proj_bias), zeros at init too
+            is_bias = parameter.dim() == 1 or (parameter.dim() == 2 and name.endswith("_bias"))
+            if is_bias and parameter.dtype.is_floating_point:
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                 parameter.add_((noise * PERTURBATION).to(parameter.dtype))
         for name, buffer in sorted(model.named_buffers()):  # zero-initialized output biases (final_logits_bias)

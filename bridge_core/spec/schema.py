@@ -241,6 +241,37 @@ class MoESpec(StrictModel):
     gate_first: bool = Field(
         default=True, description="Fused storage: the gate half comes first along dim 1 of `gate_up` (else up)."
     )
+    fused_layout: Literal["linear", "conv1d"] = Field(
+        default="linear",
+        description="Fused storage: `linear` = `[n_experts, out, in]` (Mixtral: gate_up `[E, 2*d_mlp, d]`, down "
+        "`[E, d, d_mlp]`); `conv1d` = `[n_experts, in, out]` (GPT-OSS: gate_up `[E, d, 2*d_mlp]`, down "
+        "`[E, d_mlp, d]`).",
+    )
+    gate_up_split: Literal["halves", "interleaved"] = Field(
+        default="halves",
+        description="Fused storage: how gate and up share the gate_up outputs: `halves` (one half each, see "
+        "`gate_first`) or `interleaved` (alternating outputs, GPT-OSS: gate `[..., ::2]`, up `[..., 1::2]` when "
+        "`gate_first`).",
+    )
+    gate_up_bias: str | None = Field(
+        default=None,
+        description="Fused storage: the experts' gate_up bias parameter `[n_experts, 2*d_mlp]`, split as gate_up "
+        "(GPT-OSS `gate_up_proj_bias`); null: none.",
+    )
+    down_bias: str | None = Field(
+        default=None,
+        description="Fused storage: the experts' down bias parameter `[n_experts, d]` (GPT-OSS `down_proj_bias`).",
+    )
+    clamp_limit: ConfigValue = Field(
+        default=None,
+        description="A clamped GLU (GPT-OSS `swiglu_limit`): the gate is clamped to at most the limit and the up "
+        "projection to [-limit, limit] before `act(gate) * (up + up_offset)`; null: no clamp.",
+    )
+    up_offset: ConfigValue = Field(
+        default=0,
+        description="Added to the up projection before the product with the activated gate (GPT-OSS: 1, "
+        "`(up + 1) * act(gate)`); hook_pre shows the up projection without it.",
+    )
     expert_in: ModulePath = Field(default="up_proj", description="Modules storage: each expert's up projection.")
     expert_gate: ModulePath = Field(default="gate_proj", description="Modules storage: each expert's gate projection.")
     expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")

@@ -169,6 +169,11 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # PhiMoE's sparsemixer masks each weight's softmax at 2 * router_jitter_noise; declared 0.5 (identity hooks on
     # hook_expert_weights re-route by the spec, so they fail too)
     "phimoe_jitter_eps": ("moe_routing", {"identity_hooks"}, "jitter_eps"),
+    # GPT-OSS clamps each expert's gate and up at swiglu_limit (set below the tiny model's values); declared
+    # without the clamp (the recomputed experts, and identity hooks on their points, differ from HF's too)
+    "gpt_oss_no_clamp": ("moe_experts", {"moe_recompute_path", "identity_hooks"}, "clamp_limit"),
+    # GPT-OSS interleaves gate and up along gate_up_proj's outputs; declared as halves (Mixtral's storage)
+    "gpt_oss_gate_up_halves": ("moe_experts", {"moe_recompute_path", "identity_hooks"}, "gate_up_split"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

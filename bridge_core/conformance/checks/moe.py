@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ...bridge.moe import routing
+from ...bridge.moe import glu, routing
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
 
@@ -86,7 +86,8 @@ def _keep_input(seen: dict[str, Any], key: str):
 
 @check(
     "moe_routing",
-    statement="a mixture of experts routes as HF does: x·W_gate equals HF's router logits, the spec's top-k, "
+    statement="a mixture of experts routes as HF does: x·W_gate (+ the router's bias) equals HF's router logits, "
+    "the spec's top-k, "
     "scoring (softmax, sigmoid, or PhiMoE's sparsemixer on the logits), selection (greedy or group-limited, on the "
     "scores plus any correction bias), "
     "renormalization and routed scaling applied to HF's logits give the experts and weights HF handed its "
@@ -102,7 +103,8 @@ def moe_routing(ctx: CheckContext, m: Meter) -> None:
         p, moe, seen = f"{layer.prefix}.mlp", layer.block.mlp.moe, hf[layer.prefix]
         logits = seen["router"][moe.router_output.index("logits")]
         hidden, indices, weights = seen["experts_in"]
-        m.compare(f"{p}: x·W_gate vs HF's router logits", hidden @ layer.weights.mlp.W_gate, logits, "block.mlp.moe")
+        recomputed = _plus(hidden @ layer.weights.mlp.W_gate, layer.weights.mlp.b_gate)
+        m.compare(f"{p}: x·W_gate + b_gate vs HF's router logits", recomputed, logits, "block.mlp.moe")
         probs, spec_weights, spec_indices = routing(moe, logits)
         spec_indices, spec_weights = _by_expert(spec_indices, spec_weights)
         hf_indices, hf_weights = _by_expert(indices, weights)
@@ -120,25 +122,31 @@ def moe_routing(ctx: CheckContext, m: Meter) -> None:
         m.compare(f"{p}: hook_routing_weights vs HF's", ctx.cache[f"{p}.hook_routing_weights"], weights)
 
 
+def _plus(value: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return value if bias is None else value + bias
+
+
 def _expert_values(moe, weights, act, hidden, indices, top_weights):
-    """Per expert (gate, pre, post) from the weight views, and the experts' summed output."""
+    """Per expert (gate, pre, post) from the weight views (and bias views), the post by the spec's GLU (a clamp
+    and an up offset where set), and the experts' summed output."""
     mask = torch.nn.functional.one_hot(indices, num_classes=moe.n_experts).permute(2, 1, 0)
     total = torch.zeros_like(hidden)
     values = []
     for e, expert in enumerate(weights.experts):
         slot, token = torch.where(mask[e])
         x = hidden[token]
-        gate, pre = x @ expert.W_gate, x @ expert.W_in
-        post = act(gate) * pre
-        total.index_add_(0, token, (post @ expert.W_out) * top_weights[token, slot, None])
+        gate, pre = _plus(x @ expert.W_gate, expert.b_gate), _plus(x @ expert.W_in, expert.b_in)
+        post = glu(moe, act, gate, pre)
+        total.index_add_(0, token, _plus(post @ expert.W_out, expert.b_out) * top_weights[token, slot, None])
         values.append((gate, pre, post))
     return values, total
 
 
 @check(
     "moe_experts",
-    statement="each expert recomputed from its weight views (experts[e].W_gate, W_in, W_out) on the tokens HF "
-    "routed to it gives experts.{e}.hook_gate / hook_pre / hook_post, the routed sum equals HF's experts output, "
+    statement="each expert recomputed from its weight views (experts[e].W_gate, W_in, W_out and any b_gate, b_in, "
+    "b_out; the GLU clamped and offset where the spec says) on the tokens HF routed to it gives "
+    "experts.{e}.hook_gate / hook_pre / hook_post, the routed sum equals HF's experts output, "
     "and with the shared expert (sigmoid-gated) the MoE output HF's (the input of an ln2_post inside the MLP)",
     family="mlp",
     tolerance=1e-5,
@@ -155,7 +163,10 @@ def moe_experts(ctx: CheckContext, m: Meter) -> None:
             for which, value in zip(("gate", "pre", "post"), triple, strict=True):
                 name = f"{p}.experts.{e}.hook_{which}"
                 m.compare(f"{name} vs the weight views on HF's routed tokens", ctx.cache[name], value, "block.mlp.moe")
-        field = "block.mlp.moe.gate_first / gate_up / down" if bound.act_field == "config.act_fn" else bound.act_field
+        field = (
+            "block.mlp.moe.gate_first / gate_up / down / fused_layout / gate_up_split / gate_up_bias / down_bias / "
+            f"clamp_limit / up_offset, {bound.act_field}"
+        )
         m.compare(f"{p}: routed experts from weight views vs HF's experts output", total, seen["experts"], field)
         out = total
         shared = moe.shared

@@ -20,22 +20,28 @@ def observe_call(ctx: DraftContext) -> None:
             break
     if "position_ids" in kwargs and "position_embeddings_kwarg" in call_spec:
         call_spec["position_ids_kwarg"] = "position_ids"
-    first = _first_param(ctx.obs.module(ctx.block))
-    if ctx.obs.first(ctx.block).args and first not in (None, "hidden_states"):
-        ctx.draft.fields["block"]["hidden_states_kwarg"] = first  # called positionally (OpenAI GPT's `x`)
-    elif "hidden_states" not in kwargs and not ctx.obs.first(ctx.block).args:
+    if "hidden_states" not in kwargs and not ctx.obs.first(ctx.block).args:
         tensor_kw = next((k for k, v in kwargs.items() if hasattr(v, "dim") and v.is_floating_point()), None)
         if tensor_kw:
             ctx.draft.fields["block"]["hidden_states_kwarg"] = tensor_kw
+    elif ctx.obs.first(ctx.block).args:  # passed by position: the first parameter names it (OpenAI GPT's, CTRL's `x`)
+        first = _first_parameter(ctx.obs.module(ctx.block))
+        if first not in (None, "hidden_states"):
+            ctx.draft.fields["block"]["hidden_states_kwarg"] = first
     if not call_spec:
         ctx.draft.fields.pop("call")
 
 
-def _first_param(module) -> str | None:
+def _first_parameter(module: Any) -> str | None:
+    """The name of the first parameter of `module.forward` (after self), or None when it takes none by name."""
     import inspect
 
-    names = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
-    return names[0] if names else None
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameters[0].name if parameters and parameters[0].kind in named else None
 
 
 def observe_scale(ctx: DraftContext) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.activations import ACT2FN
 
 from ..draft import DraftContext
 from ..probe import Call, same
 from .modules import is_linear, is_norm, norm_kind
+from .moe_experts import read_experts, storages
 
 _N_EXPERTS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K = ("num_experts_per_tok", "top_k", "moe_topk", "moe_k", "num_selected_experts")
@@ -59,27 +59,24 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
         return None
     experts, call = routed
     module = obs.module(f"{path}.{experts}")
-    params = {n: p for n, p in module.named_parameters(recurse=False) if p.dim() == 3}
-    if len(params) != 2:
+    if sum(p.dim() == 3 for p in module.parameters(recurse=False)) != 2:
         ctx.draft.gap("MoE expert modules", f"{path}.{experts} keeps no fused 3-D gate|up and down parameters")
         return None
-    (a, pa), (b, pb) = params.items()
-    gate_up, down = (a, b) if pa.shape[1] == 2 * pb.shape[2] else (b, a)
-    w_gu, w_down = params[gate_up].detach(), params[down].detach()
-    n_experts, d_mlp = w_gu.shape[0], w_down.shape[2]
     hidden, index, weights = (t for t in [*call.args, *call.kwargs.values()] if isinstance(t, torch.Tensor))
-    d = hidden.shape[-1]
-    if w_gu.shape[1:] != (2 * d_mlp, d) or w_down.shape[1:] != (d, d_mlp):
-        shapes = [tuple(w_gu.shape), tuple(w_down.shape)]
+    fits = storages(module, hidden.shape[-1])
+    if not fits:
+        shapes = [tuple(p.shape) for p in module.parameters(recurse=False) if p.dim() == 3]
         ctx.draft.gap("MoE expert storage", f"{path}.{experts} stores {shapes}, not [E, 2*d_mlp, d] and [E, d, d_mlp]")
         return None
+    read = read_experts(ctx, module, call, hidden, index, weights)
+    storage, wiring = read if read is not None else (fits[0], {"gate_first": True})
+    n_experts, d_mlp = getattr(module, storage.gate_up).shape[0], storage.d_mlp
     top_k = index.shape[-1]
-    moe: dict[str, Any] = {"router": "FILL_ME", "experts": experts, "storage": "fused", "gate_up": gate_up}
-    moe["down"] = down
-    gate_first = _gate_first(ctx, w_gu, w_down, hidden, index, weights, call.output)
-    if gate_first is None:
+    moe: dict[str, Any] = {"router": "FILL_ME", "experts": experts, "storage": "fused", "gate_up": storage.gate_up}
+    moe["down"] = storage.down
+    if read is None:
         ctx.draft.gap("MoE expert wiring", f"no activation and gate|up order reproduces {path}.{experts}'s output")
-    moe["gate_first"] = bool(gate_first) if gate_first is not None else True
+    moe.update(wiring)
     moe["n_experts"] = ctx.attr(n_experts, _N_EXPERTS, ("expert",)) or n_experts
     moe["top_k"] = ctx.attr(top_k, _TOP_K, ("top", "per_tok")) or top_k
     router = _router(ctx, path, n_experts)
@@ -154,28 +151,6 @@ def _replayed(router: torch.nn.Module, call: Call, tokens: int = 512) -> tuple:
     except Exception:
         return call.output  # a router that refuses other shapes: the probed call is the evidence
     return out if isinstance(out, tuple) and len(out) == len(call.output) else call.output
-
-
-def _gate_first(ctx, w_gu, w_down, hidden, index, weights, out) -> bool | None:
-    """Recompute the experts' output from their parameters, gate half first or up half first."""
-    from ..shrink import plain_fields
-
-    acts = [v for v in plain_fields(ctx.config).values() if isinstance(v, str) and v in ACT2FN] + ["silu"]
-    for act in dict.fromkeys(acts):
-        fn = ACT2FN[act]
-        for first in (True, False):
-            total = torch.zeros_like(hidden, dtype=torch.float32)
-            for slot in range(index.shape[-1]):
-                e = index[:, slot]
-                gu = torch.einsum("td,tfd->tf", hidden.float(), w_gu[e].float())
-                x, y = gu.chunk(2, dim=-1)
-                gate, up = (x, y) if first else (y, x)
-                mid = fn(gate) * up
-                total += torch.einsum("tf,tdf->td", mid, w_down[e].float()) * weights[:, slot, None].float()
-            if same(total, out.float(), atol=1e-4):
-                ctx.found["act"] = act
-                return first
-    return None
 
 
 _SCALING = ("routed_scaling_factor", "router_scaling_factor", "moe_routed_scaling_factor")
