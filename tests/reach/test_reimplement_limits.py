@@ -50,6 +50,10 @@ def test_trocr_draft_leaves_the_uncalled_cross_attention_out(trocr):
 
 def test_trocr_draft_passes_the_role_checks(trocr):
     checks = [*FAST_CHECKS, "attention_alone", "block_alone", "attention_paths_agree", "embed", "pos_embed"]
+    # HF's TrOCR loss does not shift its labels, and its learned positions ignore position_ids (left padding
+    # moves them in HF itself): backward_hooks and padding hold the bridge to the next-token loss and to HF's
+    # own padded run there
+    checks += ["backward_hooks", "padding"]
     report = run(to_spec(trocr), checks=checks)
     assert report.ok, [r.explain() for r in report.failed()]
 
