@@ -67,7 +67,8 @@ def _never_called(ctx: DraftContext, path: str) -> bool:
         return False
     ctx.draft.note(
         f"{ctx.relative(path, ctx.block)} ({type(module).__name__}) is never called in the observed forward "
-        "(in the causal-LM forward it has no input): left out of the block's roles, its parameters unused"
+        "(TrOCR's cross attention: the causal-LM forward hands no encoder states): left out of the block's roles; "
+        "its parameters change nothing the forward computes"
     )
     return True
 
