@@ -63,3 +63,14 @@ def test_trocr_draft_without_its_embedding_norm_fails(trocr):
     del fields["embed"]["norm"], fields["embed"]["norm_after_pos"]
     report = run(Spec.model_validate(fields), checks=["embed", "residual_stream"])
     assert [r.name for r in report.failed()] == ["embed"]  # hook_embed vs what the first block reads
+
+
+def test_trocr_left_padding_held_to_hf_padded_run_still_fails_a_wrong_scale(trocr):
+    fields = to_spec(trocr).model_dump(by_alias=True, exclude_none=True)
+    fields["config"]["attn_scale"] = 1.0  # unscaled scores: the recomputed attention (cached run) goes wrong
+    report = run(Spec.model_validate(fields), checks=["padding"])
+    failed = report.failed()
+    assert [r.name for r in failed] == ["padding"]
+    # the left-padded comparison (against HF's own padded run) fails on its own, not only the right-padded one
+    left = "left-padded logits vs HF left-padded (HF ignores position_ids)"
+    assert any(d.startswith(left) for d in failed[0].details)
