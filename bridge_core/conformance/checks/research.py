@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from transformers.utils import logging as hf_logging
 
 from ..catalogue import Meter, Skip, check
@@ -130,7 +131,9 @@ def backward_hooks(ctx: CheckContext, m: Meter) -> None:
                 seen[index] = tensor
 
             handles.append(module.register_forward_hook(keep))
-        reference(input_ids=ctx.tokens, labels=ctx.tokens, use_cache=False).loss.backward()
+        # the next-token loss from the copy's logits, not HF's `labels=` loss: TrOCR's does not shift the labels
+        logits = reference(input_ids=ctx.tokens, use_cache=False).logits[:, :-1]
+        F.cross_entropy(logits.flatten(0, 1).float(), ctx.tokens[:, 1:].flatten()).backward()
         for handle in handles:
             handle.remove()
     bridge.model.zero_grad(set_to_none=True)

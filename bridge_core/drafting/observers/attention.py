@@ -12,6 +12,7 @@ from ..draft import DraftContext
 from ..probe import AttentionCall, same
 from .latent import is_latent, observe_latent
 from .modules import is_linear, is_norm, layout, norm_kind, under
+from .reimplemented import LIMITS, separate_output_biases
 
 
 def _call(ctx: DraftContext) -> AttentionCall:
@@ -88,8 +89,9 @@ def observe_attention(ctx: DraftContext) -> None:
             spec["own_causal_mask"] = True
         ctx.draft.note(
             "block.attn.implementation: reimplement; q/k/v, scale and mask were found by recomputing the module's "
-            f"own attention (scale {call.kwargs['scaling']:.4g}, {_mask_seen(ctx, call)})"
+            f"own attention (scale {call.kwargs['scaling']:.4g}, {_mask_seen(ctx, call)}); {LIMITS}"
         )
+        separate_output_biases(ctx, ctx.relative(path, ctx.block))
     spec["softmax_dtype"] = _softmax_dtype(call.module)
     ctx.draft.note(f"block.attn.softmax_dtype: '{spec['softmax_dtype']}' read from the eager attention's source")
     _norms(ctx, path, spec, h, kv, d)

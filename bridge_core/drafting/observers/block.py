@@ -27,6 +27,7 @@ def observe_mlp(ctx: DraftContext) -> None:
         for n, m in obs.module(block).named_children()
         if not under(f"{block}.{n}", attn) and not is_norm(m) and _has_projections(m)
     ]
+    children = [(n, m) for n, m in children if not _never_called(ctx, n)]
     if children and all(is_linear(m) for _, m in children):
         children = []  # the projections sit in the block itself (OPT)
     path = children[0][0] if len(children) == 1 else block
@@ -53,6 +54,23 @@ def observe_mlp(ctx: DraftContext) -> None:
             return
     _wire(ctx, path, spec)
     ctx.draft.fields.setdefault("block", {})["mlp"] = spec
+
+
+def _never_called(ctx: DraftContext, path: str) -> bool:
+    """A module with parameters that the observed forward never called (TrOCR's cross attention and its norm
+    in the causal-LM forward, which hands no encoder states): noted and left out of the roles. Its parameters
+    change nothing the bridge or HF compute, so no check can miss them."""
+    module = ctx.obs.module(path)
+    if ctx.obs.first(path) is not None or any(ctx.obs.first(f"{path}.{n}") for n, _ in module.named_modules() if n):
+        return False
+    if next(module.parameters(), None) is None:
+        return False
+    ctx.draft.note(
+        f"{ctx.relative(path, ctx.block)} ({type(module).__name__}) is never called in the observed forward "
+        "(TrOCR's cross attention: the causal-LM forward hands no encoder states): left out of the block's roles; "
+        "its parameters change nothing the forward computes"
+    )
+    return True
 
 
 def _has_projections(module: torch.nn.Module) -> bool:
@@ -203,7 +221,10 @@ def observe_norms_and_kind(ctx: DraftContext) -> None:
     norms = [
         (n, m)
         for n, m in obs.module(block).named_modules()
-        if is_norm(m) and not under(f"{block}.{n}", attn) and (mlp == block or not under(f"{block}.{n}", mlp))
+        if is_norm(m)
+        and not under(f"{block}.{n}", attn)
+        and (mlp == block or not under(f"{block}.{n}", mlp))
+        and not _never_called(ctx, f"{block}.{n}")
     ]
     roles: dict[str, str] = {}
     for name, _ in norms:

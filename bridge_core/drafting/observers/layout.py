@@ -120,6 +120,7 @@ def observe_positions(ctx: DraftContext) -> None:
             offset = _table_offset(module, out)
             ctx.draft.fields["pos_embed"] = {"kind": "learned", "path": name, "offset": offset}
             ctx.found["n_ctx_rows"] = module.weight.shape[0] - offset
+            _norm_after_positions(ctx, out)
             return
         buffered = _buffer_table(module, out)
         if buffered is not None:  # XGLM: a fixed `weights` buffer read at the position ids
@@ -159,6 +160,22 @@ def observe_positions(ctx: DraftContext) -> None:
             "positions outside a module",
             "the first block's input is the embedding plus something no module returned (a position table buffer?)",
         )
+
+
+def _norm_after_positions(ctx: DraftContext, pos: torch.Tensor) -> None:
+    """A norm outside the blocks reading token embedding + learned positions, whose output the first block
+    reads (TrOCR's `layernorm_embedding`): `embed.norm` with `norm_after_pos`."""
+    obs, embed = ctx.obs, ctx.draft.fields["embed"]
+    summed = None if ctx.found.get("embed_out") is None else ctx.found["embed_out"] + pos
+    if "norm" in embed or summed is None:
+        return
+    for name, module in ctx.model.named_modules():
+        feeds_blocks = same(obs.output(name), obs.input(ctx.block))
+        if is_norm(module) and not under(name, ctx.blocks) and same(obs.input(name), summed) and feeds_blocks:
+            embed["norm"] = {"path": name, "kind": norm_kind(module, summed, obs.output(name)) or "layernorm"}
+            embed["norm_after_pos"] = True
+            ctx.found["embed_norm"] = name
+            return
 
 
 def _buffer_table(module: nn.Module, out: torch.Tensor | None) -> int | None:

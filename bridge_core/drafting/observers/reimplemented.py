@@ -8,7 +8,11 @@ rotary positions the block receives, and which mask (the one the module is hande
 tried and kept only when the recomputation matches the module's own. What matched becomes one synthetic
 `AttentionCall` per block, so the attention observers read it as they read a probed call; the spec takes
 `block.attn.implementation: reimplement`. Nothing is guessed: a module that no candidate reproduces is
-reported with what was tried.
+reported with what was tried, and with the candidates the search leaves out that the observation points to
+(k/v projections narrower than q: grouped kv heads; a rotary pair not reproduced rotate-half: adjacent-pair
+rotary). A match is written with a `# NOTE:` of the search's limits (one unpadded input). An attention that
+returns its output bias separately for the block to add (GPT-NeoX Japanese's last layer) is the named gap
+`attention output bias returned separately`.
 """
 
 from __future__ import annotations
@@ -43,6 +47,46 @@ def synthesize_attention(ctx: DraftContext) -> str | None:
             return None
         tried.extend(f"{path}.{i}: {f}" for i, f in enumerate(found) if not isinstance(f, AttentionCall))
     return "; ".join(tried[:2]) if tried else "no block list with attention projections"
+
+
+LIMITS = (
+    "the candidates were found on one unpadded input; grouped kv heads (k/v narrower than q) and adjacent-pair "
+    "(interleaved) rotary are not among them"
+)
+
+
+def untried(widths: dict[str, int], width: int, rotary: bool) -> list[str]:
+    """Candidates the search leaves out that the observed module points to: projections narrower than the
+    attention width by a whole number of heads (grouped kv heads), and a rotary pair the block received that
+    rotate-half did not reproduce (adjacent pairs)."""
+    missed = []
+    narrow = sorted(n for n, w in widths.items() if w < width and width % w == 0)
+    if narrow:
+        missed.append(f"grouped kv heads were not tried ({narrow} narrower than {width})")
+    if rotary:
+        missed.append("adjacent-pair (interleaved) rotary was not tried (only rotate-half)")
+    return missed
+
+
+def separate_output_biases(ctx: DraftContext, attn: str) -> None:
+    """A gap for every block whose attention module returns one of its own 1-D parameters beside its output:
+    an output bias the block adds after the module returns (GPT-NeoX Japanese's `dense_bias`, last layer
+    only). hook_attn_out would miss it and the residual would not add up, so the draft says so."""
+    obs = ctx.obs
+    for i in range(len(ctx.obs.module(ctx.blocks))):
+        path = f"{ctx.blocks}.{i}.{attn}"
+        call = obs.first(path)
+        if call is None or not isinstance(call.output, (tuple, list)):
+            continue
+        own = [(n, p.detach()) for n, p in obs.module(path).named_parameters(recurse=False) if p.dim() == 1]
+        for index, item in enumerate(call.output[1:], start=1):  # the probe keeps detached copies: by value
+            name = next((n for n, p in own if isinstance(item, torch.Tensor) and same(item, p)), None)
+            if name is not None:
+                ctx.draft.gap(
+                    "attention output bias returned separately",
+                    f"{path} returns its parameter {name} as output {index}; the block adds it to the "
+                    "attention output (no spec field binds it into hook_attn_out)",
+                )
 
 
 def _attention_in(ctx: DraftContext, block: str) -> AttentionCall | str:
@@ -87,7 +131,10 @@ def _reproduce(
                             kwargs = {"scaling": scale}
                             output = target.reshape(b, s, heads, d)
                             return AttentionCall(module, rq, rk, v, kwargs, output, mask)
-    return f"no q/k/v split of {others}, head count, scale or mask reproduces what {o} reads"
+    widths = {n: t.shape[-1] for n in others if (t := obs.output(f"{path}.{n}")) is not None and t.dim() == 3}
+    missed = untried(widths, width, rotary is not None)
+    why = f"no q/k/v split of {others}, head count, scale or mask reproduces what {o} reads"
+    return why + (f" ({'; '.join(missed)})" if missed else "")
 
 
 def _head_counts(ctx: DraftContext, width: int) -> list[int]:
