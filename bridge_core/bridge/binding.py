@@ -8,6 +8,7 @@ result at the end (layout.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -427,9 +428,12 @@ class _Binder(SpecWalker):
         if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
             self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
                                  self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
+        token_scale = self.cfg.embed_scale if self.cfg is not None else 1.0  # a stack's own (BlenderbotSmall)
+        if embed_spec.scale is not None:
+            token_scale = self.attempt(self._scale, f"{at}embed.scale", embed_spec.scale)
         scale = None  # HF multiplies the embedding's output outside the module (Granite): hook_embed shows the product
-        if embed_spec.scale_at == "forward" and self.cfg is not None and self.cfg.embed_scale != 1:
-            scale = self.cfg.embed_scale
+        if embed_spec.scale_at == "forward" and token_scale is not None and token_scale != 1:
+            scale = token_scale
             # a norm on embeddings + positions reads the scaled embedding; otherwise HF's order is not declared
             if embed_spec.norm is not None and not embed_spec.norm_after_pos:
                 self.fail(spec_error("embed.scale_at 'forward' with an embedding norm before the positions is not "
@@ -440,7 +444,15 @@ class _Binder(SpecWalker):
         table = table or (None, None)
         return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
                           pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos,
-                          embed_scale=scale)  # fmt: skip
+                          embed_scale=scale, token_scale=token_scale if token_scale is not None else 1.0)  # fmt: skip
+
+    def _scale(self, field: str, value) -> float:
+        """A stack's embedding scale (`embed.scale`): a finite non-zero number."""
+        result = self.value(field, value)
+        if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result) or not result:
+            raise spec_error(f"evaluates to {result!r}; an embedding scale is a finite non-zero number",
+                             self.spec, self.spec_file, field)  # fmt: skip
+        return float(result)
 
     def _check_table(self, module: nn.Module, kind: Position, field: str) -> None:
         """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`). A module
@@ -480,7 +492,7 @@ class _Binder(SpecWalker):
             embed_norm=decoder.embed_norm,
             embed_project=embed_project[0] if embed_project else None,
             embed_spot=decoder.embed_spot(),
-            embed_scale=cfg.embed_scale if cfg else 1.0,
+            embed_scale=decoder.token_scale,
             position_kind=position_kind,
             pos_embed=decoder.pos_embed,
             pos_offset=decoder.pos_offset,

@@ -315,6 +315,7 @@ class BoundStack:
     pos_offset: int = 0
     norm_after_pos: bool = False  # the embedding norm takes embeddings + positions (BART)
     embed_scale: float | None = None  # HF multiplies the embedding's output outside the module (embed.scale_at)
+    token_scale: float = 1.0  # W_E rows times it are the stack's token embedding (config.embed_scale, embed.scale)
 
     def output(self) -> Spot:
         """The stack's output: its final norm's, or the last block's (BART has no final norm)."""
@@ -342,7 +343,7 @@ class BoundModel:
     embed_norm: BoundNorm | None
     embed_project: nn.Module | None
     embed_spot: Spot  # where hook_embed sits: the embedding's output, or its norm's
-    embed_scale: float
+    embed_scale: float  # the decoder's token_scale
     position_kind: PositionKind
     pos_embed: nn.Module | None
     pos_offset: int

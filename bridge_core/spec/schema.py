@@ -455,6 +455,12 @@ class EmbedSpec(StrictModel):
         "already scaled (Gemma); `forward` = the model's forward multiplies the module's output (Granite's "
         "embedding_multiplier). hook_embed is the scaled embedding either way; W_E is the raw table.",
     )
+    scale: ConfigValue = Field(
+        default=None,
+        description="This stack's own embedding scale, where the stacks of an encoder-decoder scale differently "
+        "(BlenderbotSmall's decoder never scales: `1`): a literal or an expression over the HF config; null: "
+        "`config.embed_scale`. W_E[tokens] times it is this stack's token embedding.",
+    )
 
 
 class PosEmbedSpec(StrictModel):

@@ -147,6 +147,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),
     "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
     "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
+    # the decoder of BlenderbotSmall never scales its embeddings; without `embed.scale: 1.0` it reads sqrt(d_model)
+    "blenderbot_small_decoder_scaled": ("embed", set(), "embed.scale"),
     "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
     # per-layer rotary and q/k norms after rotary (docs/decisions/0021-per-layer-rotary.md): SmolLM3's NoPE
     # layer rotated; HunYuan's after-rotary norms declared before; Gemma 3's before-rotary norms declared after
