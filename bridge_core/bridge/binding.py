@@ -375,10 +375,12 @@ class _Binder(SpecWalker):
             raise Missing
         return found
 
-    def score_bias(self, s: ScoreBiasSpec | None, field: str) -> BoundScoreBias | None:
+    def score_bias(
+        self, s: ScoreBiasSpec | None, field: str, root: nn.Module | None = None, prefix: str = ""
+    ) -> BoundScoreBias | None:
         if s is None:
             return None
-        table = self.attempt(self.resolve, self.model, s.path, f"{field}.path") if s.path else None
+        table = self.attempt(self.resolve, root or self.model, s.path, f"{field}.path", prefix) if s.path else None
         params = {k: self.attempt(self.value, f"{field}.params.{k}", v) for k, v in s.params.items()}
         return BoundScoreBias(
             self.kind(f"{field}.kind"), table[0] if table else None, table[1] if table else None, params
@@ -417,7 +419,10 @@ class _Binder(SpecWalker):
         found = self.attempt(self.blocks, s.blocks, s.block, f"{at}block", name, n_layers)
         final_name = {"encoder": "encoder_final_ln"}.get(name, "decoder_final_ln" if self.spec.encoder else "ln_final")
         ln = self.attempt(self.norm, self.model, s.ln_final, f"{at}ln_final", "", final_name, "unembed")
-        score_bias = self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
+        per_layer = s.score_bias is not None and s.score_bias.per_layer
+        score_bias = None if per_layer else self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
+        if per_layer and found is not None:  # UMT5: each block's self attention computes its own from its table
+            found = [self._own_score_bias(block, s.score_bias, f"{at}score_bias") for block in found]
         # an encoder-decoder's decoder names its embedding norm decoder.embed.ln; the encoder's is embed.ln
         norm_name = "decoder.embed.ln" if name == "decoder" and self.spec.encoder else "embed.ln"
         embed_norm = self.attempt(self.norm, self.model, embed_spec.norm, f"{at}embed.norm", "", norm_name, "embed")
@@ -453,6 +458,11 @@ class _Binder(SpecWalker):
             raise spec_error(f"evaluates to {result!r}; an embedding scale is a finite non-zero number",
                              self.spec, self.spec_file, field)  # fmt: skip
         return float(result)
+
+    def _own_score_bias(self, block: BoundBlock, s: ScoreBiasSpec, field: str) -> BoundBlock:
+        """`block` with its self attention's own score bias (`score_bias.per_layer`, path relative to the block)."""
+        bias = self.attempt(self.score_bias, s, field, block.module, f"{block.path}.")
+        return replace(block, attn=replace(block.attn, score_bias=bias)) if bias is not None else block
 
     def _check_table(self, module: nn.Module, kind: Position, field: str) -> None:
         """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`). A module

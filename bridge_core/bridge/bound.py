@@ -127,6 +127,7 @@ class BoundAttention:
     qk_norm_after_rotary: bool = False  # the q/k norms take the rotated q/k (HunYuan), not the projections
     rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
+    score_bias: BoundScoreBias | None = None  # this layer's own score bias (score_bias.per_layer: UMT5)
 
     @property
     def d_head_v(self) -> int | None:

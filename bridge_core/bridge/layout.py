@@ -123,6 +123,9 @@ class _Layout:
         norm_view = HeadsFirst() if attn.qk_norm_layout == "bhsd" else None  # flat: [b, s, h * d] as HF has it
         self.norm(attn.q_norm, f"{p}.q_norm", norm_view)
         self.norm(attn.k_norm, f"{p}.k_norm", norm_view)
+        bias = attn.score_bias  # a layer's own score bias (UMT5), computed after its projections
+        if bias is not None and bias.module is not None and bias.kind.hook_view is not None:
+            self.output(f"{p}.hook_rel_pos_bias", bias.module, bias.path, view=_FunctionView(bias.kind.hook_view))
         internal = ["rot_q", "rot_k", "scores", "pattern"] if rotary else ["scores", "pattern"]
         for which in internal:
             name = "hook_attn_scores" if which == "scores" else f"hook_{which}"

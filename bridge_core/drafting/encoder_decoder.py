@@ -291,7 +291,8 @@ def _call(ctx: DraftContext, enc: DraftContext, dec: DraftContext, encoder_out) 
         call["mask_kwarg"] = block_mask
     if attn_mask and attn_mask != (block_mask or "attention_mask"):
         call["attention_mask_kwarg"] = attn_mask
-    if "score_bias" in dec.draft.fields or "score_bias" in enc.draft.fields:
+    biases = [stack.draft.fields.get("score_bias") for stack in (enc, dec)]
+    if any(bias is not None and not bias.get("per_layer") for bias in biases):  # handed on from block 0 (T5)
         later = f"{dec.blocks}.1" if len(obs.module(dec.blocks)) > 1 else dec.block
         h = dec.found["n_heads"]
         name = block_param(obs.module(later), obs.first(later), lambda v: v.dim() == 4 and v.shape[1] == h)

@@ -551,6 +551,12 @@ class ScoreBiasSpec(StrictModel):
         description="What the kind needs, each a literal or an expression over the HF config, evaluated once at "
         "bind (t5_buckets: `bidirectional`, `num_buckets`, `max_distance`).",
     )
+    per_layer: bool = Field(
+        default=False,
+        description="Every block computes its own bias from its own table (UMT5), where T5 computes one in the first "
+        "block and hands it on: `path` is then relative to each block, and the hooks are per layer "
+        "(`{stack}.{i}.attn.hook_rel_pos_bias`, `blocks.{i}.attn.hook_rel_pos_bias`) instead of one per stack.",
+    )
 
 
 class StackSpec(StrictModel):

@@ -149,6 +149,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
     # the decoder of BlenderbotSmall never scales its embeddings; without `embed.scale: 1.0` it reads sqrt(d_model)
     "blenderbot_small_decoder_scaled": ("embed", set(), "embed.scale"),
+    # UMT5 read as T5: one bias per stack from block 0's table, where every layer has its own (score_bias.per_layer)
+    "umt5_one_bias_per_stack": ("rel_pos_bias", {"attention_semantics", "rel_pos_bias_edit"}, "score_bias"),
     "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
     # per-layer rotary and q/k norms after rotary (docs/decisions/0021-per-layer-rotary.md): SmolLM3's NoPE
     # layer rotated; HunYuan's after-rotary norms declared before; Gemma 3's before-rotary norms declared after
