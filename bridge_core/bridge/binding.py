@@ -444,6 +444,8 @@ class _Binder(SpecWalker):
                 self.fail(spec_error("embed.scale_at 'forward' with an embedding norm before the positions is not "
                                      "supported: the spec cannot say whether HF scales before or after the norm",
                                      self.spec, self.spec_file, f"{at}embed.scale_at"))  # fmt: skip
+        if ln is not None and embed_norm is not None and ln.module is embed_norm.module:
+            embed_norm, ln = self._two_roles(embed_norm, ln)
         if embed is None or found is None:
             raise Missing
         table = table or (None, None)
@@ -458,6 +460,16 @@ class _Binder(SpecWalker):
             raise spec_error(f"evaluates to {result!r}; an embedding scale is a finite non-zero number",
                              self.spec, self.spec_file, field)  # fmt: skip
         return float(result)
+
+    def _two_roles(self, embed_norm: BoundNorm, final: BoundNorm) -> tuple[BoundNorm, BoundNorm]:
+        """One norm module as embedding norm and final norm (NanoChat's `model.norm`): each role's hooks act on its
+        own calls. A norm holding parameters is refused: folding it into the unembedding would change both."""
+        held = [n for n, _ in embed_norm.module.named_parameters()]
+        if held:
+            self.fail(spec_error(f"'{final.path}' is named as embed.norm and ln_final, but holds parameters {held}: "
+                                 "one norm in two roles must hold none (processing folds the final norm's)",
+                                 self.spec, self.spec_file, final.field))  # fmt: skip
+        return replace(embed_norm, role="embed"), replace(final, role="final")
 
     def _own_score_bias(self, block: BoundBlock, s: ScoreBiasSpec, field: str) -> BoundBlock:
         """`block` with its self attention's own score bias (`score_bias.per_layer`, path relative to the block)."""

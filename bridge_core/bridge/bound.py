@@ -39,6 +39,7 @@ class Spot:
     kwarg: str = "hidden_states"
     in_place: bool = False  # HF holds this tensor twice (ln2's input is also the residual it adds back)
     scale: float | None = None  # the value is the tensor times this (docs/decisions/0013-multipliers.md)
+    role: str | None = None  # a module in two roles: "embed" or "final" calls only (places.Phase)
 
     def __repr__(self) -> str:
         at = f"[{self.index}]" if self.index not in (None, 0) else ""
@@ -64,6 +65,7 @@ class BoundNorm:
     name: str
     field: str
     feeds: str
+    role: str | None = None  # one module as embedding norm and final norm (NanoChat): "embed" or "final"
 
     def feeds_into(self, role: str) -> bool:
         """Whether this norm's output is the input of `role` (`attn`, `mlp`, ...), alone or shared."""
@@ -321,14 +323,14 @@ class BoundStack:
     def output(self) -> Spot:
         """The stack's output: its final norm's, or the last block's (BART has no final norm)."""
         if self.ln_final is not None:
-            return Spot(self.ln_final.module, self.ln_final.path)
+            return Spot(self.ln_final.module, self.ln_final.path, role=self.ln_final.role)
         last = self.blocks[-1]
         return Spot(last.module, last.path, index=last.output_index)
 
     def embed_spot(self) -> Spot:
         """Where the stack's hook_embed sits: the embedding's output, or its norm's (BLOOM)."""
         if self.embed_norm is not None and not self.norm_after_pos:
-            return Spot(self.embed_norm.module, self.embed_norm.path)
+            return Spot(self.embed_norm.module, self.embed_norm.path, role=self.embed_norm.role)
         return Spot(self.embed, self.embed_path, scale=self.embed_scale)
 
 

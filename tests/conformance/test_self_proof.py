@@ -142,6 +142,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
         {"embed", "hook_fire_counts", "layer_ranges", "norms", "unembed"},
         "block.attn",
     ),
+    # NanoChat's model.norm named in its embedding role only: the final role (ln_final, the same module) missing
+    "nanochat_no_final_role": ("layer_ranges", {"embed", "hook_fire_counts", "norms", "unembed"}, "ln_final"),
     # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
     "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
     "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),

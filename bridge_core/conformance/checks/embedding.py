@@ -159,7 +159,8 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
 )
 def unembed(ctx: CheckContext, m: Meter) -> None:
     bridge, bound = ctx.bridge, ctx.bound
-    final = ctx.hf_out(bound.ln_final.module) if bound.ln_final is not None else ctx.hf_out(bound.blocks[-1].module)
+    ln = bound.ln_final
+    final = ctx.hf_out(ln.module, role=ln.role) if ln is not None else ctx.hf_out(bound.blocks[-1].module)
     if bound.unembed_project is not None:
         final = ctx.hf_out(bound.unembed_project)
     if bound.unembed_pre_scale is not None:
