@@ -8,6 +8,7 @@ result at the end (layout.py).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -401,10 +402,12 @@ class _Binder(SpecWalker):
             raise Missing
         return found
 
-    def score_bias(self, s: ScoreBiasSpec | None, field: str) -> BoundScoreBias | None:
+    def score_bias(
+        self, s: ScoreBiasSpec | None, field: str, root: nn.Module | None = None, prefix: str = ""
+    ) -> BoundScoreBias | None:
         if s is None:
             return None
-        table = self.attempt(self.resolve, self.model, s.path, f"{field}.path") if s.path else None
+        table = self.attempt(self.resolve, root or self.model, s.path, f"{field}.path", prefix) if s.path else None
         params = {k: self.attempt(self.value, f"{field}.params.{k}", v) for k, v in s.params.items()}
         return BoundScoreBias(
             self.kind(f"{field}.kind"), table[0] if table else None, table[1] if table else None, params
@@ -443,7 +446,10 @@ class _Binder(SpecWalker):
         found = self.attempt(self.blocks, s.blocks, s.block, f"{at}block", name, n_layers)
         final_name = {"encoder": "encoder_final_ln"}.get(name, "decoder_final_ln" if self.spec.encoder else "ln_final")
         ln = self.attempt(self.norm, self.model, s.ln_final, f"{at}ln_final", "", final_name, "unembed")
-        score_bias = self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
+        per_layer = s.score_bias is not None and s.score_bias.per_layer
+        score_bias = None if per_layer else self.attempt(self.score_bias, s.score_bias, f"{at}score_bias")
+        if per_layer and found is not None:  # UMT5: each block's self attention computes its own from its table
+            found = [self._own_score_bias(block, s.score_bias, f"{at}score_bias") for block in found]
         # an encoder-decoder's decoder names its embedding norm decoder.embed.ln; the encoder's is embed.ln
         norm_name = "decoder.embed.ln" if name == "decoder" and self.spec.encoder else "embed.ln"
         embed_norm = self.attempt(self.norm, self.model, embed_spec.norm, f"{at}embed.norm", "", norm_name, "embed")
@@ -454,20 +460,48 @@ class _Binder(SpecWalker):
         if at and position_kind is not None and not position_kind.has_table:  # rotary encoders: not yet
             self.fail(spec_error(f"the encoder's positions must be a table kind, not '{position_kind.name}'",
                                  self.spec, self.spec_file, f"{at}pos_embed.kind"))  # fmt: skip
+        token_scale = self.cfg.embed_scale if self.cfg is not None else 1.0  # a stack's own (BlenderbotSmall)
+        if embed_spec.scale is not None:
+            token_scale = self.attempt(self._scale, f"{at}embed.scale", embed_spec.scale)
         scale = None  # HF multiplies the embedding's output outside the module (Granite): hook_embed shows the product
-        if embed_spec.scale_at == "forward" and self.cfg is not None and self.cfg.embed_scale != 1:
-            scale = self.cfg.embed_scale
+        if embed_spec.scale_at == "forward" and token_scale is not None and token_scale != 1:
+            scale = token_scale
             # a norm on embeddings + positions reads the scaled embedding; otherwise HF's order is not declared
             if embed_spec.norm is not None and not embed_spec.norm_after_pos:
                 self.fail(spec_error("embed.scale_at 'forward' with an embedding norm before the positions is not "
                                      "supported: the spec cannot say whether HF scales before or after the norm",
                                      self.spec, self.spec_file, f"{at}embed.scale_at"))  # fmt: skip
+        if ln is not None and embed_norm is not None and ln.module is embed_norm.module:
+            embed_norm, ln = self._two_roles(embed_norm, ln)
         if embed is None or found is None:
             raise Missing
         table = table or (None, None)
         return BoundStack(name, embed[0], embed[1], found, ln, score_bias, embed_norm, position_kind, *table,
                           pos_offset=pos.offset if pos else 0, norm_after_pos=embed_spec.norm_after_pos,
-                          embed_scale=scale)  # fmt: skip
+                          embed_scale=scale, token_scale=token_scale if token_scale is not None else 1.0)  # fmt: skip
+
+    def _scale(self, field: str, value) -> float:
+        """A stack's embedding scale (`embed.scale`): a finite non-zero number."""
+        result = self.value(field, value)
+        if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result) or not result:
+            raise spec_error(f"evaluates to {result!r}; an embedding scale is a finite non-zero number",
+                             self.spec, self.spec_file, field)  # fmt: skip
+        return float(result)
+
+    def _two_roles(self, embed_norm: BoundNorm, final: BoundNorm) -> tuple[BoundNorm, BoundNorm]:
+        """One norm module as embedding norm and final norm (NanoChat's `model.norm`): each role's hooks act on its
+        own calls. A norm holding parameters is refused: folding it into the unembedding would change both."""
+        held = [n for n, _ in embed_norm.module.named_parameters()]
+        if held:
+            self.fail(spec_error(f"'{final.path}' is named as embed.norm and ln_final, but holds parameters {held}: "
+                                 "one norm in two roles must hold none (processing folds the final norm's)",
+                                 self.spec, self.spec_file, final.field))  # fmt: skip
+        return replace(embed_norm, role="embed"), replace(final, role="final")
+
+    def _own_score_bias(self, block: BoundBlock, s: ScoreBiasSpec, field: str) -> BoundBlock:
+        """`block` with its self attention's own score bias (`score_bias.per_layer`, path relative to the block)."""
+        bias = self.attempt(self.score_bias, s, field, block.module, f"{block.path}.")
+        return replace(block, attn=replace(block.attn, score_bias=bias)) if bias is not None else block
 
     def _check_table(self, module: nn.Module, kind: Position, field: str) -> None:
         """A table kind reads its rows from one attribute of the module (`weight`; M2M100's `weights`). A module
@@ -507,7 +541,7 @@ class _Binder(SpecWalker):
             embed_norm=decoder.embed_norm,
             embed_project=embed_project[0] if embed_project else None,
             embed_spot=decoder.embed_spot(),
-            embed_scale=cfg.embed_scale if cfg else 1.0,
+            embed_scale=decoder.token_scale,
             position_kind=position_kind,
             pos_embed=decoder.pos_embed,
             pos_offset=decoder.pos_offset,

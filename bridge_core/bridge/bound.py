@@ -39,6 +39,7 @@ class Spot:
     kwarg: str = "hidden_states"
     in_place: bool = False  # HF holds this tensor twice (ln2's input is also the residual it adds back)
     scale: float | None = None  # the value is the tensor times this (docs/decisions/0013-multipliers.md)
+    role: str | None = None  # a module in two roles: "embed" or "final" calls only (places.Phase)
 
     def __repr__(self) -> str:
         at = f"[{self.index}]" if self.index not in (None, 0) else ""
@@ -64,6 +65,7 @@ class BoundNorm:
     name: str
     field: str
     feeds: str
+    role: str | None = None  # one module as embedding norm and final norm (NanoChat): "embed" or "final"
 
     def feeds_into(self, role: str) -> bool:
         """Whether this norm's output is the input of `role` (`attn`, `mlp`, ...), alone or shared."""
@@ -128,6 +130,7 @@ class BoundAttention:
     qk_norm_after_rotary: bool = False  # the q/k norms take the rotated q/k (HunYuan), not the projections
     rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
+    score_bias: BoundScoreBias | None = None  # this layer's own score bias (score_bias.per_layer: UMT5)
 
     @property
     def d_head_v(self) -> int | None:
@@ -323,18 +326,19 @@ class BoundStack:
     pos_offset: int = 0
     norm_after_pos: bool = False  # the embedding norm takes embeddings + positions (BART)
     embed_scale: float | None = None  # HF multiplies the embedding's output outside the module (embed.scale_at)
+    token_scale: float = 1.0  # W_E rows times it are the stack's token embedding (config.embed_scale, embed.scale)
 
     def output(self) -> Spot:
         """The stack's output: its final norm's, or the last block's (BART has no final norm)."""
         if self.ln_final is not None:
-            return Spot(self.ln_final.module, self.ln_final.path)
+            return Spot(self.ln_final.module, self.ln_final.path, role=self.ln_final.role)
         last = self.blocks[-1]
         return Spot(last.module, last.path, index=last.output_index)
 
     def embed_spot(self) -> Spot:
         """Where the stack's hook_embed sits: the embedding's output, or its norm's (BLOOM)."""
         if self.embed_norm is not None and not self.norm_after_pos:
-            return Spot(self.embed_norm.module, self.embed_norm.path)
+            return Spot(self.embed_norm.module, self.embed_norm.path, role=self.embed_norm.role)
         return Spot(self.embed, self.embed_path, scale=self.embed_scale)
 
 
@@ -350,7 +354,7 @@ class BoundModel:
     embed_norm: BoundNorm | None
     embed_project: nn.Module | None
     embed_spot: Spot  # where hook_embed sits: the embedding's output, or its norm's
-    embed_scale: float
+    embed_scale: float  # the decoder's token_scale
     position_kind: PositionKind
     pos_embed: nn.Module | None
     pos_offset: int

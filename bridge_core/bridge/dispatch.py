@@ -22,11 +22,12 @@ from ..errors import HookShapeError as HookShapeError  # imported from here by o
 from .attention import AttentionRoute, attention_routed
 from .hook_points import HookEntry, HookPoint
 from .hook_values import HookValueGuard, Watch
-from .module_hooks import _attention_hook, _ModuleHooks, _PointRun
+from .module_hooks import PhaseCell, _attention_hook, _ModuleHooks, _PointRun
 from .norm_values import DeferredNorms
 from .places import (
     AttentionValue,
     ModuleInput,
+    Phase,
     Scaled,
     ShapedView,
     TokenShape,
@@ -92,6 +93,12 @@ class _Plan:
                 hooks = self.modules[id(place.module)] = _ModuleHooks(place.module)
                 hooks.deferred = self.deferred
             (hooks.inputs if isinstance(place, ModuleInput) else hooks.outputs).append((place, run))
+        self.phases: dict[int, tuple[PhaseCell, Phase]] = {}  # one cell per module in two roles (places.Phase)
+        for hooks in self.modules.values():
+            phase = next((p.phase for p, _ in hooks.outputs + hooks.inputs if getattr(p, "phase", None)), None)
+            if phase is not None:
+                cell, _ = self.phases.setdefault(id(phase.starts), (PhaseCell(), phase))
+                hooks.phase = cell
         self.reimplement_runs: dict[int, ReimplementRun] = {}
         for key in [k for k in routes if k in reimplemented]:
             layer = reimplemented[key]
@@ -113,6 +120,9 @@ class _Plan:
         for run in self.reimplement_runs.values():
             out.append((run.layer.module, True, gated(self, run.pre_hook), False))
             out.append((run.layer.module, False, gated(self, run.post_hook), True))
+        for cell, phase in self.phases.values():  # which role a module in two roles plays on this call
+            out.append((phase.starts, True, gated(self, cell.before), False))
+            out.extend((block, True, gated(self, cell.after), False) for block in phase.blocks)
         for view in self.recorders.values():
             out.append((view.source, True, gated(self, _shape_recorder(view.cell)), False))
         for hooks in self.modules.values():
@@ -130,6 +140,8 @@ class _Plan:
             run.writes = False
         self.watched.clear()
         self.deferred.clear()
+        for cell, _ in self.phases.values():
+            cell.after_blocks = False
         if not entries:
             return
         for (run, forward), entry in zip(self.slots, entries, strict=True):

@@ -25,6 +25,7 @@ from .places import (
     ModuleInput,
     ModuleOutput,
     NormValue,
+    Phase,
     Scaled,
     SplitHeads,
     TokenShape,
@@ -39,6 +40,9 @@ def lay_out_points(bound: BoundModel, cfg: BridgeConfig, kinds: Kinds) -> dict[s
     models HookedEncoderDecoder's (`encoder.{i}.…`, `decoder.{i}.…`, `encoder_final_ln`, ...).
     """
     layout = _Layout(cfg)
+    # a norm in two roles (NanoChat): each role's places act on its own calls (the phase of the decoder's forward)
+    blocks = tuple(b.module for b in bound.blocks)
+    layout.phases = {role: Phase(role, bound.decoder.embed, blocks) for role in ("embed", "final")}
     encoder = bound.encoder
     if encoder is not None:
         layout.embedding(encoder, "")
@@ -64,6 +68,7 @@ class _Layout:
     def __init__(self, cfg: BridgeConfig) -> None:
         self.cfg = cfg
         self.points: dict[str, HookPoint] = {}
+        self.phases: dict[str, Phase] = {}
 
     def add(self, name: str, place) -> None:
         self.points[name] = HookPoint(name, place)
@@ -76,7 +81,8 @@ class _Layout:
         if spot.scale is not None:  # HF multiplies the tensor outside the module: show the product
             view = Scaled(spot.scale, view)
         if spot.side == "output":
-            self.output(name, spot.module, spot.path, index=spot.index, view=view)
+            phase = self.phases.get(spot.role) if spot.role else None
+            self.output(name, spot.module, spot.path, index=spot.index, view=view, phase=phase)
         else:
             self.add(
                 name, ModuleInput(spot.module, spot.path, arg=0, kwarg=spot.kwarg, in_place=spot.in_place, view=view)
@@ -86,9 +92,11 @@ class _Layout:
         if norm is None:
             return
         prefix = prefix or norm.name
+        phase = self.phases.get(norm.role) if norm.role else None
         for which in ("scale", "normalized"):
             self.add(
-                f"{prefix}.hook_{which}", NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view)
+                f"{prefix}.hook_{which}",
+                NormValue(norm.module, norm.path, which=which, kind=norm.kind, view=view, phase=phase),
             )
 
     def embedding(self, stack: BoundStack, prefix: str, project: nn.Module | None = None) -> None:
@@ -123,6 +131,9 @@ class _Layout:
         norm_view = HeadsFirst() if attn.qk_norm_layout == "bhsd" else None  # flat: [b, s, h * d] as HF has it
         self.norm(attn.q_norm, f"{p}.q_norm", norm_view)
         self.norm(attn.k_norm, f"{p}.k_norm", norm_view)
+        bias = attn.score_bias  # a layer's own score bias (UMT5), computed after its projections
+        if bias is not None and bias.module is not None and bias.kind.hook_view is not None:
+            self.output(f"{p}.hook_rel_pos_bias", bias.module, bias.path, view=_FunctionView(bias.kind.hook_view))
         internal = ["rot_q", "rot_k", "scores", "pattern"] if rotary else ["scores", "pattern"]
         for which in internal:
             name = "hook_attn_scores" if which == "scores" else f"hook_{which}"

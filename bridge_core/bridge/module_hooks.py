@@ -138,6 +138,20 @@ def _replace(output: Any, index: int | None, value: torch.Tensor) -> Any:
     return items if isinstance(output, list) else tuple(items)  # a list stays a list (OpenAI GPT)
 
 
+class PhaseCell:
+    """Whether this call's forward has run a block yet (`Phase`): set by pre-hooks on the token embedding (no) and
+    on every block (yes), reset when a plan is filled."""
+
+    def __init__(self) -> None:
+        self.after_blocks = False
+
+    def before(self, *args: Any) -> None:
+        self.after_blocks = False
+
+    def after(self, *args: Any) -> None:
+        self.after_blocks = True
+
+
 class _ModuleHooks:
     """Every active point placed on one module, in the order the points were bound."""
 
@@ -147,12 +161,20 @@ class _ModuleHooks:
         self.outputs: list[tuple[Place, _PointRun]] = []
         self.gate: ReimplementRun | None = None  # held back during a reimplemented module's original forward
         self.deferred: DeferredNorms | None = None  # the plan's norms computed after the forward (norm_values.py)
+        self.phase: PhaseCell | None = None  # set by the plan when a place here acts in one role only
+
+    def _acting(self, places: list) -> list:
+        """The places acting on this call: all, or those of the role the forward is in (a module in two roles)."""
+        if self.phase is None:
+            return places
+        after = self.phase.after_blocks
+        return [(p, r) for p, r in places if getattr(p, "phase", None) is None or (p.phase.role == "final") == after]
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict):
         if self.gate is not None and self.gate.original_running:
             return None
         changed = False
-        for place, run in self.inputs:
+        for place, run in self._acting(self.inputs):
             in_kwargs = place.kwarg in kwargs
             tensor = kwargs[place.kwarg] if in_kwargs else args[place.arg]
             replacement = _run_viewed(run, tensor, place.view)
@@ -174,14 +196,15 @@ class _ModuleHooks:
             return None
         changed = False
         norms_done = False
-        for place, run in self.outputs:
+        outputs = self._acting(self.outputs)
+        for place, run in outputs:
             if isinstance(place, NormValue):
                 # scale and normalized are one computation; it runs before any other point on
                 # this module (e.g. hook_attn_out on Gemma 2's post-attention norm) sees the output.
                 if norms_done:
                     continue
                 norms_done = True
-                runs = {p.which: r for p, r in self.outputs if isinstance(p, NormValue)}
+                runs = {p.which: r for p, r in outputs if isinstance(p, NormValue)}
                 new = self._norm(place, runs, args, kwargs, select_output(output, None))
                 if new is not None:
                     output, changed = _replace(output, None, new), True
@@ -195,7 +218,7 @@ class _ModuleHooks:
                 if new is not None:
                     output, changed = _replace(output, None, new.to(select_output(output, None).dtype)), True
             elif isinstance(place, MoEPlace):  # router probabilities; experts recomputed (moe.py)
-                new = moe_output(place, run, self.outputs, args, kwargs, output)
+                new = moe_output(place, run, outputs, args, kwargs, output)
                 if new is not None:
                     output, changed = new, True
         return output if changed else None

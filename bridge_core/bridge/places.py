@@ -208,11 +208,23 @@ class Place:
 
 
 @dataclass(frozen=True, eq=False)
+class Phase:
+    """Which calls of a module called in two roles a place acts on (NanoChat's one norm after the embedding and as
+    the final norm): `embed`, the calls after the token embedding `starts` ran and before any of `blocks` did;
+    `final`, the calls after a block ran (also a layer range that starts past the embedding)."""
+
+    role: Literal["embed", "final"]
+    starts: nn.Module
+    blocks: tuple[nn.Module, ...]
+
+
+@dataclass(frozen=True, eq=False)
 class ModuleOutput(Place):
     """A module's output (element `index` when it returns a tuple), shown through `view`."""
 
     index: int | None = None
     view: View | None = None
+    phase: Phase | None = None  # only the calls of one role (a module in two roles); None: every call
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,6 +248,7 @@ class NormValue(Place):
     which: Literal["scale", "normalized"] = "scale"
     kind: NormKind | None = None
     view: View | None = None
+    phase: Phase | None = None  # only the calls of one role (a norm in two roles); None: every call
 
 
 @dataclass(frozen=True, eq=False)

@@ -208,10 +208,13 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
         return {}
     if bound.encoder is not None:
         raise NotImplementedError("the reimplement attention path does not support cross attention yet")
-    score_bias = None
-    if bound.score_bias is not None:
-        bias = bound.score_bias
-        score_bias = functools.partial(bias.kind.compute, table=bias.module, n_heads=cfg.n_heads, params=bias.params)
+
+    def bias_of(block) -> Callable[..., torch.Tensor] | None:  # the layer's own (score_bias.per_layer), or the stack's
+        bias = block.attn.score_bias or bound.score_bias
+        if bias is None:
+            return None
+        return functools.partial(bias.kind.compute, table=bias.module, n_heads=cfg.n_heads, params=bias.params)
+
     rotary_dim = int(cfg.extra.get("rotary_dim") or cfg.d_head)
     position = bound.position_kind if bound.position_kind.rotates_qk else None
     out: dict[int, ReimplementedLayer] = {}
@@ -244,7 +247,7 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             sin_first=bound.rotary_sin_first,
             residual_kwarg=attn.residual_kwarg,
             residual_position=_position_of(attn.module, attn.residual_kwarg),
-            score_bias=score_bias,
+            score_bias=bias_of(block),
             read_mask=bound.call.mask_format.to_additive,
             own_causal_mask=attn.own_causal_mask,
             window=bound.call.windows[block.index] if block.stack == "decoder" else None,

@@ -42,6 +42,9 @@ class Recording:
     calls: dict[str, list[AttentionCall]] = field(default_factory=dict)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the last call of a module called more than once (a norm in two roles: its final call)
+    last_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_outputs: dict[str, torch.Tensor] = field(default_factory=dict)
     logits: torch.Tensor | None = None
 
     def call(self, module_name: str) -> AttentionCall | None:
@@ -136,10 +139,13 @@ def record(
 
 def _recorder(recording: Recording, name: str):
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if name not in recording.outputs:
-            x = _first_tensor(args, kwargs)
-            if x is not None:
-                recording.inputs[name] = x.detach().clone()
-            recording.outputs[name] = _main_output(output).detach().clone()
+        first = name not in recording.outputs
+        inputs, outputs = (
+            (recording.inputs, recording.outputs) if first else (recording.last_inputs, recording.last_outputs)
+        )
+        x = _first_tensor(args, kwargs)
+        if x is not None:
+            inputs[name] = x.detach().clone()
+        outputs[name] = _main_output(output).detach().clone()
 
     return hook

@@ -270,22 +270,29 @@ class CheckContext:
         """The copy's logits in the attention implementation it was loaded with."""
         return self.hf_logits()
 
-    def hf_in(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
-        """What HF passed `module` (its twin in the copy) on the reference forward."""
-        return self._recorded((recording or self.reference).inputs, module)
+    def hf_in(self, module: nn.Module, recording: Recording | None = None, role: str | None = None) -> torch.Tensor:
+        """What HF passed `module` (its twin in the copy) on the reference forward: on its first call, or on its last
+        for `role` "final" (a norm in two roles)."""
+        recording = recording or self.reference
+        return self._recorded(recording.inputs, module, recording.last_inputs if role == "final" else None)
 
     def hf_at(self, spot: Spot, recording: Recording | None = None) -> torch.Tensor:
         """HF's value at a spot the bound model located (a module's main output, or its hidden input), times the
         spot's scale where HF multiplies that tensor outside the module (Granite's residual multiplier)."""
-        tensor = self.hf_in(spot.module, recording) if spot.side == "input" else self.hf_out(spot.module, recording)
+        at = (spot.module, recording, spot.role)
+        tensor = self.hf_in(*at) if spot.side == "input" else self.hf_out(*at)
         return tensor if spot.scale is None else tensor * spot.scale
 
-    def hf_out(self, module: nn.Module, recording: Recording | None = None) -> torch.Tensor:
-        """What `module`'s twin in the copy returned on the reference forward (element 0 of a tuple)."""
-        return self._recorded((recording or self.reference).outputs, module)
+    def hf_out(self, module: nn.Module, recording: Recording | None = None, role: str | None = None) -> torch.Tensor:
+        """What `module`'s twin in the copy returned on the reference forward (element 0 of a tuple); on its last
+        call for `role` "final"."""
+        recording = recording or self.reference
+        return self._recorded(recording.outputs, module, recording.last_outputs if role == "final" else None)
 
-    def _recorded(self, table: dict[str, torch.Tensor], module: nn.Module) -> torch.Tensor:
+    def _recorded(self, table: dict[str, torch.Tensor], module: nn.Module, last: dict | None = None) -> torch.Tensor:
         name = self.name_of(module)
+        if last is not None and name in last:
+            table = last
         if name not in table:
             raise LookupError(f"HF never called '{name}' on a forward, so there is no tensor of it to compare")
         tensor = table[name]

@@ -157,6 +157,8 @@ def standard_names(ctx) -> list[str]:
         shared = b.ln1 is not None and b.ln1.feeds_into("mlp")
         rotates = rotary and layer.stack == "decoder"
         block_names = _block_names(layer.prefix, b.kind, b.mlp.w_gate is not None, b.cross is not None, rotates, shared)
+        if b.attn.score_bias is not None:  # a layer's own score bias (UMT5)
+            names.append(f"{layer.prefix}.attn.hook_rel_pos_bias")
         names += block_names if b.mlp.moe is None else moe_block_names(layer.prefix, b.mlp.moe, block_names)
     names += [f"{prefix}.{which}" for prefix, _, _ in ctx.final_norms() for which in ("hook_scale", "hook_normalized")]
     return [*names, "hook_unembed"]

@@ -132,6 +132,7 @@ def _conditional_scales(cls: type[nn.Module], overrides: dict[str, Any], notes: 
             if gap not in draft.gaps:
                 draft.gap(gap.item, f"with {key}={not value}: {gap.detail}")
         changed = False
+        model_scale = draft.fields["config"].get("embed_scale", 1.0)  # this branch's, before it turns conditional
         for where, field, default in (("config", "embed_scale", 1.0), ("unembed", "pre_scale", None)):
             ours, theirs = draft.fields[where].get(field, default), other.fields[where].get(field, default)
             if ours != theirs:
@@ -142,6 +143,12 @@ def _conditional_scales(cls: type[nn.Module], overrides: dict[str, Any], notes: 
             flipped = other.fields["embed"] if stack is draft.fields["embed"] else other.fields["encoder"]["embed"]
             if flipped.get("scale_at") == "forward":  # the module returns raw rows in both branches
                 stack["scale_at"] = "forward"
+            if "scale" in stack or "scale" in flipped:  # a stack's own scale: each branch's, else the model's
+                mine = stack.get("scale", model_scale)
+                its = flipped.get("scale", other.fields["config"].get("embed_scale", 1.0))
+                true, false = (mine, its) if value else (its, mine)
+                stack["scale"] = true if true == false else f"{true} if {key} else {false}"
+                changed = True
         if changed:
             variants[f"{key}_{str(not value).lower()}"] = {key: not value}
     if variants:
@@ -264,19 +271,28 @@ def _config(ctx: DraftContext, enc: DraftContext, dec: DraftContext) -> None:
     enc_scale = enc.draft.fields.get("config", {}).get("attn_scale")
     if enc_scale != cfg.get("attn_scale"):
         ctx.draft.gap("per-stack attention scale", f"encoder {enc_scale}, decoder {cfg.get('attn_scale')}")
-    enc_embed, scale = enc.found.get("embed_scale", 1.0), dec.found.get("embed_scale", 1.0)
-    if abs(enc_embed - scale) > 1e-4 * max(abs(scale), 1.0):  # observed ratios: float noise is no difference
-        ctx.draft.gap("per-stack embedding scale", f"the stacks scale their embeddings by {[enc_embed, scale]}")
-        scale = max(enc_embed, scale, key=lambda s: abs(s - 1.0))  # written, so a variant shows the stack it misses
+    enc_embed, dec_embed = enc.found.get("embed_scale", 1.0), dec.found.get("embed_scale", 1.0)
+    scale = max(enc_embed, dec_embed, key=lambda s: abs(s - 1.0))  # the model's scale: a stack that scales
     if abs(scale - 1.0) > 1e-6:
-        d_model = ctx.attr(ctx.obs.input(dec.block).shape[-1], ("d_model", "hidden_size"))
-        if d_model and abs(scale - ctx.obs.input(dec.block).shape[-1] ** 0.5) < 1e-4 * scale:
-            cfg["embed_scale"] = f"{d_model} ** 0.5"
-        else:
-            found = ctx.attr(scale, keyword=("scale", "mult"))
-            cfg["embed_scale"] = found or scale
-            if found is None:
-                ctx.draft.gap("embedding multiplier", f"embeddings scaled by {scale:.4g}, no config field holds it")
+        cfg["embed_scale"] = _scale_expression(ctx, dec, scale)
+    for stack, own in ((enc, enc_embed), (dec, dec_embed)):  # a stack scaling otherwise says so (BlenderbotSmall)
+        if abs(own - scale) > 1e-4 * max(abs(scale), 1.0):  # observed ratios: float noise is no difference
+            stack.draft.fields["embed"]["scale"] = _scale_expression(ctx, dec, own)
+
+
+def _scale_expression(ctx: DraftContext, dec: DraftContext, scale: float) -> str | float:
+    """An embedding scale as the config says it: `d_model ** 0.5`, a config field holding it, or the literal
+    (1.0 for a stack that does not scale; a gap for another number no field holds)."""
+    if abs(scale - 1.0) <= 1e-6:
+        return 1.0
+    width = ctx.obs.input(dec.block).shape[-1]
+    d_model = ctx.attr(width, ("d_model", "hidden_size"))
+    if d_model and abs(scale - width**0.5) < 1e-4 * scale:
+        return f"{d_model} ** 0.5"
+    found = ctx.attr(scale, keyword=("scale", "mult"))
+    if found is None:
+        ctx.draft.gap("embedding multiplier", f"embeddings scaled by {scale:.4g}, no config field holds it")
+    return found or scale
 
 
 def _call(ctx: DraftContext, enc: DraftContext, dec: DraftContext, encoder_out) -> None:
@@ -291,7 +307,8 @@ def _call(ctx: DraftContext, enc: DraftContext, dec: DraftContext, encoder_out) 
         call["mask_kwarg"] = block_mask
     if attn_mask and attn_mask != (block_mask or "attention_mask"):
         call["attention_mask_kwarg"] = attn_mask
-    if "score_bias" in dec.draft.fields or "score_bias" in enc.draft.fields:
+    biases = [stack.draft.fields.get("score_bias") for stack in (enc, dec)]
+    if any(bias is not None and not bias.get("per_layer") for bias in biases):  # handed on from block 0 (T5)
         later = f"{dec.blocks}.1" if len(obs.module(dec.blocks)) > 1 else dec.block
         h = dec.found["n_heads"]
         name = block_param(obs.module(later), obs.first(later), lambda v: v.dim() == 4 and v.shape[1] == h)

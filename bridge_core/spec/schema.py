@@ -517,6 +517,12 @@ class EmbedSpec(StrictModel):
         "already scaled (Gemma); `forward` = the model's forward multiplies the module's output (Granite's "
         "embedding_multiplier). hook_embed is the scaled embedding either way; W_E is the raw table.",
     )
+    scale: ConfigValue = Field(
+        default=None,
+        description="This stack's own embedding scale, where the stacks of an encoder-decoder scale differently "
+        "(BlenderbotSmall's decoder never scales: `1`): a literal or an expression over the HF config; null: "
+        "`config.embed_scale`. W_E[tokens] times it is this stack's token embedding.",
+    )
 
 
 class PosEmbedSpec(StrictModel):
@@ -606,6 +612,12 @@ class ScoreBiasSpec(StrictModel):
         default_factory=dict,
         description="What the kind needs, each a literal or an expression over the HF config, evaluated once at "
         "bind (t5_buckets: `bidirectional`, `num_buckets`, `max_distance`).",
+    )
+    per_layer: bool = Field(
+        default=False,
+        description="Every block computes its own bias from its own table (UMT5), where T5 computes one in the first "
+        "block and hands it on: `path` is then relative to each block, and the hooks are per layer "
+        "(`{stack}.{i}.attn.hook_rel_pos_bias`, `blocks.{i}.attn.hook_rel_pos_bias`) instead of one per stack.",
     )
 
 

@@ -142,11 +142,17 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
         {"embed", "hook_fire_counts", "layer_ranges", "norms", "unembed"},
         "block.attn",
     ),
+    # NanoChat's model.norm named in its embedding role only: the final role (ln_final, the same module) missing
+    "nanochat_no_final_role": ("layer_ranges", {"embed", "hook_fire_counts", "norms", "unembed"}, "ln_final"),
     # the BART family (issue 16): positions and an embedding norm per stack, post-norm cross blocks, final bias
     "bart_encoder_pos_offset": ("pos_embed", set(), "encoder.pos_embed.offset"),
     "bart_pre_norm": ("residual_stream", {"norm_roles", "delta_once"}, "block.kind"),
     "bart_no_final_logits_bias": ("unembed", {"config_fields"}, "unembed.bias"),
     "bart_embed_norm_before_pos": ("embed", {"pos_embed"}, "embed.norm_after_pos"),
+    # the decoder of BlenderbotSmall never scales its embeddings; without `embed.scale: 1.0` it reads sqrt(d_model)
+    "blenderbot_small_decoder_scaled": ("embed", set(), "embed.scale"),
+    # UMT5 read as T5: one bias per stack from block 0's table, where every layer has its own (score_bias.per_layer)
+    "umt5_one_bias_per_stack": ("rel_pos_bias", {"attention_semantics", "rel_pos_bias_edit"}, "score_bias"),
     "bart_cross_norm_is_ln1": ("norm_roles", {"residual_stream", "delta_once"}, "block.ln1.path"),
     # per-layer rotary and q/k norms after rotary (docs/decisions/0021-per-layer-rotary.md): SmolLM3's NoPE
     # layer rotated; HunYuan's after-rotary norms declared before; Gemma 3's before-rotary norms declared after

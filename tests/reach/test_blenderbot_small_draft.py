@@ -1,8 +1,8 @@
 """BlenderbotSmall's decoder normalizes the token embedding and adds positions after the norm
 (`embed.norm_after_pos: false` with an `embed.norm`); its encoder scales in the forward and normalizes
 embeddings + positions. The unedited draft says so and its bridge reproduces HF's own embedding path;
-a draft that puts the decoder norm after the position add fails pos_embed. The encoder-only embedding
-scale (scale_embedding: true) has no per-stack vocabulary yet: the draft names it as a gap."""
+a draft that puts the decoder norm after the position add fails pos_embed. Under scale_embedding only the
+encoder scales (HF's decoder never multiplies): the draft gives the decoder its own `embed.scale: 1.0`."""
 
 from __future__ import annotations
 
@@ -72,11 +72,34 @@ def test_a_decoder_norm_read_as_after_the_positions_fails_pos_embed():
     assert not report.ok
 
 
-def test_the_encoder_only_scale_is_a_named_gap_and_its_variant_fails_embed():
+def test_the_decoder_keeps_its_own_unit_scale_and_the_scaled_variant_passes_embed():
     draft = draft_model_type("blenderbot-small")
-    assert "per-stack embedding scale" in [g.item for g in draft.gaps], draft.gaps
+    assert not draft.gaps, draft.gaps
     fields = draft.fields
+    assert fields["embed"]["scale"] == 1.0  # the decoder's, in both branches of scale_embedding
+    assert "scale" not in fields["encoder"]["embed"]  # the encoder's is config.embed_scale
+    assert fields["config"]["n_kv_heads"] == "decoder_attention_heads"  # the decoder's heads, not the encoder's
     assert "scale_embedding_true" in fields["variants"]
+    report = run(Spec.model_validate(fields), checks=["embed", "pos_embed"], variant="scale_embedding_true")
+    assert report.ok, [r.explain() for r in report.failed()]
+
+
+def test_under_scale_embedding_each_stack_hook_embed_is_what_hf_adds():
+    fields = draft_model_type("blenderbot-small").fields
+    fields["test_config"] = {**fields["test_config"], "scale_embedding": True}
     spec = Spec.model_validate(fields)
-    report = run(spec, checks=["embed"], variant="scale_embedding_true")
-    assert not report.ok  # the decoder's rows are unscaled; cfg.embed_scale says sqrt(d_model)
+    model = loading.random_model(spec, seed=4, tiny=True)
+    perturb(model, 4)
+    hf = copy.deepcopy(model).eval()
+    bridge = Bridge.from_hf(model, spec)
+    generator = torch.Generator().manual_seed(6)
+    tokens = torch.randint(3, model.config.vocab_size, (2, SEQ), generator=generator)
+    decoder_tokens = torch.randint(3, model.config.vocab_size, (2, SEQ), generator=generator)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(tokens, decoder_input_ids=decoder_tokens)
+        enc, dec = hf.model.encoder, hf.model.decoder
+        encoder_rows = enc.embed_tokens.weight[tokens] * enc.embed_scale  # HF's own scale for the encoder
+        decoder_normed = dec.layernorm_embedding(dec.embed_tokens.weight[decoder_tokens])  # no scale at all
+    assert enc.embed_scale == model.config.d_model**0.5 == bridge.cfg.embed_scale
+    torch.testing.assert_close(cache["hook_embed"], encoder_rows, rtol=0, atol=1e-5)
+    torch.testing.assert_close(cache["decoder.hook_embed"], decoder_normed, rtol=0, atol=1e-5)

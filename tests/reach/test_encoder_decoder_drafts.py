@@ -134,17 +134,6 @@ def test_audio_encoder_decoders_are_out_of_scope(model_type, reason):
         draft_model_type(model_type)
 
 
-@pytest.mark.parametrize(
-    ("model_type", "gap"),
-    [
-        ("umt5", "per-layer score bias"),  # a bias table in every block; the vocabulary has one per stack
-    ],
-)
-def test_missing_vocabulary_is_a_named_gap(model_type, gap):
-    draft = draft_model_type(model_type)
-    assert gap in [g.item for g in draft.gaps], draft.gaps
-
-
 def test_attention_outside_the_interface_is_a_named_drafting_failure():
     """Pegasus-X's encoder computes its local/global attention in the module: no call reaches the probe."""
     with pytest.raises(DraftingError, match="AttentionInterface") as info:

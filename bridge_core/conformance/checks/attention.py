@@ -62,9 +62,12 @@ def score_scale(ctx: CheckContext) -> float:
 
 
 def stack_bias(ctx: CheckContext, cache, attention: Attention) -> torch.Tensor | None:
-    """The stack's relative position bias `[1, h, q, k]` from the cache (self attention only)."""
+    """The layer's (UMT5) or the stack's relative position bias `[1, h, q, k]` from the cache (self attention
+    only)."""
     if attention.cross:
         return None
+    if attention.bound.score_bias is not None:
+        return cache.get(f"{attention.prefix}.hook_rel_pos_bias")
     return cache.get(f"{attention.layer.stack}.hook_rel_pos_bias") if ctx.is_encoder_decoder else None
 
 

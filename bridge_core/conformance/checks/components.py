@@ -33,7 +33,7 @@ def norms(ctx: CheckContext, m: Meter) -> None:
         kind, module = norm.kind, norm.module
         module_eps = kind.eps(module)
         eps = module_eps if cfg.eps is None else float(cfg.eps)
-        x = ctx.hf_in(module)
+        x = ctx.hf_in(module, role=norm.role)  # a norm in two roles: the call of this role
         prepared = kind.prepare(x)
         scale = kind.scale(prepared, eps)
         normalized = prepared / scale
@@ -41,7 +41,8 @@ def norms(ctx: CheckContext, m: Meter) -> None:
         out = normalized if w is None else normalized * (w + kind.weight_offset)
         out = (out if b is None else out + b).to(x.dtype)
         field = "config.eps" if cfg.eps is not None and abs(eps - module_eps) > 0 else f"{spec_field}.kind"
-        m.compare(f"{name}: norm recomputed with cfg.eps={eps:g} vs HF norm output", out, ctx.hf_out(module), field)
+        hf_out = ctx.hf_out(module, role=norm.role)
+        m.compare(f"{name}: norm recomputed with cfg.eps={eps:g} vs HF norm output", out, hf_out, field)
         if f"{name}.hook_scale" in ctx.cache:
             if name in heads_first:
                 scale, normalized = scale.transpose(-3, -2), normalized.transpose(-3, -2)

@@ -27,14 +27,14 @@ def _stack_part(ctx: CheckContext, stack: BoundStack, name: str, tokens: torch.T
     token_part = summed - ctx.hf_out(stack.pos_embed) if _has_table(stack) else summed
     before_pos_norm = stack.embed_norm is not None and not stack.norm_after_pos
     scaled = ctx.hf_in(stack.embed_norm.module) if before_pos_norm else token_part
-    return (name, w_e, tokens, scaled, token_part)
+    return (name, w_e, tokens, scaled, token_part, stack.token_scale)
 
 
-def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(hook name, W_E, tokens, HF's scaled token embedding, HF's token part of the residual at block 0) of
-    each stack. With an embedding norm before the positions, the scaled embedding is the norm's input;
-    otherwise both are HF's embeddings plus positions (the residual at block 0, or the input of a norm
-    after the position add) minus what HF's position module added."""
+def _token_parts(ctx: CheckContext) -> list[tuple]:
+    """(hook name, W_E, tokens, HF's scaled token embedding, HF's token part of the residual at block 0, the
+    stack's embedding scale) of each stack. With an embedding norm before the positions, the scaled embedding
+    is the norm's input; otherwise both are HF's embeddings plus positions (the residual at block 0, or the input
+    of a norm after the position add) minus what HF's position module added."""
     bound, bridge = ctx.bound, ctx.bridge
     if bound.encoder is not None:
         return [
@@ -44,32 +44,32 @@ def _token_parts(ctx: CheckContext) -> list[tuple[str, torch.Tensor, torch.Tenso
     if bound.embed_project is not None:  # hook_embed is the narrow embedding HF feeds project_in (OPT-350m)
         token_part = _stack_part(ctx, bound.decoder, "hook_embed", ctx.tokens, bridge.W_E)[4]
         narrow = ctx.hf_in(bound.embed_project)
-        parts = [("hook_embed", bridge.W_E, ctx.tokens, narrow, narrow)]
-        return [*parts, ("hook_project_in", None, ctx.tokens, token_part, token_part)]
+        parts = [("hook_embed", bridge.W_E, ctx.tokens, narrow, narrow, bound.embed_scale)]
+        return [*parts, ("hook_project_in", None, ctx.tokens, token_part, token_part, bound.embed_scale)]
     return [_stack_part(ctx, bound.decoder, "hook_embed", ctx.tokens, bridge.W_E)]
 
 
 @check(
     "embed",
-    statement="W_E[tokens] * cfg.embed_scale equals HF's token embedding (before an embedding norm, if any) and "
+    statement="W_E[tokens] times the stack's embedding scale (config.embed_scale, or the stack's embed.scale) "
+    "equals HF's token embedding (before an embedding norm, if any) and "
     "hook_embed equals the token part of HF's residual at block 0 (of each stack); a norm after the position add "
     "(BART) takes embeddings + positions and its output is the first block's input",
     family="embedding",
     tolerance=1e-5,
 )
 def embed(ctx: CheckContext, m: Meter) -> None:
-    cfg = ctx.bridge.cfg
-    for name, w_e, tokens, scaled, token_part in _token_parts(ctx):
+    for name, w_e, tokens, scaled, token_part, scale in _token_parts(ctx):
         if w_e is None:  # a projection of the embedding: only its hook is compared
             m.compare(
                 f"{name} vs HF's residual at block 0 (minus positions)", ctx.cache[name], token_part, "embed.project"
             )
             continue
         m.compare(
-            f"{name}: W_E[tokens] * cfg.embed_scale vs HF's token embedding",
-            w_e[tokens] * cfg.embed_scale,
+            f"{name}: W_E[tokens] * embedding scale ({scale:.4g}) vs HF's token embedding",
+            w_e[tokens] * scale,
             scaled,
-            "embed.path / config.embed_scale / embed.norm_after_pos",
+            "embed.path / config.embed_scale / embed.scale / embed.norm_after_pos",
         )
         m.compare(
             f"{name} vs HF's residual at block 0 (minus positions)",
@@ -159,7 +159,8 @@ def pos_embed(ctx: CheckContext, m: Meter) -> None:
 )
 def unembed(ctx: CheckContext, m: Meter) -> None:
     bridge, bound = ctx.bridge, ctx.bound
-    final = ctx.hf_out(bound.ln_final.module) if bound.ln_final is not None else ctx.hf_out(bound.blocks[-1].module)
+    ln = bound.ln_final
+    final = ctx.hf_out(ln.module, role=ln.role) if ln is not None else ctx.hf_out(bound.blocks[-1].module)
     if bound.unembed_project is not None:
         final = ctx.hf_out(bound.unembed_project)
     if bound.unembed_pre_scale is not None:

@@ -117,7 +117,7 @@ def norm_roles(ctx: CheckContext, m: Meter) -> None:
         norm = stack.ln_final
         if norm is None:
             continue
-        out = ctx.hf_out(norm.module)
+        out = ctx.hf_out(norm.module, role=norm.role)
         if stack.name == "encoder":
             cross = next((b.cross for b in bound.blocks if b.cross is not None), None)
             if cross is None:

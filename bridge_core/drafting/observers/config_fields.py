@@ -47,6 +47,8 @@ def observe_config(ctx: DraftContext) -> None:
             ctx.draft.gap("config", f"{key} was not observed")
             continue
         name = ctx.attr(value, _PREFER[key], _KEYWORDS.get(key, ()))
+        if key == "n_kv_heads" and name not in (*_PREFER[key], None) and "kv" not in name and "key_value" not in name:
+            name = None  # a head count matched by keyword only (BlenderbotSmall's encoder_attention_heads): derived
         if name is not None:
             cfg[key] = _or_fallback(ctx, key, name, cfg)
         else:

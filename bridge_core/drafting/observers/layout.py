@@ -276,18 +276,27 @@ def _same_pair(a, b) -> bool:
 
 
 def _norm_in_two_roles(ctx: DraftContext, head_in: torch.Tensor | None) -> None:
-    """One norm module called as the embedding norm and again as the final norm (NanoChat's `model.norm`): a
-    hook on a module fires on every call, so `embed.ln` and `ln_final` hooks could not tell the two apart."""
+    """One norm module called as the embedding norm and again as the final norm (NanoChat's `model.norm`): the
+    same path in `embed.norm` and `ln_final`, each role's hooks on its own calls (decision 0024). A norm holding
+    parameters in two roles is a gap (binding refuses it: folding the final norm would change the other)."""
     name = ctx.found.get("embed_norm")
     calls = ctx.obs.calls.get(name, []) if name else []
     if "ln_final" in ctx.draft.fields or len(calls) < 2:
         return
-    if any(same(c.output, head_in) for c in calls[1:]):
+    last = next((c for c in reversed(calls[1:]) if same(c.output, head_in)), None)
+    if last is None:
+        return
+    module = ctx.obs.module(name)
+    if any(True for _ in module.parameters()):
         ctx.draft.gap(
             "one norm module in two roles",
-            f"{name} is called {len(calls)} times in one forward: as the embedding norm (embed.norm) and again as "
-            "the final norm (ln_final); the spec language binds one role per module, so its hooks would fire twice",
+            f"{name} holds parameters and is called {len(calls)} times in one forward: as the embedding norm and "
+            "again as the final norm; a norm in two roles must hold none",
         )
+        return
+    ctx.draft.fields["ln_final"] = {"path": name, "kind": ctx.draft.fields["embed"]["norm"]["kind"]}  # one module
+    ctx.found["ln_final"] = name
+    ctx.draft.note(f"ln_final: {name} is also the embedding norm (called {len(calls)} times, the last as final norm)")
 
 
 def _table_offset(module: nn.Embedding, out: torch.Tensor) -> int:

@@ -4,7 +4,8 @@ The bias is a 4-D float tensor `[1 or b, heads, q, k]` HF hands the attention fu
 table is an embedding in the stack's first block with one column per head. The registered score-bias kinds
 are then tried with parameters read from the config (`num_buckets` the table's rows, `max_distance` any
 integer field that reproduces the bias, `bidirectional` whether the stack's queries see later keys); the one
-whose bias equals what HF passed, on the entries the mask leaves visible, is written. The test config
+whose bias equals what HF passed, on the entries the mask leaves visible, is written. A table in every block
+(UMT5: each layer computes its own bias) is `per_layer: true`, its path relative to the block. The test config
 shrinks the buckets (8, max distance 12) so the log-spaced buckets are reached by short sequences.
 """
 
@@ -45,9 +46,15 @@ def observe_score_bias(ctx: DraftContext) -> dict | None:
     if not tables:
         ctx.draft.gap("score bias", f"{ctx.blocks}'s attention is given a bias from no table with one column per head")
         return None
-    if any(not under(n, ctx.block) for n, _ in tables):
-        ctx.draft.gap("per-layer score bias", f"blocks of {ctx.blocks} have their own bias tables (one per stack)")
     path, table = tables[0]
+    per_layer = any(not under(n, ctx.block) for n, _ in tables)  # a table in every block (UMT5), not T5's first
+    if per_layer:
+        n_blocks = len(ctx.obs.module(ctx.blocks))
+        owners = {n[len(ctx.blocks) + 1 :].split(".", 1)[0] for n, _ in tables}
+        if not path.startswith(ctx.block + ".") or len(owners) != n_blocks:
+            where = f"bias tables in {len(owners)} of the {n_blocks} blocks of {ctx.blocks}"
+            ctx.draft.gap("per-layer score bias", where)
+            return None
     visible = bias[0] > _VISIBLE  # [h, q, k]
     q_len, k_len = bias.shape[-2:]
     later = torch.ones(q_len, k_len, dtype=torch.bool).triu(1)
@@ -75,10 +82,11 @@ def observe_score_bias(ctx: DraftContext) -> dict | None:
                     f"score_bias.params.max_distance: '{distance_name}' is the first integer field that reproduces "
                     "the observed bias"
                 )
-                return {
+                found = {
                     "kind": kind.name,
-                    "path": path,
+                    "path": ctx.relative(path, ctx.block) if per_layer else path,
                     "params": {"bidirectional": bidirectional, "num_buckets": buckets, "max_distance": distance_name},
                 }
+                return {**found, "per_layer": True} if per_layer else found
     ctx.draft.gap("score bias kind", f"no registered score-bias kind reproduces the bias {path} gives {ctx.blocks}")
     return None
