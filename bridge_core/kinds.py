@@ -450,6 +450,8 @@ def additive_mask(
     window: int | None = None,
 ) -> torch.Tensor:
     """`[b, 1, q, k]` additive mask: 0 where attended, dtype-min elsewhere (queries are the last q keys)."""
+    import torch
+
     q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
     allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
