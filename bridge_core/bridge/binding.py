@@ -99,6 +99,7 @@ class _Binder(SpecWalker):
         o = self.attempt(self.resolve, module, a.o, f"{field}.o", inner)
         q_norm = self.attempt(self.norm, module, a.q_norm, f"{field}.q_norm", inner, "q_norm", "q")
         k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
+        o_norm = self.attempt(self.norm, module, a.o_norm, f"{field}.o_norm", inner, "o_norm", "o")
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
         rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
         sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
@@ -132,6 +133,7 @@ class _Binder(SpecWalker):
             qk_norm_after_rotary=a.qk_norm_at == "after_rotary",
             rotary=rotary,
             latent=latent,
+            o_norm=o_norm,
         )
 
     def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:
@@ -162,6 +164,7 @@ class _Binder(SpecWalker):
         if w_in is None or w_out is None or (gated and w_gate is None) or act is None:
             raise Missing
         own = module is not block  # OPT's MLP lives in the block itself: its input is fc1's
+        out_norm = self.attempt(self.norm, module, m.out_norm, f"{field}.mlp.out_norm", inner, "out_norm", "out")
         return BoundMLP(
             module=module,
             path=path,
@@ -174,6 +177,7 @@ class _Binder(SpecWalker):
             act_field=act_field,
             flat_tokens=m.flat_tokens,
             input=Spot(module, path, "input") if own else Spot(w_in[0], w_in[1], "input"),
+            out_norm=out_norm,
         )
 
     def fused_gate_up_mlp(

@@ -127,6 +127,7 @@ class BoundAttention:
     qk_norm_after_rotary: bool = False  # the q/k norms take the rotated q/k (HunYuan), not the projections
     rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
+    o_norm: BoundNorm | None = None  # normalizes the whole attention output before `o` (BitNet): hook_z is its input
 
     @property
     def d_head_v(self) -> int | None:
@@ -213,6 +214,7 @@ class BoundMLP:
     # half out of its output, weight and bias (`gate`, `in`); None for separate projections
     gate_up_views: Mapping[str, View] | None = None
     gate_up_order: str | None = None  # gate_up | up_gate
+    out_norm: BoundNorm | None = None  # normalizes the activations before `w_out` (BitNet): hook_post is its input
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,12 @@ class AttentionSpec(StrictModel):
     )
     qkv: QKVSpec = Field(description="How queries, keys and values are projected (fused or separate).")
     o: ModulePath = Field(description="Output projection, relative to the attention module.")
+    o_norm: NormSpec | None = Field(
+        default=None,
+        description="A norm over the whole attention output (all heads together) before the output projection "
+        "(BitNet's `attn_sub_norm`), relative to the attention module: `hook_z` is its input, `hook_result` the "
+        "output projection of its output per head.",
+    )
     implementation: Literal["interface", "reimplement"] = Field(
         default="interface",
         description="`interface`: the module dispatches through transformers' AttentionInterface; "
@@ -312,6 +318,11 @@ class MLPSpec(StrictModel):
         "hook_pre / hook_pre_linear are its two halves, W_gate / W_in views of its weight.",
     )
     out: ModulePath | None = Field(description="Output projection; optional for kind `moe`.")
+    out_norm: NormSpec | None = Field(
+        default=None,
+        description="A norm over the activations before the output projection (BitNet's `ffn_sub_norm`), relative "
+        "to the MLP: `hook_post` is its input.",
+    )
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )

@@ -164,6 +164,10 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "hyperclovax_post_norms_swapped": ("norm_roles", {"residual_stream", "delta_once"}, "ln1_post.path"),
     # a fused projection whose q and k pass LayerNorms before rotary (Persimmon): hook_q/k are the norms' inputs
     "persimmon_fused_order_qkv": ("qkv_recompute", {"attention_paths_agree", "qk_norm_layout"}, "block.attn.qkv"),
+    # BitNet's sub-norms before the output projections (decision 0026), left out of its draft: hook_z / hook_post
+    # would be the norms' outputs, not what attention and the activation computed
+    "bitnet_no_o_norm": ("attn_output", {"attention_paths_agree"}, "block.attn.o_norm"),
+    "bitnet_no_out_norm": ("mlp", set(), "block.mlp.out_norm"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

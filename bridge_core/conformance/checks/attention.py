@@ -10,7 +10,7 @@ import torch
 from ..capture import AttentionCall
 from ..catalogue import Meter, Skip, check
 from ..context import Attention, CheckContext
-from .latent import latent_qkv
+from .latent import latent_qkv, norm_by_kind
 
 HEADS = "config.n_heads / config.d_head"
 
@@ -253,7 +253,8 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
 
 @check(
     "attn_output",
-    statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O, Σ_h hook_result + b_O and "
+    statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O (o_norm(z)·W_O + b_O where "
+    "the spec has an o_norm), Σ_h hook_result + b_O and "
     "hook_attn_out (hook_cross_attn_out) equal the attention module's output (hook_attn_out × cfg.residual_multiplier)",
     family="attention",
     tolerance=1e-5,
@@ -263,11 +264,15 @@ def attn_output(ctx: CheckContext, m: Meter) -> None:
         call = _call(ctx, attention)
         p = attention.prefix
         z = ctx.cache[f"{p}.hook_z"]
-        m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, HEADS)
+        m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, f"{HEADS} / block.attn.o_norm")
         hf_out = ctx.hf_out(attention.bound.o)
         weights = attention.weights
+        o_norm = attention.bound.o_norm
+        if o_norm is not None:  # BitNet: the sub-norm (by its kind) over all heads' z comes before W_O
+            z = norm_by_kind(o_norm, z.flatten(-2)).unflatten(-1, z.shape[-2:])
         recomposed = torch.einsum("bshd,hdm->bsm", z, weights.W_O) + weights.b_O
-        m.compare(f"{p}: hook_z·W_O + b_O vs HF's output projection", recomposed, hf_out, "block.attn.o / layout")
+        label = f"{p}: {'o_norm(hook_z)' if o_norm is not None else 'hook_z'}·W_O + b_O vs HF's output projection"
+        m.compare(label, recomposed, hf_out, "block.attn.o / o_norm / layout")
         summed = ctx.cache[f"{p}.hook_result"].sum(-2) + weights.b_O
         m.compare(f"{p}: Σ_h hook_result + b_O vs HF's output projection", summed, hf_out, "block.attn.o")
         m.compare(

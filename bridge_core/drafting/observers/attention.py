@@ -76,9 +76,14 @@ def observe_attention(ctx: DraftContext) -> None:
     o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
     sub = None if o is not None else _sub_norm(ctx, path, o_in, [n for n, _ in linears])
-    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj
+    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj (block.attn.o_norm)
         o = sub[1]
-        ctx.draft.gap("norm before the output projection", f"{path}.{sub[0]} normalizes the attention output for {o}")
+        module = obs.module(f"{path}.{sub[0]}")
+        kind = norm_kind(module, o_in, obs.output(f"{path}.{sub[0]}"))
+        if kind is None:
+            ctx.draft.gap("norm kind", f"{path}.{sub[0]} (before the output projection) is no registered kind")
+        else:
+            spec["o_norm"] = {"path": sub[0], "kind": kind}
     elif o is None:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
     spec["o"] = o or "FILL_ME"
