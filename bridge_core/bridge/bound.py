@@ -171,6 +171,7 @@ class BoundMoE:
     gate_up: str  # fused parameter names
     down: str
     gate_first: bool
+    expert_layout: str  # fused storage: linear ([E, out, in]) | conv1d ([E, in, out], Aria)
     expert_modules: tuple[tuple[nn.Module, nn.Module, nn.Module], ...]  # modules storage: (in, gate, out) each
     n_experts: int
     top_k: int

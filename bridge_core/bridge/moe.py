@@ -111,10 +111,12 @@ def expert_weights(moe: BoundMoE, e: int) -> tuple[torch.Tensor, torch.Tensor, t
     if moe.storage == "modules":
         w_in, w_gate, w_out = moe.expert_modules[e]
         return w_gate.weight, w_in.weight, w_out.weight
-    gate_up = getattr(moe.experts, moe.gate_up)[e]
+    gate_up, down = getattr(moe.experts, moe.gate_up)[e], getattr(moe.experts, moe.down)[e]
+    if moe.expert_layout == "conv1d":  # stored [in, out] (Aria): transposed views
+        gate_up, down = gate_up.t(), down.t()
     first, second = gate_up.chunk(2, dim=0)
     gate, up = (first, second) if moe.gate_first else (second, first)
-    return gate, up, getattr(moe.experts, moe.down)[e]
+    return gate, up, down
 
 
 def _experts_inputs(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

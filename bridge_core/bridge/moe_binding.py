@@ -87,6 +87,7 @@ def bind_moe(walker: SpecWalker, module: nn.Module, path: str, m: MLPSpec, field
             gate_up=e.gate_up,
             down=e.down,
             gate_first=e.gate_first,
+            expert_layout=e.expert_layout,
             expert_modules=expert_modules,
             n_experts=n_experts,
             top_k=top_k,
@@ -148,6 +149,7 @@ def _experts(walker: SpecWalker, experts: tuple[nn.Module, str], e, at: str, n_e
                     )
                 )
                 raise Missing
+        _expert_layout(walker, module, path, e, at)
         return ()
     if not isinstance(module, nn.ModuleList) or len(module) != n_experts:
         walker.fail(
@@ -233,3 +235,23 @@ def _grouping(walker: SpecWalker, e, at: str, n_experts: Any) -> tuple[bool, int
         message = f"noaux_tc ranks groups by their best two experts; n_group {n_group} leaves fewer per group"
         raise spec_error(message, walker.spec, None, f"{at}.n_group")
     return True, n_group, topk_group, "top2_sum" if selection == "noaux_tc" else "max"
+
+
+def _expert_layout(walker: SpecWalker, module: nn.Module, path: str, e, at: str) -> None:
+    """Fused experts stored as the spec's `expert_layout` says: [E, 2m, d] and [E, d, m] (linear) or transposed."""
+    gate_up, down = getattr(module, e.gate_up).shape, getattr(module, e.down).shape
+    d = walker.cfg.d_model if walker.cfg else (down[1] if e.expert_layout == "linear" else down[2])
+    if e.expert_layout == "linear":
+        fits, want = gate_up[1] == 2 * down[2] and gate_up[2] == d == down[1], "[E, 2*d_mlp, d] and [E, d, d_mlp]"
+    else:
+        fits, want = gate_up[2] == 2 * down[1] and gate_up[1] == d == down[2], "[E, d, 2*d_mlp] and [E, d_mlp, d]"
+    if not fits:
+        walker.fail(
+            BindError(
+                f"the experts' '{e.gate_up}' {tuple(gate_up)} and '{e.down}' {tuple(down)} are not the "
+                f"{e.expert_layout} layout {want} (d = {d})",
+                spec_path=f"{at}.expert_layout",
+                module_path=f"{path}.{e.gate_up}",
+            )
+        )
+        raise Missing

@@ -223,6 +223,12 @@ class MoESpec(StrictModel):
     gate_first: bool = Field(
         default=True, description="Fused storage: the gate half comes first along dim 1 of `gate_up` (else up)."
     )
+    expert_layout: Literal["linear", "conv1d"] = Field(
+        default="linear",
+        description="Fused storage: each expert's matrices as `linear` [out, in] (`gate_up` [n_experts, 2*d_mlp, d], "
+        "`down` [n_experts, d, d_mlp]) or `conv1d` [in, out] (`[n_experts, d, 2*d_mlp]`, `[n_experts, d_mlp, d]`: "
+        "Aria, HF's transposed experts).",
+    )
     expert_in: ModulePath = Field(default="up_proj", description="Modules storage: each expert's up projection.")
     expert_gate: ModulePath = Field(default="gate_proj", description="Modules storage: each expert's gate projection.")
     expert_out: ModulePath = Field(default="down_proj", description="Modules storage: each expert's down projection.")

@@ -168,6 +168,8 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     # would be the norms' outputs, not what attention and the activation computed
     "bitnet_no_o_norm": ("attn_output", {"attention_paths_agree"}, "block.attn.o_norm"),
     "bitnet_no_out_norm": ("mlp", set(), "block.mlp.out_norm"),
+    # Aria's fused experts stored [in, out] (moe.expert_layout: conv1d), left out: the shapes cannot be [out, in]
+    "aria_text_experts_not_transposed": ("bind", set(), "block.mlp.moe.expert_layout"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

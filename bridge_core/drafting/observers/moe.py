@@ -63,19 +63,26 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     if len(params) != 2:
         ctx.draft.gap("MoE expert modules", f"{path}.{experts} keeps no fused 3-D gate|up and down parameters")
         return None
-    (a, pa), (b, pb) = params.items()
-    gate_up, down = (a, b) if pa.shape[1] == 2 * pb.shape[2] else (b, a)
-    w_gu, w_down = params[gate_up].detach(), params[down].detach()
-    n_experts, d_mlp = w_gu.shape[0], w_down.shape[2]
     hidden, index, weights = (t for t in [*call.args, *call.kwargs.values()] if isinstance(t, torch.Tensor))
     d = hidden.shape[-1]
-    if w_gu.shape[1:] != (2 * d_mlp, d) or w_down.shape[1:] != (d, d_mlp):
-        shapes = [tuple(w_gu.shape), tuple(w_down.shape)]
-        ctx.draft.gap("MoE expert storage", f"{path}.{experts} stores {shapes}, not [E, 2*d_mlp, d] and [E, d, d_mlp]")
+    found = _fused_layout(params, d)
+    if found is None:
+        shapes = [tuple(p.shape) for p in params.values()]
+        ctx.draft.gap(
+            "MoE expert storage",
+            f"{path}.{experts} stores {shapes}, neither [E, 2*d_mlp, d] and [E, d, d_mlp] nor their transposes",
+        )
         return None
+    gate_up, down, expert_layout = found
+    w_gu, w_down = params[gate_up].detach(), params[down].detach()
+    if expert_layout == "conv1d":  # Aria stores each expert [in, out]: read in Linear orientation
+        w_gu, w_down = w_gu.transpose(1, 2), w_down.transpose(1, 2)
+    n_experts, d_mlp = w_gu.shape[0], w_down.shape[2]
     top_k = index.shape[-1]
     moe: dict[str, Any] = {"router": "FILL_ME", "experts": experts, "storage": "fused", "gate_up": gate_up}
     moe["down"] = down
+    if expert_layout != "linear":
+        moe["expert_layout"] = expert_layout
     gate_first = _gate_first(ctx, w_gu, w_down, hidden, index, weights, call.output)
     if gate_first is None:
         ctx.draft.gap("MoE expert wiring", f"no activation and gate|up order reproduces {path}.{experts}'s output")
@@ -97,6 +104,18 @@ def observe_moe(ctx: DraftContext, path: str, spec: dict) -> dict | None:
     spec.update(kind="moe", layout="linear", moe=moe)
     spec.pop("flat_tokens", None)
     return _shared(ctx, path, moe, {experts, moe["router"]})
+
+
+def _fused_layout(params: dict[str, torch.Tensor], d: int) -> tuple[str, str, str] | None:
+    """(gate_up, down, expert_layout) of two fused 3-D expert parameters: [E, 2m, d] and [E, d, m] (`linear`) or
+    [E, d, 2m] and [E, m, d] (`conv1d`, Aria)."""
+    (a, pa), (b, pb) = params.items()
+    for gu, dn, g, w in ((a, b, pa, pb), (b, a, pb, pa)):
+        if g.shape[2] == d == w.shape[1] and g.shape[1] == 2 * w.shape[2]:
+            return gu, dn, "linear"
+        if g.shape[1] == d == w.shape[2] and g.shape[2] == 2 * w.shape[1]:
+            return gu, dn, "conv1d"
+    return None
 
 
 def _post_norm(ctx: DraftContext, path: str, rel: str) -> None:
