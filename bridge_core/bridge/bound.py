@@ -101,6 +101,23 @@ class BoundLatent:
 
 
 @dataclass(frozen=True)
+class BoundOutGate:
+    """`z * act(module(x))` before the output projection, `x` the attention module's hidden input (AFMoE)."""
+
+    module: nn.Module
+    path: str
+    act: ActivationFunction
+    per_head: bool  # the gate is [.., n_heads]: one value per head, else one per element of z
+
+    def apply(self, z: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The gated attention output `[b, s, h * d]` from `z` `[b, s, h * d]` and the gate module's output."""
+        scale = self.act(gate).to(z.dtype)
+        if self.per_head:
+            return (z.unflatten(-1, (gate.shape[-1], -1)) * scale.unsqueeze(-1)).flatten(-2)
+        return z * scale
+
+
+@dataclass(frozen=True)
 class BoundAttention:
     """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
 
@@ -127,6 +144,7 @@ class BoundAttention:
     qk_norm_after_rotary: bool = False  # the q/k norms take the rotated q/k (HunYuan), not the projections
     rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
+    out_gate: BoundOutGate | None = None  # gates z before `o` (AFMoE): hook_z is the gated output
     o_norm: BoundNorm | None = None  # normalizes the whole attention output before `o` (BitNet): hook_z is its input
 
     @property

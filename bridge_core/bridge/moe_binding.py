@@ -200,7 +200,8 @@ def _correction_bias(walker: SpecWalker, module: nn.Module, e, at: str, path: st
     except AttributeError:
         owner = None
     value = getattr(owner, name, None) if owner is not None else None
-    if not isinstance(value, torch.Tensor) or value.shape != (n_experts,) or not value.is_floating_point():
+    shapes = ((n_experts,), (1, n_experts))  # ERNIE 4.5 keeps one row per expert group: [1, n_experts]
+    if not isinstance(value, torch.Tensor) or value.shape not in shapes or not value.is_floating_point():
         found = "absent" if value is None else f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}"
         walker.fail(
             BindError(

@@ -228,6 +228,7 @@ class CheckContext:
             modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
             qko = (attention.bound.q_norm, attention.bound.k_norm, attention.bound.o_norm)
             modules += [n.module for n in qko if n is not None]
+            modules += [attention.bound.out_gate.module] if attention.bound.out_gate is not None else []
             latent = attention.bound.latent
             if latent is not None:  # latent attention: its factored projections and latent norms
                 modules += [latent.query, latent.kv_a, latent.kv_b, latent.kv_a_norm.module]

@@ -42,7 +42,7 @@ PERTURBATION = 0.3
 """Std of the noise added to every 1-d parameter (norm weights and biases) of a tiny test model: HF
 initializes them to ones and zeros, where a swapped norm or a dropped bias changes nothing; buffers named
 `*logits_bias` (BART's final_logits_bias, zeros at init) and `*correction_bias` (DeepSeek-V3's selection-only
-`e_score_correction_bias`, zeros at init) likewise."""
+`e_score_correction_bias`, zeros at init) likewise, and every all-zero parameter matrix (AFMoE's router weight)."""
 
 
 def perturb(model: nn.Module, seed: int) -> None:
@@ -51,7 +51,10 @@ def perturb(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed + 1009)
     with torch.no_grad():
         for _, parameter in sorted(model.named_parameters()):
-            if parameter.dim() == 1 and parameter.dtype.is_floating_point:
+            # 1-d: norm weights and biases; any all-zero matrix too (AFMoE's router starts at zero: its logits would
+            # be 0 and every scoring would route alike)
+            zero = parameter.dim() > 1 and parameter.dtype.is_floating_point and not parameter.any()
+            if (parameter.dim() == 1 and parameter.dtype.is_floating_point) or zero:
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                 parameter.add_((noise * PERTURBATION).to(parameter.dtype))
         for name, buffer in sorted(model.named_buffers()):  # zero-initialized output biases (final_logits_bias)

@@ -41,6 +41,8 @@ def kind_references(spec: Spec) -> Iterator[tuple[tuple[str, str], str, str]]:
             yield from norm(attn.q_norm, f"{field}.q_norm")
             yield from norm(attn.k_norm, f"{field}.k_norm")
             yield from norm(attn.o_norm, f"{field}.o_norm")
+            if attn.out_gate is not None:
+                yield _ACT, attn.out_gate.act, f"{field}.out_gate.act"
             yield from norm(attn.qkv.q_a_norm, f"{field}.qkv.q_a_norm")  # latent attention
             yield from norm(attn.qkv.kv_a_norm, f"{field}.qkv.kv_a_norm")
         if b.cross_attn is not None:

@@ -170,6 +170,10 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "bitnet_no_out_norm": ("mlp", set(), "block.mlp.out_norm"),
     # Aria's fused experts stored [in, out] (moe.expert_layout: conv1d), left out: the shapes cannot be [out, in]
     "aria_text_experts_not_transposed": ("bind", set(), "block.mlp.moe.expert_layout"),
+    # AFMoE (decision 0026): its attention output gated by sigmoid(gate_proj(x)) before o_proj, left out; softmax
+    # scoring where the router takes sigmoids (its router weight is zero at init: only the perturbation shows it)
+    "afmoe_no_out_gate": ("attn_output", {"attention_paths_agree"}, "block.attn.out_gate"),
+    "afmoe_softmax_scoring": ("moe_routing", {"identity_hooks"}, "scoring"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

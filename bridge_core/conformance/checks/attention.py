@@ -253,7 +253,8 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
 
 @check(
     "attn_output",
-    statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O (o_norm(z)·W_O + b_O where "
+    statement="hook_z equals the attention-interface output HF computed (times act(gate(x)) where the spec has an "
+    "out_gate); z·W_O + b_O (o_norm(z)·W_O + b_O where "
     "the spec has an o_norm), Σ_h hook_result + b_O and "
     "hook_attn_out (hook_cross_attn_out) equal the attention module's output (hook_attn_out × cfg.residual_multiplier)",
     family="attention",
@@ -264,7 +265,12 @@ def attn_output(ctx: CheckContext, m: Meter) -> None:
         call = _call(ctx, attention)
         p = attention.prefix
         z = ctx.cache[f"{p}.hook_z"]
-        m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, f"{HEADS} / block.attn.o_norm")
+        expected_z, gate = call.output, attention.bound.out_gate
+        if gate is not None:  # AFMoE: z is the interface output times act(gate(x)), by the bound activation
+            flat = gate.apply(expected_z.flatten(-2), ctx.hf_out(gate.module))
+            expected_z = flat.unflatten(-1, expected_z.shape[-2:])
+        blame = f"{HEADS} / block.attn.o_norm / block.attn.out_gate"
+        m.compare(f"{p}.hook_z vs HF's attention output per head", z, expected_z, blame)
         hf_out = ctx.hf_out(attention.bound.o)
         weights = attention.weights
         o_norm = attention.bound.o_norm

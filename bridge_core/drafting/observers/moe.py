@@ -210,7 +210,7 @@ def _bias_buffers(ctx: DraftContext, path: str, n_experts: int) -> list[str | No
     found = [
         name
         for name, buffer in [*module.named_buffers(), *frozen]
-        if buffer.dim() == 1 and buffer.shape[0] == n_experts and buffer.is_floating_point()
+        if buffer.shape in ((n_experts,), (1, n_experts)) and buffer.is_floating_point()  # ERNIE: [1, n_experts]
     ]
     return [None, *found]
 
