@@ -58,3 +58,13 @@ def test_doge_residual_scale_and_computed_mask_are_named():
 
 def test_a_plain_causal_mask_is_no_score_bias():
     assert not [g for g in draft_model_type("llama").gaps if g.item == "score bias in the mask"]
+
+
+def test_laguna_softplus_head_gate_is_named_and_afmoe_like_scoring_found():
+    draft = draft_model_type("laguna")
+    attn = _tiny("laguna", draft.fields["test_config"]).model.layers[0].self_attn
+    assert attn.g_proj.out_features == attn.num_heads  # HF's per-head gate
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["attention output gate"].startswith("o_proj reads the output times softplus(g_proj) per head")
+    assert "output projection" not in gaps and "MoE scoring" not in gaps  # its frozen correction-bias parameter
+    assert draft.fields["block"]["mlp"]["moe"]["correction_bias"] == "gate.e_score_correction_bias"
