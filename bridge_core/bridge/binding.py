@@ -39,6 +39,7 @@ from .bound import (
     BoundMLP,
     BoundModel,
     BoundNorm,
+    BoundOutGate,
     BoundScoreBias,
     BoundStack,
     Spot,
@@ -101,6 +102,8 @@ class _Binder(SpecWalker):
         o = self.attempt(self.resolve, module, a.o, f"{field}.o", inner)
         q_norm = self.attempt(self.norm, module, a.q_norm, f"{field}.q_norm", inner, "q_norm", "q")
         k_norm = self.attempt(self.norm, module, a.k_norm, f"{field}.k_norm", inner, "k_norm", "k")
+        o_norm = self.attempt(self.norm, module, a.o_norm, f"{field}.o_norm", inner, "o_norm", "o")
+        out_gate = self.attempt(self.out_gate, module, a, field, inner) if a.out_gate is not None else None
         softcap = self.attempt(self.value, f"{field}.softcap", a.softcap)
         rotary = self.attempt(self.flag, f"{field}.rotary", a.rotary, layer)
         sinks = self.attempt(_sinks, module, a.sinks, f"{field}.sinks", path)
@@ -137,6 +140,8 @@ class _Binder(SpecWalker):
             qk_norm_after_rotary=a.qk_norm_at == "after_rotary",
             rotary=rotary,
             latent=latent,
+            o_norm=o_norm,
+            out_gate=out_gate,
         )
 
     def _qkv_groups(self, qkv: QKVSpec, order: str, field: str, layer: int | None) -> int | None:
@@ -161,6 +166,22 @@ class _Binder(SpecWalker):
                 field,
             )
         return groups
+
+    def out_gate(self, module: nn.Module, a: AttentionSpec, field: str, inner: str) -> BoundOutGate:
+        """The gate on the attention output (`attn.out_gate`): as wide as z (per element) or n_heads (per head)."""
+        gate, path = self.resolve(module, a.out_gate.path, f"{field}.out_gate.path", inner)
+        act = self.kind(f"{field}.out_gate.act")
+        width = getattr(gate, "out_features", None)
+        if self.cfg is None:
+            return BoundOutGate(gate, path, act, per_head=False)
+        h, d = self.cfg.n_heads, self.cfg.d_head
+        if width not in (h, h * d):
+            raise BindError(
+                f"the gate has {width} outputs; expected n_heads * d_head = {h * d} or n_heads = {h}",
+                spec_path=f"{field}.out_gate.path",
+                module_path=path,
+            )
+        return BoundOutGate(gate, path, act, per_head=width == h)
 
     def mlp(self, block: nn.Module, b: BlockSpec, field: str, prefix: str, layer: int | None = None) -> BoundMLP:
         m = b.mlp
@@ -190,6 +211,7 @@ class _Binder(SpecWalker):
         if w_in is None or w_out is None or (gated and w_gate is None) or act is None:
             raise Missing
         own = module is not block  # OPT's MLP lives in the block itself: its input is fc1's
+        out_norm = self.attempt(self.norm, module, m.out_norm, f"{field}.mlp.out_norm", inner, "out_norm", "out")
         return BoundMLP(
             module=module,
             path=path,
@@ -202,6 +224,7 @@ class _Binder(SpecWalker):
             act_field=act_field,
             flat_tokens=m.flat_tokens,
             input=Spot(module, path, "input") if own else Spot(w_in[0], w_in[1], "input"),
+            out_norm=out_norm,
         )
 
     def fused_gate_up_mlp(

@@ -103,6 +103,23 @@ class BoundLatent:
 
 
 @dataclass(frozen=True)
+class BoundOutGate:
+    """`z * act(module(x))` before the output projection, `x` the attention module's hidden input (AFMoE)."""
+
+    module: nn.Module
+    path: str
+    act: ActivationFunction
+    per_head: bool  # the gate is [.., n_heads]: one value per head, else one per element of z
+
+    def apply(self, z: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """The gated attention output `[b, s, h * d]` from `z` `[b, s, h * d]` and the gate module's output."""
+        scale = self.act(gate).to(z.dtype)
+        if self.per_head:
+            return (z.unflatten(-1, (gate.shape[-1], -1)) * scale.unsqueeze(-1)).flatten(-2)
+        return z * scale
+
+
+@dataclass(frozen=True)
 class BoundAttention:
     """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
 
@@ -131,6 +148,8 @@ class BoundAttention:
     rotary: bool = True  # this layer rotates q/k when the position kind does (False: a NoPE layer)
     latent: BoundLatent | None = None  # multi-head latent attention (qkv kind latent)
     score_bias: BoundScoreBias | None = None  # this layer's own score bias (score_bias.per_layer: UMT5)
+    out_gate: BoundOutGate | None = None  # gates z before `o` (AFMoE): hook_z is the gated output
+    o_norm: BoundNorm | None = None  # normalizes the whole attention output before `o` (BitNet): hook_z is its input
 
     @property
     def d_head_v(self) -> int | None:
@@ -192,7 +211,7 @@ class BoundMoE:
     bias_name: str | None = None
     bias_on_logits: bool = False  # the bias is added to the logits (Kolibri), not the scores
     router_linear: nn.Module | None = None  # holds the router weight [n_experts, d]: the router or its linear child
-    fused_layout: str = "linear"  # fused storage: linear [E, out, in] (Mixtral) or conv1d [E, in, out] (GPT-OSS)
+    fused_layout: str = "linear"  # fused storage: linear [E, out, in] (Mixtral) or conv1d [E, in, out] (GPT-OSS, Aria)
     interleaved: bool = False  # gate and up alternate along gate_up's outputs (GPT-OSS), else halves
     gate_up_bias: str | None = None  # fused bias parameter names ([E, 2*d_mlp], [E, d]) on the experts module
     down_bias: str | None = None
@@ -224,6 +243,7 @@ class BoundMLP:
     # half out of its output, weight and bias (`gate`, `in`); None for separate projections
     gate_up_views: Mapping[str, View] | None = None
     gate_up_order: str | None = None  # gate_up | up_gate
+    out_norm: BoundNorm | None = None  # normalizes the activations before `w_out` (BitNet): hook_post is its input
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,11 @@ class _Layout:
         for which in internal:
             name = "hook_attn_scores" if which == "scores" else f"hook_{which}"
             self.add(f"{p}.{name}", AttentionValue(attn.module, attn.path, which=which))
-        self.add(f"{p}.hook_z", ModuleInput(attn.o, f"{attn.path}.o", view=SplitHeads(h, d), kwarg="input"))
+        if attn.o_norm is not None:  # BitNet: z is what the sub-norm before the output projection receives
+            z = ModuleInput(attn.o_norm.module, attn.o_norm.path, view=SplitHeads(h, d))
+        else:
+            z = ModuleInput(attn.o, f"{attn.path}.o", view=SplitHeads(h, d), kwarg="input")
+        self.add(f"{p}.hook_z", z)
         self.add(f"{p}.hook_result", HeadResult(attn.o, f"{attn.path}.o", n_heads=h, d_head=d, layout=attn.layout))
 
     def block(self, block: BoundBlock, rotary: bool) -> None:
@@ -178,7 +182,9 @@ class _Layout:
             self.output(f"{p}.mlp.hook_pre_linear", mlp.w_in, f"{mlp.path}.in", view=halves.get("in", flat))
         else:
             self.output(f"{p}.mlp.hook_pre", mlp.w_in, f"{mlp.path}.in", view=flat)
-        if mlp.moe is None:
+        if mlp.out_norm is not None:  # BitNet: the activations are what the sub-norm before w_out receives
+            self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.out_norm.module, mlp.out_norm.path, view=flat))
+        elif mlp.moe is None:
             self.add(f"{p}.mlp.hook_post", ModuleInput(mlp.w_out, f"{mlp.path}.out", kwarg="input", view=flat))
         self.norm(block.ln2_post, f"{p}.{block.ln2_post.name}" if block.ln2_post else None)
         self.spot(f"{p}.hook_mlp_out", block.mlp_out, view=flat if block.ln2_post is None else None)

@@ -164,6 +164,7 @@ def _experts(walker: SpecWalker, experts: tuple[nn.Module, str], e, at: str, n_e
                 message = f"the experts module has no 2-D parameter '{name}' [n_experts={n_experts}, ...] ({found})"
                 walker.fail(BindError(message, spec_path=f"{at}.{field}", module_path=f"{path}.{name}"))
                 raise Missing
+        _check_fused_layout(walker, module, path, e, at)
         return ()
     fused_only = {"fused_layout": "linear", "gate_up_split": "halves", "gate_up_bias": None, "down_bias": None}
     for name, default in fused_only.items():
@@ -218,7 +219,8 @@ def _correction_bias(walker: SpecWalker, module: nn.Module, e, at: str, path: st
     except AttributeError:
         owner = None
     value = getattr(owner, name, None) if owner is not None else None
-    if not isinstance(value, torch.Tensor) or value.shape != (n_experts,) or not value.is_floating_point():
+    shapes = ((n_experts,), (1, n_experts))  # ERNIE 4.5 keeps one row per expert group: [1, n_experts]
+    if not isinstance(value, torch.Tensor) or value.shape not in shapes or not value.is_floating_point():
         found = "absent" if value is None else f"{type(value).__name__} {tuple(getattr(value, 'shape', ()))}"
         walker.fail(
             BindError(
@@ -280,3 +282,23 @@ def _clamped_glu(walker: SpecWalker, e: MoESpec, at: str) -> tuple[float | None,
     if isinstance(offset, bool) or not isinstance(offset, (int, float)):
         raise spec_error(f"evaluates to {offset!r}; expected a number", walker.spec, None, f"{at}.up_offset")
     return (None if limit is None else float(limit)), float(offset)
+
+
+def _check_fused_layout(walker: SpecWalker, module: nn.Module, path: str, e, at: str) -> None:
+    """Fused experts stored as the spec's `fused_layout` says: [E, 2m, d] and [E, d, m] (linear) or transposed."""
+    gate_up, down = getattr(module, e.gate_up).shape, getattr(module, e.down).shape
+    d = walker.cfg.d_model if walker.cfg else (down[1] if e.fused_layout == "linear" else down[2])
+    if e.fused_layout == "linear":
+        fits, want = gate_up[1] == 2 * down[2] and gate_up[2] == d == down[1], "[E, 2*d_mlp, d] and [E, d, d_mlp]"
+    else:
+        fits, want = gate_up[2] == 2 * down[1] and gate_up[1] == d == down[2], "[E, d, 2*d_mlp] and [E, d_mlp, d]"
+    if not fits:
+        walker.fail(
+            BindError(
+                f"the experts' '{e.gate_up}' {tuple(gate_up)} and '{e.down}' {tuple(down)} are not the "
+                f"{e.fused_layout} layout {want} (d = {d})",
+                spec_path=f"{at}.fused_layout",
+                module_path=f"{path}.{e.gate_up}",
+            )
+        )
+        raise Missing

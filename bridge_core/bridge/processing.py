@@ -206,6 +206,8 @@ def _fold_value_biases(bridge: Any) -> None:
         raw = weights.attn.raw_bias("v")
         if raw is None:
             continue
+        if block.attn.o_norm is not None:  # a norm between z and W_O: b_V does not reach the output linearly
+            raise ProcessingError("fold_value_biases", f"{block.attn.o_norm.path} normalizes z before W_O")
         shift = torch.einsum("hd,hdm->m", weights.attn.b_V.float(), weights.attn.W_O.float())
         _bias(block.attn.o, block.attn.layout).add_(shift.to(raw.dtype))
         raw.zero_()

@@ -57,6 +57,8 @@ class ReimplementedLayer:
     window: int | None = None  # call.window of this layer: keys further back than this are masked here
     submodules: set[int] = field(default_factory=set)
     sinks: torch.Tensor | None = None  # per-head attention-sink logits (GPT-OSS, Granite SWA)
+    o_norm: nn.Module | None = None  # BitNet's sub-norm over the attention output, before `o`
+    out_gate: Any = None  # a BoundOutGate: the attention output gated from the hidden input, before `o` (AFMoE)
 
 
 class ReimplementRun:
@@ -120,7 +122,10 @@ class ReimplementRun:
             route=self.route,
             s_aux=layer.sinks,
         )
-        new = layer.o(out.reshape(*out.shape[:2], -1))
+        flat = out.reshape(*out.shape[:2], -1)
+        if layer.out_gate is not None:
+            flat = layer.out_gate.apply(flat, layer.out_gate.module(hidden))
+        new = layer.o(flat if layer.o_norm is None else layer.o_norm(flat))
         if layer.residual_kwarg is not None:  # the module adds the residual itself (BLOOM)
             in_kwargs = layer.residual_kwarg in kwargs
             new = new + (kwargs[layer.residual_kwarg] if in_kwargs else args[layer.residual_position])
@@ -230,6 +235,8 @@ def reimplemented_layers(bound: BoundModel, cfg: Any) -> dict[int, Reimplemented
             projections=dict(attn.qkv),
             views=attn.views,
             o=attn.o,
+            o_norm=attn.o_norm.module if attn.o_norm else None,
+            out_gate=attn.out_gate,
             q_norm=attn.q_norm.module if attn.q_norm else None,
             k_norm=attn.k_norm.module if attn.k_norm else None,
             norm_heads_first=attn.qk_norm_heads_first,

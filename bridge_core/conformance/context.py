@@ -216,6 +216,7 @@ class CheckContext:
             modules.append(stack.output().module)
         for block in bound.all_blocks():
             modules += [block.module, block.mlp.module, block.mlp.w_in, block.mlp.w_out, block.mlp.input.module]
+            modules += [block.mlp.out_norm.module] if block.mlp.out_norm is not None else []
             if block.mlp.moe is not None:  # the router's logits and the experts' output (checks/moe.py)
                 modules += [block.mlp.moe.router, block.mlp.moe.experts]
             modules += [norm.module for norm in block.norms()]
@@ -225,7 +226,9 @@ class CheckContext:
             modules += [spot.module for spot in spots if spot is not None]
         for attention in self.attentions:
             modules += [attention.bound.module, attention.bound.o, *attention.bound.qkv.values()]
-            modules += [n.module for n in (attention.bound.q_norm, attention.bound.k_norm) if n is not None]
+            qko = (attention.bound.q_norm, attention.bound.k_norm, attention.bound.o_norm)
+            modules += [n.module for n in qko if n is not None]
+            modules += [attention.bound.out_gate.module] if attention.bound.out_gate is not None else []
             latent = attention.bound.latent
             if latent is not None:  # latent attention: its factored projections and latent norms
                 modules += [latent.query, latent.kv_a, latent.kv_b, latent.kv_a_norm.module]

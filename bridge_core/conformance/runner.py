@@ -43,7 +43,7 @@ PERTURBATION = 0.3
 experts' biases) of a tiny test model: HF
 initializes them to ones and zeros, where a swapped norm or a dropped bias changes nothing; buffers named
 `*logits_bias` (BART's final_logits_bias, zeros at init) and `*correction_bias` (DeepSeek-V3's selection-only
-`e_score_correction_bias`, zeros at init) likewise."""
+`e_score_correction_bias`, zeros at init) likewise, and every all-zero parameter matrix (AFMoE's router weight)."""
 
 
 def perturb(model: nn.Module, seed: int) -> None:
@@ -52,9 +52,13 @@ def perturb(model: nn.Module, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed + 1009)
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):
-            # fused experts' biases are [n_experts, width] (GPT-OSS's gate_up_proj_bias), zeros at init too
+            # 1-d: norm weights and biases; 2-d `*_bias`: fused experts' biases [n_experts, width] (GPT-OSS's
+            # gate_up_proj_bias), zeros at init too; any all-zero matrix (AFMoE's router starts at zero: its logits
+            # would be 0 and every scoring would route alike)
+            floating = parameter.dtype.is_floating_point
             is_bias = parameter.dim() == 1 or (parameter.dim() == 2 and name.endswith("_bias"))
-            if is_bias and parameter.dtype.is_floating_point:
+            zero = parameter.dim() > 1 and floating and not parameter.any()
+            if (is_bias and floating) or zero:
                 noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
                 parameter.add_((noise * PERTURBATION).to(parameter.dtype))
         for name, buffer in sorted(model.named_buffers()):  # zero-initialized output biases (final_logits_bias)

@@ -40,11 +40,15 @@ def kind_references(spec: Spec) -> Iterator[tuple[tuple[str, str], str, str]]:
         for attn, field in attentions:
             yield from norm(attn.q_norm, f"{field}.q_norm")
             yield from norm(attn.k_norm, f"{field}.k_norm")
+            yield from norm(attn.o_norm, f"{field}.o_norm")
+            if attn.out_gate is not None:
+                yield _ACT, attn.out_gate.act, f"{field}.out_gate.act"
             yield from norm(attn.qkv.q_a_norm, f"{field}.qkv.q_a_norm")  # latent attention
             yield from norm(attn.qkv.kv_a_norm, f"{field}.qkv.kv_a_norm")
         if b.cross_attn is not None:
             yield from norm(b.cross_attn.ln, f"{at}.cross_attn.ln")
             yield _CROSS, b.cross_attn.kind, f"{at}.cross_attn.kind"
+        yield from norm(b.mlp.out_norm, f"{at}.mlp.out_norm")
         if b.mlp.act_fn is not None:
             yield _ACT, b.mlp.act_fn, f"{at}.mlp.act_fn"
 

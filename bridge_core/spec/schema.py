@@ -135,6 +135,18 @@ class QKVSpec(StrictModel):
         return self
 
 
+class OutGateSpec(StrictModel):
+    """A gate on the attention output before the output projection: `z * act(gate(x))`, `x` the attention
+    module's hidden input (AFMoE's `gate_proj`, sigmoid)."""
+
+    path: ModulePath = Field(description="The gate projection, relative to the attention module.")
+    act: str = Field(
+        default="sigmoid",
+        description="Activation kind applied to the gate projection's output. A gate as wide as the attention "
+        "output scales each element; one value per head (`n_heads` wide) scales each head.",
+    )
+
+
 class AttentionSpec(StrictModel):
     """The attention module of a block."""
 
@@ -144,6 +156,17 @@ class AttentionSpec(StrictModel):
     )
     qkv: QKVSpec = Field(description="How queries, keys and values are projected (fused or separate).")
     o: ModulePath = Field(description="Output projection, relative to the attention module.")
+    out_gate: OutGateSpec | None = Field(
+        default=None,
+        description="A gate on the attention output before the output projection (AFMoE): `hook_z` is the gated "
+        "output, what the output projection reads.",
+    )
+    o_norm: NormSpec | None = Field(
+        default=None,
+        description="A norm over the whole attention output (all heads together) before the output projection "
+        "(BitNet's `attn_sub_norm`), relative to the attention module: `hook_z` is its input, `hook_result` the "
+        "output projection of its output per head.",
+    )
     implementation: Literal["interface", "reimplement"] = Field(
         default="interface",
         description="`interface`: the module dispatches through transformers' AttentionInterface; "
@@ -374,6 +397,11 @@ class MLPSpec(StrictModel):
         "hook_pre / hook_pre_linear are its two halves, W_gate / W_in views of its weight.",
     )
     out: ModulePath | None = Field(description="Output projection; optional for kind `moe`.")
+    out_norm: NormSpec | None = Field(
+        default=None,
+        description="A norm over the activations before the output projection (BitNet's `ffn_sub_norm`), relative "
+        "to the MLP: `hook_post` is its input.",
+    )
     act_fn: str | None = Field(
         default=None, description="Activation kind name; defaults to the normalized `act_fn` config field."
     )

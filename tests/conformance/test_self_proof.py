@@ -180,6 +180,16 @@ BROKEN: dict[str, tuple[str, set[str], str]] = {
     "gpt_oss_no_clamp": ("moe_experts", {"moe_recompute_path", "identity_hooks"}, "clamp_limit"),
     # GPT-OSS interleaves gate and up along gate_up_proj's outputs; declared as halves (Mixtral's storage)
     "gpt_oss_gate_up_halves": ("moe_experts", {"moe_recompute_path", "identity_hooks"}, "gate_up_split"),
+    # BitNet's sub-norms before the output projections (decision 0026), left out of its draft: hook_z / hook_post
+    # would be the norms' outputs, not what attention and the activation computed
+    "bitnet_no_o_norm": ("attn_output", {"attention_paths_agree"}, "block.attn.o_norm"),
+    "bitnet_no_out_norm": ("mlp", set(), "block.mlp.out_norm"),
+    # Aria's fused experts stored [in, out] (moe.fused_layout: conv1d), left out: the shapes cannot be [out, in]
+    "aria_text_experts_not_transposed": ("bind", set(), "block.mlp.moe.fused_layout"),
+    # AFMoE (decision 0026): its attention output gated by sigmoid(gate_proj(x)) before o_proj, left out; softmax
+    # scoring where the router takes sigmoids (its router weight is zero at init: only the perturbation shows it)
+    "afmoe_no_out_gate": ("attn_output", {"attention_paths_agree"}, "block.attn.out_gate"),
+    "afmoe_softmax_scoring": ("moe_routing", {"identity_hooks"}, "scoring"),
 }
 
 # spec file -> (the variant that takes the branch the mistake is on, check meant to catch it, others, blamed field)

@@ -31,15 +31,16 @@ def test_ctrl_positions_added_in_the_forward_are_a_named_gap_and_dff_is_d_mlp():
     assert any(g.item == "positions outside a module" for g in draft.gaps), draft.gaps
 
 
-def test_bitnet_sub_norms_are_named_and_the_mlp_read_through_them():
+def test_bitnet_sub_norms_are_drafted_and_the_mlp_read_through_them():
+    # once named gaps, now vocabulary (decision 0026; tests/reach/test_sub_norms_before_output.py)
     draft = draft_model_type("bitnet")
     model = _tiny("bitnet", draft.fields["test_config"])
     layer = model.model.layers[0]
     assert type(layer.self_attn.attn_sub_norm).__name__.endswith("RMSNorm")  # HF's own sub-norms
     assert type(layer.mlp.ffn_sub_norm).__name__.endswith("RMSNorm")
-    gaps = {g.item: g.detail for g in draft.gaps}
-    assert gaps["norm before the output projection"].startswith("model.layers.0.self_attn.attn_sub_norm")
-    assert gaps["norm before the MLP's output projection"].startswith("model.layers.0.mlp.ffn_sub_norm")
+    assert not draft.gaps, draft.gaps
+    assert draft.fields["block"]["attn"]["o_norm"] == {"path": "attn_sub_norm", "kind": "rmsnorm"}
+    assert draft.fields["block"]["mlp"]["out_norm"] == {"path": "ffn_sub_norm", "kind": "rmsnorm"}
     mlp = draft.fields["block"]["mlp"]
     assert (mlp["kind"], mlp["in"], mlp["gate"], mlp["out"]) == ("gated", "up_proj", "gate_proj", "down_proj")
     assert draft.fields["block"]["attn"]["o"] == "o_proj"
@@ -57,3 +58,13 @@ def test_doge_residual_scale_and_computed_mask_are_named():
 
 def test_a_plain_causal_mask_is_no_score_bias():
     assert not [g for g in draft_model_type("llama").gaps if g.item == "score bias in the mask"]
+
+
+def test_laguna_softplus_head_gate_is_named_and_afmoe_like_scoring_found():
+    draft = draft_model_type("laguna")
+    attn = _tiny("laguna", draft.fields["test_config"]).model.layers[0].self_attn
+    assert attn.g_proj.out_features == attn.num_heads  # HF's per-head gate
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["attention output gate"].startswith("o_proj reads the output times softplus(g_proj) per head")
+    assert "output projection" not in gaps and "MoE scoring" not in gaps  # its frozen correction-bias parameter
+    assert draft.fields["block"]["mlp"]["moe"]["correction_bias"] == "gate.e_score_correction_bias"

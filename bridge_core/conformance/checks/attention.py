@@ -10,7 +10,7 @@ import torch
 from ..capture import AttentionCall
 from ..catalogue import Meter, Skip, check
 from ..context import Attention, CheckContext
-from .latent import latent_qkv
+from .latent import latent_qkv, norm_by_kind
 
 HEADS = "config.n_heads / config.d_head"
 
@@ -256,7 +256,9 @@ def qkv_recompute(ctx: CheckContext, m: Meter) -> None:
 
 @check(
     "attn_output",
-    statement="hook_z equals the attention-interface output HF computed; z·W_O + b_O, Σ_h hook_result + b_O and "
+    statement="hook_z equals the attention-interface output HF computed (times act(gate(x)) where the spec has an "
+    "out_gate); z·W_O + b_O (o_norm(z)·W_O + b_O where "
+    "the spec has an o_norm), Σ_h hook_result + b_O and "
     "hook_attn_out (hook_cross_attn_out) equal the attention module's output (hook_attn_out × cfg.residual_multiplier)",
     family="attention",
     tolerance=1e-5,
@@ -266,11 +268,20 @@ def attn_output(ctx: CheckContext, m: Meter) -> None:
         call = _call(ctx, attention)
         p = attention.prefix
         z = ctx.cache[f"{p}.hook_z"]
-        m.compare(f"{p}.hook_z vs HF's attention output per head", z, call.output, HEADS)
+        expected_z, gate = call.output, attention.bound.out_gate
+        if gate is not None:  # AFMoE: z is the interface output times act(gate(x)), by the bound activation
+            flat = gate.apply(expected_z.flatten(-2), ctx.hf_out(gate.module))
+            expected_z = flat.unflatten(-1, expected_z.shape[-2:])
+        blame = f"{HEADS} / block.attn.o_norm / block.attn.out_gate"
+        m.compare(f"{p}.hook_z vs HF's attention output per head", z, expected_z, blame)
         hf_out = ctx.hf_out(attention.bound.o)
         weights = attention.weights
+        o_norm = attention.bound.o_norm
+        if o_norm is not None:  # BitNet: the sub-norm (by its kind) over all heads' z comes before W_O
+            z = norm_by_kind(o_norm, z.flatten(-2)).unflatten(-1, z.shape[-2:])
         recomposed = torch.einsum("bshd,hdm->bsm", z, weights.W_O) + weights.b_O
-        m.compare(f"{p}: hook_z·W_O + b_O vs HF's output projection", recomposed, hf_out, "block.attn.o / layout")
+        label = f"{p}: {'o_norm(hook_z)' if o_norm is not None else 'hook_z'}·W_O + b_O vs HF's output projection"
+        m.compare(label, recomposed, hf_out, "block.attn.o / o_norm / layout")
         summed = ctx.cache[f"{p}.hook_result"].sum(-2) + weights.b_O
         m.compare(f"{p}: Σ_h hook_result + b_O vs HF's output projection", summed, hf_out, "block.attn.o")
         m.compare(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..catalogue import Meter, Skip, check
 from ..context import CheckContext
+from .latent import norm_by_kind
 
 
 @check(
@@ -136,8 +137,9 @@ def _residual_update(ctx: CheckContext, m: Meter, block, block_in, mlp_out) -> N
 
 @check(
     "mlp",
-    statement="the MLP recomputed from HF's MLP input with W_in/b_in, the cfg activation and W_out/b_out equals HF's "
-    "MLP output; act(hook_pre) equals what HF fed its output projection",
+    statement="the MLP recomputed from HF's MLP input with W_in/b_in, the cfg activation, the spec's out_norm (if "
+    "any) and W_out/b_out equals HF's MLP output; act(hook_pre) equals what HF fed its output projection (or its "
+    "out_norm)",
     family="mlp",
     tolerance=1e-5,
 )
@@ -151,7 +153,8 @@ def mlp(ctx: CheckContext, m: Meter) -> None:
         act, act_field = block.mlp.act, block.mlp.act_field
         x = ctx.hf_at(block.mlp.input)
         pre = x @ weights.W_in + weights.b_in
-        hf_post = ctx.hf_in(block.mlp.w_out)
+        out_norm = block.mlp.out_norm  # BitNet: a sub-norm between the activations and W_out
+        hf_post = ctx.hf_in(block.mlp.w_out if out_norm is None else out_norm.module)
         m.compare(
             f"{p}: x·W_in + b_in vs hook_pre (HF's projection)",
             pre,
@@ -164,12 +167,13 @@ def mlp(ctx: CheckContext, m: Meter) -> None:
             label = f"{p}: act(gate)·pre vs HF's input to the output projection"
             fused = block.mlp.gate_up_order is not None  # halves swapped read as act(up)·gate
             blame = f"{act_field} / block.mlp.gate_up.order" if fused else act_field
-            act_ok = m.compare(label, post, hf_post, blame) <= m.tolerance
+            act_ok = m.compare(label, post, hf_post, f"{blame} / block.mlp.out_norm") <= m.tolerance
         else:
             label = f"{p}: cfg activation of hook_pre vs HF's input to the output projection"
-            act_ok = m.compare(label, act(ctx.cache[f"{p}.hook_pre"]), hf_post, act_field) <= m.tolerance
+            post_blame = f"{act_field} / block.mlp.out_norm"
+            act_ok = m.compare(label, act(ctx.cache[f"{p}.hook_pre"]), hf_post, post_blame) <= m.tolerance
             post = act(pre)
-        out = post @ weights.W_out + weights.b_out
+        out = (post if out_norm is None else norm_by_kind(out_norm, post)) @ weights.W_out + weights.b_out
         hf_out = ctx.hf_out(block.mlp.w_out)
         field = "block.mlp.out / block.mlp.layout" if act_ok else act_field
         m.compare(f"{p}: recomputed MLP vs HF MLP output", out, hf_out, field)

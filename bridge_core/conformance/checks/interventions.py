@@ -108,7 +108,8 @@ def delta_once(ctx: CheckContext, m: Meter) -> None:
 @check(
     "head_ablation",
     statement="zeroing one head in hook_z, or in hook_result, equals zeroing that head's slice of the output "
-    "projection's input in the untouched copy with a plain torch pre-hook",
+    "projection's input (for hook_z: of the o_norm's input, where the spec has one) in the untouched copy with a "
+    "plain torch pre-hook",
     family="interventions",
     tolerance=1e-5,
 )
@@ -118,14 +119,19 @@ def head_ablation(ctx: CheckContext, m: Meter) -> None:
     ends = {id(layer) for layer in _ends(ctx)}
     for attention in [a for a in ctx.attentions if id(a.layer) in ends]:
         o_proj = ctx.name_of(attention.bound.o)
+        o_norm = attention.bound.o_norm  # BitNet: hook_z is this norm's input, hook_result reads o_proj's
         d = attention.bound.d_head_v or cfg.d_head  # the output projection reads value-width heads
 
         def zero_slice(module, args, kwargs, d=d):
-            x = (args[0] if args else kwargs["input"]).clone()
+            key = "input" if "input" in kwargs else "hidden_states"
+            x = (args[0] if args else kwargs[key]).clone()
             x[..., head * d : (head + 1) * d] = 0  # HF's o-proj input is head-major: [b, s, h * d_head]
-            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "input": x})
+            return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, key: x})
 
         expected = ctx.reference_run(edits=[(o_proj, "pre", zero_slice)], capture=False).logits
+        at_z = expected
+        if o_norm is not None:
+            at_z = ctx.reference_run(edits=[(ctx.name_of(o_norm.module), "pre", zero_slice)], capture=False).logits
 
         def zero_head(tensor: torch.Tensor, hook) -> torch.Tensor:
             out = tensor.clone()
@@ -136,7 +142,7 @@ def head_ablation(ctx: CheckContext, m: Meter) -> None:
             name = f"{attention.prefix}.{point}"
             logits = ctx.bridge_hooked([(name, zero_head)])
             label = f"logits after zeroing head {head} at {name} vs by hand in HF"
-            m.compare(label, logits, expected, "block.attn.o / config.n_heads")
+            m.compare(label, logits, at_z if point == "hook_z" else expected, "block.attn.o / o_norm / config.n_heads")
 
 
 MOE_TOKEN_POINTS = ("hook_router_logits", "hook_expert_weights", "hook_expert_indices", "hook_routing_weights")

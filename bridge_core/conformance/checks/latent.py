@@ -40,8 +40,9 @@ def latent_weight_shapes(prefix: str, latent: BoundLatent, cfg: Any) -> dict[str
     return shapes
 
 
-def _norm(norm: BoundNorm, x: torch.Tensor) -> torch.Tensor:
-    """The latent norm by its bound kind and the module's own eps (HF builds it with its default eps)."""
+def norm_by_kind(norm: BoundNorm, x: torch.Tensor) -> torch.Tensor:
+    """A norm by its bound kind and the module's own eps (latent norms: HF builds them with the default eps;
+    BitNet's sub-norms before the output projections)."""
     kind, module = norm.kind, norm.module
     prepared = kind.prepare(x)
     normalized = prepared / kind.scale(prepared, kind.eps(module))
@@ -66,7 +67,7 @@ def latent_qkv(ctx: CheckContext, m: Meter, attention: Attention, call: Attentio
     nope = latent.d_nope
     hf_q, hf_k, hf_v = (t.transpose(1, 2) for t in (call.query, call.key, call.value))  # [b, s, h, d]
     if latent.q_a is not None:
-        q_latent = _norm(latent.q_a_norm, _plus(x @ w.W_Q_a, w.b_Q_a))
+        q_latent = norm_by_kind(latent.q_a_norm, _plus(x @ w.W_Q_a, w.b_Q_a))
         m.compare(
             f"{p}.hook_q_latent vs HF's q_a_norm output",
             cache[f"{p}.hook_q_latent"],
@@ -82,7 +83,7 @@ def latent_qkv(ctx: CheckContext, m: Meter, attention: Attention, call: Attentio
         q = torch.einsum("bsr,hrd->bshd", q_latent, w.W_Q_b)
     else:
         q = torch.einsum("bsm,hmd->bshd", x, w.W_Q) + w.b_Q
-    kv_latent = _norm(latent.kv_a_norm, _plus(x @ w.W_KV_a, w.b_KV_a))
+    kv_latent = norm_by_kind(latent.kv_a_norm, _plus(x @ w.W_KV_a, w.b_KV_a))
     k_rope = _plus(x @ w.W_K_rope, w.b_K_rope)
     k_nope = torch.einsum("bsr,hrd->bshd", kv_latent, w.W_K_b)
     v = torch.einsum("bsr,hrd->bshd", kv_latent, w.W_V_b)

@@ -75,11 +75,20 @@ def observe_attention(ctx: DraftContext) -> None:
             _fused_norms(ctx, path, call, ctx.found["fused_q0"], q0, k0)
     o_in = call.output.reshape(b, s, h * dv)
     o = next((n for n, _ in linears if same(obs.input(f"{path}.{n}"), o_in)), None)
-    sub = None if o is not None else _sub_norm(ctx, path, o_in, [n for n, _ in linears])
-    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj
+    gated = None if o is not None else _out_gate(ctx, path, o_in, linears, outs, h)
+    if gated is not None:  # AFMoE: o_proj reads the attention output times sigmoid(gate_proj(x))
+        o, spec["out_gate"] = gated[0], {"path": gated[1], "act": gated[2]}
+    named = any(g.item == "attention output gate" for g in ctx.draft.gaps)
+    sub = None if o is not None or named else _sub_norm(ctx, path, o_in, [n for n, _ in linears])
+    if sub is not None:  # BitNet: attn_sub_norm between the attention output and o_proj (block.attn.o_norm)
         o = sub[1]
-        ctx.draft.gap("norm before the output projection", f"{path}.{sub[0]} normalizes the attention output for {o}")
-    elif o is None:
+        module = obs.module(f"{path}.{sub[0]}")
+        kind = norm_kind(module, o_in, obs.output(f"{path}.{sub[0]}"))
+        if kind is None:
+            ctx.draft.gap("norm kind", f"{path}.{sub[0]} (before the output projection) is no registered kind")
+        else:
+            spec["o_norm"] = {"path": sub[0], "kind": kind}
+    elif o is None and not named:
         ctx.draft.gap("output projection", f"no projection in {path} reads the attention output")
     spec["o"] = o or "FILL_ME"
     ctx.found["o"] = f"{path}.{o}" if o else None
@@ -190,6 +199,40 @@ def _fused(call: AttentionCall, outs, h, kv, d) -> tuple[str, str, None] | None:
             return name, "qkv", None
         if h == kv and same(out.reshape(b, s, h, 3, d)[..., 2, :], value):
             return name, "per_head_interleaved", None
+    return None
+
+
+def _out_gate(ctx: DraftContext, path: str, o_in: torch.Tensor, linears, outs, heads: int):
+    """(o, gate, activation): a projection `o` reading the attention output times act(gate's output), the gate as
+    wide as the output (per element) or `heads` wide (per head); None if none does."""
+    from ...registry import default_registry
+
+    acts = dict(default_registry().plugins.kinds.activations)
+    unregistered = {"softplus": torch.nn.functional.softplus}  # Laguna: tried only to name the gap
+    acts.update({n: f for n, f in unregistered.items() if n not in acts})
+    for o_name, _ in linears:
+        seen = ctx.obs.input(f"{path}.{o_name}")
+        if seen is None or seen.shape != o_in.shape:
+            continue
+        for gate, out in outs.items():
+            if gate == o_name or out is None or out.shape[-1] not in (o_in.shape[-1], heads):
+                continue
+            for name in sorted(acts, key=lambda n: n != "sigmoid"):  # sigmoid first: the usual gate
+                scale = acts[name](out.float()).to(o_in.dtype)
+                if out.shape[-1] == o_in.shape[-1]:
+                    gated = o_in * scale
+                else:
+                    gated = (o_in.unflatten(-1, (heads, -1)) * scale.unsqueeze(-1)).flatten(-2)
+                if same(gated, seen) and name in unregistered:
+                    per = "per head" if out.shape[-1] == heads else "per element"
+                    ctx.draft.gap(
+                        "attention output gate",
+                        f"{o_name} reads the output times {name}({gate}) {per}; "
+                        f"{name} is no registered activation kind",
+                    )
+                    return None
+                if same(gated, seen):
+                    return o_name, gate, name
     return None
 
 

@@ -109,6 +109,9 @@ def _wire(ctx: DraftContext, path: str, spec: dict) -> None:
         if kind == "gated":
             spec["gate"] = proj.get("gate", "FILL_ME")
     spec["out"] = down or "FILL_ME"
+    out_norm = ctx.found.pop("out_norm", None)
+    if out_norm is not None:
+        spec["out_norm"] = out_norm
     first = fused or spec["in"]  # the projection that reads the MLP's input
     width = obs.output(full[first]).shape[-1] if first in full else None
     ctx.found["d_mlp"] = width // 2 if fused is not None and width is not None else width
@@ -189,16 +192,21 @@ def _own_activation(ctx: DraftContext, mlp: str, rest: list[str], full: dict[str
 
 
 def _mlp_sub_norm(ctx: DraftContext, down_in: torch.Tensor | None) -> torch.Tensor | None:
-    """A norm inside the MLP whose output is the down projection's input (BitNet's ffn_sub_norm): a named gap;
-    its input, or None."""
+    """A norm inside the MLP whose output is the down projection's input (BitNet's ffn_sub_norm), kept for
+    `block.mlp.out_norm`: its input, or None."""
     obs = ctx.obs
     mlp = ctx.found.get("mlp")
     if down_in is None or not mlp:
         return None
     for name, module in obs.module(mlp).named_modules():
         if name and is_norm(module) and same(obs.output(f"{mlp}.{name}"), down_in):
-            ctx.draft.gap("norm before the MLP's output projection", f"{mlp}.{name} normalizes the activations")
-            return obs.input(f"{mlp}.{name}")
+            seen = obs.input(f"{mlp}.{name}")
+            kind = norm_kind(module, seen, down_in)
+            if kind is None:
+                ctx.draft.gap("norm kind", f"{mlp}.{name} (before the MLP's output projection) is no registered kind")
+            else:  # block.mlp.out_norm, written by _wire
+                ctx.found["out_norm"] = {"path": name, "kind": kind}
+            return seen
     return None
 
 

@@ -159,11 +159,14 @@ _GROUPS = (("n_group", "topk_group"), ("num_expert_group", "topk_group"))
 
 def _bias_buffers(ctx: DraftContext, path: str, n_experts: int) -> list[str | None]:
     """Candidate selection-only correction biases: floating buffers `[n_experts]` under the MLP (paths relative
-    to it), and None. The drafter's model has them perturbed, as conformance's, so each reroutes differently."""
+    to it), or frozen parameters (AFMoE's `expert_bias`, Laguna's `e_score_correction_bias`: `requires_grad=False`),
+    and None. The drafter's model has them perturbed, as conformance's, so each reroutes differently."""
+    module = ctx.obs.module(path)
+    frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
     found = [
         name
-        for name, buffer in ctx.obs.module(path).named_buffers()
-        if buffer.dim() == 1 and buffer.shape[0] == n_experts and buffer.is_floating_point()
+        for name, buffer in [*module.named_buffers(), *frozen]
+        if buffer.shape in ((n_experts,), (1, n_experts)) and buffer.is_floating_point()  # ERNIE: [1, n_experts]
     ]
     return [None, *found]
 
@@ -304,6 +307,7 @@ def moe_layers(blocks: torch.nn.ModuleList) -> list[bool] | None:
 _MIX = (
     ("mlp_layer_types", "'moe' if mlp_layer_types[layer] == {sparse!r} else {dense!r}"),
     ("first_k_dense_replace", "{dense!r} if layer < first_k_dense_replace else 'moe'"),
+    ("num_dense_layers", "{dense!r} if layer < num_dense_layers else 'moe'"),  # AFMoE
     ("mlp_only_layers", "{dense!r} if layer in mlp_only_layers or (layer + 1) % decoder_sparse_step != 0 else 'moe'"),
     ("moe_layer_freq", "'moe' if layer % moe_layer_freq == 0 else {dense!r}"),
     ("moe_layers", "'moe' if layer in moe_layers else {dense!r}"),
