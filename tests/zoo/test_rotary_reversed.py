@@ -93,9 +93,11 @@ def test_right_kind_passes_attention_paths_agree_and_llama_kind_fails_it(right_s
     assert {r.name for r in right.failed()} == shared_norm  # the one norm module in two roles, not rotary
 
 
-def test_drafter_picks_rotary_reversed_and_names_the_shared_norm():
+def test_drafter_picks_rotary_reversed_and_names_the_shared_norm_in_both_roles():
     from bridge_core.drafting import draft_model_type
 
     draft = draft_model_type("nanochat")
     assert draft.fields["pos_embed"]["kind"] == "rotary_reversed"
-    assert any(g.item == "one norm module in two roles" for g in draft.gaps)
+    # one parameter-free norm after the embedding and as the final norm (decision 0024): one path, two roles
+    assert draft.fields["ln_final"]["path"] == draft.fields["embed"]["norm"]["path"]
+    assert not draft.gaps
