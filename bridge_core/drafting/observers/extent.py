@@ -1,0 +1,33 @@
+"""Observer of what a model holds beyond what its tiny forward shows or the spec can state (issue 17).
+
+Two things a draft can be silently wrong about, named as missing vocabulary:
+- an embedding table with more rows than the logits have columns (Mllama's text model: vocab_size + 8
+  rows for its image tokens); `config.d_vocab` is one number for both, so binding fails without a reason;
+- decoder layers a config lists as cross-attention layers (`cross_attention_layers`): a text-only forward
+  skips them, so the observed blocks are not every block the checkpoint has.
+"""
+
+from __future__ import annotations
+
+from ..draft import DraftContext
+from ..shrink import plain_fields
+
+
+def observe_extent(ctx: DraftContext) -> None:
+    embed = ctx.model.get_input_embeddings()
+    weight = getattr(embed, "weight", None)
+    vocab = int(ctx.obs.logits.shape[-1])
+    if weight is not None and weight.ndim == 2 and weight.shape[0] > vocab:
+        field = ctx.attr(vocab, ("vocab_size",), ("vocab",)) or "no config field"
+        ctx.draft.gap(
+            "embedding rows beyond vocab_size",
+            f"{ctx.obs.name(embed)} has {weight.shape[0]} rows, the logits {vocab} columns ({field}); "
+            "config.d_vocab states one size for both",
+        )
+    cross = plain_fields(ctx.config).get("cross_attention_layers")
+    if isinstance(cross, list) and cross:
+        ctx.draft.gap(
+            "cross-attention layers skipped by a text-only forward",
+            f"cross_attention_layers {cross[:4]}{'...' if len(cross) > 4 else ''} are cross-attention decoder "
+            "layers the text-only forward skips; the spec's blocks are all self-attention blocks",
+        )
