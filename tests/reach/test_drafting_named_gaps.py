@@ -88,3 +88,16 @@ def test_mllama_embedding_rows_beyond_vocab_and_skipped_cross_attention_are_name
 def test_llama_embedding_is_no_extent_gap():
     items = {g.item for g in draft_model_type("llama").gaps}
     assert not items & {"embedding rows beyond vocab_size", "cross-attention layers skipped by a text-only forward"}
+
+
+def test_jetmoe_mixture_of_attention_heads_is_named_and_kept_when_the_draft_does_not_validate():
+    from bridge_core.drafting.reach import conform_model_type
+
+    draft = draft_model_type("jetmoe")
+    attn = _tiny("jetmoe", draft.fields["test_config"]).model.layers[0].self_attention
+    assert attn.experts.router.layer.out_features == attn.experts.num_experts  # HF's router over attention experts
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["mixture of attention heads"].startswith("model.layers.0.self_attention.experts.router routes")
+    outcome = conform_model_type("jetmoe", variants=False)  # stops at step 'spec' (no d_mlp): the gaps stay
+    assert outcome.status == "failing" and outcome.detail.startswith("drafting step 'spec'")
+    assert any(g.startswith("mixture of attention heads: ") for g in outcome.gaps), outcome.gaps
