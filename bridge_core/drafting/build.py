@@ -82,9 +82,9 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
         if getattr(config, "is_encoder_decoder", False):
             return "the decoder half of an encoder-decoder model used alone (see its seq2seq class)"
         return "encoder-only model used as a decoder (a masked-LM family; `is_decoder` is off by default)"
-    from .scope import codebook_reason, recurrent_reason
+    from .scope import codebook_reason, composite_reason, recurrent_reason
 
-    return recurrent_reason(cls, config) or codebook_reason(cls, config)
+    return composite_reason(config) or recurrent_reason(cls, config) or codebook_reason(cls, config)
 
 
 def tiny_config(cls: type[nn.Module], base: Any) -> tuple[dict[str, Any], list[str], Any]:

@@ -6,6 +6,9 @@ layers keep a recurrent state instead: transformers' own cache vocabulary names 
 (`conv`, `linear_attention` hold a recurrent state; `hybrid` layers hold both), and state-space configs carry
 their state's fields (`state_size`, `mamba_*`, `ssm_*`). Such a model is out of scope: with no attention head
 count it has no attention at all; with one, it is a hybrid (see the legend of docs/reference/coverage.md).
+
+A composite wrapper (transformers' EncoderDecoderModel) declares its `encoder` and `decoder` sub-configs as
+`AutoConfig`: each stack is a whole model of another model type, drafted (or specified) as that type.
 """
 
 from __future__ import annotations
@@ -57,3 +60,18 @@ def codebook_reason(cls: type[nn.Module], config: Any) -> str | None:
     if isinstance(embeddings, nn.ModuleList) and len(embeddings) == books:
         return f"audio codebooks: one token embedding per codebook (num_codebooks {books}), not a text token stream"
     return None
+
+
+def composite_reason(config: Any) -> str | None:
+    """Why `config` composes two other model types (its encoder and decoder sub-configs are any model type's
+    config: `AutoConfig` in its `sub_configs`), or None."""
+    from transformers import AutoConfig
+
+    declared = getattr(config, "sub_configs", None) or {}
+    if not all(declared.get(key) is AutoConfig for key in ("encoder", "decoder")):
+        return None
+    types = {key: getattr(getattr(config, key, None), "model_type", "?") for key in ("encoder", "decoder")}
+    return (
+        f"composite wrapper: its encoder and decoder are whole models of other model types "
+        f"(encoder `{types['encoder']}`, decoder `{types['decoder']}`); draft or specify those types"
+    )

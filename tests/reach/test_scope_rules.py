@@ -57,3 +57,21 @@ def _config(model_type: str, layer_types: list[str]):
 def _meta(model_type: str, cls) -> list[torch.nn.Module]:
     with torch.device("meta"):
         return list(cls(build.default_config(cls, model_type)).modules())
+
+
+def test_encoder_decoder_wrapper_of_two_model_types_is_out_of_scope_as_composite():
+    from bridge_core.drafting.scope import composite_reason
+
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+    encoder = transformers.BertConfig(vocab_size=101, **small)
+    decoder = transformers.GPT2Config(vocab_size=101, n_embd=64, n_layer=2, n_head=4, add_cross_attention=True)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    reason = build.out_of_scope(transformers.EncoderDecoderModel, config)
+    assert reason == composite_reason(config)
+    assert reason.startswith("composite wrapper") and "encoder `bert`, decoder `gpt2`" in reason
+    with torch.device("meta"):  # HF's own wrapper: its stacks are the two other model types' models
+        model = transformers.EncoderDecoderModel(config=config)
+    assert (type(model.encoder).__name__, type(model.decoder).__name__) == ("BertModel", "GPT2LMHeadModel")
+    # a seq2seq model with its own encoder/decoder configs (T5Gemma) is no composite
+    assert composite_reason(transformers.AutoConfig.for_model("t5gemma")) is None
+    assert _reason("encoder-decoder").startswith("composite wrapper")
