@@ -39,7 +39,8 @@ from its config class and checked the way `bridge-core conform --model-type TYPE
   `ssm_*` fields) is "no attention" without an attention head count and "hybrid" with one
   (`bridge_core/drafting/scope.py`): the spec describes blocks that all attend over keys and values. A
   "composite wrapper" (transformers' `encoder-decoder`) declares its `encoder` and `decoder` sub-configs as
-  `AutoConfig`: each stack is a whole model of another model type, covered as that type.
+  `AutoConfig`: each stack is a whole model of another model type, covered as that type. A "speculative-decoding
+  assistant" takes keys and values its target model computed (a `*kv_states` input of its forward).
 
 """
 
