@@ -121,9 +121,11 @@ def build(cls: type[nn.Module], config: Any, seed: int = 0) -> nn.Module:
         try:
             return cls(config).eval()
         except Exception as exc:
-            raise DraftingError(
+            error = DraftingError(
                 "build", f"{cls.__name__}(tiny config) failed{_where(exc)}: {type(exc).__name__}: {exc}"
-            ) from None
+            )
+            error.reads = _config_reads(exc)
+            raise error from None
 
 
 def builds_on_meta(cls: type[nn.Module], config: Any) -> bool:
@@ -165,3 +167,16 @@ def _where(exc: BaseException) -> str:
         return ""
     last = frames[-1]
     return f" in {last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"
+
+
+def _config_reads(exc: BaseException) -> list[str]:
+    """The config attributes the failing line reads (`config.layer_types[...]`) or that were missing (an
+    AttributeError's name): where a default config leaves a field unset, these name it."""
+    import re
+    import traceback
+
+    names = [exc.name] if isinstance(exc, AttributeError) and isinstance(exc.name, str) else []
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "transformers" in f.filename]
+    if frames and frames[-1].line:
+        names += re.findall(r"config\.(\w+)", frames[-1].line)
+    return list(dict.fromkeys(names))

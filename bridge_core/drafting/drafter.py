@@ -48,13 +48,21 @@ def draft_model_type(model_type: str) -> Draft:
         if exc.step in ("shrink", "build", "forward") and not exc.gaps:
             exc.gaps = structure_gaps(base)  # drafting stopped before observing: what the config says instead
         if exc.step == "build" and not build.builds_on_meta(cls, base):
+            unset = [n for n in getattr(exc, "reads", []) if _unset(base, n)]
+            what = f"leaving {', '.join(unset)} unset" if unset else "a checkpoint sets what it leaves unset"
             raise DraftingError(  # the finding first: the coverage table shows a row's first 160 characters
                 "build",
-                f"HF's default {cls.config_class.__name__} fails too (a checkpoint sets what it leaves unset): "
-                f"{exc.reason}",
+                f"HF's default {cls.config_class.__name__} fails too ({what}): {exc.reason}",
                 exc.gaps,
             ) from None
         raise
+
+
+def _unset(config: Any, name: str) -> bool:
+    """Whether `config` (or one of its sub-configs, DBRX's attn_config) leaves `name` unset."""
+    subs = [getattr(config, k, None) for k in (getattr(type(config), "sub_configs", None) or {})]
+    holders = [c for c in (config, *subs) if c is not None and hasattr(c, "to_dict")]
+    return any(getattr(c, name, None) is None for c in holders)
 
 
 def draft_config(config: Any, cls: type[nn.Module] | None = None) -> Draft:

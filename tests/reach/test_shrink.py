@@ -76,7 +76,8 @@ def test_a_class_whose_defaults_do_not_build_is_named_so():
         draft_model_type("lfm2_moe")
     assert err.value.step == "build"
     assert "modeling_lfm2_moe.py" in err.value.reason
-    assert err.value.reason.startswith("HF's default Lfm2MoeConfig fails too")
+    assert err.value.reason.startswith("HF's default Lfm2MoeConfig fails too (leaving layer_types unset)")
+    assert build.default_config(build.model_class_for("lfm2_moe")).layer_types is None  # HF's own default
 
 
 def test_sub_configs_of_parts_are_shrunk_with_the_config():
@@ -107,7 +108,8 @@ def test_dbrx_defaults_fail_in_hf_and_the_draft_says_so():
     with pytest.raises(DraftingError) as err:
         draft_model_type("dbrx")
     assert err.value.step == "build" and err.value.reason.startswith("HF's default DbrxConfig fails too")
-    assert "rope_theta" in err.value.reason  # what HF's DbrxAttentionConfig leaves unset
+    assert "(leaving rope_theta unset)" in err.value.reason  # what HF's DbrxAttentionConfig leaves unset
+    assert not hasattr(build.default_config(build.model_class_for("dbrx")).attn_config, "rope_theta")
 
 
 def test_a_looped_model_names_its_loop_when_its_shrink_cannot_build():
