@@ -37,7 +37,10 @@ from its config class and checked the way `bridge-core conform --model-type TYPE
   encoder-only, audio), with the reason observed. A model whose layers keep a recurrent state (transformers'
   `layer_types` `conv` / `linear_attention` / `hybrid`, or a state-space config's `state_size` / `mamba_*` /
   `ssm_*` fields) is "no attention" without an attention head count and "hybrid" with one
-  (`bridge_core/drafting/scope.py`): the spec describes blocks that all attend over keys and values.
+  (`bridge_core/drafting/scope.py`): the spec describes blocks that all attend over keys and values. A
+  "composite wrapper" (transformers' `encoder-decoder`) declares its `encoder` and `decoder` sub-configs as
+  `AutoConfig`: each stack is a whole model of another model type, covered as that type. A "speculative-decoding
+  assistant" takes keys and values its target model computed (a `*kv_states` input of its forward).
 
 """
 

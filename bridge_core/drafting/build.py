@@ -51,7 +51,14 @@ def default_config(cls: type[nn.Module], model_type: str | None = None) -> Any:
     except Exception as exc:  # some config classes need arguments: the auto config then
         if model_type is None:
             raise DraftingError("config", f"{cls.config_class.__name__}() failed: {exc}") from None
-        return transformers.AutoConfig.for_model(model_type)
+        try:
+            return transformers.AutoConfig.for_model(model_type)
+        except Exception as auto_exc:
+            raise DraftingError(
+                "config",
+                f"transformers' own default {cls.config_class.__name__} does not validate: "
+                f"{type(auto_exc).__name__}: {auto_exc}",
+            ) from None
 
 
 def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
@@ -82,9 +89,14 @@ def out_of_scope(cls: type[nn.Module], config: Any) -> str | None:
         if getattr(config, "is_encoder_decoder", False):
             return "the decoder half of an encoder-decoder model used alone (see its seq2seq class)"
         return "encoder-only model used as a decoder (a masked-LM family; `is_decoder` is off by default)"
-    from .scope import codebook_reason, recurrent_reason
+    from .scope import borrowed_kv_reason, codebook_reason, composite_reason, recurrent_reason
 
-    return recurrent_reason(cls, config) or codebook_reason(cls, config)
+    return (
+        composite_reason(config)
+        or borrowed_kv_reason(cls)
+        or recurrent_reason(cls, config)
+        or codebook_reason(cls, config)
+    )
 
 
 def tiny_config(cls: type[nn.Module], base: Any) -> tuple[dict[str, Any], list[str], Any]:
@@ -109,9 +121,11 @@ def build(cls: type[nn.Module], config: Any, seed: int = 0) -> nn.Module:
         try:
             return cls(config).eval()
         except Exception as exc:
-            raise DraftingError(
+            error = DraftingError(
                 "build", f"{cls.__name__}(tiny config) failed{_where(exc)}: {type(exc).__name__}: {exc}"
-            ) from None
+            )
+            error.reads = _config_reads(exc)
+            raise error from None
 
 
 def builds_on_meta(cls: type[nn.Module], config: Any) -> bool:
@@ -153,3 +167,16 @@ def _where(exc: BaseException) -> str:
         return ""
     last = frames[-1]
     return f" in {last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})"
+
+
+def _config_reads(exc: BaseException) -> list[str]:
+    """The config attributes the failing line reads (`config.layer_types[...]`) or that were missing (an
+    AttributeError's name): where a default config leaves a field unset, these name it."""
+    import re
+    import traceback
+
+    names = [exc.name] if isinstance(exc, AttributeError) and isinstance(exc.name, str) else []
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "transformers" in f.filename]
+    if frames and frames[-1].line:
+        names += re.findall(r"config\.(\w+)", frames[-1].line)
+    return list(dict.fromkeys(names))

@@ -19,6 +19,7 @@ from .draft import Draft, DraftContext
 from .errors import DraftingError, OutOfScopeError
 from .observers import OBSERVERS
 from .probe import observe
+from .scope import borrowed_kv_reason, structure_gaps
 from .shrink import complete, shrink, tiny_overrides
 
 _ORDER = ("name", "description", "match", "hf_class", "config", "test_config", "variants", "embed", "pos_embed",
@@ -31,6 +32,9 @@ _STRUCTURAL_BOOL = re.compile(r"parallel|norm_before|post_norm|pre_norm|sandwich
 def draft_model_type(model_type: str) -> Draft:
     """A draft for a model type, from its config class's defaults shrunk to a tiny model."""
     cls = build.model_class_for(model_type)
+    reason = borrowed_kv_reason(cls)  # read from the class: an assistant's default config may not validate
+    if reason:
+        raise OutOfScopeError(reason)
     base = build.default_config(cls, model_type)
     reason = build.out_of_scope(cls, base)
     if reason:
@@ -38,14 +42,27 @@ def draft_model_type(model_type: str) -> Draft:
     overrides, notes = shrink(base)
     try:
         return _draft(cls, complete(cls.config_class, base, overrides), notes, model_type)
+    except OutOfScopeError:
+        raise
     except DraftingError as exc:
+        if exc.step in ("shrink", "build", "forward") and not exc.gaps:
+            exc.gaps = structure_gaps(base)  # drafting stopped before observing: what the config says instead
         if exc.step == "build" and not build.builds_on_meta(cls, base):
-            raise DraftingError(
+            unset = [n for n in getattr(exc, "reads", []) if _unset(base, n)]
+            what = f"leaving {', '.join(unset)} unset" if unset else "a checkpoint sets what it leaves unset"
+            raise DraftingError(  # the finding first: the coverage table shows a row's first 160 characters
                 "build",
-                f"{exc.reason} (transformers' default {cls.config_class.__name__} does not build at full size either: "
-                "its defaults leave this unset, a checkpoint's config sets it)",
+                f"HF's default {cls.config_class.__name__} fails too ({what}): {exc.reason}",
+                exc.gaps,
             ) from None
         raise
+
+
+def _unset(config: Any, name: str) -> bool:
+    """Whether `config` (or one of its sub-configs, DBRX's attn_config) leaves `name` unset."""
+    subs = [getattr(config, k, None) for k in (getattr(type(config), "sub_configs", None) or {})]
+    holders = [c for c in (config, *subs) if c is not None and hasattr(c, "to_dict")]
+    return any(getattr(c, name, None) is None for c in holders)
 
 
 def draft_config(config: Any, cls: type[nn.Module] | None = None) -> Draft:

@@ -105,7 +105,7 @@ def conform_model_type(
         return outcome
     except DraftingError as exc:
         outcome.detail = f"drafting step '{exc.step}': {exc.reason}"
-        outcome.gaps = list(exc.gaps)
+        outcome.gaps = [*outcome.gaps, *exc.gaps]  # a draft that did not validate keeps its own gaps
         outcome.seconds = time.perf_counter() - start
         return outcome
     failed = sorted({r.name for rep in outcome.reports for r in rep.failed()})

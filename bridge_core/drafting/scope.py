@@ -6,6 +6,14 @@ layers keep a recurrent state instead: transformers' own cache vocabulary names 
 (`conv`, `linear_attention` hold a recurrent state; `hybrid` layers hold both), and state-space configs carry
 their state's fields (`state_size`, `mamba_*`, `ssm_*`). Such a model is out of scope: with no attention head
 count it has no attention at all; with one, it is a hybrid (see the legend of docs/reference/coverage.md).
+
+A composite wrapper (transformers' EncoderDecoderModel) declares its `encoder` and `decoder` sub-configs as
+`AutoConfig`: each stack is a whole model of another model type, drafted (or specified) as that type. A
+speculative-decoding assistant (Gemma 4's) reads keys and values its target model computed (`shared_kv_states`
+in its forward): it does not run on token ids alone.
+
+A looped (recurrent-depth) model is in scope but has structure the spec cannot state: `structure_gaps` names
+it from the config when drafting stops before a forward is observed.
 """
 
 from __future__ import annotations
@@ -57,3 +65,45 @@ def codebook_reason(cls: type[nn.Module], config: Any) -> str | None:
     if isinstance(embeddings, nn.ModuleList) and len(embeddings) == books:
         return f"audio codebooks: one token embedding per codebook (num_codebooks {books}), not a text token stream"
     return None
+
+
+def composite_reason(config: Any) -> str | None:
+    """Why `config` composes two other model types (its encoder and decoder sub-configs are any model type's
+    config: `AutoConfig` in its `sub_configs`), or None."""
+    from transformers import AutoConfig
+
+    declared = getattr(config, "sub_configs", None) or {}
+    if not all(declared.get(key) is AutoConfig for key in ("encoder", "decoder")):
+        return None
+    types = {key: getattr(getattr(config, key, None), "model_type", "?") for key in ("encoder", "decoder")}
+    return (
+        f"composite wrapper: its encoder and decoder are whole models of other model types "
+        f"(encoder `{types['encoder']}`, decoder `{types['decoder']}`); draft or specify those types"
+    )
+
+
+_BORROWED_KV = re.compile(r"(^|_)kv_states$")
+
+
+def borrowed_kv_reason(cls: type[nn.Module]) -> str | None:
+    """Why a model's forward needs keys and values computed by another model, or None (read from the class
+    alone: such a config may not even build with its defaults)."""
+    borrowed = [p for p in inspect.signature(cls.forward).parameters if _BORROWED_KV.search(p)]
+    if not borrowed:
+        return None
+    return (
+        f"speculative-decoding assistant: its forward reads keys and values its target model computed "
+        f"(`{borrowed[0]}`); it does not run on token ids alone"
+    )
+
+
+def structure_gaps(config: Any) -> list[str]:
+    """Structure a config states that the spec vocabulary cannot ("item: detail"): layers run more than once
+    per forward (a loop count above 1: a recurrent-depth model)."""
+    fields = plain_fields(config)
+    loops = {k: v for k, v in fields.items() if "loop" in k and isinstance(v, int) and not isinstance(v, bool)}
+    loops = {k: v for k, v in loops.items() if v > 1}
+    if not loops:
+        return []
+    key, value = next(iter(sorted(loops.items())))
+    return [f"looped layers: {key} {value} (layers run more than once per forward; spec blocks run once)"]

@@ -31,7 +31,7 @@ _SIZES: dict[str, int] = {
     **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32),
 }  # fmt: skip
 _EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "num_experts_per_tok")
-_KV_HEADS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "multi_query_group_num")
+_KV_HEADS = ("num_key_value_heads", "n_kv_heads", "num_kv_heads", "kv_n_heads", "multi_query_group_num")
 _WINDOWS = ("sliding_window", "attention_window", "window_size")
 _SPECIAL_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 0}
 _LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
@@ -98,11 +98,13 @@ def _remap_id(value: Any, default: int) -> Any:
     return value
 
 
-def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
-    """Overrides that make `config` tiny, and notes on what the tiny model does not exercise."""
+def shrink(config: Any, parent: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Overrides that make `config` tiny, and notes on what the tiny model does not exercise. `parent`: the
+    fields of the config holding this one as a sub-config (its head count decides a kv-head count here)."""
     fields = plain_fields(config)
     notes: list[str] = []
     out: dict[str, Any] = {}
+    _shrink_sub_configs(config, fields, out, notes)
     for key, value in fields.items():
         if key in _SIZES and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SIZES[key]
@@ -112,7 +114,8 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
                 out[key] = _SIZES.get(key, 1)
     if "head_dim" in fields and fields["head_dim"] is None:
         out["head_dim"] = D_HEAD  # = d_model // n_heads here; some classes use an unset head_dim as is
-    heads = next((fields[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in fields), None)
+    outer = {**(parent or {}), **fields}
+    heads = next((outer[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in outer), None)
     for key in _KV_HEADS:
         if key in fields and fields[key] is None and key != "multi_query_group_num":
             out[key] = N_HEADS  # HF's documented meaning of an unset kv-head count: one per query head
@@ -154,6 +157,24 @@ def shrink(config: Any) -> tuple[dict[str, Any], list[str]]:
     if isinstance(fields.get("first_k_dense_replace"), int) and fields["first_k_dense_replace"] > 1:
         out["first_k_dense_replace"] = 1
     return out, notes
+
+
+def _shrink_sub_configs(config: Any, fields: dict[str, Any], out: dict[str, Any], notes: list[str]) -> None:
+    """A model's own sub-configs of its parts (DBRX's `attn_config` and `ffn_config`), shrunk like the config:
+    each override is the sub-config's fields with its sizes shrunk, so a checkpoint's own values stay. A
+    `text_config` or any-model-type (`AutoConfig`) sub-config is a whole model, not a part: left alone."""
+    from transformers import AutoConfig
+
+    for key, declared in (getattr(type(config), "sub_configs", None) or {}).items():
+        sub = getattr(config, key, None)
+        if declared is AutoConfig or not key.endswith("_config") or key == "text_config" or sub is None:
+            continue
+        if not hasattr(sub, "to_dict"):
+            continue
+        small, sub_notes = shrink(sub, parent=fields)
+        if small:
+            out[key] = {**plain_fields(sub), **small}
+            notes.extend(sub_notes)
 
 
 def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]) -> None:

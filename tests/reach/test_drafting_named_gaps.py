@@ -68,3 +68,36 @@ def test_laguna_softplus_head_gate_is_named_and_afmoe_like_scoring_found():
     assert gaps["attention output gate"].startswith("o_proj reads the output times softplus(g_proj) per head")
     assert "output projection" not in gaps and "MoE scoring" not in gaps  # its frozen correction-bias parameter
     assert draft.fields["block"]["mlp"]["moe"]["correction_bias"] == "gate.e_score_correction_bias"
+
+
+def test_mllama_embedding_rows_beyond_vocab_and_skipped_cross_attention_are_named():
+    from bridge_core.drafting import build
+
+    draft = draft_model_type("mllama")
+    cls = build.model_class_for("mllama")  # its text config: AutoConfig's MllamaConfig would build a vision tower
+    model = build.build(cls, build.config_from(cls, draft.fields["test_config"]))
+    rows, vocab = model.get_input_embeddings().weight.shape[0], model.config.vocab_size
+    assert rows > vocab  # HF's table holds extra (image) token rows the logits do not have
+    gaps = {g.item: g.detail for g in draft.gaps}
+    detail = gaps["embedding rows beyond vocab_size"]
+    assert detail.startswith(f"model.embed_tokens has {rows} rows, the logits {vocab}")
+    assert model.config.cross_attention_layers  # layers HF's text-only forward skips
+    assert "cross-attention layers skipped by a text-only forward" in gaps
+
+
+def test_llama_embedding_is_no_extent_gap():
+    items = {g.item for g in draft_model_type("llama").gaps}
+    assert not items & {"embedding rows beyond vocab_size", "cross-attention layers skipped by a text-only forward"}
+
+
+def test_jetmoe_mixture_of_attention_heads_is_named_and_kept_when_the_draft_does_not_validate():
+    from bridge_core.drafting.reach import conform_model_type
+
+    draft = draft_model_type("jetmoe")
+    attn = _tiny("jetmoe", draft.fields["test_config"]).model.layers[0].self_attention
+    assert attn.experts.router.layer.out_features == attn.experts.num_experts  # HF's router over attention experts
+    gaps = {g.item: g.detail for g in draft.gaps}
+    assert gaps["mixture of attention heads"].startswith("model.layers.0.self_attention.experts.router routes")
+    outcome = conform_model_type("jetmoe", variants=False)  # stops at step 'spec' (no d_mlp): the gaps stay
+    assert outcome.status == "failing" and outcome.detail.startswith("drafting step 'spec'")
+    assert any(g.startswith("mixture of attention heads: ") for g in outcome.gaps), outcome.gaps

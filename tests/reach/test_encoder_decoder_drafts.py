@@ -139,3 +139,18 @@ def test_attention_outside_the_interface_is_a_named_drafting_failure():
     with pytest.raises(DraftingError, match="AttentionInterface") as info:
         draft_model_type("pegasus_x")
     assert info.value.step == "observe" and "model.encoder.layers" in info.value.reason
+    items = [g.split(":")[0] for g in info.value.gaps]  # the reimplement path refuses encoder-decoders; local attention
+    assert items == ["cross attention on the reimplement path", "local (windowed/global-token) attention"]
+
+
+@pytest.mark.parametrize("model_type, local", [("fsmt", False), ("led", True)])
+def test_encoder_decoders_computing_all_attention_themselves_name_the_missing_path(model_type, local):
+    import transformers
+
+    with pytest.raises(DraftingError, match="no call reached") as info:
+        draft_model_type(model_type)
+    items = [g.split(":")[0] for g in info.value.gaps]
+    assert items[0] == "cross attention on the reimplement path"
+    assert ("local (windowed/global-token) attention" in items) == local
+    # LED's config sets the window its encoder attends in; FSMT's has none
+    assert bool(getattr(transformers.AutoConfig.for_model(model_type), "attention_window", None)) == local

@@ -3,6 +3,8 @@ scope as 'no attention' or 'hybrid', audio codebook models as such; transformers
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -57,3 +59,39 @@ def _config(model_type: str, layer_types: list[str]):
 def _meta(model_type: str, cls) -> list[torch.nn.Module]:
     with torch.device("meta"):
         return list(cls(build.default_config(cls, model_type)).modules())
+
+
+def test_encoder_decoder_wrapper_of_two_model_types_is_out_of_scope_as_composite():
+    from bridge_core.drafting.scope import composite_reason
+
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+    encoder = transformers.BertConfig(vocab_size=101, **small)
+    decoder = transformers.GPT2Config(vocab_size=101, n_embd=64, n_layer=2, n_head=4, add_cross_attention=True)
+    config = transformers.EncoderDecoderConfig.from_encoder_decoder_configs(encoder, decoder)
+    reason = build.out_of_scope(transformers.EncoderDecoderModel, config)
+    assert reason == composite_reason(config)
+    assert reason.startswith("composite wrapper") and "encoder `bert`, decoder `gpt2`" in reason
+    with torch.device("meta"):  # HF's own wrapper: its stacks are the two other model types' models
+        model = transformers.EncoderDecoderModel(config=config)
+    assert (type(model.encoder).__name__, type(model.decoder).__name__) == ("BertModel", "GPT2LMHeadModel")
+    # a seq2seq model with its own encoder/decoder configs (T5Gemma) is no composite
+    assert composite_reason(transformers.AutoConfig.for_model("t5gemma")) is None
+    assert _reason("encoder-decoder").startswith("composite wrapper")
+
+
+@pytest.mark.parametrize("model_type", ["gemma4_assistant", "gemma4_unified_assistant"])
+def test_speculative_decoding_assistants_are_out_of_scope(model_type):
+    from bridge_core.drafting import OutOfScopeError, draft_model_type
+
+    with pytest.raises(OutOfScopeError, match="speculative-decoding assistant") as info:
+        draft_model_type(model_type)
+    assert "`shared_kv_states`" in info.value.reason
+    cls = build.model_class_for(model_type)
+    assert "shared_kv_states" in inspect.signature(cls.forward).parameters  # HF's own forward takes them
+
+
+def test_a_plain_forward_borrows_no_keys_and_values():
+    from bridge_core.drafting.scope import borrowed_kv_reason
+
+    assert borrowed_kv_reason(transformers.LlamaForCausalLM) is None
+    assert borrowed_kv_reason(transformers.Gemma4ForCausalLM) is None

@@ -68,11 +68,63 @@ def test_per_layer_config_follows_the_layers_kept():
 
 def test_a_class_whose_defaults_do_not_build_is_named_so():
     """Lfm2-MoE's default config leaves layer_types unset and its layers read them: the draft fails at 'build'
-    saying where, and that transformers' own default config does not build at full size either."""
+    saying where, and (first) that transformers' own default config fails too."""
     from bridge_core.drafting.drafter import draft_model_type
     from bridge_core.drafting.errors import DraftingError
 
     with pytest.raises(DraftingError) as err:
         draft_model_type("lfm2_moe")
     assert err.value.step == "build"
-    assert "modeling_lfm2_moe.py" in err.value.reason and "does not build at full size either" in err.value.reason
+    assert "modeling_lfm2_moe.py" in err.value.reason
+    assert err.value.reason.startswith("HF's default Lfm2MoeConfig fails too (leaving layer_types unset)")
+    assert build.default_config(build.model_class_for("lfm2_moe")).layer_types is None  # HF's own default
+
+
+def test_sub_configs_of_parts_are_shrunk_with_the_config():
+    """DBRX keeps its attention and MLP sizes in `attn_config` / `ffn_config`: they shrink with the model, and a
+    checkpoint's own values there (rope_theta, clip_qkv, which HF's defaults leave unset) stay."""
+    from transformers import DbrxConfig, DbrxForCausalLM
+
+    checkpoint = DbrxConfig(
+        d_model=1024, n_heads=8, n_layers=4, attn_config={"kv_n_heads": 2, "rope_theta": 5e5, "clip_qkv": 8.0},
+        ffn_config={"hidden_size": 1024, "ffn_hidden_size": 2048, "moe_num_experts": 8, "moe_top_k": 2},
+    )  # fmt: skip
+    overrides, _ = shrink(checkpoint)
+    config = DbrxConfig(**overrides)
+    assert (config.attn_config.kv_n_heads, config.attn_config.rope_theta, config.attn_config.clip_qkv) == (2, 5e5, 8.0)
+    model = build.build(DbrxForCausalLM, config)
+    block = model.transformer.blocks[0]
+    assert block.norm_attn_norm.attn.Wqkv.in_features == 64  # HF's own modules at the shrunk sizes
+    assert block.ffn.router.layer.out_features == 4 and config.ffn_config.ffn_hidden_size == 96
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, config.vocab_size, (1, 5))).logits).all()
+
+
+def test_dbrx_defaults_fail_in_hf_and_the_draft_says_so():
+    from bridge_core.drafting.drafter import draft_model_type
+    from bridge_core.drafting.errors import DraftingError
+
+    assert not build.builds_on_meta(build.model_class_for("dbrx"), build.default_config(build.model_class_for("dbrx")))
+    with pytest.raises(DraftingError) as err:
+        draft_model_type("dbrx")
+    assert err.value.step == "build" and err.value.reason.startswith("HF's default DbrxConfig fails too")
+    assert "(leaving rope_theta unset)" in err.value.reason  # what HF's DbrxAttentionConfig leaves unset
+    assert not hasattr(build.default_config(build.model_class_for("dbrx")).attn_config, "rope_theta")
+
+
+def test_a_looped_model_names_its_loop_when_its_shrink_cannot_build():
+    """Dory runs its middle layers n_recurrent_loops times; its validator needs its input, recurrent and output
+    layer groups to sum to num_hidden_layers, which 2 layers do not: the shrink failure names the loop."""
+    from transformers import DoryConfig
+
+    from bridge_core.drafting.drafter import draft_model_type
+    from bridge_core.drafting.errors import DraftingError
+
+    hf = DoryConfig()
+    assert hf.n_recurrent_loops == 2 and hf.n_input_layers + hf.n_recurrent_layers + hf.n_output_layers == 36
+    with pytest.raises(DraftingError) as err:
+        draft_model_type("dory")
+    assert err.value.step == "shrink" and "n_input_layers + n_recurrent_layers" in err.value.reason
+    assert err.value.gaps == [
+        "looped layers: n_recurrent_loops 2 (layers run more than once per forward; spec blocks run once)"
+    ]

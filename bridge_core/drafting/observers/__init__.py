@@ -11,6 +11,7 @@ from .attention import observe_attention, observe_rotation_per_layer
 from .block import observe_mlp, observe_norms_and_kind
 from .calls import observe_call, observe_scale, observe_window
 from .config_fields import observe_config
+from .extent import observe_extent, observe_routed_attention
 from .latent import observe_latent_config
 from .layout import observe_blocks, observe_embedding, observe_final, observe_positions
 from .selection import observe_key_selection
@@ -30,4 +31,6 @@ OBSERVERS = (
     observe_key_selection,
     observe_config,
     observe_latent_config,
+    observe_extent,
+    observe_routed_attention,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch import nn
 from ..draft import DraftContext
 from ..errors import DraftingError
 from ..probe import same, tensor_at
+from ..shrink import plain_fields
 from .modules import eps_of, is_linear, is_norm, norm_kind, under
 
 
@@ -29,7 +31,11 @@ def stacks(ctx: DraftContext) -> tuple[str, str]:
     obs = ctx.obs
     attended = [obs.name(c.module) for c in obs.attention]
     if not attended:
-        raise DraftingError("observe", "no call reached transformers' AttentionInterface (attention outside it)")
+        raise DraftingError(
+            "observe",
+            "no call reached transformers' AttentionInterface (attention outside it)",
+            _outside_gaps(ctx, f"{ctx.cls.__name__} computes its encoder and decoder attention in its own code"),
+        )
     lists = [n for n, m in ctx.model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     holding = [n for n in lists if any(under(a, f"{n}.0") for a in attended)]
     holding = [n for n in holding if not any(o != n and under(n, o) for o in holding)]  # outermost (T5's layer)
@@ -39,6 +45,7 @@ def stacks(ctx: DraftContext) -> tuple[str, str]:
             "observe",
             f"only {holding[0]} reaches transformers' AttentionInterface; the attention of {others or 'another stack'}"
             " is outside it (local / block-sparse attention computed in the module)",
+            _outside_gaps(ctx, f"{others[0] if others else 'another stack'} computes its attention in its own code"),
         )
     if len(holding) != 2:
         raise DraftingError("observe", f"expected an encoder and a decoder block list, found {holding}")
@@ -48,6 +55,27 @@ def stacks(ctx: DraftContext) -> tuple[str, str]:
     if decoder is None or encoder is None:
         raise DraftingError("observe", f"attention modules per block {per_block}: no self + cross decoder block")
     return encoder, decoder
+
+
+_LOCAL_FIELD = re.compile(r"attention_window|local_radius|block_size|global_tokens|attention_type")
+"""Config fields of attention restricted to a window, blocks or global tokens (LED, BigBird-Pegasus, PEGASUS-X,
+LongT5): such an encoder attends locally, which the spec's full attention does not state."""
+
+
+def _outside_gaps(ctx: DraftContext, where: str) -> list[str]:
+    """The missing vocabulary when attention is computed outside AttentionInterface in an encoder-decoder: the
+    reimplement path (self attention recomputed from the projections) takes no cross attention, and a config
+    of windowed / block / global-token attention names attention the spec cannot state at all."""
+    gaps = [
+        f"cross attention on the reimplement path: {where}; `block.attn.implementation: reimplement` "
+        "is refused in an encoder-decoder model: it takes no cross attention (bridge/reimplement.py)"
+    ]
+    fields = plain_fields(ctx.config)
+    local = {k: v for k, v in fields.items() if _LOCAL_FIELD.search(k) and v not in (None, 0, False, [], "")}
+    if local:
+        seen = ", ".join(f"{k}={v}" for k, v in sorted(local.items())[:3])
+        gaps.append(f"local (windowed/global-token) attention: config fields {seen}")
+    return gaps
 
 
 def stack_context(ctx: DraftContext, blocks: str, attention=None) -> DraftContext:
