@@ -99,11 +99,19 @@ def borrowed_kv_reason(cls: type[nn.Module]) -> str | None:
 
 def structure_gaps(config: Any) -> list[str]:
     """Structure a config states that the spec vocabulary cannot ("item: detail"): layers run more than once
-    per forward (a loop count above 1: a recurrent-depth model)."""
+    per forward (a loop count above 1: a recurrent-depth model), or stacks at several granularities (BLT)."""
     fields = plain_fields(config)
+    gaps = []
     loops = {k: v for k, v in fields.items() if "loop" in k and isinstance(v, int) and not isinstance(v, bool)}
     loops = {k: v for k, v in loops.items() if v > 1}
-    if not loops:
-        return []
-    key, value = next(iter(sorted(loops.items())))
-    return [f"looped layers: {key} {value} (layers run more than once per forward; spec blocks run once)"]
+    if loops:
+        key, value = next(iter(sorted(loops.items())))
+        gaps.append(f"looped layers: {key} {value} (layers run more than once per forward; spec blocks run once)")
+    # stacks of one model at different granularities (BLT: a byte-level encoder and decoder around a global
+    # transformer over patches): sub-configs of its own parts besides the encoder/decoder pair
+    declared = getattr(type(config), "sub_configs", None) or {}
+    parts = [k for k in declared if k.endswith("_config") and k != "text_config"]
+    if len(parts) > 2 and "global_config" in parts:
+        listed = ", ".join(parts)
+        gaps.append(f"hierarchical stacks: {listed} (one model over bytes and patches; a spec has one stack per role)")
+    return gaps

@@ -172,9 +172,17 @@ def _shrink_sub_configs(config: Any, fields: dict[str, Any], out: dict[str, Any]
         if not hasattr(sub, "to_dict"):
             continue
         small, sub_notes = shrink(sub, parent=fields)
-        if small:
-            out[key] = {**plain_fields(sub), **small}
-            notes.extend(sub_notes)
+        if not small:
+            continue
+        candidate = {**plain_fields(sub), **small}
+        try:  # a part rejected shrunk, alone or by its parent (Moshi's depth decoder), stays as the parent passes it
+            type(sub)(**candidate)
+            type(config)(**{**out, key: candidate})
+        except Exception as error:  # any rejection: keep the unshrunk part, say so
+            notes.append(f"test_config: {key} kept unshrunk ({type(sub).__name__} rejects it shrunk: {error!s:.120})")
+            continue
+        out[key] = candidate
+        notes.extend(sub_notes)
 
 
 def _shrink_rotary(fields: dict[str, Any], out: dict[str, Any], notes: list[str]) -> None:

@@ -128,3 +128,32 @@ def test_a_looped_model_names_its_loop_when_its_shrink_cannot_build():
     assert err.value.gaps == [
         "looped layers: n_recurrent_loops 2 (layers run more than once per forward; spec blocks run once)"
     ]
+
+
+def test_a_model_over_bytes_and_patches_names_its_hierarchical_stacks():
+    """BLT runs a byte-level encoder and decoder around a global transformer over patches (four part sub-configs);
+    whatever step its draft stops at, the reason names the stacks a one-stack-per-role spec cannot state. A plain
+    decoder's config names nothing."""
+    from transformers import AutoConfig, BltConfig
+
+    from bridge_core.drafting.scope import structure_gaps
+
+    parts = set(BltConfig.sub_configs)
+    assert {"global_config", "encoder_config", "decoder_config"} <= parts
+    (gap,) = structure_gaps(BltConfig())
+    assert gap.startswith("hierarchical stacks: ") and all(p in gap for p in parts)
+    assert structure_gaps(AutoConfig.for_model("llama")) == []
+
+
+def test_a_part_rejected_shrunk_stays_as_its_parent_passes_it():
+    """Moshi's depth decoder, shrunk alone, makes MoshiConfig pass it audio_vocab_size None: the part is kept
+    unshrunk, with a note, and the tiny config builds (it did not while the shrunk part was written)."""
+    from transformers import AutoConfig
+
+    from bridge_core.drafting.shrink import shrink
+
+    config = AutoConfig.for_model("moshi")
+    small, notes = shrink(config)
+    assert "depth_decoder_config" not in small
+    assert any(n.startswith("test_config: depth_decoder_config kept unshrunk") for n in notes)
+    assert type(config)(**small).hidden_size == small["hidden_size"]
