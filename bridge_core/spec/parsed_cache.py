@@ -18,9 +18,8 @@ from pathlib import Path
 
 from . import loader
 from .loader import MAX_SPEC_BYTES, RawSpec, parse_raw_spec, read_raw_spec
-from .validated_cache import cache_dir, same_model
+from .validated_cache import cache_dir, same_model, source_fingerprint
 
-_FORMAT = 1  # bump when the encoding below changes
 _loader_hash: str | None = None
 
 
@@ -30,9 +29,7 @@ def _fingerprint() -> str:
     if _loader_hash is None:
         import yaml
 
-        digest = hashlib.sha256(Path(loader.__file__).read_bytes())
-        digest.update(f"|pyyaml {yaml.__version__}|format {_FORMAT}".encode())
-        _loader_hash = digest.hexdigest()
+        _loader_hash = source_fingerprint(loader.__file__, f"pyyaml {yaml.__version__}")
     return _loader_hash
 
 

@@ -30,7 +30,7 @@ from . import schema
 from .schema import Spec
 
 CACHE_VARIABLE = "BRIDGE_CORE_CACHE_DIR"
-_FORMAT = 1  # bump when the encoding below changes
+_FORMAT = 1  # bump when this encoding or parsed_cache.py's changes (both keys include it)
 _MODEL, _DICT = "$model", "$dict"
 
 
@@ -46,6 +46,13 @@ def cache_dir() -> Path | None:
     return Path(base) / "bridge-core"
 
 
+def source_fingerprint(source_file: str, versions: str) -> str:
+    """A hash of a module's source and the versions it depends on (what a cached form is valid for)."""
+    digest = hashlib.sha256(Path(source_file).read_bytes())
+    digest.update(f"|{versions}|format {_FORMAT}".encode())
+    return digest.hexdigest()
+
+
 _schema_hash: str | None = None
 
 
@@ -55,9 +62,7 @@ def _schema_fingerprint() -> str:
     if _schema_hash is None:
         import pydantic
 
-        digest = hashlib.sha256(Path(schema.__file__).read_bytes())
-        digest.update(f"|pydantic {pydantic.VERSION}|format {_FORMAT}".encode())
-        _schema_hash = digest.hexdigest()
+        _schema_hash = source_fingerprint(schema.__file__, f"pydantic {pydantic.VERSION}")
     return _schema_hash
 
 
