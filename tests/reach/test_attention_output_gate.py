@@ -16,6 +16,7 @@ from bridge_core.bridge import loading
 from bridge_core.conformance.runner import perturb, run
 from bridge_core.drafting import draft_model_type, to_spec
 from bridge_core.drafting.reach import FAST_CHECKS
+from tests._hf_edits import logits_with_input_slice_zeroed
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +92,8 @@ def test_zeroing_a_head_at_hook_z_zeroes_its_gated_slice(pair):
     tokens = torch.randint(0, hf.config.vocab_size, (1, 6))
     d, head = bridge.cfg.d_head, 2
 
-    def zero_slice(module, args):
-        x = args[0].clone()
-        x[..., head * d : (head + 1) * d] = 0
-        return (x,)
-
-    handle = hf.model.layers[1].self_attn.o_proj.register_forward_pre_hook(zero_slice)
-    try:
-        with torch.no_grad():
-            expected = hf(tokens).logits
-    finally:
-        handle.remove()
+    o_proj = hf.model.layers[1].self_attn.o_proj
+    expected = logits_with_input_slice_zeroed(hf, o_proj, tokens, head * d, (head + 1) * d)
 
     def zero_head(z, hook):
         z[:, :, head] = 0

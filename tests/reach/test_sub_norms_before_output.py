@@ -18,6 +18,7 @@ from bridge_core.conformance.runner import run
 from bridge_core.drafting import draft_model_type, to_spec
 from bridge_core.drafting.reach import FAST_CHECKS
 from bridge_core.errors import ProcessingError
+from tests._hf_edits import logits_with_input_slice_zeroed
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +107,8 @@ def test_zeroing_a_head_at_hook_z_is_zeroing_it_before_the_sub_norm(pair):
     tokens = torch.randint(0, hf.config.vocab_size, (1, 6))
     d, head = bridge.cfg.d_head, 1
 
-    def zero_slice(module, args):
-        x = args[0].clone()
-        x[..., head * d : (head + 1) * d] = 0
-        return (x, *args[1:])
-
-    handle = hf.model.layers[0].self_attn.attn_sub_norm.register_forward_pre_hook(zero_slice)
-    try:
-        with torch.no_grad():
-            expected = hf(tokens).logits
-    finally:
-        handle.remove()
+    sub_norm = hf.model.layers[0].self_attn.attn_sub_norm
+    expected = logits_with_input_slice_zeroed(hf, sub_norm, tokens, head * d, (head + 1) * d)
 
     def zero_head(z, hook):
         z[:, :, head] = 0

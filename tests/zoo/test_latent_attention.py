@@ -14,6 +14,7 @@ import torch
 from bridge_core import Bridge
 from bridge_core.bridge.latent_attention import LatentWeightError
 from bridge_core.conformance.runner import run_variants
+from tests._hf_edits import logits_with_input_slice_zeroed
 
 MINICPM3 = Path(__file__).resolve().parents[2] / "adapter_specs" / "minicpm3.yaml"
 
@@ -111,17 +112,8 @@ def test_zeroing_a_head_at_hook_z_equals_zeroing_its_o_proj_columns_in_hf(pair):
     bridge, hf = pair
     tokens, head, dv = _tokens(), 1, hf.config.v_head_dim
 
-    def zero_columns(module, args):
-        x = args[0].clone()
-        x[..., head * dv : (head + 1) * dv] = 0
-        return (x,)
-
-    handle = hf.model.layers[0].self_attn.o_proj.register_forward_pre_hook(zero_columns)
-    try:
-        with torch.no_grad():
-            expected = hf(tokens).logits
-    finally:
-        handle.remove()
+    o_proj = hf.model.layers[0].self_attn.o_proj
+    expected = logits_with_input_slice_zeroed(hf, o_proj, tokens, head * dv, (head + 1) * dv)
 
     def zero_head(z, hook):
         z[:, :, head] = 0
