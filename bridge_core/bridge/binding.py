@@ -50,7 +50,7 @@ from .latent_binding import bind_latent
 from .layout import lay_out_points
 from .moe_binding import bind_moe
 from .places import gate_up_views, qkv_views
-from .spec_walker import Missing, SpecWalker, resolve_path
+from .spec_walker import Missing, SpecWalker, forward_parameters, resolve_path
 from .tensor_parallel import shard_points
 
 __all__ = ["bind", "collect_problems", "resolve_path"]
@@ -625,7 +625,5 @@ def _sinks(module: nn.Module, name: str | None, field: str, path: str) -> torch.
 def _hidden_param(module: nn.Module) -> str:
     """The attention forward's parameter taking the hidden states: `hidden_states`, or else its first one
     (OpenAI GPT's `x`), read once from the signature at bind time."""
-    import inspect
-
-    names = [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
+    names = [p.name for p in forward_parameters(module)]
     return "hidden_states" if "hidden_states" in names or not names else names[0]

@@ -12,7 +12,6 @@ the module's original forward, so each hook point still fires exactly once.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from ..kinds import PositionKind
 from ..spec.schema import Spec
 from .attention import AttentionRoute, _eager, _rotated, as_additive_mask
 from .bound import BoundModel
+from .spec_walker import forward_parameters
 
 
 @dataclass
@@ -170,8 +170,7 @@ def _position_of(module: nn.Module, name: str | None) -> int | None:
     """The positional index of `forward`'s parameter `name` (read once, at bind time)."""
     if name is None:
         return None
-    parameters = [p for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
-    names = [p.name for p in parameters]
+    names = [p.name for p in forward_parameters(module)]
     return names.index(name) if name in names else None
 
 

@@ -6,6 +6,7 @@ it records every problem and lets the walk carry on past what depends on it (`br
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -17,6 +18,11 @@ from ..spec.config import BridgeConfig, config_lookup, spec_error
 from ..spec.expressions import ExpressionError, evaluate
 from ..spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from ..spec.schema import MLPSpec, ModulePath, Spec
+
+
+def forward_parameters(module: nn.Module) -> list[inspect.Parameter]:
+    """`module.forward`'s parameters but `**kwargs`, in order (read at bind time, never per call)."""
+    return [p for p in inspect.signature(module.forward).parameters.values() if p.kind != p.VAR_KEYWORD]
 
 
 def resolve_path(root: nn.Module, path: ModulePath, spec_field: str, prefix: str = "") -> tuple[nn.Module, str]:

@@ -36,8 +36,10 @@ def _first_parameter(module: Any) -> str | None:
     """The name of the first parameter of `module.forward` (after self), or None when it takes none by name."""
     import inspect
 
+    from ...bridge.spec_walker import forward_parameters
+
     try:
-        parameters = list(inspect.signature(module.forward).parameters.values())
+        parameters = forward_parameters(module)
     except (TypeError, ValueError):
         return None
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
