@@ -14,14 +14,17 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BridgeCoreError, SpecError, SpecNotFoundError, close_matches
 from .plugin_host import PluginHost, PluginWarning, is_builtin
 from .spec import parsed_cache, validated_cache
 from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
-from .spec.schema import Spec
+from .spec.plain import PlainSpec
+
+if TYPE_CHECKING:
+    from .spec.schema import Spec
 
 SPEC_PATH_VARIABLE = "BRIDGE_CORE_SPEC_PATH"
 # `extends:` inherits everything but these: a spec claims only the models it names itself.
@@ -44,6 +47,7 @@ class Registry:
         self.plugins = plugins if plugins is not None else PluginHost()
         self._entries: dict[str, SpecEntry] = {}
         self._specs: dict[str, Spec] = {}
+        self._trees: dict[str, PlainSpec] = {}  # built-in specs read for binding from a warm cache
         self._claims: dict[tuple[str, str], str] | None = None
         self._unusable: set[str] = set()  # third-party specs found not to validate: they claim nothing
         self._warned: set[str] = set()
@@ -97,6 +101,7 @@ class Registry:
         else:
             self.plugins.spec_owners.pop(name, None)
         self._specs.clear()
+        self._trees.clear()
         self._unusable.discard(name)
         self._claims = None
         return entry
@@ -110,6 +115,7 @@ class Registry:
         except Exception:
             del self._entries[entry.name]
             self._specs.pop(entry.name, None)
+            self._trees.pop(entry.name, None)
             self._claims = None
             raise
         return spec
@@ -141,6 +147,8 @@ class Registry:
         same `UnknownKindError`): built-in specs name built-in kinds, and collecting kinds imports
         torch and transformers, which `bridge-core list` must not pay for (tests/perf/test_cli_imports.py).
         """
+        if name not in self._specs and name in self._trees:  # the Spec of the tree the binder read
+            self._specs[name] = self._trees[name].to_spec()
         if name not in self._specs:
             entry = self.entry(name)
             merged = resolve_extends(entry.raw, self.raw_spec)
@@ -153,6 +161,18 @@ class Registry:
                 self._check_kinds(spec, merged)
             self._specs[name] = spec
         return self._specs[name]
+
+    def for_binding(self, name: str) -> Spec | PlainSpec:
+        """The spec `name` as the binder reads it: a built-in spec stored for exactly its data and schema
+        comes as a plain tree (no pydantic import: spec/plain.py); any other, as `get` gives it. Public
+        surfaces hand out `get`'s `Spec` (`plain.public_spec`)."""
+        if name in self._specs:
+            return self._specs[name]
+        if name not in self._trees and self.entry(name).origin == "builtin":
+            tree = validated_cache.stored_tree(resolve_extends(self._entries[name].raw, self.raw_spec))
+            if tree is not None:
+                self._trees[name] = tree
+        return self._trees.get(name) or self.get(name)
 
     def usable(self, name: str) -> Spec | None:
         """The validated spec `name`, or None (recorded as its plugin's failure) when a third-party
@@ -251,13 +271,16 @@ class Registry:
             self._claims = claims
         return self._claims
 
-    def _claimed(self, key: tuple[str, str]) -> Spec | None:
-        """The validated spec holding `key`, or None. A third-party spec that turns out not to validate
-        is its plugin's failure and loses its claims, as if `claims()` had left it out."""
+    def _claimed(self, key: tuple[str, str], binding: bool = False) -> Spec | PlainSpec | None:
+        """The validated spec holding `key` (`binding`: as `for_binding` gives a built-in), or None. A
+        third-party spec that turns out not to validate is its plugin's failure and loses its claims, as
+        if `claims()` had left it out."""
         while True:
             name = self._index_claims().get(key)
             if name is None:
                 return None
+            if binding and self._entries[name].origin == "builtin":
+                return self.for_binding(name)
             spec = self.usable(name)
             if spec is not None:
                 return spec
@@ -266,12 +289,15 @@ class Registry:
 
     def resolve(self, hf_config: Any) -> Spec:
         """The spec for an HF config: its `architectures` first, then its `model_type`."""
+        return self._resolve(hf_config)
+
+    def _resolve(self, hf_config: Any, binding: bool = False) -> Spec | PlainSpec:
         architectures = list(getattr(hf_config, "architectures", None) or [])
         model_type = getattr(hf_config, "model_type", None)
         keys = [("architectures", arch) for arch in architectures]
         keys += [("model_type", model_type)] if model_type else []
         for key in keys:
-            spec = self._claimed(key)
+            spec = self._claimed(key, binding)
             if spec is not None:
                 return spec
         claims = self._index_claims()
@@ -288,8 +314,15 @@ class Registry:
     def resolve_for_model(self, model: Any) -> Spec:
         """The spec for a model object: its own class name first (a model built from a config has
         no `architectures`), then what its config says."""
-        spec = self._claimed(("architectures", type(model).__name__))
-        return spec if spec is not None else self.resolve(model.config)
+        return self._for_model(model, False)
+
+    def for_binding_model(self, model: Any) -> Spec | PlainSpec:
+        """`resolve_for_model`, with a built-in spec as `for_binding` gives it (a plain tree on a warm cache)."""
+        return self._for_model(model, True)
+
+    def _for_model(self, model: Any, binding: bool) -> Spec | PlainSpec:
+        spec = self._claimed(("architectures", type(model).__name__), binding)
+        return spec if spec is not None else self._resolve(model.config, binding)
 
     def origin(self, name: str) -> str:
         return self.entry(name).origin

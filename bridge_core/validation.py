@@ -9,6 +9,7 @@ the next.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -16,7 +17,9 @@ from .bridge.binding import collect_problems
 from .errors import BindError, BridgeCoreError, SpecError
 from .plugin_host import Kinds
 from .spec.config import normalize_config
-from .spec.schema import Spec
+
+if TYPE_CHECKING:
+    from .spec.schema import Spec
 
 
 @dataclass(frozen=True)

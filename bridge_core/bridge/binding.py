@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,20 +18,8 @@ from torch import nn
 from ..errors import BindError, BridgeCoreError, SpecError
 from ..kinds import Position
 from ..plugin_host import Kinds
+from ..spec.choices import BLOCK_KINDS, QKV_ORDERS
 from ..spec.config import BridgeConfig, spec_error
-from ..spec.schema import (
-    BLOCK_KINDS,
-    QKV_ORDERS,
-    AttentionSpec,
-    BlockSpec,
-    MLPSpec,
-    ModulePath,
-    NormSpec,
-    QKVSpec,
-    ScoreBiasSpec,
-    Spec,
-    StackSpec,
-)
 from .bound import (
     BoundAttention,
     BoundBlock,
@@ -52,6 +41,19 @@ from .moe_binding import bind_moe
 from .places import gate_up_views, qkv_views
 from .spec_walker import Missing, SpecWalker, forward_parameters, resolve_path
 from .tensor_parallel import shard_points
+
+if TYPE_CHECKING:
+    from ..spec.schema import (
+        AttentionSpec,
+        BlockSpec,
+        MLPSpec,
+        ModulePath,
+        NormSpec,
+        QKVSpec,
+        ScoreBiasSpec,
+        Spec,
+        StackSpec,
+    )
 
 __all__ = ["bind", "collect_problems", "resolve_path"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import InputError
 from ..registry import Registry, default_registry
 from ..spec.config import BridgeConfig, normalize_config
-from ..spec.schema import Spec
+from ..spec.plain import PlainSpec, public_spec
 from ..transformers_internals import config_objects
 from . import hook_handles, loading, running
 from .binding import bind
@@ -36,6 +36,9 @@ from .tl_fields import CompatMethods
 from .tokens import TokenMethods
 from .weights import BlockWeights, check_bound_shapes
 
+if TYPE_CHECKING:
+    from ..spec.schema import Spec
+
 __all__ = ["Bridge", "with_attention_implementation"]
 
 
@@ -45,21 +48,21 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
     def __init__(
         self,
         model: nn.Module,
-        spec: Spec,
+        spec: Spec | PlainSpec,
         *,
         tokenizer: Any = None,
         registry: Registry | None = None,
         spec_file: str | None = None,
     ) -> None:
         self.model = model
-        self.spec = spec
+        self._spec = spec  # what the binder read: a built-in's plain tree on a warm cache (spec/plain.py)
         self.spec_file = spec_file
         self.tokenizer = tokenizer
         self.registry = registry or default_registry()
         kinds = self.registry.plugins.kinds
         cfg = normalize_config(spec, model.config, spec_file)
         extra: dict[str, Any] = {}
-        for _, fields in self.registry.plugins.results("bridge_core_adapt_config", spec=spec, hf_config=model.config):
+        for _, fields in _spec_hook(self.registry, "bridge_core_adapt_config", spec, hf_config=model.config):
             extra.update(fields)
         if extra:
             cfg = BridgeConfig(**{**cfg.__dict__, "extra": {**cfg.extra, **extra}})
@@ -98,7 +101,7 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         """Wrap an HF model you already hold; its spec is found from the model when not given (or drafted and
         verified on a tiny twin when none matches, unless `draft=False`: bridge_core/drafting/onboarding.py)."""
         registry = registry or default_registry()
-        found, file = loading.spec_or_draft(spec, registry, model, draft=draft)
+        found, file = loading.spec_or_draft(spec, registry, model, draft=draft, binding=True)
         return cls(model, found, tokenizer=tokenizer, registry=registry, spec_file=file)
 
     @classmethod
@@ -144,6 +147,15 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
         model = loading.random_model(found, seed=seed, tiny=tiny, **config_overrides)
         registry.plugins.results("bridge_core_prepare_model", spec=found, model=model)
         return cls(model, found, registry=registry, spec_file=file)
+
+    @property
+    def spec(self) -> Spec:
+        """The validated spec (pydantic's `Spec`; built on first access when the binder read a plain tree)."""
+        return public_spec(self._spec)
+
+    @spec.setter
+    def spec(self, spec: Spec) -> None:
+        self._spec = spec
 
     @property
     def bound(self) -> BoundModel:
@@ -430,3 +442,11 @@ class Bridge(CompatMethods, HookMethods, ModelWeights, TokenMethods):
             f"Bridge({self.cfg.architecture}: {type(self.model).__name__}, {self.cfg.n_layers} layers, "
             f"d_model {self.cfg.d_model}, {len(self._points)} hook points)"
         )
+
+
+def _spec_hook(registry: Registry, hook_name: str, spec: Spec | PlainSpec, **kwargs: Any) -> list[tuple[str, Any]]:
+    """A spec-build hook's results. Plugins always get pydantic's `Spec`; it is built from a plain tree only
+    when some plugin implements the hook, so a first bridge without such plugins imports no pydantic."""
+    if not getattr(registry.plugins.pm.hook, hook_name).get_hookimpls():
+        return []
+    return registry.plugins.results(hook_name, spec=public_spec(spec), **kwargs)

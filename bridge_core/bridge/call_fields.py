@@ -6,9 +6,13 @@ validate` lists it with file and line.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import SpecError
 from ..spec.config import spec_error
-from ..spec.schema import Spec
+
+if TYPE_CHECKING:
+    from ..spec.schema import Spec
 
 
 def call_conflicts(spec: Spec, spec_file: str | None) -> list[SpecError]:

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..spec.config import spec_error
-from ..spec.schema import AttentionSpec
 from .bound import BoundLatent
 from .latent_attention import LATENT_CONFIG_FIELDS
 from .spec_walker import Missing
 
 if TYPE_CHECKING:
+    from ..spec.schema import AttentionSpec
     from .binding import _Binder
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import transformers
@@ -17,17 +17,24 @@ from ..errors import ModelNotFoundError
 from ..registry import Registry
 from ..spec.config import spec_error
 from ..spec.loader import read_raw_spec, resolve_extends, validate_spec
-from ..spec.schema import Spec
+from ..spec.plain import PlainSpec, is_spec
+
+if TYPE_CHECKING:
+    from ..spec.schema import Spec
 
 
-def spec_from(spec: Spec | str | Path | None, registry: Registry, model: nn.Module | None = None) -> tuple[Spec, str]:
-    """A validated spec and the file it came from, from a Spec, a registered name or a YAML path."""
-    if isinstance(spec, Spec):
+def spec_from(
+    spec: Spec | str | Path | None, registry: Registry, model: nn.Module | None = None, *, binding: bool = False
+) -> tuple[Spec | PlainSpec, str]:
+    """A validated spec and the file it came from, from a Spec, a registered name or a YAML path.
+    `binding`: a built-in spec found for `model` may come as the plain tree the binder reads
+    (`Registry.for_binding`; the caller hands out `plain.public_spec` of it)."""
+    if is_spec(spec):
         return spec, "<in-memory spec>"
     if spec is None:
         if model is None:
             raise ValueError("give a spec or a model")
-        found = registry.resolve_for_model(model)
+        found = registry.for_binding_model(model) if binding else registry.resolve_for_model(model)
         return found, registry.file(found.name)
     text = str(spec)
     if text.endswith((".yaml", ".yml")) or Path(text).is_file():
@@ -45,7 +52,8 @@ def spec_or_draft(
     *,
     config: Any = None,
     draft: bool = True,
-) -> tuple[Spec, str]:
+    binding: bool = False,
+) -> tuple[Spec | PlainSpec, str]:
     """`spec_from` (or the registry's match for `config`); when no registered spec matches and `draft` is on,
     a spec drafted and verified by `bridge_core.drafting.onboarding` (a one-line warning says so)."""
     from ..errors import SpecNotFoundError
@@ -54,7 +62,7 @@ def spec_or_draft(
         if config is not None and spec is None:
             found = registry.resolve(config)
             return found, registry.file(found.name)
-        return spec_from(spec, registry, model)
+        return spec_from(spec, registry, model, binding=binding)
     except SpecNotFoundError:
         if spec is not None or not draft:
             raise

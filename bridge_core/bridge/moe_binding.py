@@ -14,11 +14,11 @@ from torch import nn
 
 from ..errors import BindError
 from ..spec.config import spec_error
-from ..spec.schema import MLPSpec, MoESpec
 from .bound import BoundMLP, BoundMoE, BoundSharedExpert, Spot
 from .spec_walker import Missing
 
 if TYPE_CHECKING:
+    from ..spec.schema import MLPSpec, MoESpec
     from .spec_walker import SpecWalker
 
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..kinds import PositionKind
-from ..spec.schema import Spec
 from .attention import AttentionRoute, _eager, _rotated, as_additive_mask
 from .bound import BoundModel
 from .spec_walker import forward_parameters
+
+if TYPE_CHECKING:
+    from ..spec.schema import Spec
 
 
 @dataclass

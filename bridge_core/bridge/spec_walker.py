@@ -7,7 +7,7 @@ it records every problem and lets the walk carry on past what depends on it (`br
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -17,7 +17,9 @@ from ..plugin_host import Kinds
 from ..spec.config import BridgeConfig, config_lookup, spec_error
 from ..spec.expressions import ExpressionError, evaluate
 from ..spec.kind_fields import kind_references, kinds_plugins, unknown_kind
-from ..spec.schema import MLPSpec, ModulePath, Spec
+
+if TYPE_CHECKING:
+    from ..spec.schema import MLPSpec, ModulePath, Spec
 
 
 def forward_parameters(module: nn.Module) -> list[inspect.Parameter]:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SpecError
 from .expressions import ExpressionError, evaluate
-from .schema import ConfigValue, Spec
+
+if TYPE_CHECKING:
+    from .schema import ConfigValue, Spec
 
 _PLAIN_VALUES = (int, float, str, bool, type(None), list, tuple, dict)
 

@@ -7,10 +7,12 @@ looks each one up), so the two never disagree about which fields name kinds.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownKindError, close_matches
-from .schema import BlockSpec, NormSpec, Spec
+
+if TYPE_CHECKING:
+    from .schema import BlockSpec, NormSpec, Spec
 
 # (extension point table on `Kinds`, what it is called in messages)
 _NORM, _POSITION, _MASK, _BIAS, _CROSS, _ACT = (

@@ -11,13 +11,14 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
 from ..errors import SpecError
-from .schema import Spec
+
+if TYPE_CHECKING:
+    from .schema import Spec
 
 FieldPath = tuple[str | int, ...]
 
@@ -216,6 +217,11 @@ def _get(data: Any, path: FieldPath) -> Any:
 
 def validate_spec(raw: RawSpec) -> Spec:
     """Validate merged spec data, turning pydantic errors into one SpecError with file and line."""
+    # pydantic only here: a first bridge on a warm cache reads its spec without it (plain.py)
+    from pydantic import ValidationError
+
+    from .schema import Spec
+
     data = dict(raw.data)
     data.setdefault("name", raw.name)
     try:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .choices import BLOCK_KINDS, GROUPED_QKV_ORDERS, QKV_ORDERS  # noqa: F401  (their home before choices.py)
+
 ModulePath = str | list[str]
 """A dotted module path, or a list of alternatives (first that exists wins: `[lm_head, embed_out]`)."""
 
@@ -18,9 +20,6 @@ ConfigValue = str | int | float | bool | None
 """A config field: a literal, or an expression over HF config attribute names (`n_embd // n_head`)."""
 
 REQUIRED_CONFIG_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
-BLOCK_KINDS = ("sequential", "parallel", "post_norm")
-GROUPED_QKV_ORDERS = ("grouped_qkv", "grouped_qvk", "grouped_kqv", "grouped_kvq", "grouped_vqk", "grouped_vkq")
-QKV_ORDERS = ("qkv", "per_head_interleaved", *GROUPED_QKV_ORDERS)
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")
 
 

@@ -22,12 +22,17 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from .plain import PlainSpec, decode_plain
 
-from . import schema
-from .schema import Spec
+if TYPE_CHECKING:
+    from .loader import RawSpec
+    from .schema import Spec
+
+# pydantic and the schema are imported only to validate, store or build a `Spec`: a warm hit read as a
+# plain tree (plain.py) imports neither. The key hashes schema.py's source by path for the same reason.
+_SCHEMA_FILE = Path(__file__).with_name("schema.py")
 
 CACHE_VARIABLE = "BRIDGE_CORE_CACHE_DIR"
 _FORMAT = 1  # bump when this encoding or parsed_cache.py's changes (both keys include it)
@@ -60,10 +65,19 @@ def _schema_fingerprint() -> str:
     """What validation depends on besides the data: the schema's source and pydantic's version."""
     global _schema_hash
     if _schema_hash is None:
-        import pydantic
-
-        _schema_hash = source_fingerprint(schema.__file__, f"pydantic {pydantic.VERSION}")
+        _schema_hash = source_fingerprint(str(_SCHEMA_FILE), f"pydantic {_pydantic_version()}")
     return _schema_hash
+
+
+def _pydantic_version() -> str:
+    """The text of pydantic's `version.py` (it states VERSION, and pins pydantic-core), read without
+    importing pydantic; found as the import system would find it."""
+    import importlib.util
+
+    found = importlib.util.find_spec("pydantic")
+    if found is None or not found.submodule_search_locations:
+        return "absent"
+    return (Path(next(iter(found.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
 
 
 def cache_key(name: str, data: dict[str, Any]) -> str | None:
@@ -78,6 +92,10 @@ def cache_key(name: str, data: dict[str, Any]) -> str | None:
 
 def encode(value: Any) -> Any:
     """Tagged plain data of a validated value: models by class name with their set fields."""
+    from pydantic import BaseModel
+
+    from . import schema
+
     if isinstance(value, BaseModel):
         if getattr(schema, type(value).__name__, None) is not type(value):
             raise _NotPlain(f"{type(value).__name__} is not a schema class")
@@ -95,21 +113,31 @@ def encode(value: Any) -> Any:
 
 
 def decode(value: Any) -> Any:
+    from pydantic import BaseModel
+
+    from . import schema
+
+    return _decode(value, schema, BaseModel)
+
+
+def _decode(value: Any, schema: Any, base: type) -> Any:
     if isinstance(value, list):
-        return [decode(item) for item in value]
+        return [_decode(item, schema, base) for item in value]
     if not isinstance(value, dict):
         return value
     if _DICT in value:
-        return {key: decode(item) for key, item in value[_DICT].items()}
+        return {key: _decode(item, schema, base) for key, item in value[_DICT].items()}
     model = getattr(schema, value[_MODEL])
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+    if not (isinstance(model, type) and issubclass(model, base)):
         raise _NotPlain(f"{value[_MODEL]} is not a schema class")
-    fields = {name: decode(item) for name, item in value["fields"].items()}
+    fields = {name: _decode(item, schema, base) for name, item in value["fields"].items()}
     return model.model_construct(_fields_set=set(value["set"]), **fields)
 
 
 def same_model(a: Any, b: Any) -> bool:
     """Equal as validated objects: classes, field values and set fields, at every depth."""
+    from pydantic import BaseModel
+
     if isinstance(a, BaseModel) or isinstance(b, BaseModel):
         return (
             type(a) is type(b)
@@ -123,16 +151,51 @@ def same_model(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def load(key: str) -> Spec | None:
-    """The stored validated spec under `key`, or None (absent, unreadable, or not a spec)."""
+def _stored(key: str) -> Any:
+    """The JSON stored under `key` (raises when absent or unreadable)."""
     directory = cache_dir()
     if directory is None:
-        return None
+        raise FileNotFoundError("the cache is off")
+    return json.loads((directory / f"{key}.json").read_text(encoding="utf-8"))
+
+
+def load(key: str) -> Spec | None:
+    """The stored validated spec under `key`, or None (absent, unreadable, or not a spec)."""
+    from .schema import Spec
+
     try:
-        spec = decode(json.loads((directory / f"{key}.json").read_text(encoding="utf-8")))
+        spec = decode(_stored(key))
     except Exception:  # any unreadable entry means full validation; the entry is rewritten then
         return None
     return spec if type(spec) is Spec else None
+
+
+def load_form(form: Any, source: RawSpec) -> Spec:
+    """The `Spec` of a stored form read earlier as a tree (with `source` attached), or, should that form
+    not rebuild a `Spec` (a damaged entry), validation's of `source`."""
+    from .loader import validate_spec
+    from .schema import Spec
+
+    try:
+        spec = decode(form)
+    except Exception:
+        spec = None
+    if type(spec) is not Spec:
+        return validate_spec(source)
+    spec._source = source
+    return spec
+
+
+def stored_tree(merged: RawSpec) -> PlainSpec | None:
+    """The plain tree of a built-in spec's stored validated form (plain.py), or None: not stored for
+    exactly this merged data and schema, or unreadable (the caller then validates through `validated`)."""
+    key = cache_key(merged.name, merged.data)
+    if key is None:
+        return None
+    try:
+        return decode_plain(_stored(key), merged)
+    except Exception:  # any unreadable entry means full validation; the entry is rewritten then
+        return None
 
 
 def store(key: str, spec: Spec) -> None:
