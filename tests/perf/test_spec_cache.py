@@ -22,6 +22,7 @@ from bridge_core.errors import SpecError
 from bridge_core.registry import Registry, SpecEntry
 from bridge_core.spec import parsed_cache, validated_cache
 from bridge_core.spec.loader import read_raw_spec, resolve_extends, validate_spec
+from bridge_core.spec.plain import PlainSpec, decode_plain
 
 _REGISTRY = Registry(use_spec_path=False)
 BUILTIN_NAMES = [name for name in _REGISTRY.names() if _REGISTRY.origin(name) == "builtin"]
@@ -79,7 +80,15 @@ def test_the_fast_form_is_the_validated_spec_and_binds_the_same(cache, count_val
     assert validated_cache.same_model(fast, validated) and fast == validated
     assert fast.where("config") == validated.where("config") and fast.where("config")[1] is not None
     model = random_model(validated)
-    assert _same_bound(Bridge.from_hf(model, fast)._bound, Bridge.from_hf(model, validated)._bound)
+    reference = Bridge.from_hf(model, validated)._bound
+    assert _same_bound(Bridge.from_hf(model, fast)._bound, reference)
+    # the plain tree a first bridge binds from (spec/plain.py) binds to the same bound model, and turns
+    # into the validated spec
+    tree = Registry(use_spec_path=False).for_binding(name)
+    assert isinstance(tree, PlainSpec) and count_validations == [name]
+    assert tree.where("config") == validated.where("config")
+    assert _same_bound(Bridge(model, tree, spec_file=registry.file(name))._bound, reference)
+    assert validated_cache.same_model(tree.to_spec(), validated) and tree.to_spec().where("config")[1] is not None
 
 
 def test_the_bound_comparison_sees_a_different_spec(cache):
@@ -89,6 +98,18 @@ def test_the_bound_comparison_sees_a_different_spec(cache):
     changed = spec.model_copy(update={"block": spec.block.model_copy(update={"attn_out_at": "attn.c_proj"})})
     assert _same_bound(Bridge.from_hf(model, spec)._bound, Bridge.from_hf(model, spec)._bound)
     assert not _same_bound(Bridge.from_hf(model, spec)._bound, Bridge.from_hf(model, changed)._bound)
+
+
+def test_the_bound_comparison_sees_a_tree_that_differs_in_one_field(cache):
+    registry = Registry(use_spec_path=False)
+    spec = registry.get("gpt2")  # stored
+    tree = Registry(use_spec_path=False).for_binding("gpt2")
+    form = json.loads(json.dumps(validated_cache.encode(spec)))
+    form["fields"]["block"]["fields"]["attn_out_at"] = "attn.c_proj"
+    changed = decode_plain(form, tree._source)
+    model = random_model(spec)
+    assert _same_bound(Bridge(model, tree)._bound, Bridge.from_hf(model, spec)._bound)
+    assert not _same_bound(Bridge(model, changed)._bound, Bridge.from_hf(model, spec)._bound)
 
 
 def _builtin_entry(registry: Registry, path: Path) -> None:
