@@ -111,7 +111,9 @@ def bridge_core_cross_attention_kinds() -> list[CrossAttentionKind]:
 def bridge_core_adapt_config(spec: Spec, hf_config: Any) -> dict[str, Any] | None:
     """Extra normalized config fields that a spec's expressions cannot say.
 
-    :param spec: The validated spec being bound.
+    :param spec: The validated spec being bound (pydantic's `Spec`, as `bridge.spec` gives it; a first
+        bridge builds it for this hook only when some plugin implements the hook, since the binder
+        itself may read a built-in spec as a plain tree: docs/decisions/0027-cold-start.md).
     :param hf_config: The model's HF config. Must not be modified.
     :returns: A mapping of field names to values, merged into `bridge.cfg.extra`, or None to add nothing.
 
@@ -124,7 +126,7 @@ def bridge_core_adapt_config(spec: Spec, hf_config: Any) -> dict[str, Any] | Non
 def bridge_core_prepare_model(spec: Spec, model: nn.Module) -> None:
     """Loading fix-ups a family needs.
 
-    :param spec: The spec the model is loaded for.
+    :param spec: The spec the model is loaded for (pydantic's validated `Spec`).
     :param model: The freshly loaded HF model; may be modified in place.
 
     Called after `Bridge.from_pretrained` / `Bridge.from_spec` (and conformance) load a model,
