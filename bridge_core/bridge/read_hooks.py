@@ -57,10 +57,7 @@ class ModuleReads:
 
     def _learned(self) -> bool:
         # A long generate learns points while it runs (hook_values.Watch.add): those need the general hooks' copy.
-        for run in self.runs:  # a loop, not any(): this runs at every hooked module
-            if run.clone:
-                return True
-        return False
+        return any(run.clone for run in self.runs)
 
     def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._learned():
