@@ -4,7 +4,8 @@
 most one forward pre-hook and one forward hook per module, plus attention routes, with those hooks
 prepared once and kept with the plan between calls), registers the plan's hooks, and removes all of
 it in `finally`. Every hook acts only in the context (thread, task) whose call registered it
-(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`.
+(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`; a module whose points on a
+call only the cache reads registers the prepared hooks of `read_hooks.py` instead (decision 0030).
 """
 
 from __future__ import annotations
