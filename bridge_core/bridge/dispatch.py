@@ -4,7 +4,8 @@
 most one forward pre-hook and one forward hook per module, plus attention routes, with those hooks
 prepared once and kept with the plan between calls), registers the plan's hooks, and removes all of
 it in `finally`. Every hook acts only in the context (thread, task) whose call registered it
-(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`.
+(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`; a module whose points on a
+call only the cache reads registers the prepared hooks of `read_hooks.py` instead (decision 0030).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -32,12 +33,24 @@ from .places import (
     ShapedView,
     TokenShape,
 )
+from .read_hooks import ModuleReads
 from .reimplement import ReimplementedLayer, ReimplementRun
 
 # The plans (and gates) whose hooks act in this context, innermost call last. PyTorch hooks live on
 # modules, which every thread shares; each checks this before doing anything.
 _ACTIVE: ContextVar[tuple[object, ...]] = ContextVar("bridge_core_active", default=())
 _PLANS_LOCK = threading.Lock()
+
+
+class _Hook(NamedTuple):
+    """One PyTorch hook a call of a plan registers."""
+
+    module: nn.Module
+    pre: bool  # a forward pre-hook (else a forward hook)
+    hook: Callable[..., Any]  # gated on the plan
+    prepend: bool
+    reads: ModuleReads | None = None  # the module's reads-only hooks, where its places allow them (decision 0030)
+    fast: Callable[..., Any] | None = None  # their gated hook, registered instead when every point there reads
 
 
 def gated(owner: object, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,6 +86,8 @@ class _Plan:
                 run = self.runs[id(point)] = _PointRun(point)
                 run.watched = self.watched
                 order.append(run)
+        self.run_list = order
+        self.reads_only = False  # set by `fill`: this call's functions are all the cache's own
         # the run and direction of each entry, in the order of the entries the plan is kept for (its key)
         self.slots = [(self.runs[id(point)], direction == "fwd") for point, direction in points]
         self.modules: dict[int, _ModuleHooks] = {}
@@ -112,44 +127,56 @@ class _Plan:
         self.recorders = {id(v.source): v for v in views if v is not None and isinstance(v, ShapedView)}
         self.hooks = self._module_hooks()
 
-    def _module_hooks(self) -> list[tuple[nn.Module, bool, Callable[..., Any], bool]]:
-        """`(module, pre, hook, prepend)` for every PyTorch hook a call of this plan registers, gated on
-        the plan once here (a call only registers them). Order matters: a reimplemented module's
-        post-hook comes first among its hooks, so hook_attn_out sees the recomputed output."""
-        out: list[tuple[nn.Module, bool, Callable[..., Any], bool]] = []
+    def _module_hooks(self) -> list[_Hook]:
+        """Every PyTorch hook a call of this plan registers, gated on the plan once here (a call only
+        registers them). Order matters: a reimplemented module's post-hook comes first among its hooks,
+        so hook_attn_out sees the recomputed output."""
+        out: list[_Hook] = []
         for run in self.reimplement_runs.values():
-            out.append((run.layer.module, True, gated(self, run.pre_hook), False))
-            out.append((run.layer.module, False, gated(self, run.post_hook), True))
+            out.append(_Hook(run.layer.module, True, gated(self, run.pre_hook), False))
+            out.append(_Hook(run.layer.module, False, gated(self, run.post_hook), True))
         for cell, phase in self.phases.values():  # which role a module in two roles plays on this call
-            out.append((phase.starts, True, gated(self, cell.before), False))
-            out.extend((block, True, gated(self, cell.after), False) for block in phase.blocks)
+            out.append(_Hook(phase.starts, True, gated(self, cell.before), False))
+            out.extend(_Hook(block, True, gated(self, cell.after), False) for block in phase.blocks)
         for view in self.recorders.values():
-            out.append((view.source, True, gated(self, _shape_recorder(view.cell)), False))
+            out.append(_Hook(view.source, True, gated(self, _shape_recorder(view.cell)), False))
         for hooks in self.modules.values():
+            reads = ModuleReads(hooks) if ModuleReads.possible(hooks) else None  # decision 0030
             if hooks.inputs:
-                out.append((hooks.module, True, gated(self, hooks.pre_hook), False))
+                fast = None if reads is None else gated(self, reads.pre_hook)
+                out.append(_Hook(hooks.module, True, gated(self, hooks.pre_hook), False, reads, fast))
             if hooks.outputs:
-                out.append((hooks.module, False, gated(self, hooks.post_hook), False))
+                fast = None if reads is None else gated(self, reads.post_hook)
+                out.append(_Hook(hooks.module, False, gated(self, hooks.post_hook), False, reads, fast))
         return out
 
     def fill(self, entries: Sequence[HookEntry]) -> None:
-        """Give each point run the functions of `entries` (the entries of this plan's key, or none)."""
-        for run in self.runs.values():
+        """Give each point run the functions of `entries` (the entries of this plan's key); the plan is
+        empty (new, or emptied by `clear` when its last call ended)."""
+        self.watched.clear()
+        self.deferred.clear()
+        for cell, _ in self.phases.values():
+            cell.after_blocks = False
+        reads_only = True
+        for (run, forward), entry in zip(self.slots, entries, strict=True):
+            if forward:
+                run.fwd.append(entry.fn)
+                if not entry.reads_only:
+                    run.writes = True
+                    reads_only = False
+            else:
+                run.bwd.append(entry.fn)
+                reads_only = False
+        self.reads_only = reads_only  # every function is the cache's own (decision 0030)
+
+    def clear(self) -> None:
+        """Drop every function: a kept plan must not keep the user's closures alive."""
+        for run in self.run_list:
             run.fwd.clear()
             run.bwd.clear()
             run.writes = False
         self.watched.clear()
         self.deferred.clear()
-        for cell, _ in self.phases.values():
-            cell.after_blocks = False
-        if not entries:
-            return
-        for (run, forward), entry in zip(self.slots, entries, strict=True):
-            if forward:
-                run.fwd.append(entry.fn)
-                run.writes = run.writes or not entry.reads_only
-            else:
-                run.bwd.append(entry.fn)
 
 
 class HookSession:
@@ -209,7 +236,9 @@ class HookSession:
     def __enter__(self) -> HookSession:
         plan = self._plan = self._take_plan()
         if self.guard is not None:
-            self.guard.mark(list(plan.runs.values()), plan.watched)
+            self.guard.mark(plan.run_list, plan.watched)
+        # only the cache reads, and no point is cloned: every module that can takes its reads-only hooks
+        reading = plan.reads_only and (self.guard is None or not self.guard.clone_points)
         stack = self._stack
         stack.callback(self._release)
         try:
@@ -217,7 +246,9 @@ class HookSession:
             activate(plan, stack, replaces=lambda other: getattr(other, "owner", None) is owner)
             handles: list[Any] = []
             stack.callback(_remove_all, handles)  # one callback for every handle (removed even if one fails)
-            for module, pre, hook, prepend in plan.hooks:
+            for module, pre, hook, prepend, reads, fast in plan.hooks:
+                if reads is not None and (reading or reads.applies()):  # only the cache reads here (decision 0030)
+                    hook = fast
                 if pre:
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:
@@ -233,7 +264,7 @@ class HookSession:
         if self._plan is not None:
             if self.guard is not None:
                 self.guard.check(self._plan.watched)
-            self._plan.fill(())  # drop the user's functions: a kept plan must not keep their closures alive
+            self._plan.clear()  # drop the user's functions: a kept plan must not keep their closures alive
             self._plan.in_use = False
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -61,8 +61,9 @@ class HookValueGuard:
 
     def mark(self, runs: list[Any], watch: Watch) -> None:
         """Before a forward: the point runs of learned points copy their tensor for the hook functions."""
-        for run in runs:
-            run.clone = run.point.name in self.clone_points
+        if self.clone_points:  # none learned: no run was ever marked (the set only grows)
+            for run in runs:
+                run.clone = run.point.name in self.clone_points
         watch.guard, watch.size = self, max(64, len(runs))
 
     def check(self, watch: Watch) -> None:

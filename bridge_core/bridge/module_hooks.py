@@ -92,11 +92,7 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
             return _run_scaled(run, base, view)
         shown, replaces = view(base), getattr(view, "replaces_base", False)
     if not (run.writes or run.bwd or run.clone or replaces):  # only the cache's own functions: no edit possible
-        point = run.point
-        for fn in run.fwd:
-            fn(shown, point)
-        if run.watched is not None and not shown.is_inference():
-            run.watched.add(run, shown, shown._version)
+        _read(run, shown)
         return None
     if run.bwd or replaces:
         shown = shown.clone()  # a tensor of our own: its gradient can be hooked, in-place edits are safe
@@ -109,6 +105,26 @@ def _run_viewed(run: _PointRun, base: torch.Tensor, view) -> torch.Tensor | None
     replacement = base.clone()
     view.write(replacement, new)
     return replacement
+
+
+def _read(run: _PointRun, shown: torch.Tensor) -> None:
+    """A point whose functions only read: they see the tensor, and its version goes on the forward's
+    watch (decision 0017), so a later in-place change by HF is still found."""
+    point = run.point
+    for fn in run.fwd:
+        fn(shown, point)
+    if run.watched is not None and not shown.is_inference():
+        run.watched.add(run, shown, shown._version)
+
+
+def _reads_only(run: _PointRun) -> bool:
+    """Whether a point's functions this call are only the cache's own: nothing to clone, compare or write back."""
+    return not (run.writes or run.bwd or run.clone)
+
+
+def _plain_view(view: Any) -> bool:
+    """A true view shown as it is: no gather (Sharded), no product (Scaled), no replaced base."""
+    return view is None or not (isinstance(view, (Sharded, Scaled)) or getattr(view, "replaces_base", False))
 
 
 def _run_scaled(run: _PointRun, base: torch.Tensor, view: Scaled) -> torch.Tensor | None:
@@ -284,6 +300,9 @@ def _attention_hook(run: _PointRun, view: Sharded | None = None):
         if view is not None:  # tensor parallel: this rank's heads; hooks see them all
             replacement = _run_viewed(run, tensor, view)
             return tensor if replacement is None else replacement
+        if _reads_only(run):  # only the cache reads: nothing to clone or compare (decision 0030)
+            _read(run, tensor)
+            return tensor
         if run.bwd:  # a tensor of our own that the rest of attention uses, so its gradient can be hooked
             tensor = tensor.clone()
         new, _ = run.apply(tensor)
