@@ -4,8 +4,7 @@
 most one forward pre-hook and one forward hook per module, plus attention routes, with those hooks
 prepared once and kept with the plan between calls), registers the plan's hooks, and removes all of
 it in `finally`. Every hook acts only in the context (thread, task) whose call registered it
-(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`; a module whose points on a
-call only the cache reads registers the prepared hooks of `read_hooks.py` instead (decision 0030).
+(`_ACTIVE`). What each hook does to the tensors is `module_hooks.py`.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from .places import (
     ShapedView,
     TokenShape,
 )
-from .read_hooks import ModuleReads
 from .reimplement import ReimplementedLayer, ReimplementRun
 
 # The plans (and gates) whose hooks act in this context, innermost call last. PyTorch hooks live on
@@ -49,8 +47,6 @@ class _Hook(NamedTuple):
     pre: bool  # a forward pre-hook (else a forward hook)
     hook: Callable[..., Any]  # gated on the plan
     prepend: bool
-    reads: ModuleReads | None = None  # the module's reads-only hooks, where its places allow them (decision 0030)
-    fast: Callable[..., Any] | None = None  # their gated hook, registered instead when every point there reads
 
 
 def gated(owner: object, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,7 +83,6 @@ class _Plan:
                 run.watched = self.watched
                 order.append(run)
         self.run_list = order
-        self.reads_only = False  # set by `fill`: this call's functions are all the cache's own
         # the run and direction of each entry, in the order of the entries the plan is kept for (its key)
         self.slots = [(self.runs[id(point)], direction == "fwd") for point, direction in points]
         self.modules: dict[int, _ModuleHooks] = {}
@@ -141,13 +136,10 @@ class _Plan:
         for view in self.recorders.values():
             out.append(_Hook(view.source, True, gated(self, _shape_recorder(view.cell)), False))
         for hooks in self.modules.values():
-            reads = ModuleReads(hooks) if ModuleReads.possible(hooks) else None  # decision 0030
             if hooks.inputs:
-                fast = None if reads is None else gated(self, reads.pre_hook)
-                out.append(_Hook(hooks.module, True, gated(self, hooks.pre_hook), False, reads, fast))
+                out.append(_Hook(hooks.module, True, gated(self, hooks.pre_hook), False))
             if hooks.outputs:
-                fast = None if reads is None else gated(self, reads.post_hook)
-                out.append(_Hook(hooks.module, False, gated(self, hooks.post_hook), False, reads, fast))
+                out.append(_Hook(hooks.module, False, gated(self, hooks.post_hook), False))
         return out
 
     def fill(self, entries: Sequence[HookEntry]) -> None:
@@ -157,17 +149,13 @@ class _Plan:
         self.deferred.clear()
         for cell, _ in self.phases.values():
             cell.after_blocks = False
-        reads_only = True
         for (run, forward), entry in zip(self.slots, entries, strict=True):
             if forward:
                 run.fwd.append(entry.fn)
                 if not entry.reads_only:
                     run.writes = True
-                    reads_only = False
             else:
                 run.bwd.append(entry.fn)
-                reads_only = False
-        self.reads_only = reads_only  # every function is the cache's own (decision 0030)
 
     def clear(self) -> None:
         """Drop every function: a kept plan must not keep the user's closures alive."""
@@ -237,8 +225,6 @@ class HookSession:
         plan = self._plan = self._take_plan()
         if self.guard is not None:
             self.guard.mark(plan.run_list, plan.watched)
-        # only the cache reads, and no point is cloned: every module that can takes its reads-only hooks
-        reading = plan.reads_only and (self.guard is None or not self.guard.clone_points)
         stack = self._stack
         stack.callback(self._release)
         try:
@@ -246,9 +232,7 @@ class HookSession:
             activate(plan, stack, replaces=lambda other: getattr(other, "owner", None) is owner)
             handles: list[Any] = []
             stack.callback(_remove_all, handles)  # one callback for every handle (removed even if one fails)
-            for module, pre, hook, prepend, reads, fast in plan.hooks:
-                if reads is not None and (reading or reads.applies()):  # only the cache reads here (decision 0030)
-                    hook = fast
+            for module, pre, hook, prepend in plan.hooks:
                 if pre:
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 else:

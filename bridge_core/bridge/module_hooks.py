@@ -122,11 +122,6 @@ def _reads_only(run: _PointRun) -> bool:
     return not (run.writes or run.bwd or run.clone)
 
 
-def _plain_view(view: Any) -> bool:
-    """A true view shown as it is: no gather (Sharded), no product (Scaled), no replaced base."""
-    return view is None or not (isinstance(view, (Sharded, Scaled)) or getattr(view, "replaces_base", False))
-
-
 def _run_scaled(run: _PointRun, base: torch.Tensor, view: Scaled) -> torch.Tensor | None:
     """Hooks on `base * factor` (a product of our own); an edit goes back as `edit / factor`, for HF to
     multiply again. A replacement equal to the product bit for bit is no edit: HF's tensor stays."""
@@ -300,7 +295,7 @@ def _attention_hook(run: _PointRun, view: Sharded | None = None):
         if view is not None:  # tensor parallel: this rank's heads; hooks see them all
             replacement = _run_viewed(run, tensor, view)
             return tensor if replacement is None else replacement
-        if _reads_only(run):  # only the cache reads: nothing to clone or compare (decision 0030)
+        if _reads_only(run):  # only the cache reads: nothing to clone or compare
             _read(run, tensor)
             return tensor
         if run.bwd:  # a tensor of our own that the rest of attention uses, so its gradient can be hooked

@@ -29,11 +29,11 @@ def test_repeated_cache_calls_reuse_the_prepared_hooks_and_leave_none_behind(tin
     with torch.no_grad():
         bridge.run_with_cache(tokens)
         plan = next(iter(bridge._plans.values()))
-        prepared = [(h.hook, h.fast) for h in plan.hooks]
+        prepared = [h.hook for h in plan.hooks]
         seen: list[int] = []
         bridge.run_with_cache(tokens, names_filter=lambda n: seen.append(_hook_count(model)) or True)
         _, cache = bridge.run_with_cache(tokens)
-    assert [(h.hook, h.fast) for h in plan.hooks] == prepared  # the same closures: nothing rebuilt per call
+    assert [h.hook for h in plan.hooks] == prepared  # the same closures: nothing rebuilt per call
     assert len(bridge._plans) == 1 and _hook_count(model) == 0
     assert set(cache) == set(bridge.hook_names())
 
