@@ -105,7 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # claim conflicts are listed below, as their plugins' failures
         warnings.simplefilter("ignore", PluginWarning)
         if not all(map(is_builtin, plugins)):  # a third-party kind that clashes or misfits is its failure
-            registry.plugins.kinds  # noqa: B018  (built-ins alone: no kinds collected, so no torch)
+            registry.plugins.kinds  # noqa: B018  (built-in kinds are only named here: no transformers)
         registry.claims()
     rows = []
     for name in registry.names():

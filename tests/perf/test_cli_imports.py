@@ -1,8 +1,8 @@
 """`bridge-core --help` and `bridge-core list` must not import torch, transformers or the conformance
 checks: the property behind both answering in well under a second, checked on `sys.modules` in a
-fresh interpreter. `list` is checked with bridge-core's own plugins only (the dev environment also
-has the example ALiBi plugin installed; a third-party plugin's kinds are checked against the built-in ones
-when `list` runs, and the built-in activations come from transformers, so that listing loads it)."""
+fresh interpreter. `list` is checked with bridge-core's own plugins only and with the example ALiBi plugin
+(installed in the dev environment and CI): a third-party plugin's kinds are checked against the built-in
+ones when `list` runs, which needs the built-in kinds' names, never transformers' activation modules."""
 
 from __future__ import annotations
 
@@ -43,6 +43,19 @@ def test_help_parses_without_importing_torch_transformers_or_conformance():
 def test_list_with_builtin_plugins_imports_neither_torch_nor_transformers():
     code = "from bridge_core.cli import main\n    assert main(['list', '--json']) == 0"
     assert _modules_after(code, BUILTIN_PLUGINS_ONLY) == set()
+
+
+def test_list_with_a_third_party_plugin_imports_neither_torch_nor_transformers():
+    """Seen failing while the built-in activation hook imported transformers to name its kinds (2 s of `list`)."""
+    code = (
+        "from bridge_core.cli import main\n"
+        "    from bridge_core.registry import default_registry\n"
+        "    assert main(['list', '--json']) == 0\n"
+        "    host = default_registry().plugins\n"
+        "    assert host.pm.has_plugin('bridge-core-alibi:alibi') and not host.failures\n"
+        "    assert 'alibi' in host.kinds.score_biases and 'gelu_new' in host.kinds.activations"
+    )
+    assert _modules_after(code) == set()
 
 
 def test_loading_the_builtin_plugins_and_their_specs_imports_no_torch():
