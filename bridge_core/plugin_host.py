@@ -126,8 +126,12 @@ class PluginHost:
             self.load_entry_points()
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        dist_names: dict[int, str] = {}  # `Distribution.name` parses the METADATA file: once per distribution
         for ep in importlib.metadata.entry_points(group=group):
-            dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
+            if ep.dist is None:
+                dist = "<unknown distribution>"
+            else:
+                dist = dist_names.get(id(ep.dist)) or dist_names.setdefault(id(ep.dist), ep.dist.name)
             name = f"{dist}:{ep.name}"
             if self.pm.has_plugin(name):
                 continue
