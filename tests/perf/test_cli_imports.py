@@ -80,7 +80,14 @@ def test_the_builtin_kinds_still_load_and_fit_their_contracts_once_asked_for():
     assert {"layernorm", "rmsnorm"} <= set(kinds.norms) and "gelu_new" in kinds.activations
     assert {"rotary", "learned"} <= set(kinds.positions) and "4d_additive" in kinds.mask_formats
     # A built-in kind is fetched and checked at its first lookup: a misfit would raise a PluginError here.
-    tables = (kinds.norms, kinds.activations, kinds.positions, kinds.mask_formats, kinds.score_biases)
+    tables = (
+        kinds.norms,
+        kinds.activations,
+        kinds.positions,
+        kinds.mask_formats,
+        kinds.score_biases,
+        kinds.cross_attentions,
+    )
     assert all(table[name] is not None for table in tables for name in table)
     assert not [f for f in host.failures if f.distribution == "bridge-core"]
 
