@@ -11,23 +11,26 @@ import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from .errors import BridgeCoreError
 
+if TYPE_CHECKING:  # rich (about 45 ms) is imported by the commands that print, never for `--help`
+    from rich.console import Console
+
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False)
 
 
 def print_error(exc: BaseException) -> None:
     """`error: <message>` on stderr, the message printed as written (never read as rich markup, so
     `[in, out]` survives), whatever the width of the terminal."""
+    from rich.console import Console
+    from rich.text import Text
+
     Console(stderr=True, highlight=False, soft_wrap=True).print(Text("error: ", style="bold red") + Text(str(exc)))
 
 
@@ -76,6 +79,9 @@ def hook_table(bridge, batch: int = 2, seq: int = 8, seed: int = 0) -> list[dict
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     bridge = _bridge(args)
     rows = hook_table(bridge, batch=args.batch, seq=args.seq, seed=args.seed)
     if args.json:
@@ -105,7 +111,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # claim conflicts are listed below, as their plugins' failures
         warnings.simplefilter("ignore", PluginWarning)
         if not all(map(is_builtin, plugins)):  # a third-party kind that clashes or misfits is its failure
-            registry.plugins.kinds  # noqa: B018  (built-ins alone: no kinds collected, so no torch)
+            registry.plugins.kinds  # noqa: B018  (built-in kinds are only named here: no transformers)
         registry.claims()
     rows = []
     for name in registry.names():
@@ -126,6 +132,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"specs": rows, "plugins": plugins, "failed_plugins": failures}, indent=2))
         return 0
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(title="Registered architecture specs")
     for column in ("name", "origin", "HF classes", "model types"):
         table.add_column(column)
@@ -142,6 +151,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from .bridge import Bridge, loading
     from .registry import default_registry
     from .validation import spec_problems
@@ -171,6 +182,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_scaffold(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from .bridge.loading import require_checkpoint
     from .scaffold import draft_text
 
@@ -185,9 +198,22 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
     return 0
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the installed version, read (importlib.metadata, about 25 ms) only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show program's version number and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge-core", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     hooks = sub.add_parser("hooks", help="table of hook points: name, shape, how often each fired")

@@ -13,14 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from .errors import BridgeCoreError, TokenizerError
 
-if TYPE_CHECKING:  # torch is imported where it is used, so `bridge-core --help` stays light
+if TYPE_CHECKING:  # torch and rich are imported where they are used, so `bridge-core --help` stays light
     import torch
+    from rich.console import Console
 
 ATTENTION_VIEWS = ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")
 GQA_VIEWS = ("W_K_raw", "W_V_raw")  # [n_kv_heads, ...]: only worth showing when n_kv_heads != n_heads
@@ -312,6 +309,9 @@ def _shape(shape: list[int] | None) -> str:
 
 
 def render(report: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
     """The report as rich tables: spec and model, config, hooks, weight views, top tokens, plots."""
     spec, model = report["spec"], report["model"]
     console.rule(f"[bold]{escape(report['architecture'])}[/]  ·  {escape(model['class'])}")
@@ -373,6 +373,8 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 
 def summary(report: dict[str, Any], console: Console) -> None:
+    from rich.markup import escape
+
     dead = [row for row in report["hooks"] if row["fires"] != 1]
     for row in dead:
         console.print(f"[bold red]hook {escape(row['name'])} fired {row['fires']} times (expected once)[/]")
@@ -396,6 +398,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         plot_dir=args.plot_attention,
         model=args.model,
     )
+    from rich.console import Console
+
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     elif args.quiet:

@@ -1,5 +1,6 @@
 """Checking a registered kind against its contract (kinds.py): every callable the core will call is
-bound to a call shaped exactly as the core makes it. Called once per kind by the plugin host at load.
+bound to a call shaped exactly as the core makes it. Called once per kind by the plugin host: a
+plugin's kinds when collected, a built-in kind at its first lookup.
 """
 
 from __future__ import annotations

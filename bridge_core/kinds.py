@@ -1,8 +1,9 @@
 """The contracts of the kinds plugins register, as `typing.Protocol`s, and the records they return.
 
 A spec picks a kind by name (`kind: layernorm`). The plugin host checks every registered kind
-against its contract once, at load (`kind_checks.contract_problems`); the bridge, the reimplement path and
-conformance then call it exactly as the Protocols below say. Built-in kinds live in `plugins/`.
+against its contract once (`kind_checks.contract_problems`): a plugin's when kinds are collected, a
+built-in one at its first lookup; the bridge, the reimplement path and conformance then call it
+exactly as the Protocols below say. Built-in kinds live in `plugins/`.
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
 pluggy's own `load_setuptools_entrypoints` stops at the first entry point that fails to import;
 here each is loaded inside its own `try`, registered as `distribution:name`, and a failure is
 recorded (`PluginHost.failures`) for `bridge-core list` while the others load. Used by the registry;
-kinds are collected once, checked against their contracts (`bridge_core.kinds`), built-ins first: a
-third-party kind reusing a taken name is that plugin's failure, never the built-in's.
+kinds are collected once, built-ins first: a third-party kind reusing a taken name is that plugin's
+failure, never the built-in's. A third-party kind is checked against its contract (`bridge_core.kinds`)
+when collected, so `list` reports a misfit; a built-in kind is fetched and checked at its first lookup,
+so naming the built-ins (collisions, `list`) never imports transformers (docs/decisions/0031).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,16 +51,65 @@ class PluginFailure:
     error: str
 
 
+class _Unchecked:
+    """A built-in kind not looked up yet: where to fetch it (its plugin's answer) and who answered."""
+
+    __slots__ = ("answer", "name", "plugin")
+
+    def __init__(self, answer: object, name: str, plugin: str) -> None:
+        self.answer, self.name, self.plugin = answer, name, plugin
+
+    def fetch(self) -> object:
+        return self.answer[self.name] if isinstance(self.answer, Mapping) else self.answer
+
+
+class KindTable(Mapping[str, Any]):
+    """One extension point's kinds by name, in collection order. The names are known once collected;
+    a built-in kind's value is fetched (the built-in activations import transformers) and checked
+    against `contract` at its first lookup, where a misfit is bridge-core's own bug: a PluginError."""
+
+    def __init__(self, hook_name: str, what: str, contract: type) -> None:
+        self.hook_name, self.what, self.contract = hook_name, what, contract
+        self._kinds: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        kind = self._kinds[name]
+        if isinstance(kind, _Unchecked):
+            from .kind_checks import contract_problems
+
+            value = kind.fetch()
+            problems = contract_problems(value, self.contract)
+            if problems:
+                dist = kind.plugin.partition(":")[0]
+                raise PluginError(
+                    f"{self.what} kind '{name}': {'; '.join(problems)}", distribution=dist, hook=self.hook_name
+                )
+            kind = self._kinds[name] = value
+        return kind
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kinds
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def __repr__(self) -> str:
+        return f"KindTable({self.what}: {', '.join(self._kinds)})"
+
+
 @dataclass(frozen=True)
 class Kinds:
     """Every kind the loaded plugins registered, by name, with the plugin that registered it."""
 
-    norms: dict[str, Norm]
-    activations: dict[str, ActivationFunction]
-    positions: dict[str, Position]
-    mask_formats: dict[str, MaskFormat]
-    score_biases: dict[str, ScoreBiasKind]
-    cross_attentions: dict[str, CrossAttentionKind]
+    norms: Mapping[str, Norm]
+    activations: Mapping[str, ActivationFunction]
+    positions: Mapping[str, Position]
+    mask_formats: Mapping[str, MaskFormat]
+    score_biases: Mapping[str, ScoreBiasKind]
+    cross_attentions: Mapping[str, CrossAttentionKind]
     origins: dict[tuple[str, str], str]
 
 
@@ -75,8 +126,12 @@ class PluginHost:
             self.load_entry_points()
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        dist_names: dict[int, str] = {}  # `Distribution.name` parses the METADATA file: once per distribution
         for ep in importlib.metadata.entry_points(group=group):
-            dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
+            if ep.dist is None:
+                dist = "<unknown distribution>"
+            else:
+                dist = dist_names.get(id(ep.dist)) or dist_names.setdefault(id(ep.dist), ep.dist.name)
             name = f"{dist}:{ep.name}"
             if self.pm.has_plugin(name):
                 continue
@@ -152,8 +207,8 @@ class PluginHost:
 
             origins: dict[tuple[str, str], str] = {}
 
-            def collect(hook_name: str, what: str, contract: type) -> dict[str, Any]:
-                return self._collect(hook_name, what, contract, origins)
+            def collect(hook_name: str, what: str, contract: type) -> KindTable:
+                return self._collect(KindTable(hook_name, what, contract), origins)
 
             self._kinds = Kinds(
                 norms=collect("bridge_core_norm_kinds", "norm", Norm),
@@ -166,37 +221,40 @@ class PluginHost:
             )
         return self._kinds
 
-    def _collect(
-        self, hook_name: str, what: str, contract: type, origins: dict[tuple[str, str], str]
-    ) -> dict[str, Any]:
-        """The kinds every plugin returned from `hook_name`, each checked against `contract` once.
+    def _collect(self, table: KindTable, origins: dict[tuple[str, str], str]) -> KindTable:
+        """Fill `table` with the kinds every plugin returned from its hook.
 
-        A kind that does not fit, or whose name is taken, is recorded as its plugin's failure and
-        left out, so it cannot break a forward later; the plugin's other kinds and the other plugins
-        still load. Built-ins are collected first, then plugins in pluggy's order: the first keeps a name.
+        A third-party kind that does not fit its contract, or whose name is taken, is recorded as its
+        plugin's failure and left out, so it cannot break a forward later; the plugin's other kinds
+        and the other plugins still load. Built-ins are collected first, by name only (checked at
+        first lookup), then plugins in pluggy's order: the first keeps a name.
         """
         from .kind_checks import contract_problems
 
-        found: dict[str, Any] = {}
+        hook_name, what, found = table.hook_name, table.what, table._kinds
         results = sorted(self.results(hook_name, isolate=True), key=lambda pair: not is_builtin(pair[0]))
         for plugin, result in results:
             dist, _, entry = plugin.partition(":")
+            builtin = is_builtin(plugin)
             try:
-                pairs = list(result.items() if isinstance(result, Mapping) else ((k.name, k) for k in result))
+                if isinstance(result, Mapping):  # a built-in's values are fetched at lookup: names only here
+                    pairs = [(k, _Unchecked(result, k, plugin) if builtin else result[k]) for k in result]
+                else:
+                    pairs = [(k.name, _Unchecked(k, k.name, plugin) if builtin else k) for k in result]
             except Exception as exc:  # not a list of kinds (or a kind without a name)
                 self.record(dist, entry or dist, f"{hook_name}: {type(exc).__name__}: {exc}")
                 continue
             for name, kind in pairs:
-                problems = contract_problems(kind, contract)
+                problems = [] if builtin else contract_problems(kind, table.contract)
                 if problems:
                     self.record(dist, entry or dist, f"{hook_name}: {what} kind '{name}': {'; '.join(problems)}")
                     continue
                 if name in found:
                     taken = f"{what} kind '{name}' is registered by both '{origins[(what, name)]}' and '{plugin}'"
-                    if is_builtin(plugin):  # two built-ins: bridge-core's own bug
+                    if builtin:  # two built-ins: bridge-core's own bug
                         raise PluginError(taken, distribution=dist, hook=hook_name)
                     self.record(dist, entry or dist, f"{hook_name}: {taken}; '{plugin}''s is ignored (rename it)")
                     continue
                 found[name] = kind
                 origins[(what, name)] = plugin
-        return found
+        return table

@@ -4,6 +4,10 @@
 layout, weight views, the component caller, the reimplement path, processing, inspect and every
 conformance check) reads roles and settings from here and never interprets a spec field itself.
 Public as `bridge.bound`; see docs/architecture.md.
+
+Each record is built once per role and compares by identity (`eq=False`): nothing compares two
+records by value, and the generated `__eq__`/`__hash__` cost about 4 ms of a first bridge's import
+(docs/decisions/0031).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .places import View
 BlockKind = Literal["sequential", "parallel", "post_norm"]
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class Spot:
     """A tensor of the forward: `module`'s output (element `index` of a tuple) or its input.
 
@@ -47,7 +51,7 @@ class Spot:
         return f"Spot({self.side} of {self.path}{at}{times})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundNorm:
     """A norm, its kind, and the role it plays.
 
@@ -72,7 +76,7 @@ class BoundNorm:
         return role in self.feeds.split("+")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundLatent:
     """The factored projections of multi-head latent attention (MLA; bridge/latent_attention.py).
 
@@ -102,7 +106,7 @@ class BoundLatent:
         return self.q_b if self.q_b is not None else self.q
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundOutGate:
     """`z * act(module(x))` before the output projection, `x` the attention module's hidden input (AFMoE)."""
 
@@ -119,7 +123,7 @@ class BoundOutGate:
         return z * scale
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundAttention:
     """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
 
@@ -167,7 +171,7 @@ class BoundAttention:
         return self.qkv["qkv"] if self.fused else self.qkv[name]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundSharedExpert:
     """A MoE layer's shared expert: a gated MLP run on every token, optionally scaled by sigmoid(gate(x))."""
 
@@ -180,7 +184,7 @@ class BoundSharedExpert:
     gate_path: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundMoE:
     """A sparse mixture of experts: router, experts (fused 3-D parameters or modules) and routing settings."""
 
@@ -223,7 +227,7 @@ class BoundMoE:
         return None if self.bias_owner is None else getattr(self.bias_owner, str(self.bias_name))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundMLP:
     """An MLP: dense (`w_in`, `w_gate`, `w_out`) or, where `moe` is set, a mixture of experts (no w_*)."""
 
@@ -246,7 +250,7 @@ class BoundMLP:
     out_norm: BoundNorm | None = None  # normalizes the activations before `w_out` (BitNet): hook_post is its input
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundCrossAttention:
     attn: BoundAttention
     ln: BoundNorm | None
@@ -257,7 +261,7 @@ class BoundCrossAttention:
     mask_kwarg: str = "encoder_attention_mask"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundBlock:
     """One block: its norms by role, its sublayers, and where each residual-stream value lives."""
 
@@ -304,7 +308,7 @@ class BoundBlock:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundScoreBias:
     """A stack's additive score bias: its kind, the module holding its table, its evaluated params."""
 
@@ -314,7 +318,7 @@ class BoundScoreBias:
     params: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundCall:
     """How the core calls one block or attention module alone (component checks, layer ranges)."""
 
@@ -329,7 +333,7 @@ class BoundCall:
     extra_kwargs: tuple[Mapping[str, Any], ...] = ()  # per decoder layer (call.extra_kwargs)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BoundStack:
     """One stack of blocks with its embedding and final norm (the decoder, or T5's encoder)."""
 
@@ -362,7 +366,7 @@ class BoundStack:
         return Spot(self.embed, self.embed_path, scale=self.embed_scale)
 
 
-@dataclass
+@dataclass(eq=False)
 class BoundModel:
     """The model's modules by role (decoder-only models: the decoder stack alone), and the hook points.
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from bridge_core import Bridge, Registry, SpecError, hookimpl
+from bridge_core.errors import PluginError
 from bridge_core.kind_checks import contract_problems
 from bridge_core.kinds import (
     ActivationFunction,
@@ -152,6 +153,26 @@ def test_a_plugin_with_a_wrongly_shaped_kind_is_a_failing_plugin_and_the_builtin
     bridge = Bridge.from_spec("gpt2", registry=Registry(plugins=host, use_spec_path=False))
     with torch.no_grad():
         assert bridge(torch.tensor([[1, 2, 3]])).shape[-1] == bridge.cfg.d_vocab
+
+
+class MisfitBuiltin:
+    @hookimpl
+    def bridge_core_activation_functions(self):
+        return {"fake_two_argument_act": lambda x, y: x}  # the bridge calls act_fn(x)
+
+
+def test_a_builtin_kind_is_checked_at_its_first_lookup_and_a_misfit_is_bridge_cores_bug():
+    """Built-in kinds are named at collection and checked when first looked up (docs/decisions/0031)."""
+    host = PluginHost(load_entry_points=False)
+    host.register(MisfitBuiltin(), "bridge-core:misfit")
+    assert "fake_two_argument_act" in host.kinds.activations and not host.failures
+    with pytest.raises(PluginError, match=r"fake_two_argument_act.*cannot be called as") as info:
+        host.kinds.activations["fake_two_argument_act"]
+    assert info.value.distribution == "bridge-core" and info.value.hook == "bridge_core_activation_functions"
+    host.unregister("bridge-core:misfit")
+    host.register(MisfitBuiltin(), "third-party:misfit")  # the same kind from a plugin: its failure at collection
+    assert "fake_two_argument_act" not in host.kinds.activations
+    assert [(f.distribution, f.name) for f in host.failures] == [("third-party", "misfit")]
 
 
 # ----------------------------------------------------------------------------- t5_buckets under the params contract
