@@ -121,16 +121,17 @@ class _StoredSpec(RawSpec):
         self.file, self._head, self._body = file, head, body
 
     def __getattr__(self, attribute: str) -> Any:
-        body = self.__dict__.get("_body")
-        if attribute not in ("data", "lines") or body is None:
+        if attribute not in ("data", "lines") or ("_body" not in self.__dict__ and attribute not in self.__dict__):
             raise AttributeError(attribute)
-        try:
-            raw = _decode(body, self.file)
-        except Exception:  # a damaged entry is not trusted: the file's own parse
-            raw = read_raw_spec(self.file)
-        self.data, self.lines = raw.data, raw.lines
-        del self._body
-        return getattr(self, attribute)
+        body = self.__dict__.get("_body")
+        if body is not None:  # None: another thread decoded it meanwhile
+            try:
+                raw = _decode(body, self.file)
+            except Exception:  # a damaged entry is not trusted: the file's own parse
+                raw = read_raw_spec(self.file)
+            self.data, self.lines = raw.data, raw.lines
+            self.__dict__.pop("_body", None)
+        return self.__dict__[attribute]
 
     def __eq__(self, other: object) -> bool:  # equal to the RawSpec it stands for (either side of ==)
         return RawSpec(self.file, self.data, self.lines) == other
