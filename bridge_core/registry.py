@@ -65,11 +65,14 @@ class Registry:
         if not directory.is_dir():
             self._fail(origin, SpecError(f"spec directory does not exist (from {origin})", file=directory))
             return
-        # an unchanged built-in file is read from its stored parse (spec/parsed_cache.py)
-        read = parsed_cache.read_builtin_raw if origin == "builtin" else read_raw_spec
-        for path in sorted(directory.glob("*.yaml")):
+        paths = sorted(directory.glob("*.yaml"))
+        if origin == "builtin":  # unchanged built-in files come from their stored parse (spec/parsed_cache.py)
+            for raw in parsed_cache.read_builtin_files(paths):
+                self._add_raw(raw, origin)  # a built-in's error is raised (`_fail`)
+            return
+        for path in paths:
             try:
-                self._add_raw(read(path), origin)
+                self._add_raw(read_raw_spec(path), origin)
             except BridgeCoreError as exc:
                 self._fail(origin, exc, path.name)
 
@@ -88,7 +91,7 @@ class Registry:
         # by another plugin (that would depend on the order plugins load in)
         if existing is not None and _third_party(origin) and _third_party(existing.origin):
             raise raw.error(f"a spec named '{name}' is already registered by plugin '{existing.origin}'", ("name",))
-        if existing is not None and not raw.data.get("override", False):
+        if existing is not None and not raw.top("override", False):
             raise raw.error(
                 f"a spec named '{name}' is already registered from {existing.raw.file} ({existing.origin}); "
                 "rename this one or set `override: true`",
@@ -193,8 +196,8 @@ class Registry:
         reading does not recognise goes through full validation instead, so a malformed `match` still
         gets its typed error. None: a third-party plugin's spec that does not validate (its failure).
         """
-        data = self._entries[name].raw.data
-        match, override = data.get("match", {}), data.get("override", False)
+        raw = self._entries[name].raw
+        match, override = raw.top("match", {}), raw.top("override", False)
         if isinstance(match, dict) and set(match) <= {"architectures", "model_type"} and type(override) is bool:
             architectures, model_type = match.get("architectures", []), match.get("model_type", [])
             if _strings(architectures) and _strings(model_type):

@@ -33,7 +33,12 @@ class RawSpec:
 
     @property
     def name(self) -> str:
-        return str(self.data.get("name", Path(self.file).stem))
+        return str(self.top("name", Path(self.file).stem))
+
+    def top(self, key: str, default: Any = None) -> Any:
+        """A top-level field as the file states it (`name`, `match`, `override`: what the registry
+        reads of every spec; a stored built-in answers these without decoding the rest)."""
+        return self.data.get(key, default)
 
     def where(self, path: FieldPath) -> tuple[str, int | None]:
         """The file and line that define `path`, or its nearest defined parent."""

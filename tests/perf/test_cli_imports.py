@@ -14,11 +14,12 @@ import sys
 HEAVY = ("torch", "transformers", "bridge_core.conformance")
 
 
-# Entry points narrowed to bridge-core's own distribution, as in an install with no third-party plugin.
+# Distributions narrowed to bridge-core's own, as in an install with no third-party plugin (the plugin
+# host reads entry points distribution by distribution).
 BUILTIN_PLUGINS_ONLY = (
     "import importlib.metadata as md\n"
-    "_all = md.entry_points\n"
-    "md.entry_points = lambda **kw: md.EntryPoints(e for e in _all(**kw) if e.dist and e.dist.name == 'bridge-core')\n"
+    "_all = md.distributions\n"
+    "md.distributions = lambda **kw: (d for d in _all(**kw) if d.name == 'bridge-core')\n"
 )
 
 

@@ -212,3 +212,75 @@ def test_an_edited_file_is_parsed_again_with_the_parsers_errors(cache, tmp_path)
     with pytest.raises(SpecError) as caught:
         parsed_cache.read_builtin_raw(edited)
     assert caught.value.file == str(edited) and caught.value.field == "name" and "duplicate key" in str(caught.value)
+
+
+def _builtin_copy(tmp_path: Path) -> list[Path]:
+    """The built-in spec files copied into a directory of their own (to edit one)."""
+    directory = tmp_path / "specs"
+    directory.mkdir()
+    for file in BUILTIN_FILES:
+        (directory / Path(file).name).write_bytes(Path(file).read_bytes())
+    return sorted(directory.glob("*.yaml"))
+
+
+def test_the_directory_entry_gives_what_the_parser_makes_of_every_builtin_file(cache, monkeypatch):
+    paths = [Path(file) for file in BUILTIN_FILES]
+    list(parsed_cache.read_builtin_files(paths))  # parses (or reads each file's entry) and stores
+    assert len(list(cache.glob("parsed-builtins-*.json"))) == 1
+    parses: list[str] = []
+    monkeypatch.setattr(parsed_cache, "parse_raw_spec", lambda text, file: parses.append(file))
+    monkeypatch.setattr(parsed_cache, "read_builtin_raw", lambda path: parses.append(str(path)))
+    fast = list(parsed_cache.read_builtin_files(paths))
+    assert parses == []  # every spec came from the one entry
+    for raw, file in zip(fast, BUILTIN_FILES, strict=True):
+        parsed = read_raw_spec(file)
+        assert (raw.name, raw.top("match"), raw.top("override")) == (
+            parsed.name,
+            *map(parsed.data.get, ("match", "override")),
+        )
+        assert validated_cache.same_model(raw.data, parsed.data) and raw.lines == parsed.lines and raw.file == file
+        assert raw == parsed and parsed == raw
+
+
+def test_an_edited_builtin_file_is_read_again_from_the_directory(cache, tmp_path):
+    paths = _builtin_copy(tmp_path)
+    gpt2 = next(path for path in paths if path.name == "gpt2.yaml")
+    source = gpt2.read_text()
+    list(parsed_cache.read_builtin_files(paths))  # stored
+    gpt2.write_text(source.replace("OpenAI", "OPENAI", 1))  # same size: seen through the bytes
+    raws = {raw.name: raw for raw in parsed_cache.read_builtin_files(paths)}
+    assert raws["gpt2"].data["description"].startswith("OPENAI")
+    gpt2.write_text(source + "\nname: again\n")  # a duplicate key: the parser's typed error
+    with pytest.raises(SpecError) as caught:
+        list(parsed_cache.read_builtin_files(paths))
+    assert caught.value.file == str(gpt2) and caught.value.field == "name" and "duplicate key" in str(caught.value)
+
+
+def test_a_damaged_directory_entry_is_not_trusted(cache):
+    paths = [Path(file) for file in BUILTIN_FILES]
+    list(parsed_cache.read_builtin_files(paths))
+    (entry,) = cache.glob("parsed-builtins-*.json")
+    stored = json.loads(entry.read_text())
+    entry.write_text(json.dumps([[head, "not json"] for head, _ in stored]))
+    assert [raw.data for raw in parsed_cache.read_builtin_files(paths)] == [read_raw_spec(p).data for p in paths]
+    entry.write_text("[]")  # not one record per file
+    assert [raw.data for raw in parsed_cache.read_builtin_files(paths)] == [read_raw_spec(p).data for p in paths]
+
+
+def test_a_registry_from_the_directory_entry_decodes_only_the_spec_it_binds(cache, monkeypatch):
+    Registry(use_spec_path=False).get("gpt2")  # stores the directory and gpt2's validated form
+    decoded: list[str] = []
+    decode = parsed_cache._decode
+
+    def counting(text: str, file: str) -> Any:
+        decoded.append(Path(file).name)
+        return decode(text, file)
+
+    monkeypatch.setattr(parsed_cache, "_decode", counting)
+    registry = Registry(use_spec_path=False)
+    assert isinstance(registry.for_binding("gpt2"), PlainSpec)
+    assert decoded == ["gpt2.yaml"]
+    # every built-in spec is still there in full, each decoded once when first read
+    assert [name for name in registry.names() if registry.origin(name) == "builtin"] == BUILTIN_NAMES
+    assert registry.claims()[("architectures", "GPT2LMHeadModel")] == "gpt2"
+    assert sorted(decoded) == sorted(Path(file).name for file in BUILTIN_FILES)
