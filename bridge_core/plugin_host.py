@@ -113,11 +113,12 @@ class Kinds:
     origins: dict[tuple[str, str], str]
 
 
-def _group_entry_points(group: str) -> Iterator[importlib.metadata.EntryPoint]:
-    """`importlib.metadata.entry_points(group=group)`, parsing only the distributions whose
-    `entry_points.txt` mentions the group: parsing every distribution's entry points (pytest's, console
-    scripts, ...) was most of the ~3 ms the standard call takes. The first distribution of a name on
-    `sys.path` shadows later ones, as in the standard call (it keys them by the same normalized name)."""
+def _group_entry_points(group: str) -> Iterator[tuple[str, importlib.metadata.EntryPoint]]:
+    """`(distribution name, entry point)` of `importlib.metadata.entry_points(group=group)`, parsing only
+    the distributions whose `entry_points.txt` mentions the group: parsing every distribution's entry
+    points (pytest's, console scripts, ...) was most of the ~3 ms the standard call takes. The name is
+    read once per distribution (it parses METADATA). The first distribution of a name on `sys.path`
+    shadows later ones, as in the standard call (it keys them by the same normalized name)."""
     seen: set[str] = set()
     for dist in importlib.metadata.distributions():
         key = getattr(dist, "_normalized_name", None)  # from the folder's name; no METADATA parse
@@ -127,7 +128,10 @@ def _group_entry_points(group: str) -> Iterator[importlib.metadata.EntryPoint]:
             seen.add(key)
         text = dist.read_text("entry_points.txt")
         if text and group in text:  # a section named `group` contains its name: a safe filter
-            yield from dist.entry_points.select(group=group)
+            entry_points = dist.entry_points.select(group=group)
+            if entry_points:
+                name = dist.name
+                yield from ((name, ep) for ep in entry_points)
 
 
 class PluginHost:
@@ -143,12 +147,7 @@ class PluginHost:
             self.load_entry_points()
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
-        dist_names: dict[int, str] = {}  # `Distribution.name` parses the METADATA file: once per distribution
-        for ep in _group_entry_points(group):
-            if ep.dist is None:
-                dist = "<unknown distribution>"
-            else:
-                dist = dist_names.get(id(ep.dist)) or dist_names.setdefault(id(ep.dist), ep.dist.name)
+        for dist, ep in _group_entry_points(group):
             name = f"{dist}:{ep.name}"
             if self.pm.has_plugin(name):
                 continue
