@@ -12,13 +12,15 @@ tree is made only from a stored form that validation produced (docs/decisions/00
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .loader import RawSpec
     from .schema import Spec
 
-_MODEL, _DICT = "$model", "$dict"  # the tags of validated_cache's encoding
+# The tags of validated_cache's encoding: a schema model (class name, set fields, fields), a plain mapping.
+MODEL_TAG, DICT_TAG = "$model", "$dict"
 
 
 class PlainNode:
@@ -74,19 +76,26 @@ class PlainSpec(PlainNode):
 
 def decode_plain(form: dict[str, Any], source: RawSpec | None) -> PlainSpec:
     """The tree of a stored validated form (validated_cache's tagged JSON of a `Spec`)."""
-    if not isinstance(form, dict) or form.get(_MODEL) != "Spec":
+    if not isinstance(form, dict) or form.get(MODEL_TAG) != "Spec":
         raise ValueError("not a stored Spec")
-    return PlainSpec({name: _value(item) for name, item in form["fields"].items()}, form, source)
+    return PlainSpec({name: walk_form(item, _node) for name, item in form["fields"].items()}, form, source)
 
 
-def _value(value: Any) -> Any:
+def _node(schema_class: str, set_fields: list[str], fields: dict[str, Any]) -> PlainNode:
+    return PlainNode(schema_class, fields)  # a tree is read, never re-validated: which fields were set is moot
+
+
+def walk_form(value: Any, model: Callable[[str, list[str], dict[str, Any]], Any]) -> Any:
+    """A stored form's value, each tagged model made by `model(class name, set fields, decoded fields)`:
+    the one reader of the encoding, for the plain tree here and for pydantic's `Spec` in validated_cache."""
     if isinstance(value, list):
-        return [_value(item) for item in value]
+        return [walk_form(item, model) for item in value]
     if not isinstance(value, dict):
         return value
-    if _DICT in value:
-        return {key: _value(item) for key, item in value[_DICT].items()}
-    return PlainNode(value[_MODEL], {name: _value(item) for name, item in value["fields"].items()})
+    if DICT_TAG in value:
+        return {key: walk_form(item, model) for key, item in value[DICT_TAG].items()}
+    fields = {name: walk_form(item, model) for name, item in value["fields"].items()}
+    return model(value[MODEL_TAG], value["set"], fields)
 
 
 def public_spec(spec: Spec | PlainSpec) -> Spec:

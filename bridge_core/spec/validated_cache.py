@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .plain import PlainSpec, decode_plain
+from .plain import DICT_TAG, MODEL_TAG, PlainSpec, decode_plain, walk_form
 
 if TYPE_CHECKING:
     from .loader import RawSpec
@@ -36,7 +36,6 @@ _SCHEMA_FILE = Path(__file__).with_name("schema.py")
 
 CACHE_VARIABLE = "BRIDGE_CORE_CACHE_DIR"
 _FORMAT = 1  # bump when this encoding or parsed_cache.py's changes (both keys include it)
-_MODEL, _DICT = "$model", "$dict"
 
 
 class _NotPlain(Exception):
@@ -100,11 +99,11 @@ def encode(value: Any) -> Any:
         if getattr(schema, type(value).__name__, None) is not type(value):
             raise _NotPlain(f"{type(value).__name__} is not a schema class")
         fields = {name: encode(getattr(value, name)) for name in type(value).model_fields}
-        return {_MODEL: type(value).__name__, "set": sorted(value.model_fields_set), "fields": fields}
+        return {MODEL_TAG: type(value).__name__, "set": sorted(value.model_fields_set), "fields": fields}
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
             raise _NotPlain("a mapping with a key that is not a string")
-        return {_DICT: {key: encode(item) for key, item in value.items()}}
+        return {DICT_TAG: {key: encode(item) for key, item in value.items()}}
     if isinstance(value, list):
         return [encode(item) for item in value]
     if value is None or type(value) in (str, int, float, bool):
@@ -117,21 +116,13 @@ def decode(value: Any) -> Any:
 
     from . import schema
 
-    return _decode(value, schema, BaseModel)
+    def construct(name: str, set_fields: list[str], fields: dict[str, Any]) -> BaseModel:
+        model = getattr(schema, name)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise _NotPlain(f"{name} is not a schema class")
+        return model.model_construct(_fields_set=set(set_fields), **fields)
 
-
-def _decode(value: Any, schema: Any, base: type) -> Any:
-    if isinstance(value, list):
-        return [_decode(item, schema, base) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if _DICT in value:
-        return {key: _decode(item, schema, base) for key, item in value[_DICT].items()}
-    model = getattr(schema, value[_MODEL])
-    if not (isinstance(model, type) and issubclass(model, base)):
-        raise _NotPlain(f"{value[_MODEL]} is not a schema class")
-    fields = {name: _decode(item, schema, base) for name, item in value["fields"].items()}
-    return model.model_construct(_fields_set=set(value["set"]), **fields)
+    return walk_form(value, construct)
 
 
 def same_model(a: Any, b: Any) -> bool:
