@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BridgeCoreError, TokenizerError
+from .records import record
 
 if TYPE_CHECKING:  # torch and rich are imported where they are used, so `bridge-core --help` stays light
     import torch
@@ -54,7 +54,7 @@ def spec_source(bridge) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-@dataclass
+@record
 class Inputs:
     """What `inspect` feeds the model: token ids `[1, pos]`, and the decoder's for encoder-decoders."""
 

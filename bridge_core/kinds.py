@@ -9,8 +9,9 @@ exactly as the Protocols below say. Built-in kinds live in `plugins/`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .records import record
 
 if TYPE_CHECKING:  # annotations only: importing the contracts (a plugin does) must not load torch
     import torch
@@ -338,7 +339,7 @@ class Position(Protocol):
 # --------------------------------------------------------------------------- records plugins return
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NormKind:
     """The built-in `Norm`: `prepared` is `x` minus its mean when `centered` (LayerNorm), `x` itself
     otherwise (RMSNorm); `scale = sqrt(mean(prepared^2) + eps)`. `output` follows the HF module's
@@ -391,7 +392,7 @@ class NormKind:
         return getattr(module, "bias", None)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PositionKind:
     """The built-in `Position`: a learned table (`learned`), rotary (`rotary`) or nothing (`none`)."""
 
@@ -408,7 +409,7 @@ class PositionKind:
         return weight[offset:end]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ScoreBiasKind:
     """A score-bias kind: `compute` builds the bias; `hook_view` (None when the bias has no table
     module) shows the table's output as `hook_rel_pos_bias`; `module_format` (None: `[b, h, q, k]`
@@ -421,7 +422,7 @@ class ScoreBiasKind:
     params_format: BiasLayoutFormat | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CrossAttentionKind:
     """A cross-attention kind: where a decoder block's cross keys and values come from (`block_kwargs`)."""
 
@@ -429,7 +430,7 @@ class CrossAttentionKind:
     block_kwargs: CrossAttentionKwargs
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class MaskFormat:
     """A mask format (`call.mask_format`): what `build` returns is passed as the module's mask;
     `to_additive` (None: guess from the dtype, bool meaning True = attend) reads the mask the model

@@ -9,18 +9,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import PlotDependencyError
+from .records import record
 
 PLOTS_EXTRA = 'pip install "bridge-core[plots]"  (or: pip install "matplotlib>=3.7")'
 
 
-@dataclass
+@record
 class PatternPanel:
     """One attention of one layer: `pattern [n_heads, q, k]` with its query and key labels."""
 

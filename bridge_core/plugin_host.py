@@ -14,13 +14,13 @@ from __future__ import annotations
 import importlib.metadata
 import warnings
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import PluginError
+from .records import record
 
 if TYPE_CHECKING:  # the contracts import torch: loaded when kinds are first collected, not with the plugins
     from .kinds import ActivationFunction, CrossAttentionKind, MaskFormat, Norm, Position, ScoreBiasKind
@@ -42,7 +42,7 @@ def is_builtin(plugin_name: str) -> bool:
     return plugin_name.partition(":")[0] == BUILTIN_DISTRIBUTION
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PluginFailure:
     """A plugin that failed: its entry point did not import, a hook raised, or a kind does not fit its contract."""
 
@@ -100,7 +100,7 @@ class KindTable(Mapping[str, Any]):
         return f"KindTable({self.what}: {', '.join(self._kinds)})"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Kinds:
     """Every kind the loaded plugins registered, by name, with the plugin that registered it."""
 

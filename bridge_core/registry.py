@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import BridgeCoreError, SpecError, SpecNotFoundError, close_matches
 from .plugin_host import PluginHost, PluginWarning, is_builtin
+from .records import record
 from .spec import parsed_cache, validated_cache
 from .spec.kind_fields import kind_references, kinds_plugins, unknown_kind
 from .spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
@@ -31,7 +31,7 @@ SPEC_PATH_VARIABLE = "BRIDGE_CORE_SPEC_PATH"
 NOT_INHERITED = ("name", "match", "override", "description")
 
 
-@dataclass
+@record
 class SpecEntry:
     """A registered spec file and where it came from (`builtin`, `path:DIR`, `add_spec`, a distribution)."""
 

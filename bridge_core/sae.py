@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from .bridge.bridge import Bridge
 from .bridge.cache import ActivationCache
 from .bridge.hook_points import HookPoint
 from .errors import BridgeCoreError, HookNameError, HookShapeError, close_matches
+from .records import record
 
 SAE_EXTRA = 'pip install "bridge-core[sae]"  (or: pip install "sae-lens>=6,<7")'
 # Hook points the SAE fires itself inside encode/decode, and the two the splice fires (as SAELens's wrapper does).
@@ -47,7 +48,7 @@ def sae_lens() -> Any:
     return module
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class SAEHookPoint:
     """The `hook` argument of a hook function on an SAE's own point: `.name`, `.ctx` and `.layer()`."""
 
@@ -56,7 +57,7 @@ class SAEHookPoint:
     layer = HookPoint.layer  # the block index in the name, as on the bridge's own points
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class _Attached:
     """One SAE (or transcoder) reading `hook_in` and writing `hook_out`, both canonical bridge names."""
 
@@ -76,7 +77,7 @@ def _capture(attached: _Attached, tensor: torch.Tensor, hook: Any) -> None:
     attached.captured = tensor  # a transcoder's input, read when its output point is reached
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _SAEHook:
     point: SAEHookPoint
     fn: Callable

@@ -8,7 +8,6 @@ the next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -16,13 +15,14 @@ from torch import nn
 from .bridge.binding import collect_problems
 from .errors import BindError, BridgeCoreError, SpecError
 from .plugin_host import Kinds
+from .records import record
 from .spec.config import normalize_config
 
 if TYPE_CHECKING:
     from .spec.schema import Spec
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Problem:
     """One problem of a spec, at the field (and file and line) that causes it."""
 

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -23,13 +22,14 @@ import torch
 from torch import nn
 
 from .. import transformers_internals as hf
+from ..records import record
 
 IMPLEMENTATION_NAME = "bridge_core"
 
 TensorHook = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@record
 class AttentionRoute:
     """What the bridge wants from one attention module during one forward."""
 

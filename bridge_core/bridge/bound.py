@@ -6,14 +6,14 @@ conformance check) reads roles and settings from here and never interprets a spe
 Public as `bridge.bound`; see docs/architecture.md.
 
 Each record is built once per role and compares by identity (`eq=False`): nothing compares two
-records by value, and the generated `__eq__`/`__hash__` cost about 4 ms of a first bridge's import
-(docs/decisions/0031).
+records by value (docs/decisions/0031). They are `records.record` classes, dataclasses whose methods
+are shared rather than compiled per class (docs/decisions/0032).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal
 
 import torch
@@ -21,13 +21,14 @@ from torch import nn
 
 from ..errors import InputError
 from ..kinds import ActivationFunction, CrossAttentionKind, MaskFormat, NormKind, PositionKind, ScoreBiasKind
+from ..records import record
 from .hook_points import HookPoint
 from .places import View
 
 BlockKind = Literal["sequential", "parallel", "post_norm"]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
+@record(frozen=True, eq=False, repr=False)
 class Spot:
     """A tensor of the forward: `module`'s output (element `index` of a tuple) or its input.
 
@@ -51,7 +52,7 @@ class Spot:
         return f"Spot({self.side} of {self.path}{at}{times})"
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundNorm:
     """A norm, its kind, and the role it plays.
 
@@ -76,7 +77,7 @@ class BoundNorm:
         return role in self.feeds.split("+")
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundLatent:
     """The factored projections of multi-head latent attention (MLA; bridge/latent_attention.py).
 
@@ -106,7 +107,7 @@ class BoundLatent:
         return self.q_b if self.q_b is not None else self.q
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundOutGate:
     """`z * act(module(x))` before the output projection, `x` the attention module's hidden input (AFMoE)."""
 
@@ -123,7 +124,7 @@ class BoundOutGate:
         return z * scale
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundAttention:
     """An attention module: projections, their per-head views, and the settings its spec evaluated to."""
 
@@ -171,7 +172,7 @@ class BoundAttention:
         return self.qkv["qkv"] if self.fused else self.qkv[name]
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundSharedExpert:
     """A MoE layer's shared expert: a gated MLP run on every token, optionally scaled by sigmoid(gate(x))."""
 
@@ -184,7 +185,7 @@ class BoundSharedExpert:
     gate_path: str | None
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundMoE:
     """A sparse mixture of experts: router, experts (fused 3-D parameters or modules) and routing settings."""
 
@@ -227,7 +228,7 @@ class BoundMoE:
         return None if self.bias_owner is None else getattr(self.bias_owner, str(self.bias_name))
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundMLP:
     """An MLP: dense (`w_in`, `w_gate`, `w_out`) or, where `moe` is set, a mixture of experts (no w_*)."""
 
@@ -250,7 +251,7 @@ class BoundMLP:
     out_norm: BoundNorm | None = None  # normalizes the activations before `w_out` (BitNet): hook_post is its input
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundCrossAttention:
     attn: BoundAttention
     ln: BoundNorm | None
@@ -261,7 +262,7 @@ class BoundCrossAttention:
     mask_kwarg: str = "encoder_attention_mask"
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundBlock:
     """One block: its norms by role, its sublayers, and where each residual-stream value lives."""
 
@@ -308,7 +309,7 @@ class BoundBlock:
         return out
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundScoreBias:
     """A stack's additive score bias: its kind, the module holding its table, its evaluated params."""
 
@@ -318,7 +319,7 @@ class BoundScoreBias:
     params: Mapping[str, Any]
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundCall:
     """How the core calls one block or attention module alone (component checks, layer ranges)."""
 
@@ -333,7 +334,7 @@ class BoundCall:
     extra_kwargs: tuple[Mapping[str, Any], ...] = ()  # per decoder layer (call.extra_kwargs)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BoundStack:
     """One stack of blocks with its embedding and final norm (the decoder, or T5's encoder)."""
 
@@ -366,7 +367,7 @@ class BoundStack:
         return Spot(self.embed, self.embed_path, scale=self.embed_scale)
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class BoundModel:
     """The model's modules by role (decoder-only models: the decoder stack alone), and the hook points.
 

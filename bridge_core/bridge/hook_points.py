@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Literal, NamedTuple
 
 import torch
 
 from ..errors import HookDeviceError, HookDtypeError, HookReturnShapeError, HookReturnTypeError
+from ..records import record
 from .places import Place
 
 HookFunction = Callable[[torch.Tensor, "HookPoint"], torch.Tensor | None]
@@ -23,7 +24,7 @@ Direction = Literal["fwd", "bwd"]
 _LAYER = re.compile(r"(?:^|\.)(\d+)\.")
 
 
-@dataclass(eq=False)
+@record(eq=False)
 class HookPoint:
     """A named place in the model where hook functions run."""
 

@@ -17,13 +17,13 @@ the `kv_b` views show only the current call's positions (`LastPositions`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..errors import BindError, BridgeCoreError
+from ..records import record
 from .places import ModuleOutput, ShapedView, SplitHeads, TokenShape, View
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class LatentWeightError(BridgeCoreError, AttributeError):
     """A HookedTransformer-shaped weight that latent attention does not have as a linear map of the residual."""
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class HeadPart(ShapedView):
     """`[b, (1,) T, h*(w0+w1)]` laid out per head `[h0: part0 part1 | h1: ...]` -> part `[b, s, h, width]`.
 
@@ -60,7 +60,7 @@ class HeadPart(ShapedView):
         return base.unflatten(-1, (self.n_heads, self.per_head)).narrow(-1, self.start, self.width)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Columns(View):
     """`[..., n] -> [..., start:start+width]`: the shared rotary key inside `kv_a`'s output."""
 

@@ -6,11 +6,10 @@ Called once by `bind`. The names are HookedTransformer's (decoder-only) or Hooke
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from ..plugin_host import Kinds
+from ..records import record
 from ..spec.config import BridgeConfig
 from .bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, BoundScoreBias, BoundStack, Spot
 from .hook_points import HookPoint
@@ -194,7 +193,7 @@ class _Layout:
             self.output(f"{p}.hook_normalized_resid_post", block.module, block.path, index=block.output_index)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class _FunctionView(View):
     """A view given by a kind's function (e.g. a score-bias table shown as `[1, h, q, k]`)."""
 

@@ -16,12 +16,12 @@ the spec's routing settings and replace the router's weights and indices.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from ..records import record
 from .bound import BoundMoE
 from .places import Place, select_output
 
@@ -32,7 +32,7 @@ class MoEPlace(Place):
     """A point the session hands to `moe_output` (on the router or the experts module)."""
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class ExpertValue(MoEPlace):
     """`experts.{e}.hook_{which}` `[tokens routed to e, d_mlp]`, recomputed from the experts module's inputs."""
 
@@ -42,7 +42,7 @@ class ExpertValue(MoEPlace):
     act: Callable[[torch.Tensor], torch.Tensor] | None = None  # the experts' activation function
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class RouterProbs(MoEPlace):
     """`hook_expert_weights` `[tokens, n_experts]`: the softmax of the router logits (HookedTransformer's), or
     their sigmoid where the spec's scoring is `sigmoid`."""

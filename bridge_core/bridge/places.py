@@ -9,13 +9,13 @@ edit is written back by copying into the same view of a fresh clone.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from ..kinds import NormKind
+from ..records import record
 
 
 class View:
@@ -29,7 +29,7 @@ class View:
         self(base).copy_(value)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SplitHeads(View):
     """`[..., n*d] -> [..., n, d]`, optionally from a slice `[start, start + n*d)` of the last dim."""
 
@@ -44,7 +44,7 @@ class SplitHeads(View):
         return part.unflatten(-1, (self.n_heads, self.d_head))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class InterleavedHeads(View):
     """`[..., h*(parts*d)]` laid out per head `[h0: p0 p1 p2 | h1: ...]`; selects part `index`."""
 
@@ -57,7 +57,7 @@ class InterleavedHeads(View):
         return base.unflatten(-1, (self.n_heads, self.parts, self.d_head))[..., self.index, :]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class GroupedHeads(View):
     """`[..., groups*(3*w)]` laid out `[g0: p0 p1 p2 | g1: ...]`, each part `w = n_heads*d_head/groups` wide
     (CodeGen's 4 groups of [q | v | k]); selects part `index` of every group, as `[..., n_heads, d_head]`.
@@ -82,7 +82,7 @@ class GroupedHeads(View):
         self.parts(base).copy_(value.reshape(*value.shape[:-2], self.groups, -1))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HeadsFirst(View):
     """`[b, h, s, d] -> [b, s, h, d]` (q/k norms that HF applies after the head transpose)."""
 
@@ -110,7 +110,7 @@ class TokenShape:
         self._local.shape = value
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class ShapedView(View):
     """A view that needs the current call's shape, recorded from the input of `source` (minus its
     last dim) by a pre-hook the session adds."""
@@ -119,7 +119,7 @@ class ShapedView(View):
     source: nn.Module
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class FlatTokens(ShapedView):
     """`[b*s, ...] -> [b, s, ...]` for modules HF runs on flattened tokens (OPT's MLP); a tensor already
     `[b, s, ...]` (DeepSeek's shared experts, run on the unflattened MLP input) is shown as it is."""
@@ -131,7 +131,7 @@ class FlatTokens(ShapedView):
         return base.unflatten(0, shape)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class BatchBroadcast(ShapedView):
     """`[1, s, d] -> [b, s, d]` (GPT-2's position embeddings, shared by the batch), as HookedTransformer
     shows them. An edit may differ per row, so it replaces the module output whole: HF adds it to the
@@ -145,7 +145,7 @@ class BatchBroadcast(ShapedView):
         return base.expand(self.cell.shape[0], *base.shape[1:])
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class Scaled(View):
     """`inner(base) * factor`: a value HF computes outside any module by multiplying a module's output
     (Granite's residual and embedding multipliers; docs/decisions/0013-multipliers.md).
@@ -176,7 +176,7 @@ def qkv_views(
     return {n: SplitHeads(heads, d, start, whole=False) for n, (start, heads) in starts.items()}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Narrow(View):
     """`[..., start : start + width]` of the last dim: one half of a fused gate|up projection (Phi-3)."""
 
@@ -201,13 +201,13 @@ def select_output(output: Any, index: int | None) -> torch.Tensor:
     return output[0 if index is None else index]
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class Place:
     module: nn.Module
     module_path: str
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class Phase:
     """Which calls of a module called in two roles a place acts on (NanoChat's one norm after the embedding and as
     the final norm): `embed`, the calls after the token embedding `starts` ran and before any of `blocks` did;
@@ -218,7 +218,7 @@ class Phase:
     blocks: tuple[nn.Module, ...]
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class ModuleOutput(Place):
     """A module's output (element `index` when it returns a tuple), shown through `view`."""
 
@@ -227,7 +227,7 @@ class ModuleOutput(Place):
     phase: Phase | None = None  # only the calls of one role (a module in two roles); None: every call
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class ModuleInput(Place):
     """A module's hidden-states input, positional `arg` or keyword `kwarg`.
 
@@ -241,7 +241,7 @@ class ModuleInput(Place):
     in_place: bool = False
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class NormValue(Place):
     """`hook_scale` / `hook_normalized`, recomputed from the norm's input by its kind."""
 
@@ -251,7 +251,7 @@ class NormValue(Place):
     phase: Phase | None = None  # only the calls of one role (a norm in two roles); None: every call
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class HeadResult(Place):
     """`hook_result`: per-head output of the output projection, from its input and `W_O`."""
 
@@ -261,7 +261,7 @@ class HeadResult(Place):
     view: View | None = None  # a tensor-parallel model's gather across ranks (bridge/tensor_parallel.py)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class AttentionValue(Place):
     """A point at the attention interface: `hook_rot_q` / `hook_rot_k` (q, k as HF hands them to the
     attention function) and `hook_attn_scores` / `hook_pattern` (the bridge's eager attention)."""

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..kinds import PositionKind
+from ..records import record
 from .attention import AttentionRoute, _eager, _rotated, as_additive_mask
 from .bound import BoundModel
 from .spec_walker import forward_parameters
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from ..spec.schema import Spec
 
 
-@dataclass
+@record
 class ReimplementedLayer:
     """What the bridge knows about one attention module on the reimplement path."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from ..errors import BridgeCoreError
+from ..records import record
 from ..transformers_internals import tensor_parallel_plan
 from .hook_points import HookPoint
 from .places import AttentionValue, HeadResult, ModuleInput, ModuleOutput, View
@@ -34,7 +34,7 @@ class TensorParallelError(BridgeCoreError, ValueError):
     """A tensor-parallel model the bridge cannot show whole (a width that does not split evenly)."""
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class Sharded(View):
     """A rank's slice of a tensor split along `dim` across `group`, shown whole through `inner`.
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import transformers_internals as hf
+from ..records import record
 
 CAPTURE_NAME = "bridge_core_conformance_capture"
 
 
-@dataclass
+@record
 class AttentionCall:
     """One call HF made to the attention interface: `[b, heads, s, d]` q/k/v, mask, kwargs, results."""
 
@@ -35,7 +36,7 @@ class AttentionCall:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # tensor kwargs (T5: position_bias)
 
 
-@dataclass
+@record
 class Recording:
     """What one reference forward produced: attention calls and module inputs/outputs by name."""
 

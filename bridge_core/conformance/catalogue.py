@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING
 
 import torch
+
+from ..records import record
 
 if TYPE_CHECKING:
     from .context import CheckContext
@@ -23,7 +25,7 @@ class Skip(Exception):
     """Raised by a check that cannot apply to this architecture; the message is the reason."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     """One named check: what it proves, its family, its tolerance and the function that runs it."""
 
@@ -112,7 +114,7 @@ def catalogue(names: Sequence[str] | None = None) -> list[Check]:
     return [c for c in ordered if c.name in names]
 
 
-@dataclass
+@record
 class Failure:
     """The first comparison of a check that went wrong, and the spec field most likely at fault."""
 
@@ -120,7 +122,7 @@ class Failure:
     field: str | None
 
 
-@dataclass
+@record
 class Meter:
     """Collects one check's comparisons: the largest figure seen and the first failure."""
 

@@ -8,20 +8,20 @@ and `attentions` walk every block and attention module of every stack under its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import records
 from ..bridge.bound import BoundAttention, BoundBlock, BoundModel, BoundNorm, Spot
 from ..spec.schema import Spec
 from .capture import AttentionCall, Recording, record
 from .snapshot import ModelSnapshot
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class Layer:
     """One block under its hook-name prefix (`blocks.0`, `encoder.0`, `decoder.0`)."""
 
@@ -36,7 +36,7 @@ class Layer:
         return [(f"{self.prefix}.{norm.name}", norm.field, norm) for norm in self.block.norms()]
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class Attention:
     """One attention module: self attention of a layer, or a decoder layer's cross attention."""
 

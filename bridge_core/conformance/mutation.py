@@ -12,11 +12,12 @@ import ast
 import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BridgeCoreError
+from ..records import record
 from ..registry import Registry, default_registry
 from ..spec.loader import RawSpec, read_raw_spec, resolve_extends, validate_spec
 from ..spec.schema import BLOCK_KINDS, Spec
@@ -60,7 +61,7 @@ _SPEC_OPTIONAL = (
 _REQUIRED_CONFIG = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mutant:
     """One deliberate mistake: which operator made it, at which field, and the mutated spec data."""
 
@@ -71,7 +72,7 @@ class Mutant:
     data: Data = field(repr=False, compare=False)
 
 
-@dataclass
+@record
 class MutantResult:
     mutant: Mutant
     killed_by: str | None  # the first failing check, "schema" when the spec no longer validates
@@ -88,7 +89,7 @@ class MutantResult:
                 "killed_by": self.killed_by, "message": self.message, "seconds": round(self.seconds, 3)}  # fmt: skip
 
 
-@dataclass
+@record
 class MutationReport:
     spec: str
     results: list[MutantResult] = field(default_factory=list)

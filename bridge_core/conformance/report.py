@@ -8,13 +8,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Literal
+
+from ..records import record
 
 Status = Literal["pass", "fail", "skip"]
 
 
-@dataclass
+@record
 class CheckResult:
     """The outcome of one check on one spec."""
 
@@ -73,7 +75,7 @@ def format_figure(value: float) -> str:
     return f"{value:.1e}"
 
 
-@dataclass
+@record
 class Report:
     """Every check's result for one spec (and model)."""
 

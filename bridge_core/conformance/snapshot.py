@@ -6,12 +6,12 @@ Taken by the runner before the bridge is built; `differences()` lists what chang
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..records import record
 from ..transformers_internals import attention_implementation, config_objects
 
 _HOOK_DICTS = (
@@ -57,7 +57,7 @@ def config_state(model: nn.Module) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
+@record
 class ModelSnapshot:
     tensors: dict[str, tuple[int, torch.Tensor, bool]]  # name -> (id, copy, requires_grad)
     tree: list[tuple[str, str, int, bool]]  # name, class, id, training

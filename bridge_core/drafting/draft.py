@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from torch import nn
 
+from ..records import record
 from .probe import Observation
 from .shrink import plain_fields
 
 
-@dataclass
+@record
 class Gap:
     """Something the model does that the spec vocabulary of this worktree cannot say."""
 
@@ -22,7 +23,7 @@ class Gap:
         return f"{self.item}: {self.detail}"
 
 
-@dataclass
+@record
 class Draft:
     """A drafted spec: its fields (schema order), `# NOTE:` lines for every guess, and gaps."""
 
@@ -38,7 +39,7 @@ class Draft:
         self.gaps.append(Gap(item, detail))
 
 
-@dataclass
+@record
 class DraftContext:
     """What every observer reads: the tiny model's observed forward, its config and the class."""
 

@@ -10,26 +10,27 @@ Hooks are removed, and the probing function unregistered, when the forward ends.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..records import record
 from ..transformers_internals import temporary_implementation
 
 PROBE = "_bridge_core_draft_probe"
 _ACTIVE: list[list[AttentionCall]] = []
 
 
-@dataclass
+@record
 class Call:
     args: tuple
     kwargs: dict[str, Any]
     output: Any
 
 
-@dataclass
+@record
 class AttentionCall:
     module: nn.Module
     query: torch.Tensor
@@ -40,7 +41,7 @@ class AttentionCall:
     mask: torch.Tensor | None = None  # the attention mask the module passed
 
 
-@dataclass
+@record
 class Observation:
     model: nn.Module
     inputs: dict[str, torch.Tensor]

@@ -8,10 +8,11 @@ checks, or which drafting step, and the missing vocabulary), out_of_scope (why).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from ..errors import BridgeCoreError, SpecNotFoundError
+from ..records import record
 
 FAST_CHECKS = (
     "bind",
@@ -34,7 +35,7 @@ per-role checks that catch a wrong role or kind; interventions, generation and h
 `bridge-core conform`."""
 
 
-@dataclass
+@record
 class Outcome:
     model_type: str
     status: str  # builtin | passing | failing | out_of_scope

@@ -6,10 +6,11 @@ Called by the bridge at bind time. Field names follow HookedTransformer (`n_laye
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SpecError
+from ..records import record
 from .expressions import ExpressionError, evaluate
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 _PLAIN_VALUES = (int, float, str, bool, type(None), list, tuple, dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BridgeConfig:
     """Normalized, architecture-neutral config of a bridged model."""
 

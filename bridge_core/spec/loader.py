@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..errors import SpecError
+from ..records import record
 
 if TYPE_CHECKING:
     from .schema import Spec
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 FieldPath = tuple[str | int, ...]
 
 
-@dataclass
+@record
 class RawSpec:
     """A spec file as parsed, before inheritance and validation."""
 

@@ -17,11 +17,11 @@ flipped, so the drafted qkv names both, as the hand-written specs do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ...records import record
 from ..draft import DraftContext
 from ..errors import DraftingError
 from ..probe import AttentionCall, Observation, same
@@ -31,7 +31,7 @@ from .modules import is_linear, is_norm, norm_kind
 _Q_RANK_WHEN_ADDED = 40  # the query latent's rank in a tiny model drawn to see the q-latent form
 
 
-@dataclass
+@record
 class Latent:
     """The latent attention seen in one observed forward (module names relative to the attention module)."""
 

@@ -6,7 +6,7 @@ output, on the probed call and on a replay with inputs large enough to reach any
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from itertools import product
 from types import SimpleNamespace
 from typing import Any
@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from transformers.activations import ACT2FN
 
+from ...records import record
 from ..probe import same
 
 _LIMITS = ("limit", "clamp")  # config floats whose name says so are clamp candidates
 
 
-@dataclass
+@record
 class Storage:
     """One reading of the experts' fused parameters."""
 
