@@ -72,7 +72,7 @@ class Registry:
             return
         for path in paths:
             try:
-                self._add_raw(read_raw_spec(path), origin)
+                self._add_raw(parsed_cache.read_raw(path), origin)  # plugins' files keep their parse too
             except BridgeCoreError as exc:
                 self._fail(origin, exc, path.name)
 

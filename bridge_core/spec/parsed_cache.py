@@ -1,5 +1,6 @@
-"""A built-in spec file as parsed (data and the line of every field), kept as plain JSON beside the
-validated form (validated_cache.py), so an unchanged built-in file is not parsed as YAML again.
+"""A spec file as parsed (data and the line of every field), kept as plain JSON beside the validated
+form (validated_cache.py), so an unchanged file in a spec directory (built-in, a plugin's, or on
+`BRIDGE_CORE_SPEC_PATH`) is not parsed as YAML again. Only built-in specs keep their validated form.
 
 Parsing the 30-odd built-in YAML files with their line maps is most of `Registry()`'s time; `json.loads`
 of the same data is a few percent of it. An entry is keyed by a hash of the file's bytes and path, the
@@ -53,8 +54,8 @@ def _decode(text: str, file: str) -> RawSpec:
     return RawSpec(file=file, data=stored["data"], lines=lines)
 
 
-def read_builtin_raw(path: str | Path) -> RawSpec:
-    """`read_raw_spec(path)`, from the stored parse when the file is unchanged."""
+def read_raw(path: str | Path) -> RawSpec:
+    """`read_raw_spec(path)`, from the stored parse when the file (any spec file) is unchanged."""
     directory = cache_dir()
     if directory is None:
         return read_raw_spec(path)
@@ -143,7 +144,7 @@ class _StoredSpec(RawSpec):
 
 
 def read_builtin_files(paths: Sequence[Path]) -> Iterator[RawSpec]:
-    """`read_builtin_raw` of each file in order, from the one stored entry for all of them when none
+    """`read_raw` of each file in order, from the one stored entry for all of them when none
     changed (keyed as a single file's entry is, over every file's path and bytes). Otherwise each file
     is read on its own (a typed error stops the reading there, as before) and the entry is written
     once every file has been read."""
@@ -154,7 +155,7 @@ def read_builtin_files(paths: Sequence[Path]) -> Iterator[RawSpec]:
     try:
         contents = [Path(path).read_bytes() for path in paths]
     except OSError:
-        yield from map(read_builtin_raw, paths)  # the unreadable file's typed error, in its turn
+        yield from map(read_raw, paths)  # the unreadable file's typed error, in its turn
         return
     digest = hashlib.sha256(f"{_fingerprint()}|{source_fingerprint(__file__, 'builtins')}".encode())
     for path, content in zip(paths, contents, strict=True):
@@ -171,7 +172,7 @@ def read_builtin_files(paths: Sequence[Path]) -> Iterator[RawSpec]:
         return
     raws = []
     for path in paths:
-        raws.append(read_builtin_raw(path))
+        raws.append(read_raw(path))
         yield raws[-1]
     bodies = [_checked_encode(raw) for raw in raws]
     if None not in bodies:

@@ -161,7 +161,7 @@ def test_an_empty_cache_variable_turns_the_cache_off(monkeypatch, count_validati
     assert count_validations == ["gpt2", "gpt2"]
 
 
-def test_a_first_bridge_with_a_warm_cache_parses_no_builtin_yaml_and_builds_no_validator(cache):
+def test_a_first_bridge_with_a_warm_cache_parses_no_yaml_and_builds_no_validator(cache, tmp_path):
     probe = textwrap.dedent(
         """
         import json, torch
@@ -174,43 +174,74 @@ def test_a_first_bridge_with_a_warm_cache_parses_no_builtin_yaml_and_builds_no_v
         bridge = Bridge.from_hf(model)
         assert bridge.cfg.n_layers == 2
         built = [n for n in dir(schema) if getattr(getattr(schema, n), "__pydantic_complete__", False)]
-        print(json.dumps({"built": built, "parsed": parsed}))
+        seen = {"built": built, "parsed": list(parsed)}
+        from bridge_core.spec import parsed_cache
+        parsed_cache.read_raw(UNSTORED)  # a file with no stored parse: the probe must see it parsed
+        print(json.dumps({**seen, "unstored": parsed[len(seen["parsed"]):]}))
         """
     )
     Registry(use_spec_path=False).get("gpt2")  # validated and parsed here, stored for the fresh process
     assert [path.name.split("-")[0] for path in cache.glob("*.json") if not path.name.startswith("parsed-")] == ["gpt2"]
+    unstored = tmp_path / "unstored.yaml"
+    unstored.write_text(Path(_REGISTRY.file("gpt2")).read_text())
+    probe = probe.replace("UNSTORED", repr(str(unstored)))
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["built"] == []  # no schema class built its validator
-    assert not set(seen["parsed"]) & set(BUILTIN_FILES)  # only plugins' spec files are parsed as YAML
-    assert seen["parsed"] or _REGISTRY.names() == BUILTIN_NAMES  # the probe does see a parse where one happens
+    assert seen["parsed"] == []  # no YAML parsed, plugins' spec files (the example plugin's, in CI) included
+    assert seen["unstored"] == [str(unstored)]  # the probe does see a parse where one happens
+
+
+def test_a_spec_directory_outside_the_package_keeps_its_parse(cache, tmp_path, monkeypatch):
+    """Plugins' spec directories and BRIDGE_CORE_SPEC_PATH are read through the stored parse: the
+    second registry parses nothing, and a same-size edit is parsed again (this failed when only
+    built-in files were stored)."""
+    directory = tmp_path / "specs"
+    directory.mkdir()
+    spec_file = directory / "mine.yaml"
+    text = Path(_REGISTRY.file("gpt2")).read_text().replace("name: gpt2\n", "name: mine\n", 1)
+    assert "name: mine\n" in text
+    spec_file.write_text(text)
+    monkeypatch.setenv(registry_module.SPEC_PATH_VARIABLE, str(directory))
+    parsed: list[str] = []
+    real = parsed_cache.parse_raw_spec
+    monkeypatch.setattr(parsed_cache, "parse_raw_spec", lambda text, file: parsed.append(file) or real(text, file))
+    first = Registry()
+    assert str(spec_file) in parsed and first.file("mine") == str(spec_file)
+    parsed.clear()
+    second = Registry()
+    assert parsed == []  # the stored parses, not the YAML
+    assert second.raw_spec("mine").data == first.raw_spec("mine").data
+    assert second.raw_spec("mine").lines == first.raw_spec("mine").lines
+    spec_file.write_text(text.replace("name: mine\n", "name: mime\n", 1))  # same size, other bytes
+    assert "mime" in Registry().names() and parsed == [str(spec_file)]
 
 
 def test_a_stored_parse_is_what_the_yaml_parser_makes_of_every_builtin_file(cache):
     for file in BUILTIN_FILES:
-        parsed_cache.read_builtin_raw(file)  # parses and stores
+        parsed_cache.read_raw(file)  # parses and stores
     stored = sorted(cache.glob("parsed-*.json"))
     assert len(stored) == len(BUILTIN_FILES)
     for file in BUILTIN_FILES:
-        fast, parsed = parsed_cache.read_builtin_raw(file), read_raw_spec(file)
+        fast, parsed = parsed_cache.read_raw(file), read_raw_spec(file)
         assert validated_cache.same_model(fast.data, parsed.data) and fast.lines == parsed.lines
         assert fast.file == parsed.file and fast.lines  # lines give file:line errors as before
     # the fast reads came from the stored entries: a damaged entry is parsed again, not trusted
     for entry in stored:
         entry.write_text('{"data": {"name": "damaged"}}')
-    assert parsed_cache.read_builtin_raw(BUILTIN_FILES[0]).data == read_raw_spec(BUILTIN_FILES[0]).data
+    assert parsed_cache.read_raw(BUILTIN_FILES[0]).data == read_raw_spec(BUILTIN_FILES[0]).data
 
 
 def test_an_edited_file_is_parsed_again_with_the_parsers_errors(cache, tmp_path):
     source = Path(_REGISTRY.file("gpt2"))
     edited = tmp_path / "gpt2.yaml"
     edited.write_text(source.read_text())
-    assert parsed_cache.read_builtin_raw(edited).data == read_raw_spec(source).data
+    assert parsed_cache.read_raw(edited).data == read_raw_spec(source).data
     edited.write_text(source.read_text().replace("description:", "description: edited", 1))
-    assert parsed_cache.read_builtin_raw(edited).data["description"].startswith("edited")
+    assert parsed_cache.read_raw(edited).data["description"].startswith("edited")
     edited.write_text(source.read_text() + "\nname: again\n")  # a duplicate key: the parser's typed error
     with pytest.raises(SpecError) as caught:
-        parsed_cache.read_builtin_raw(edited)
+        parsed_cache.read_raw(edited)
     assert caught.value.file == str(edited) and caught.value.field == "name" and "duplicate key" in str(caught.value)
 
 
@@ -229,7 +260,7 @@ def test_the_directory_entry_gives_what_the_parser_makes_of_every_builtin_file(c
     assert len(list(cache.glob("parsed-builtins-*.json"))) == 1
     parses: list[str] = []
     monkeypatch.setattr(parsed_cache, "parse_raw_spec", lambda text, file: parses.append(file))
-    monkeypatch.setattr(parsed_cache, "read_builtin_raw", lambda path: parses.append(str(path)))
+    monkeypatch.setattr(parsed_cache, "read_raw", lambda path: parses.append(str(path)))
     fast = list(parsed_cache.read_builtin_files(paths))
     assert parses == []  # every spec came from the one entry
     for raw, file in zip(fast, BUILTIN_FILES, strict=True):
@@ -279,8 +310,13 @@ def test_a_registry_from_the_directory_entry_decodes_only_the_spec_it_binds(cach
     monkeypatch.setattr(parsed_cache, "_decode", counting)
     registry = Registry(use_spec_path=False)
     assert isinstance(registry.for_binding("gpt2"), PlainSpec)
-    assert decoded == ["gpt2.yaml"]
+    builtin_files = {Path(file).name for file in BUILTIN_FILES}  # plugins' files have entries of their own
+
+    def builtin_decoded() -> list[str]:
+        return [name for name in decoded if name in builtin_files]
+
+    assert builtin_decoded() == ["gpt2.yaml"]
     # every built-in spec is still there in full, each decoded once when first read
     assert [name for name in registry.names() if registry.origin(name) == "builtin"] == BUILTIN_NAMES
     assert registry.claims()[("architectures", "GPT2LMHeadModel")] == "gpt2"
-    assert sorted(decoded) == sorted(Path(file).name for file in BUILTIN_FILES)
+    assert sorted(builtin_decoded()) == sorted(builtin_files)
