@@ -7,11 +7,13 @@ two thirds of the cold-start budget. `record` lets `dataclasses` do everything b
 (fields, defaults, `fields()`, `replace()`, `asdict()`, `__match_args__` work as before) and gives
 the class the methods below, written once. They read the class's field table, so they behave as
 the generated ones do: the same positional and keyword arguments, defaults and default factories,
-`repr=False` / `compare=False` fields, `FrozenInstanceError` on assignment, and
-`__eq__`/`__hash__` over the compared fields for `eq=True` (unhashable unless frozen).
+`repr=False` / `compare=False` fields, `FrozenInstanceError` on assignment, `__post_init__`, and
+`__eq__`/`__hash__` over the compared fields for `eq=True` (unhashable unless frozen). Not supported:
+`kw_only` fields (refused) and `InitVar`.
 
 Building an instance walks the table in Python rather than running straight-line code: about 1 µs
-more per record. Records are built when a model is bound, never per forward.
+more per record. Records are built when a model is bound and when a set of hooks is first planned
+(`dispatch.py`'s attention routes), not on every forward.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _MISSING = dataclasses.MISSING
 class _Table:
     """One record class's fields, read by the shared methods."""
 
-    __slots__ = ("compared", "hashed", "init", "late", "name", "names", "repr")
+    __slots__ = ("compared", "hashed", "init", "late", "name", "names", "post_init", "repr")
 
     def __init__(self, cls: type) -> None:
         fields = dataclasses.fields(cls)
@@ -44,6 +46,10 @@ class _Table:
         hashed = [f.name for f in fields if (f.compare if f.hash is None else f.hash)]
         self.compared = _getter(compared)
         self.hashed = _getter(hashed)
+        self.post_init = hasattr(cls, "__post_init__")
+        keyword_only = [f.name for f in fields if f.kw_only is True]
+        if keyword_only:  # not needed so far; refused rather than taken positionally
+            raise TypeError(f"{cls.__qualname__}: record does not support kw_only fields ({', '.join(keyword_only)})")
 
 
 def _getter(names: list[str]) -> Callable[[Any], tuple]:
@@ -101,6 +107,8 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
             put(self, name, factory())
         elif default is not _MISSING:
             put(self, name, default)
+    if table.post_init:
+        self.__post_init__()
 
 
 @reprlib.recursive_repr()

@@ -139,6 +139,27 @@ def test_a_method_the_class_writes_is_kept():
     assert hash(item) == object.__hash__(item)
 
 
+def test_post_init_runs_and_kw_only_is_refused():
+    for decorate in (dataclasses.dataclass, record):
+
+        @decorate(frozen=True)
+        class Checked:
+            a: int
+
+            def __post_init__(self) -> None:
+                if self.a < 0:
+                    raise ValueError("negative")
+
+        assert Checked(1).a == 1
+        with pytest.raises(ValueError, match="negative"):
+            Checked(-1)
+    with pytest.raises(TypeError, match="kw_only"):
+
+        @record
+        class KeywordOnly:
+            a: int = field(kw_only=True)
+
+
 def test_recursive_repr_does_not_loop():
     @record
     class Node:
