@@ -16,8 +16,8 @@ def _ms(entry: dict | None) -> str:
     return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _ratio(entry: dict | None) -> str:
-    return f"{entry['ratio']:.3f}×" if entry and "ratio" in entry else "—"
+def _ratio(entry: dict | None, key: str = "ratio") -> str:
+    return f"{entry[key]:.3f}×" if entry and key in entry else "—"
 
 
 def _mem(comp: dict, label: dict) -> str:
@@ -61,15 +61,17 @@ def markdown(data: dict, label: dict, analysis: Path | None = None) -> str:
         f"Medians of {meta['repeats']} interleaved rounds after {meta['warmup']} warm-up call(s), one process per "
         "workload × implementation. Ratio = median / median of raw HF in the same attention implementation "
         "(for `cache_all` on an eager model: HF eager). Memory: peak RSS (getrusage) minus the peak once the "
-        "model was loaded, MB; for caches, the MB of tensors the cache holds is in brackets.",
+        "model was loaded, MB; for caches, the MB of tensors the cache holds is in brackets. CPU = the same ratio "
+        "from each call's thread CPU time (`time.thread_time`), which other processes' load does not inflate; "
+        "the verdict reads the wall-clock ratio.",
         "",
         "Models: " + "; ".join(f"`{k}` = {d}" for k, d in meta["models"].items()) + ". Generation: batch 1 × 32 "
         "prompt, 32 new tokens, greedy, steering vector added at the middle block's `hook_resid_post` "
         "(HF: plain `generate`, no hook).",
         "",
-        "| comparison | HF ms | bridge-core ms | ratio | budget | | TL 4.3 ms | TL ratio | nnsight ms | nnsight ratio "
-        "| peak extra MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| comparison | HF ms | bridge-core ms | ratio | CPU | budget | | TL 4.3 ms | TL ratio | TL CPU | nnsight ms "
+        "| nnsight ratio | nnsight CPU | peak extra MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for comp in data["comparisons"]:
@@ -79,8 +81,9 @@ def markdown(data: dict, label: dict, analysis: Path | None = None) -> str:
         verdict = r.get("verdict") or ""
         budget = _budget(comp) + (f" ({comp['budget_note']})" if comp["budget_note"] else "")
         lines.append(
-            f"| {comp['id']} | {_ms(r.get('hf'))} | {_ms(bc)} | {_ratio(bc)} | {budget} | **{verdict}** | "
-            f"{_ms(tl)} | {_ratio(tl)} | {_ms(nn)} | {_ratio(nn)} | {_mem(comp, label)} |"
+            f"| {comp['id']} | {_ms(r.get('hf'))} | {_ms(bc)} | {_ratio(bc)} | {_ratio(bc, 'cpu_ratio')} | {budget} "
+            f"| **{verdict}** | {_ms(tl)} | {_ratio(tl)} | {_ratio(tl, 'cpu_ratio')} | {_ms(nn)} | {_ratio(nn)} "
+            f"| {_ratio(nn, 'cpu_ratio')} | {_mem(comp, label)} |"
         )
         if bc and "bit_identical" in bc:
             same = "bit-identical" if bc["bit_identical"] else f"NOT bit-identical (max |Δ| {bc['max_abs_diff']:.2e})"

@@ -86,6 +86,15 @@ class Worker:
         self.impl = impl
         self.error: str | None = None
         self.info: dict = {}
+        self.cpu: dict[str, list[float]] = {}  # thread CPU seconds of each timed call, by op
+
+    def run(self, op: str, n: int) -> list[float]:
+        """Time `n` calls of `op`: their wall-clock seconds; their CPU seconds are kept in `cpu[op]`."""
+        got = self.ask("run", op, n)
+        if not got:
+            return []
+        self.cpu.setdefault(op, []).extend(got["cpu"])
+        return got["wall"]
 
     def ask(self, *message, timeout: float = 600):
         if self.error:
@@ -124,14 +133,15 @@ def run_comparison(comp: Comparison, repeats: int, warmup: int, threads: int, lo
             w.info = w.ask() or {}
         slowest = 0.0
         for w in workers.values():
-            slowest = max(slowest, (w.ask("run", "main", warmup) or [0.0])[-1])
+            slowest = max(slowest, (w.run("main", warmup) or [0.0])[-1])
+            w.cpu.clear()  # warm-up calls are not measured
         # fast workloads run several calls per turn (all timed one by one), so a round lasts ~0.2 s
         per_turn = max(1, min(20, int(0.2 / max(slowest, 1e-4))))
         times: dict[str, list[float]] = {impl: [] for impl in impls}
         for round_ in range(repeats):
             order = impls[round_ % len(impls) :] + impls[: round_ % len(impls)]
             for impl in order:
-                got = workers[impl].ask("run", "main", per_turn)
+                got = workers[impl].run("main", per_turn)
                 if got:
                     times[impl] += got
         for impl, w in workers.items():
@@ -141,6 +151,8 @@ def run_comparison(comp: Comparison, repeats: int, warmup: int, threads: int, lo
                 entry["median_ms"] = 1e3 * statistics.median(times[impl])
                 entry["min_ms"] = 1e3 * min(times[impl])
                 entry["times_ms"] = [round(1e3 * t, 3) for t in times[impl]]
+            if w.cpu.get("main"):
+                entry["cpu_median_ms"] = 1e3 * statistics.median(w.cpu["main"])
             if w.info.get("cold_build_s") is not None:
                 entry["cold_build_ms"] = 1e3 * w.info["cold_build_s"]
             if w.error:
@@ -150,9 +162,12 @@ def run_comparison(comp: Comparison, repeats: int, warmup: int, threads: int, lo
         for w in workers.values():
             w.close()
     base = comp.results.get("hf", {}).get("median_ms")
+    cpu_base = comp.results.get("hf", {}).get("cpu_median_ms")
     for impl, entry in comp.results.items():
         if base and "median_ms" in entry and impl != "hf":
             entry["ratio"] = entry["median_ms"] / base
+        if cpu_base and "cpu_median_ms" in entry and impl != "hf":
+            entry["cpu_ratio"] = entry["cpu_median_ms"] / cpu_base
     log(f"{comp.id:32s} {time.perf_counter() - started:6.1f} s  " + "  ".join(
         f"{LABEL[i]}={e['median_ms']:.1f}ms" if "median_ms" in e else f"{LABEL[i]}=ERR({e.get('error', '')[:60]})"
         for i, e in comp.results.items()))  # fmt: skip
@@ -182,7 +197,7 @@ def profile_misses(comps: list[Comparison], threads: int, log) -> dict[str, str]
         try:
             if w.ask() is None:
                 continue
-            w.ask("run", "main", 1)
+            w.run("main", 1)
             n = 3 if comp.model == "gpt2s" else 20
             text = w.ask("profile", "main", n)
             if text:
@@ -230,13 +245,13 @@ def _scale_point(axis, value, shape, ops, threads, repeats) -> dict:
     times: dict[str, list[float]] = {"hf": [], **{k: [] for k in ops}}
     try:
         hf.ask(), bc.ask()
-        hf.ask("run", "forward", 1)
+        hf.run("forward", 1)
         for name in ops:
-            bc.ask("run", name, 1)
+            bc.run(name, 1)
         for _ in range(repeats):
-            times["hf"] += hf.ask("run", "forward", 1) or []
+            times["hf"] += hf.run("forward", 1)
             for name in ops:
-                times[name] += bc.ask("run", name, 1) or []
+                times[name] += bc.run(name, 1)
     finally:
         hf.close(), bc.close()
     med = {k: 1e3 * statistics.median(v) for k, v in times.items() if v}

@@ -83,16 +83,18 @@ def _serve(conn, job: dict) -> None:
         if message[0] == "run":
             _, op_name, n = message
             prepare, call = ops[op_name]
-            times = []
+            times, cpu = [], []
             for _ in range(n):
                 if prepare:
                     prepare()
                 start = time.perf_counter()
+                cpu_start = time.thread_time()  # this thread's CPU: another process's load does not add to it
                 result = call()
+                cpu.append(time.thread_time() - cpu_start)
                 times.append(time.perf_counter() - start)
                 cache_bytes = tensor_bytes(result) if job.get("measure_result") else 0
                 del result
-            conn.send(("times", times))
+            conn.send(("times", {"wall": times, "cpu": cpu}))
         elif message[0] == "profile":
             conn.send(("profile", _profile(ops[message[1]], message[2])))
         elif message[0] == "finish":
