@@ -7,7 +7,9 @@ every misuse), repr, equality and hashing, frozenness, `fields` / `replace` / `a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -194,3 +196,18 @@ def test_a_first_bridge_compiles_no_dataclass_method():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+@record(frozen=True)
+class _Picklable:  # module level, so pickle can find it
+    a: int
+    b: tuple = field(default_factory=tuple)
+
+
+@pytest.mark.parametrize("clone", [copy.copy, copy.deepcopy, lambda x: pickle.loads(pickle.dumps(x))])
+def test_copies_and_pickles_round_trip(clone):
+    item = _Picklable(1, (2,))
+    twin = clone(item)
+    assert twin == item and hash(twin) == hash(item) and twin is not item
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        twin.a = 3
