@@ -16,6 +16,8 @@ first used, since a first bridge reads only the `name`/`match`/`override` of the
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -67,7 +69,10 @@ def read_raw(path: str | Path) -> RawSpec:
         return read_raw_spec(path)
     file = str(path)
     digest = hashlib.sha256(f"{_fingerprint()}|{file}|".encode() + content).hexdigest()
-    entry = directory / f"parsed-{Path(file).stem}-{digest[:32]}.json"
+    # one entry per file: the path's own hash names its entries, so a new one replaces the old ones
+    # (a spec on BRIDGE_CORE_SPEC_PATH is edited often, and every edit would otherwise add one)
+    prefix = f"parsed-{Path(file).stem}-{hashlib.sha256(file.encode()).hexdigest()[:8]}-"
+    entry = directory / f"{prefix}{digest[:32]}.json"
     try:
         return _decode(entry.read_text(encoding="utf-8"), file)
     except Exception:  # absent or unreadable: parse the YAML (and store it)
@@ -78,6 +83,10 @@ def read_raw(path: str | Path) -> RawSpec:
         return read_raw_spec(path)
     raw = parse_raw_spec(text, file)
     _store(entry, raw)
+    for old in directory.glob(f"{glob.escape(prefix)}*.json"):
+        if old != entry:
+            with contextlib.suppress(OSError):  # not ours to remove: a stale entry is only unused
+                old.unlink(missing_ok=True)
     return raw
 
 

@@ -217,6 +217,21 @@ def test_a_spec_directory_outside_the_package_keeps_its_parse(cache, tmp_path, m
     assert "mime" in Registry().names() and parsed == [str(spec_file)]
 
 
+def test_an_edited_file_keeps_one_stored_parse(cache, tmp_path):
+    """Each edit of a spec file replaces its stored parse rather than adding one (a spec on
+    BRIDGE_CORE_SPEC_PATH is edited often); another file's entry is left alone."""
+    source = Path(_REGISTRY.file("gpt2")).read_text()
+    mine, other = tmp_path / "mine.yaml", tmp_path / "other" / "mine.yaml"  # the same stem
+    other.parent.mkdir()
+    other.write_text(source)
+    parsed_cache.read_raw(other)
+    for n in range(3):
+        mine.write_text(source.replace("description:", f"description: edit {n}", 1))
+        assert parsed_cache.read_raw(mine).data["description"].startswith(f"edit {n}")
+    assert len(list(cache.glob("parsed-mine-*.json"))) == 2  # one for each file
+    assert parsed_cache.read_raw(other).data == read_raw_spec(other).data
+
+
 def test_a_stored_parse_is_what_the_yaml_parser_makes_of_every_builtin_file(cache):
     for file in BUILTIN_FILES:
         parsed_cache.read_raw(file)  # parses and stores
