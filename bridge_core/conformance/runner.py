@@ -136,7 +136,9 @@ def build_context(
         bridge = Bridge(model, found, registry=registry, spec_file=file)
     except Exception as exc:  # any failure to bind is the `bind` check's finding, whatever its type
         return CheckContext(found, file, label, error=exc, **parts)
-    return CheckContext(found, file, label, bridge=bridge, **parts)
+    ctx = CheckContext(found, file, label, bridge=bridge, **parts)
+    ctx.warm_up()
+    return ctx
 
 
 def run_check(item: Check, ctx: CheckContext) -> CheckResult:
