@@ -268,7 +268,9 @@ class CheckContext:
         """One forward of the copy, discarded, before anything is compared: the checks compare forwards
         with each other, and torch's first one in a process can differ from every later one (measured
         on torch 2.13 with 2 threads: the first float `tanh` of a fresh process was off by up to 5e-5 in
-        about 2% of processes, enough to fail `mlp` on a correct GPT-2 spec)."""
+        about 2% of processes, enough to fail `mlp` on a correct GPT-2 spec). It runs for every context,
+        not once per process: whether only a process's first forward is affected, and not also a later
+        model's first use of an op, was not established."""
         with contextlib.suppress(Exception):  # a model that cannot run: the checks that run it say why
             self.hf_logits()
 
